@@ -1,0 +1,182 @@
+//! `mooncake_master`: the metadata and coordination service of a mooncake-rs cluster.
+//! Flags follow upstream's names and defaults (`--rpc_port=50051`, `--metrics_port=9003`, ...).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{ArgAction, Parser};
+use tokio_util::sync::CancellationToken;
+
+use mooncake_master::{AllocationStrategy, MasterConfig, ServerOptions};
+use mooncake_proto::units::parse_duration_ms;
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "mooncake_master", version, about = "mooncake-rs master service")]
+struct Args {
+    /// Address the RPC service binds.
+    #[arg(long = "rpc_address", default_value = "0.0.0.0")]
+    rpc_address: String,
+    /// RPC port (0 picks a free port, printed at start).
+    #[arg(long = "rpc_port")]
+    rpc_port: Option<u16>,
+    /// Deprecated spelling of --rpc_port.
+    #[arg(long = "port", default_value_t = 50051)]
+    port: u16,
+    /// Address the metrics/admin HTTP server binds.
+    #[arg(long = "metrics_host", default_value = "0.0.0.0")]
+    metrics_host: String,
+    /// Metrics/admin HTTP port.
+    #[arg(long = "metrics_port", default_value_t = 9003)]
+    metrics_port: u16,
+    /// Log a summary line every 10 s.
+    #[arg(long = "enable_metric_reporting", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_metric_reporting: bool,
+    /// Read lease TTL (ms, or with a unit: 5s, 500ms).
+    #[arg(long = "default_kv_lease_ttl", default_value = "10000", value_parser = parse_duration_ms)]
+    default_kv_lease_ttl: u64,
+    /// Default soft-pin TTL (ms).
+    #[arg(long = "default_kv_soft_pin_ttl", default_value = "1800000", value_parser = parse_duration_ms)]
+    default_kv_soft_pin_ttl: u64,
+    /// Longest soft-pin TTL a client may ask for (ms).
+    #[arg(long = "max_kv_soft_pin_ttl", default_value = "86400000", value_parser = parse_duration_ms)]
+    max_kv_soft_pin_ttl: u64,
+    /// Let eviction take soft-pinned objects when nothing else is left.
+    #[arg(long = "allow_evict_soft_pinned_objects", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    allow_evict_soft_pinned_objects: bool,
+    /// Fraction of capacity one eviction frees.
+    #[arg(long = "eviction_ratio", default_value_t = 0.05)]
+    eviction_ratio: f64,
+    /// Used fraction above which eviction starts.
+    #[arg(long = "eviction_high_watermark_ratio", default_value_t = 0.90)]
+    eviction_high_watermark_ratio: f64,
+    /// Seconds without a ping after which a client is expired.
+    #[arg(long = "client_ttl", default_value_t = 10)]
+    client_ttl: u64,
+    /// Seconds after which another writer may take over an unfinished write.
+    #[arg(long = "put_start_discard_timeout_sec", default_value_t = 30)]
+    put_start_discard_timeout_sec: u64,
+    /// Seconds after which an unfinished write's space is reclaimed.
+    #[arg(long = "put_start_release_timeout_sec", default_value_t = 600)]
+    put_start_release_timeout_sec: u64,
+    /// Replica placement: random or free_ratio_first.
+    #[arg(long = "allocation_strategy", default_value = "random")]
+    allocation_strategy: AllocationStrategy,
+    /// Allocator kind (only `offset` exists; accepted for compatibility).
+    #[arg(long = "memory_allocator", default_value = "offset")]
+    memory_allocator: String,
+    /// Longest key accepted, in bytes.
+    #[arg(long = "max_key_len", default_value_t = 4096)]
+    max_key_len: usize,
+    /// Run the HTTP metadata server.
+    #[arg(long = "enable_http_metadata_server", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_http_metadata_server: bool,
+    /// Address of the HTTP metadata server.
+    #[arg(long = "http_metadata_server_host", default_value = "0.0.0.0")]
+    http_metadata_server_host: String,
+    /// Port of the HTTP metadata server.
+    #[arg(long = "http_metadata_server_port", default_value_t = 8080)]
+    http_metadata_server_port: u16,
+    /// Token every client must present.
+    #[arg(long = "cluster_token", env = "MOONCAKE_CLUSTER_TOKEN", default_value = "", hide_env_values = true)]
+    cluster_token: String,
+    /// RPC worker threads (0 = number of cores).
+    #[arg(long = "rpc_thread_num", default_value_t = 0)]
+    rpc_thread_num: usize,
+    /// High availability through etcd (not available yet).
+    #[arg(long = "enable_ha", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_ha: bool,
+    /// Verbose logging level (glog style: -v=1).
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    verbosity: u8,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let default_level = match args.verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOONCAKE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.enable_ha {
+        anyhow::bail!("--enable_ha: high availability is not available in this build yet");
+    }
+    if args.memory_allocator != "offset" && args.memory_allocator != "cachelib" {
+        anyhow::bail!("--memory_allocator must be offset (or the deprecated cachelib)");
+    }
+    let config = MasterConfig {
+        default_kv_lease_ttl: Duration::from_millis(args.default_kv_lease_ttl),
+        default_kv_soft_pin_ttl: Duration::from_millis(args.default_kv_soft_pin_ttl),
+        max_kv_soft_pin_ttl: Duration::from_millis(args.max_kv_soft_pin_ttl),
+        allow_evict_soft_pinned_objects: args.allow_evict_soft_pinned_objects,
+        eviction_ratio: args.eviction_ratio,
+        eviction_high_watermark_ratio: args.eviction_high_watermark_ratio,
+        client_ttl: Duration::from_secs(args.client_ttl),
+        put_start_discard_timeout: Duration::from_secs(args.put_start_discard_timeout_sec),
+        put_start_release_timeout: Duration::from_secs(args.put_start_release_timeout_sec),
+        allocation_strategy: args.allocation_strategy,
+        max_key_len: args.max_key_len,
+        cluster_token: args.cluster_token.clone(),
+        ..MasterConfig::default()
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let host = |h: &str, port: u16| {
+        if h.contains(':') && !h.starts_with('[') {
+            format!("[{h}]:{port}")
+        } else {
+            format!("{h}:{port}")
+        }
+    };
+    let options = ServerOptions {
+        rpc_addr: host(&args.rpc_address, args.rpc_port.unwrap_or(args.port)),
+        metrics_addr: Some(host(&args.metrics_host, args.metrics_port)),
+        metadata_addr: args
+            .enable_http_metadata_server
+            .then(|| host(&args.http_metadata_server_host, args.http_metadata_server_port)),
+        summary_interval: args.enable_metric_reporting.then_some(Duration::from_secs(10)),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.rpc_thread_num > 0 {
+        runtime.worker_threads(args.rpc_thread_num);
+    }
+    let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            signals.cancel();
+        });
+        mooncake_master::run(config, options, shutdown, |bound, svc| {
+            tracing::info!("Master service started on port {} ({})", bound.rpc.port(), bound.rpc);
+            if let Some(m) = bound.metrics {
+                tracing::info!("HTTP metrics server started on port {} ({m})", m.port());
+            }
+            if let Some(m) = bound.metadata {
+                tracing::info!("HTTP metadata server started on port {} ({m})", m.port());
+            }
+            tracing::info!("Master Metrics: {}", svc.summary_line());
+        })
+        .await
+    })
+}

@@ -1,0 +1,161 @@
+//! [`MasterConfig`]: every tunable of the master, with upstream's defaults.
+
+use std::time::Duration;
+
+use mooncake_proto::DEFAULT_MAX_KEY_LEN;
+
+/// How replicas are placed on segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocationStrategy {
+    /// Random start, linear probe (upstream default).
+    #[default]
+    Random,
+    /// Sample candidates and prefer the emptiest.
+    FreeRatioFirst,
+}
+
+impl std::str::FromStr for AllocationStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(AllocationStrategy::Random),
+            "free_ratio_first" => Ok(AllocationStrategy::FreeRatioFirst),
+            other => Err(format!(
+                "unknown allocation strategy {other:?} (expected random or free_ratio_first)"
+            )),
+        }
+    }
+}
+
+/// Master configuration. Build with `MasterConfig::default().with_*(...)`.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Read lease granted by `get_replica_list`.
+    pub default_kv_lease_ttl: Duration,
+    /// Default soft-pin lifetime.
+    pub default_kv_soft_pin_ttl: Duration,
+    /// Upper bound for a requested soft-pin lifetime.
+    pub max_kv_soft_pin_ttl: Duration,
+    /// Whether eviction may take soft-pinned objects in its second pass.
+    pub allow_evict_soft_pinned_objects: bool,
+    /// Fraction of capacity freed by one eviction.
+    pub eviction_ratio: f64,
+    /// Used fraction above which eviction starts.
+    pub eviction_high_watermark_ratio: f64,
+    /// A client silent this long is expired.
+    pub client_ttl: Duration,
+    /// An unfinished write younger than this cannot be taken over.
+    pub put_start_discard_timeout: Duration,
+    /// Space of an abandoned write is reclaimed after this.
+    pub put_start_release_timeout: Duration,
+    /// Placement strategy.
+    pub allocation_strategy: AllocationStrategy,
+    /// Longest accepted key, in bytes.
+    pub max_key_len: usize,
+    /// Cluster token every connecting client must present ("" = none).
+    pub cluster_token: String,
+    /// Number of metadata shards (a power of two).
+    pub shard_count: usize,
+    /// Pending inventory changes kept per client before it must resync.
+    pub inventory_log_limit: usize,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            default_kv_lease_ttl: Duration::from_millis(10_000),
+            default_kv_soft_pin_ttl: Duration::from_millis(1_800_000),
+            max_kv_soft_pin_ttl: Duration::from_millis(86_400_000),
+            allow_evict_soft_pinned_objects: true,
+            eviction_ratio: 0.05,
+            eviction_high_watermark_ratio: 0.90,
+            client_ttl: Duration::from_secs(10),
+            put_start_discard_timeout: Duration::from_secs(30),
+            put_start_release_timeout: Duration::from_secs(600),
+            allocation_strategy: AllocationStrategy::Random,
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+            cluster_token: String::new(),
+            shard_count: 1024,
+            inventory_log_limit: 1 << 20,
+        }
+    }
+}
+
+impl MasterConfig {
+    /// Sets the read lease.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.default_kv_lease_ttl = ttl;
+        self
+    }
+    /// Sets the default soft-pin lifetime.
+    pub fn with_soft_pin_ttl(mut self, ttl: Duration) -> Self {
+        self.default_kv_soft_pin_ttl = ttl;
+        self
+    }
+    /// Sets whether soft-pinned objects may be evicted in the second pass.
+    pub fn with_allow_evict_soft_pinned(mut self, allow: bool) -> Self {
+        self.allow_evict_soft_pinned_objects = allow;
+        self
+    }
+    /// Sets the eviction ratio.
+    pub fn with_eviction_ratio(mut self, ratio: f64) -> Self {
+        self.eviction_ratio = ratio;
+        self
+    }
+    /// Sets the high watermark.
+    pub fn with_high_watermark(mut self, ratio: f64) -> Self {
+        self.eviction_high_watermark_ratio = ratio;
+        self
+    }
+    /// Sets the client TTL.
+    pub fn with_client_ttl(mut self, ttl: Duration) -> Self {
+        self.client_ttl = ttl;
+        self
+    }
+    /// Sets the abandoned-write timeouts (take-over, reclaim).
+    pub fn with_put_timeouts(mut self, discard: Duration, release: Duration) -> Self {
+        self.put_start_discard_timeout = discard;
+        self.put_start_release_timeout = release;
+        self
+    }
+    /// Sets the placement strategy.
+    pub fn with_allocation_strategy(mut self, strategy: AllocationStrategy) -> Self {
+        self.allocation_strategy = strategy;
+        self
+    }
+    /// Sets the key length limit.
+    pub fn with_max_key_len(mut self, len: usize) -> Self {
+        self.max_key_len = len;
+        self
+    }
+    /// Sets the cluster token.
+    pub fn with_cluster_token(mut self, token: impl Into<String>) -> Self {
+        self.cluster_token = token.into();
+        self
+    }
+    /// Sets the number of shards (rounded up to a power of two).
+    pub fn with_shard_count(mut self, shards: usize) -> Self {
+        self.shard_count = shards.max(1).next_power_of_two();
+        self
+    }
+
+    /// Checks ratios and durations; returns a human-readable reason on error.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.eviction_ratio > 0.0 && self.eviction_ratio <= 1.0) {
+            return Err(format!("eviction_ratio must be in (0, 1], got {}", self.eviction_ratio));
+        }
+        if !(self.eviction_high_watermark_ratio > 0.0 && self.eviction_high_watermark_ratio <= 1.0) {
+            return Err(format!(
+                "eviction_high_watermark_ratio must be in (0, 1], got {}",
+                self.eviction_high_watermark_ratio
+            ));
+        }
+        if self.client_ttl.is_zero() {
+            return Err("client_ttl must be positive".into());
+        }
+        if self.max_key_len == 0 {
+            return Err("max key length must be positive".into());
+        }
+        Ok(())
+    }
+}

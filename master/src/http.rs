@@ -1,0 +1,226 @@
+//! HTTP servers of the master: the admin/metrics server on `--metrics_port`
+//! (Prometheus `/metrics`, `/health`, `/get_all_segments`, `/query_key`, ...) and the
+//! optional HTTP metadata server (`GET/PUT/DELETE /metadata?key=`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use serde_json::json;
+
+use mooncake_proto::{ErrorCode, ReplicaList};
+
+use crate::service::MasterService;
+
+/// Most keys `/get_all_keys` lists.
+const ALL_KEYS_LIMIT: usize = 1_000_000;
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    keys: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SegmentQuery {
+    segment: Option<String>,
+}
+
+fn error_response(status: StatusCode, code: ErrorCode) -> Response {
+    (status, Json(json!({"error": code.name(), "code": code.as_i32()}))).into_response()
+}
+
+fn replica_json(list: &ReplicaList) -> serde_json::Value {
+    json!({
+        "size": list.size,
+        "lease_ttl_ms": list.lease_ttl_ms,
+        "replicas": list.replicas.iter().map(|r| json!({
+            "segment_id": r.segment_id.to_string(),
+            "segment_name": r.segment_name,
+            "transport_endpoint": r.transport_endpoint,
+            "offset": r.offset,
+            "buffer_address": r.buffer_address,
+            "size": r.size,
+            "status": format!("{:?}", r.status).to_uppercase(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The admin router served on the metrics port.
+pub fn admin_router(svc: Arc<MasterService>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/metrics/summary", get(summary))
+        .route("/health", get(health))
+        .route("/role", get(|| async { "leader" }))
+        .route("/get_all_segments", get(all_segments))
+        .route("/get_segments_detail", get(segments_detail))
+        .route("/query_segment", get(query_segment))
+        .route("/query_key", get(query_key))
+        .route("/batch_query_keys", get(batch_query_keys))
+        .route("/get_all_keys", get(all_keys))
+        .with_state(svc)
+}
+
+async fn metrics(State(svc): State<Arc<MasterService>>) -> Response {
+    let body = svc.metrics.render(&svc.gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn summary(State(svc): State<Arc<MasterService>>) -> String {
+    format!("Master Metrics: {}\n", svc.summary_line())
+}
+
+async fn health(State(svc): State<Arc<MasterService>>) -> Json<serde_json::Value> {
+    let g = svc.gauges();
+    Json(json!({
+        "status": "ok",
+        "role": "leader",
+        "version": mooncake_proto::VERSION,
+        "view_version": svc.view_version(),
+        "keys": g.key_count,
+        "segments": g.segment_count,
+        "clients": g.active_clients,
+    }))
+}
+
+async fn all_segments(State(svc): State<Arc<MasterService>>) -> String {
+    let mut names: Vec<String> = svc.all_segments().into_iter().map(|d| d.name).collect();
+    names.sort();
+    names.dedup();
+    names.into_iter().map(|n| n + "\n").collect()
+}
+
+fn segment_json(desc: &mooncake_proto::SegmentDesc, used: u64) -> serde_json::Value {
+    json!({
+        "id": desc.id.to_string(),
+        "name": desc.name,
+        "host": desc.host,
+        "transport_endpoint": desc.transport_endpoint,
+        "protocol": desc.protocol.as_str(),
+        "capacity_bytes": desc.size,
+        "used_bytes": used,
+    })
+}
+
+async fn segments_detail(State(svc): State<Arc<MasterService>>) -> Json<serde_json::Value> {
+    Json(json!(
+        svc.segment_usage()
+            .iter()
+            .map(|(d, used)| segment_json(d, *used))
+            .collect::<Vec<_>>()
+    ))
+}
+
+async fn query_segment(
+    State(svc): State<Arc<MasterService>>,
+    Query(q): Query<SegmentQuery>,
+) -> Response {
+    let Some(name) = q.segment else {
+        return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidParams);
+    };
+    let matches: Vec<_> = svc
+        .segment_usage()
+        .iter()
+        .filter(|(d, _)| d.name == name || d.id.to_string() == name)
+        .map(|(d, used)| segment_json(d, *used))
+        .collect();
+    if matches.is_empty() {
+        return error_response(StatusCode::NOT_FOUND, ErrorCode::SegmentNotFound);
+    }
+    Json(json!(matches)).into_response()
+}
+
+async fn query_key(State(svc): State<Arc<MasterService>>, Query(q): Query<KeyQuery>) -> Response {
+    let Some(key) = q.key else {
+        return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidParams);
+    };
+    match svc.query_key(&key) {
+        Ok(list) => Json(replica_json(&list)).into_response(),
+        Err(code @ ErrorCode::InvalidKey) => error_response(StatusCode::BAD_REQUEST, code),
+        Err(code) => error_response(StatusCode::NOT_FOUND, code),
+    }
+}
+
+async fn batch_query_keys(
+    State(svc): State<Arc<MasterService>>,
+    Query(q): Query<KeysQuery>,
+) -> Response {
+    let Some(keys) = q.keys else {
+        return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidParams);
+    };
+    let mut out = serde_json::Map::new();
+    for key in keys.split(',').filter(|k| !k.is_empty()) {
+        let value = match svc.query_key(key) {
+            Ok(list) => replica_json(&list),
+            Err(code) => json!({"error": code.name(), "code": code.as_i32()}),
+        };
+        out.insert(key.to_string(), value);
+    }
+    Json(serde_json::Value::Object(out)).into_response()
+}
+
+async fn all_keys(State(svc): State<Arc<MasterService>>) -> String {
+    svc.all_keys(ALL_KEYS_LIMIT)
+        .into_iter()
+        .map(|k| k + "\n")
+        .collect()
+}
+
+/// Shared store of the HTTP metadata server.
+pub type MetadataStore = Arc<RwLock<HashMap<String, Bytes>>>;
+
+/// The HTTP metadata server (upstream's `http_metadata_server`): a key-value store
+/// used by transfer engines to publish segment descriptors.
+pub fn metadata_router(store: MetadataStore) -> Router {
+    Router::new()
+        .route(
+            "/metadata",
+            get(metadata_get).put(metadata_put).delete(metadata_delete),
+        )
+        .route("/health", get(|| async { "OK" }))
+        .with_state(store)
+}
+
+async fn metadata_get(State(store): State<MetadataStore>, Query(q): Query<KeyQuery>) -> Response {
+    let Some(key) = q.key else {
+        return (StatusCode::BAD_REQUEST, "missing key").into_response();
+    };
+    match store.read().get(&key) {
+        Some(v) => v.clone().into_response(),
+        None => (StatusCode::NOT_FOUND, "metadata not found").into_response(),
+    }
+}
+
+async fn metadata_put(
+    State(store): State<MetadataStore>,
+    Query(q): Query<KeyQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(key) = q.key else {
+        return (StatusCode::BAD_REQUEST, "missing key").into_response();
+    };
+    store.write().insert(key, body);
+    (StatusCode::OK, "metadata updated").into_response()
+}
+
+async fn metadata_delete(State(store): State<MetadataStore>, Query(q): Query<KeyQuery>) -> Response {
+    let Some(key) = q.key else {
+        return (StatusCode::BAD_REQUEST, "missing key").into_response();
+    };
+    match store.write().remove(&key) {
+        Some(_) => (StatusCode::OK, "metadata deleted").into_response(),
+        None => (StatusCode::NOT_FOUND, "metadata not found").into_response(),
+    }
+}

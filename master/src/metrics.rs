@@ -1,0 +1,237 @@
+//! Operation counters and latency histograms, rendered in Prometheus text format
+//! with upstream's metric names (`master_<op>_requests_total`, ...).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+macro_rules! ops {
+    ($($variant:ident => $name:literal, $batch:literal;)*) => {
+        /// A master operation, for metrics.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Op { $(#[doc = $name] $variant,)* }
+        impl Op {
+            /// Every operation.
+            pub const ALL: &'static [Op] = &[$(Op::$variant,)*];
+            /// Metric name fragment.
+            pub fn name(self) -> &'static str { match self { $(Op::$variant => $name,)* } }
+            /// Whether this is a batch operation.
+            pub fn is_batch(self) -> bool { match self { $(Op::$variant => $batch,)* } }
+        }
+    };
+}
+
+ops! {
+    PutStart => "put_start", false;
+    PutEnd => "put_end", false;
+    PutRevoke => "put_revoke", false;
+    UpsertStart => "upsert_start", false;
+    GetReplicaList => "get_replica_list", false;
+    GetReplicaListByRegex => "get_replica_list_by_regex", false;
+    ExistKey => "exist_key", false;
+    GetSize => "get_size", false;
+    Remove => "remove", false;
+    RemoveByRegex => "remove_by_regex", false;
+    RemoveAll => "remove_all", false;
+    MountSegment => "mount_segment", false;
+    RemountSegment => "remount_segment", false;
+    UnmountSegment => "unmount_segment", false;
+    Ping => "ping", false;
+    SyncInventory => "sync_inventory", false;
+    FetchInventory => "fetch_inventory", false;
+    BatchPutStart => "batch_put_start", true;
+    BatchPutEnd => "batch_put_end", true;
+    BatchPutRevoke => "batch_put_revoke", true;
+    BatchUpsertStart => "batch_upsert_start", true;
+    BatchGetReplicaList => "batch_get_replica_list", true;
+    BatchExistKey => "batch_exist_key", true;
+    BatchRemove => "batch_remove", true;
+}
+
+/// Latency bucket upper bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0,
+];
+
+#[derive(Default)]
+struct OpStats {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    items: AtomicU64,
+    failed_items: AtomicU64,
+    latency_ns_sum: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+/// All master metrics.
+pub struct Metrics {
+    ops: Vec<OpStats>,
+    /// Eviction passes attempted.
+    pub eviction_attempts: AtomicU64,
+    /// Eviction passes that freed something.
+    pub eviction_successes: AtomicU64,
+    /// Objects evicted.
+    pub evicted_keys: AtomicU64,
+    /// Bytes evicted.
+    pub evicted_bytes: AtomicU64,
+    /// `put_start` allocation failures.
+    pub put_start_alloc_failures: AtomicU64,
+    /// `put_start` calls that got fewer replicas than asked.
+    pub put_start_partial_allocations: AtomicU64,
+    /// Abandoned writes taken over.
+    pub put_start_discards: AtomicU64,
+    /// Abandoned writes whose space was reclaimed.
+    pub put_start_releases: AtomicU64,
+    /// Clients expired for silence.
+    pub expired_clients: AtomicU64,
+    /// Objects restored from client inventories.
+    pub restored_objects: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            ops: Op::ALL.iter().map(|_| OpStats::default()).collect(),
+            eviction_attempts: AtomicU64::new(0),
+            eviction_successes: AtomicU64::new(0),
+            evicted_keys: AtomicU64::new(0),
+            evicted_bytes: AtomicU64::new(0),
+            put_start_alloc_failures: AtomicU64::new(0),
+            put_start_partial_allocations: AtomicU64::new(0),
+            put_start_discards: AtomicU64::new(0),
+            put_start_releases: AtomicU64::new(0),
+            expired_clients: AtomicU64::new(0),
+            restored_objects: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Gauges sampled when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Sum of mounted segment sizes.
+    pub capacity_bytes: u64,
+    /// Bytes allocated.
+    pub allocated_bytes: u64,
+    /// Complete objects.
+    pub key_count: u64,
+    /// Writes in flight.
+    pub processing_count: u64,
+    /// Live clients.
+    pub active_clients: u64,
+    /// Mounted segments.
+    pub segment_count: u64,
+}
+
+impl Metrics {
+    /// Records one call: `items` and `failed_items` count batch entries.
+    pub fn record(&self, op: Op, elapsed: Duration, failed: bool, items: u64, failed_items: u64) {
+        let s = &self.ops[op as usize];
+        s.requests.fetch_add(1, Relaxed);
+        if failed {
+            s.failures.fetch_add(1, Relaxed);
+        }
+        s.items.fetch_add(items, Relaxed);
+        s.failed_items.fetch_add(failed_items, Relaxed);
+        s.latency_ns_sum.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Requests recorded for `op`.
+    pub fn requests(&self, op: Op) -> u64 {
+        self.ops[op as usize].requests.load(Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(&mut out, "master_total_capacity_bytes", "Total bytes of mounted segments", g.capacity_bytes);
+        gauge(&mut out, "master_allocated_bytes", "Bytes allocated to objects", g.allocated_bytes);
+        gauge(&mut out, "master_key_count", "Complete objects", g.key_count);
+        gauge(&mut out, "master_processing_key_count", "Writes in flight", g.processing_count);
+        gauge(&mut out, "master_active_clients", "Live clients", g.active_clients);
+        gauge(&mut out, "master_segment_count", "Mounted segments", g.segment_count);
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        };
+        counter(&mut out, "master_attempted_evictions_total", "Eviction passes", &self.eviction_attempts);
+        counter(&mut out, "master_successful_evictions_total", "Eviction passes that freed space", &self.eviction_successes);
+        counter(&mut out, "master_evicted_key_count", "Objects evicted", &self.evicted_keys);
+        counter(&mut out, "master_evicted_size_bytes", "Bytes evicted", &self.evicted_bytes);
+        counter(&mut out, "master_put_start_alloc_failures_total", "put_start without space", &self.put_start_alloc_failures);
+        counter(&mut out, "master_put_start_partial_allocations_total", "put_start with fewer replicas than asked", &self.put_start_partial_allocations);
+        counter(&mut out, "master_put_start_discard_cnt", "Abandoned writes taken over", &self.put_start_discards);
+        counter(&mut out, "master_put_start_release_cnt", "Abandoned writes reclaimed", &self.put_start_releases);
+        counter(&mut out, "master_expired_clients_total", "Clients expired for silence", &self.expired_clients);
+        counter(&mut out, "master_restored_objects_total", "Objects rebuilt from client inventories", &self.restored_objects);
+        for op in Op::ALL {
+            let s = &self.ops[*op as usize];
+            let name = op.name();
+            if op.is_batch() {
+                let _ = writeln!(out, "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}", s.requests.load(Relaxed));
+                let _ = writeln!(out, "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}", s.failures.load(Relaxed));
+                let _ = writeln!(out, "# TYPE master_{name}_items_total counter\nmaster_{name}_items_total {}", s.items.load(Relaxed));
+                let _ = writeln!(out, "# TYPE master_{name}_failed_items_total counter\nmaster_{name}_failed_items_total {}", s.failed_items.load(Relaxed));
+            } else {
+                let _ = writeln!(out, "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}", s.requests.load(Relaxed));
+                let _ = writeln!(out, "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}", s.failures.load(Relaxed));
+            }
+            let hist = format!("master_{name}_latency_seconds");
+            let _ = writeln!(out, "# TYPE {hist} histogram");
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += s.buckets[i].load(Relaxed);
+                let _ = writeln!(out, "{hist}_bucket{{le=\"{bound}\"}} {cumulative}");
+            }
+            let count = s.requests.load(Relaxed);
+            let _ = writeln!(out, "{hist}_bucket{{le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{hist}_sum {}", s.latency_ns_sum.load(Relaxed) as f64 / 1e9);
+            let _ = writeln!(out, "{hist}_count {count}");
+        }
+        out
+    }
+}
+
+/// Formats bytes the way upstream's summary line does ("1.50 GB").
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.record(Op::PutStart, Duration::from_micros(30), false, 1, 0);
+        m.record(Op::PutStart, Duration::from_millis(2), true, 1, 1);
+        m.record(Op::BatchExistKey, Duration::from_micros(5), false, 128, 0);
+        let text = m.render(&Gauges { key_count: 3, ..Default::default() });
+        assert!(text.contains("master_put_start_requests_total 2"));
+        assert!(text.contains("master_put_start_failures_total 1"));
+        assert!(text.contains("master_batch_exist_key_items_total 128"));
+        assert!(text.contains("master_key_count 3"));
+        assert!(text.contains("master_put_start_latency_seconds_bucket{le=\"+Inf\"} 2"));
+        assert_eq!(human_bytes(0), "0.00 B");
+        assert_eq!(human_bytes(3 << 30), "3.00 GB");
+    }
+}

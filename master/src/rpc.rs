@@ -1,0 +1,288 @@
+//! The master's tarpc server: accepts TCP connections, checks the handshake
+//! (protocol version, service name, cluster token), then serves [`Master`] calls.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use mooncake_proto::codec::{server_handshake, transport};
+use mooncake_proto::master::Master;
+use mooncake_proto::*;
+
+use crate::metrics::Op;
+use crate::service::MasterService;
+
+/// Per-connection handler; cheap to clone.
+#[derive(Clone)]
+pub struct MasterRpc {
+    svc: Arc<MasterService>,
+}
+
+impl MasterRpc {
+    /// Wraps a service.
+    pub fn new(svc: Arc<MasterService>) -> Self {
+        MasterRpc { svc }
+    }
+
+    fn timed<T>(&self, op: Op, f: impl FnOnce(&MasterService) -> MResult<T>) -> MResult<T> {
+        let start = Instant::now();
+        let result = f(&self.svc);
+        self.svc.metrics.record(op, start.elapsed(), result.is_err(), 0, 0);
+        result
+    }
+
+    fn timed_batch<T>(
+        &self,
+        op: Op,
+        f: impl FnOnce(&MasterService) -> Vec<MResult<T>>,
+    ) -> Vec<MResult<T>> {
+        let start = Instant::now();
+        let results = f(&self.svc);
+        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+        self.svc
+            .metrics
+            .record(op, start.elapsed(), failed > 0, results.len() as u64, failed);
+        results
+    }
+}
+
+fn zip_sizes(keys: &[String], sizes: &[u64]) -> Option<()> {
+    (keys.len() == sizes.len()).then_some(())
+}
+
+impl Master for MasterRpc {
+    async fn service_ready(self, _: Context) -> String {
+        VERSION.to_string()
+    }
+
+    async fn put_start(
+        self,
+        _: Context,
+        client_id: ClientId,
+        key: String,
+        size: u64,
+        config: ReplicateConfig,
+    ) -> MResult<Vec<ReplicaDesc>> {
+        self.timed(Op::PutStart, |s| s.put_start(client_id, &key, size, &config, false))
+    }
+
+    async fn put_end(self, _: Context, client_id: ClientId, key: String) -> MResult<()> {
+        self.timed(Op::PutEnd, |s| s.put_end(client_id, &key))
+    }
+
+    async fn put_revoke(self, _: Context, client_id: ClientId, key: String) -> MResult<()> {
+        self.timed(Op::PutRevoke, |s| s.put_revoke(client_id, &key))
+    }
+
+    async fn batch_put_start(
+        self,
+        _: Context,
+        client_id: ClientId,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: ReplicateConfig,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        self.timed_batch(Op::BatchPutStart, |s| match zip_sizes(&keys, &sizes) {
+            None => keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect(),
+            Some(()) => keys
+                .iter()
+                .zip(&sizes)
+                .map(|(k, sz)| s.put_start(client_id, k, *sz, &config, false))
+                .collect(),
+        })
+    }
+
+    async fn batch_put_end(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
+        self.timed_batch(Op::BatchPutEnd, |s| keys.iter().map(|k| s.put_end(client_id, k)).collect())
+    }
+
+    async fn batch_put_revoke(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
+        self.timed_batch(Op::BatchPutRevoke, |s| {
+            keys.iter().map(|k| s.put_revoke(client_id, k)).collect()
+        })
+    }
+
+    async fn upsert_start(
+        self,
+        _: Context,
+        client_id: ClientId,
+        key: String,
+        size: u64,
+        config: ReplicateConfig,
+    ) -> MResult<Vec<ReplicaDesc>> {
+        self.timed(Op::UpsertStart, |s| s.put_start(client_id, &key, size, &config, true))
+    }
+
+    async fn upsert_end(self, _: Context, client_id: ClientId, key: String) -> MResult<()> {
+        self.timed(Op::PutEnd, |s| s.put_end(client_id, &key))
+    }
+
+    async fn upsert_revoke(self, _: Context, client_id: ClientId, key: String) -> MResult<()> {
+        self.timed(Op::PutRevoke, |s| s.put_revoke(client_id, &key))
+    }
+
+    async fn batch_upsert_start(
+        self,
+        _: Context,
+        client_id: ClientId,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: ReplicateConfig,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        self.timed_batch(Op::BatchUpsertStart, |s| match zip_sizes(&keys, &sizes) {
+            None => keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect(),
+            Some(()) => keys
+                .iter()
+                .zip(&sizes)
+                .map(|(k, sz)| s.put_start(client_id, k, *sz, &config, true))
+                .collect(),
+        })
+    }
+
+    async fn batch_upsert_end(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
+        self.timed_batch(Op::BatchPutEnd, |s| keys.iter().map(|k| s.put_end(client_id, k)).collect())
+    }
+
+    async fn batch_upsert_revoke(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
+        self.timed_batch(Op::BatchPutRevoke, |s| {
+            keys.iter().map(|k| s.put_revoke(client_id, k)).collect()
+        })
+    }
+
+    async fn get_replica_list(self, _: Context, key: String) -> MResult<ReplicaList> {
+        self.timed(Op::GetReplicaList, |s| s.get_replica_list(&key))
+    }
+
+    async fn batch_get_replica_list(self, _: Context, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
+        self.timed_batch(Op::BatchGetReplicaList, |s| {
+            keys.iter().map(|k| s.get_replica_list(k)).collect()
+        })
+    }
+
+    async fn get_replica_list_by_regex(
+        self,
+        _: Context,
+        pattern: String,
+    ) -> MResult<Vec<(String, ReplicaList)>> {
+        self.timed(Op::GetReplicaListByRegex, |s| s.get_replica_list_by_regex(&pattern))
+    }
+
+    async fn exist_key(self, _: Context, key: String) -> MResult<bool> {
+        self.timed(Op::ExistKey, |s| s.exist_key(&key))
+    }
+
+    async fn batch_exist_key(self, _: Context, keys: Vec<String>) -> Vec<MResult<bool>> {
+        self.timed_batch(Op::BatchExistKey, |s| keys.iter().map(|k| s.exist_key(k)).collect())
+    }
+
+    async fn get_size(self, _: Context, key: String) -> MResult<u64> {
+        self.timed(Op::GetSize, |s| s.get_size(&key))
+    }
+
+    async fn remove(self, _: Context, key: String, force: bool) -> MResult<()> {
+        self.timed(Op::Remove, |s| s.remove(&key, force))
+    }
+
+    async fn remove_by_regex(self, _: Context, pattern: String, force: bool) -> MResult<u64> {
+        self.timed(Op::RemoveByRegex, |s| s.remove_by_regex(&pattern, force))
+    }
+
+    async fn remove_all(self, _: Context, force: bool) -> MResult<u64> {
+        self.timed(Op::RemoveAll, |s| Ok(s.remove_all(force)))
+    }
+
+    async fn batch_remove(self, _: Context, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
+        self.timed_batch(Op::BatchRemove, |s| keys.iter().map(|k| s.remove(k, force)).collect())
+    }
+
+    async fn mount_segment(self, _: Context, client_id: ClientId, segment: SegmentDesc) -> MResult<()> {
+        self.timed(Op::MountSegment, |s| s.mount_segment(client_id, segment))
+    }
+
+    async fn remount_segment(
+        self,
+        _: Context,
+        client_id: ClientId,
+        segments: Vec<SegmentDesc>,
+        inventory: Vec<InventoryEntry>,
+        inventory_complete: bool,
+    ) -> MResult<RemountReport> {
+        self.timed(Op::RemountSegment, |s| {
+            s.remount_segment(client_id, segments, inventory, inventory_complete)
+        })
+    }
+
+    async fn unmount_segment(self, _: Context, client_id: ClientId, segment_id: SegmentId) -> MResult<()> {
+        self.timed(Op::UnmountSegment, |s| s.unmount_segment(client_id, segment_id))
+    }
+
+    async fn ping(self, _: Context, client_id: ClientId) -> MResult<PingResponse> {
+        self.timed(Op::Ping, |s| Ok(s.ping(client_id)))
+    }
+
+    async fn sync_inventory(self, _: Context, client_id: ClientId, ack_seq: u64) -> MResult<InventoryDelta> {
+        self.timed(Op::SyncInventory, |s| s.sync_inventory(client_id, ack_seq))
+    }
+
+    async fn fetch_inventory(self, _: Context, client_id: ClientId) -> MResult<InventorySnapshot> {
+        self.timed(Op::FetchInventory, |s| s.fetch_inventory(client_id))
+    }
+
+    async fn get_all_segments(self, _: Context) -> Vec<SegmentDesc> {
+        self.svc.all_segments()
+    }
+}
+
+/// Serves the master RPC on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Arc<MasterService>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let token: Arc<str> = svc.config().cluster_token.clone().into();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = svc.clone();
+        let token = token.clone();
+        let shutdown = shutdown.clone();
+        let inner_tracker = tracker.clone();
+        tracker.spawn(async move {
+            let framed = match server_handshake(stream, "master", &token).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "connection refused");
+                    return;
+                }
+            };
+            let channel = BaseChannel::with_defaults(transport(framed));
+            let serving = channel
+                .execute(MasterRpc::new(svc).serve())
+                .for_each(|request| {
+                    inner_tracker.spawn(request);
+                    async {}
+                });
+            tokio::select! {
+                _ = serving => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}

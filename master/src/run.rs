@@ -1,0 +1,132 @@
+//! Starts the master's listeners and background tasks; used by the binary and by
+//! in-process embedding (`mooncake_client --embedded-master`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::MasterConfig;
+use crate::http::{MetadataStore, admin_router, metadata_router};
+use crate::service::MasterService;
+
+/// Where the master listens.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// RPC address (port 0 picks a free port).
+    pub rpc_addr: String,
+    /// Admin/metrics HTTP address; `None` disables it.
+    pub metrics_addr: Option<String>,
+    /// HTTP metadata server address; `None` disables it.
+    pub metadata_addr: Option<String>,
+    /// Interval of the summary log line; `None` disables it.
+    pub summary_interval: Option<Duration>,
+}
+
+/// Addresses actually bound.
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    /// RPC.
+    pub rpc: SocketAddr,
+    /// Admin/metrics HTTP.
+    pub metrics: Option<SocketAddr>,
+    /// HTTP metadata server.
+    pub metadata: Option<SocketAddr>,
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the {what} listener to {addr}"))
+}
+
+/// Binds every listener, then serves until `shutdown` is cancelled. `on_bound`
+/// is called once all listeners are bound (before serving).
+pub async fn run(
+    config: MasterConfig,
+    options: ServerOptions,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(&BoundAddrs, &Arc<MasterService>),
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let svc = Arc::new(MasterService::new(config));
+    let rpc = bind(&options.rpc_addr, "RPC").await?;
+    let metrics = match &options.metrics_addr {
+        Some(a) => Some(bind(a, "metrics HTTP").await?),
+        None => None,
+    };
+    let metadata = match &options.metadata_addr {
+        Some(a) => Some(bind(a, "HTTP metadata").await?),
+        None => None,
+    };
+    let bound = BoundAddrs {
+        rpc: rpc.local_addr()?,
+        metrics: metrics.as_ref().map(|l| l.local_addr()).transpose()?,
+        metadata: metadata.as_ref().map(|l| l.local_addr()).transpose()?,
+    };
+    on_bound(&bound, &svc);
+
+    let tracker = TaskTracker::new();
+    tracker.spawn(crate::rpc::serve(rpc, svc.clone(), shutdown.clone(), tracker.clone()));
+    if let Some(listener) = metrics {
+        let router = admin_router(svc.clone());
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        });
+    }
+    if let Some(listener) = metadata {
+        let router = metadata_router(MetadataStore::default());
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        });
+    }
+    // Eviction watcher: cheap atomic checks every 10 ms, like upstream's thread.
+    {
+        let svc = svc.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while token.run_until_cancelled(tick.tick()).await.is_some() {
+                let svc = svc.clone();
+                let _ = tokio::task::spawn_blocking(move || svc.evict_if_needed()).await;
+            }
+        });
+    }
+    {
+        let svc = svc.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while token.run_until_cancelled(tick.tick()).await.is_some() {
+                let svc = svc.clone();
+                let _ = tokio::task::spawn_blocking(move || svc.housekeeping()).await;
+            }
+        });
+    }
+    if let Some(every) = options.summary_interval {
+        let svc = svc.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            while token.run_until_cancelled(tick.tick()).await.is_some() {
+                tracing::info!("Master Metrics: {}", svc.summary_line());
+            }
+        });
+    }
+    shutdown.cancelled().await;
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
+}

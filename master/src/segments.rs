@@ -1,0 +1,240 @@
+//! Mounted segments, their allocators, and replica placement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+use rand::Rng;
+
+use mooncake_proto::{ClientId, ReplicateConfig, SegmentDesc, SegmentId};
+
+use crate::allocator::{RangeAllocator, allocated_len};
+use crate::config::AllocationStrategy;
+use crate::inventory::InventoryLog;
+use crate::shard::Placement;
+
+/// One mounted segment.
+pub(crate) struct Segment {
+    pub desc: SegmentDesc,
+    pub owner: ClientId,
+    pub slot: u32,
+    pub allocator: Mutex<RangeAllocator>,
+    /// Mirror of the allocator's `used()` readable without its lock.
+    pub used: AtomicU64,
+    /// The owner's inventory log.
+    pub log: Arc<Mutex<InventoryLog>>,
+}
+
+impl Segment {
+    pub fn capacity(&self) -> u64 {
+        self.desc.size
+    }
+
+    pub fn try_allocate(&self, size: u64) -> Option<u64> {
+        let mut a = self.allocator.lock();
+        let offset = a.allocate(size)?;
+        self.used.store(a.used(), Relaxed);
+        Some(offset)
+    }
+
+    pub fn free(&self, offset: u64, size: u64) {
+        let mut a = self.allocator.lock();
+        a.free(offset, allocated_len(size));
+        self.used.store(a.used(), Relaxed);
+    }
+
+    pub fn free_ratio(&self) -> f64 {
+        let cap = self.capacity().max(1);
+        1.0 - self.used.load(Relaxed) as f64 / cap as f64
+    }
+}
+
+/// All segments, addressed by a small slot number stored in object metadata.
+#[derive(Default)]
+pub(crate) struct SegmentTable {
+    slots: Vec<Option<Arc<Segment>>>,
+    free_slots: Vec<u32>,
+    by_id: HashMap<SegmentId, u32>,
+    /// Slots that accept allocations, in mount order.
+    active: Vec<u32>,
+}
+
+impl SegmentTable {
+    pub fn get(&self, slot: u32) -> Option<&Arc<Segment>> {
+        self.slots.get(slot as usize).and_then(|s| s.as_ref())
+    }
+
+    pub fn by_id(&self, id: &SegmentId) -> Option<&Arc<Segment>> {
+        self.by_id.get(id).and_then(|&s| self.get(s))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Segment>> {
+        self.slots.iter().flatten()
+    }
+
+    pub fn largest_capacity(&self) -> u64 {
+        self.active
+            .iter()
+            .filter_map(|&s| self.get(s))
+            .map(|s| s.capacity())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Reserves a slot for a new segment (not yet accepting allocations).
+    pub fn insert(
+        &mut self,
+        desc: SegmentDesc,
+        owner: ClientId,
+        allocator: RangeAllocator,
+        log: Arc<Mutex<InventoryLog>>,
+    ) -> Arc<Segment> {
+        let slot = self.free_slots.pop().unwrap_or(self.slots.len() as u32);
+        let segment = Arc::new(Segment {
+            used: AtomicU64::new(allocator.used()),
+            allocator: Mutex::new(allocator),
+            desc,
+            owner,
+            slot,
+            log,
+        });
+        if slot as usize == self.slots.len() {
+            self.slots.push(Some(segment.clone()));
+        } else {
+            self.slots[slot as usize] = Some(segment.clone());
+        }
+        self.by_id.insert(segment.desc.id, slot);
+        segment
+    }
+
+    /// Lets a segment serve allocations.
+    pub fn activate(&mut self, slot: u32) {
+        if !self.active.contains(&slot) {
+            self.active.push(slot);
+        }
+    }
+
+    /// Takes a segment out of service; the slot stays reserved until
+    /// [`release_slot`](Self::release_slot), after its replicas were purged.
+    pub fn detach(&mut self, id: &SegmentId) -> Option<Arc<Segment>> {
+        let slot = self.by_id.remove(id)?;
+        self.active.retain(|&s| s != slot);
+        self.slots[slot as usize].take()
+    }
+
+    pub fn release_slot(&mut self, slot: u32) {
+        self.free_slots.push(slot);
+    }
+
+    /// Places up to `config.replica_num` replicas of `size` bytes on distinct
+    /// segments, preferring distinct hosts. Returns what could be allocated.
+    pub fn place(
+        &self,
+        size: u64,
+        config: &ReplicateConfig,
+        strategy: AllocationStrategy,
+        writer_host: Option<&str>,
+    ) -> Vec<Placement> {
+        let wanted = config.replica_num.max(1) as usize;
+        let mut chosen: Vec<(Placement, &Arc<Segment>)> = Vec::with_capacity(wanted);
+        let used_slot = |chosen: &[(Placement, &Arc<Segment>)], slot: u32| {
+            chosen.iter().any(|(p, _)| p.segment == slot)
+        };
+        let used_host = |chosen: &[(Placement, &Arc<Segment>)], host: &str| {
+            chosen.iter().any(|(_, s)| s.desc.host == host)
+        };
+
+        // 1. Preferred segments by name, in order; then the writer's own host.
+        let mut preferred: Vec<u32> = Vec::new();
+        for name in &config.preferred_segments {
+            preferred.extend(
+                self.active
+                    .iter()
+                    .copied()
+                    .filter(|&s| self.get(s).is_some_and(|seg| &seg.desc.name == name)),
+            );
+        }
+        if config.prefer_alloc_in_same_node {
+            if let Some(host) = writer_host {
+                preferred.extend(
+                    self.active
+                        .iter()
+                        .copied()
+                        .filter(|&s| self.get(s).is_some_and(|seg| seg.desc.host == host)),
+                );
+            }
+        }
+        for slot in preferred {
+            if chosen.len() == wanted {
+                break;
+            }
+            if used_slot(&chosen, slot) {
+                continue;
+            }
+            let seg = self.get(slot).expect("active slot is live");
+            if let Some(offset) = seg.try_allocate(size) {
+                chosen.push((Placement { offset, segment: slot }, seg));
+            }
+        }
+
+        // 2. The strategy, first on hosts not used yet, then on any unused segment.
+        let n = self.active.len();
+        if n == 0 {
+            return chosen.into_iter().map(|(p, _)| p).collect();
+        }
+        let order: Vec<u32> = match strategy {
+            AllocationStrategy::Random => {
+                let start = rand::rng().random_range(0..n);
+                (0..n.min(100)).map(|i| self.active[(start + i) % n]).collect()
+            }
+            AllocationStrategy::FreeRatioFirst => {
+                let mut rng = rand::rng();
+                let sample = (6 * wanted).min(n);
+                let mut picks: Vec<u32> = rand::seq::index::sample(&mut rng, n, sample)
+                    .into_iter()
+                    .map(|i| self.active[i])
+                    .collect();
+                picks.sort_by(|a, b| {
+                    let fa = self.get(*a).map_or(0.0, |s| s.free_ratio());
+                    let fb = self.get(*b).map_or(0.0, |s| s.free_ratio());
+                    fb.total_cmp(&fa)
+                });
+                // Fall back to a random probe over the rest.
+                let start = rng.random_range(0..n);
+                picks.extend((0..n.min(100)).map(|i| self.active[(start + i) % n]));
+                picks
+            }
+        };
+        for distinct_host_pass in [true, false] {
+            for &slot in &order {
+                if chosen.len() == wanted {
+                    break;
+                }
+                if used_slot(&chosen, slot) {
+                    continue;
+                }
+                let seg = self.get(slot).expect("active slot is live");
+                if distinct_host_pass && used_host(&chosen, &seg.desc.host) {
+                    continue;
+                }
+                if let Some(offset) = seg.try_allocate(size) {
+                    chosen.push((Placement { offset, segment: slot }, seg));
+                }
+            }
+        }
+        chosen.into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// Total capacity and allocated bytes of the segments serving allocations.
+    pub fn usage(&self) -> (u64, u64) {
+        self.active
+            .iter()
+            .filter_map(|&s| self.get(s))
+            .fold((0, 0), |(c, u), s| (c + s.capacity(), u + s.used.load(Relaxed)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}

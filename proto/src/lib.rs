@@ -1,0 +1,30 @@
+//! Wire types, error codes, service definitions and the codec shared by every
+//! mooncake-rs process.
+//!
+//! Nothing in this crate does I/O on its own except the small connection helpers
+//! in [`codec`], which every binary uses so that the handshake (protocol version and
+//! cluster token) and framing limits are identical everywhere.
+//!
+//! # Layout
+//!
+//! - [`error`]: [`ErrorCode`], numbered exactly as upstream Mooncake's `ErrorCode`, the
+//!   only error type that crosses the wire.
+//! - [`types`]: keys, ids, segment and replica descriptors, [`ReplicateConfig`], ping and
+//!   inventory messages.
+//! - [`units`]: parsing of human sizes ("4 GB", "4gb", "4294967296") and durations
+//!   ("10s", "500ms", "30m").
+//! - [`master`]: the tarpc service trait of `mooncake_master`.
+//! - [`codec`]: the postcard codec for tarpc, the connection handshake and the
+//!   `connect` / `accept` helpers.
+
+pub mod codec;
+pub mod error;
+pub mod master;
+pub mod types;
+pub mod units;
+
+pub use error::{ErrorCode, MResult};
+pub use types::*;
+
+/// Version string reported by `service_ready` and `/health`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,113 @@
+//! The tarpc service of `mooncake_master`.
+//!
+//! Every call returns [`MResult`]; batch calls return one result per input item, in
+//! input order, so a caller can always zip results with its keys.
+
+use crate::error::MResult;
+use crate::types::*;
+
+/// The master's RPC surface (upstream's `WrappedMasterService`).
+#[tarpc::service]
+pub trait Master {
+    /// Connection probe; returns the master's version string.
+    async fn service_ready() -> String;
+
+    /// Starts a write: allocates `replica_num` replicas of `size` bytes on distinct
+    /// segments. Errors: `OBJECT_ALREADY_EXISTS` (complete, or a write younger than the
+    /// discard timeout), `NO_AVAILABLE_HANDLE` (no space even after eviction),
+    /// `INVALID_KEY`, `INVALID_PARAMS`.
+    async fn put_start(
+        client_id: ClientId,
+        key: String,
+        size: u64,
+        config: ReplicateConfig,
+    ) -> MResult<Vec<ReplicaDesc>>;
+    /// Makes a started write readable. Idempotent once complete; `ILLEGAL_CLIENT`
+    /// when called by another client than the writer.
+    async fn put_end(client_id: ClientId, key: String) -> MResult<()>;
+    /// Abandons a started write and frees its space.
+    async fn put_revoke(client_id: ClientId, key: String) -> MResult<()>;
+    /// Batch form of `put_start`, one shared config.
+    async fn batch_put_start(
+        client_id: ClientId,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: ReplicateConfig,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>>;
+    /// Batch form of `put_end`.
+    async fn batch_put_end(client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    /// Batch form of `put_revoke`.
+    async fn batch_put_revoke(client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+
+    /// Starts an insert-or-replace. Readers keep seeing the old value until
+    /// `upsert_end`; its space is reclaimed once no read lease covers it.
+    async fn upsert_start(
+        client_id: ClientId,
+        key: String,
+        size: u64,
+        config: ReplicateConfig,
+    ) -> MResult<Vec<ReplicaDesc>>;
+    /// Ends an upsert (same as `put_end`).
+    async fn upsert_end(client_id: ClientId, key: String) -> MResult<()>;
+    /// Revokes an upsert; the old value stays.
+    async fn upsert_revoke(client_id: ClientId, key: String) -> MResult<()>;
+    /// Batch form of `upsert_start`.
+    async fn batch_upsert_start(
+        client_id: ClientId,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: ReplicateConfig,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>>;
+    /// Batch form of `upsert_end`.
+    async fn batch_upsert_end(client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    /// Batch form of `upsert_revoke`.
+    async fn batch_upsert_revoke(client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+
+    /// Readable replicas of a complete object; grants a read lease.
+    /// `REPLICA_IS_NOT_READY` while only an unfinished write exists.
+    async fn get_replica_list(key: String) -> MResult<ReplicaList>;
+    /// Batch form of `get_replica_list`.
+    async fn batch_get_replica_list(keys: Vec<String>) -> Vec<MResult<ReplicaList>>;
+    /// Replica lists of every complete object whose key matches the regex.
+    async fn get_replica_list_by_regex(pattern: String) -> MResult<Vec<(String, ReplicaList)>>;
+
+    /// Whether a complete object exists. Refreshes access recency but grants no
+    /// lease, so probes never make objects unevictable.
+    async fn exist_key(key: String) -> MResult<bool>;
+    /// Batch form of `exist_key`.
+    async fn batch_exist_key(keys: Vec<String>) -> Vec<MResult<bool>>;
+    /// Size of a complete object.
+    async fn get_size(key: String) -> MResult<u64>;
+
+    /// Removes an object. Without `force`, a leased object gives `OBJECT_HAS_LEASE`;
+    /// an unfinished write gives `REPLICA_IS_NOT_READY` either way.
+    async fn remove(key: String, force: bool) -> MResult<()>;
+    /// Removes every complete object whose key matches; returns the count.
+    async fn remove_by_regex(pattern: String, force: bool) -> MResult<u64>;
+    /// Removes every complete object (leased ones only with `force`); returns the count.
+    async fn remove_all(force: bool) -> MResult<u64>;
+    /// Batch form of `remove`.
+    async fn batch_remove(keys: Vec<String>, force: bool) -> Vec<MResult<()>>;
+
+    /// Adds a segment to the pool. Idempotent for the same id and size.
+    async fn mount_segment(client_id: ClientId, segment: SegmentDesc) -> MResult<()>;
+    /// Re-registers segments after the master forgot the client, with the objects
+    /// the client holds. `inventory_complete = false` sends more entries in later
+    /// calls; the segments serve allocations only once the last chunk arrived.
+    async fn remount_segment(
+        client_id: ClientId,
+        segments: Vec<SegmentDesc>,
+        inventory: Vec<InventoryEntry>,
+        inventory_complete: bool,
+    ) -> MResult<RemountReport>;
+    /// Removes a segment; every replica on it is dropped.
+    async fn unmount_segment(client_id: ClientId, segment_id: SegmentId) -> MResult<()>;
+    /// Liveness heartbeat (every second).
+    async fn ping(client_id: ClientId) -> MResult<PingResponse>;
+    /// Changes to the objects in the client's segments after `ack_seq`.
+    async fn sync_inventory(client_id: ClientId, ack_seq: u64) -> MResult<InventoryDelta>;
+    /// Every complete object in the client's segments.
+    async fn fetch_inventory(client_id: ClientId) -> MResult<InventorySnapshot>;
+    /// Every mounted segment.
+    async fn get_all_segments() -> Vec<SegmentDesc>;
+}

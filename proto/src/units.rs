@@ -1,0 +1,99 @@
+//! Parsing of human-written sizes and durations, with upstream's conventions:
+//! size units are binary (`4 GB` = 4 GiB), durations without a unit are milliseconds.
+
+/// Parses a size such as `4294967296`, `4GB`, `4 GB`, `4gb`, `4GiB`, `512M`, `3.125 GiB`.
+/// Units are binary multiples (as upstream's `string_to_byte_size`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("empty size".into());
+    }
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let multiplier: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("unknown size unit in {text:?}")),
+    };
+    if number.is_empty() {
+        return Err(format!("no number in size {text:?}"));
+    }
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole
+            .checked_mul(multiplier)
+            .ok_or_else(|| format!("size {text:?} overflows"));
+    }
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid number in size {text:?}"))?;
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size {text:?} out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parses a duration in milliseconds: `10000`, `500ms`, `5s`, `30m`, `1h`.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => 1.0,
+        "s" | "sec" => 1_000.0,
+        "m" | "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return Err(format!("unknown duration unit in {text:?}")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let ms = value * multiplier;
+    if !ms.is_finite() || ms < 0.0 || ms > u64::MAX as f64 {
+        return Err(format!("duration {text:?} out of range"));
+    }
+    Ok(ms.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_every_spelling() {
+        assert_eq!(parse_size("4294967296").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4gb").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4 GB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("3.125 GiB").unwrap(), 3_355_443_200);
+        assert_eq!(parse_size("0").unwrap(), 0);
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        assert!(parse_size("").is_err());
+        assert!(parse_size("GB").is_err());
+        assert!(parse_size("4 XB").is_err());
+        assert!(parse_size("-4GB").is_err());
+        assert!(parse_size("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("10000").unwrap(), 10_000);
+        assert_eq!(parse_duration_ms("5s").unwrap(), 5_000);
+        assert_eq!(parse_duration_ms("30m").unwrap(), 1_800_000);
+        assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
+        assert!(parse_duration_ms("5 fortnights").is_err());
+    }
+}
