@@ -1213,3 +1213,6 @@ fn compile_regex(pattern: &str) -> MResult<regex::Regex> {
         .build()
         .map_err(|_| ErrorCode::InvalidParams)
 }
+
+#[cfg(test)]
+mod tests;
