@@ -151,7 +151,9 @@ impl RangeAllocator {
         if units > self.capacity_units {
             return None;
         }
-        let block = self.find_same_bin(units).or_else(|| self.find_larger(units))?;
+        let block = self
+            .find_same_bin(units)
+            .or_else(|| self.find_larger(units))?;
         self.unlink(block);
         let FreeBlock { start, len, .. } = self.blocks[block as usize];
         self.forget(block);
@@ -256,7 +258,9 @@ impl RangeAllocator {
     }
 
     fn unlink(&mut self, index: u32) {
-        let FreeBlock { len, prev, next, .. } = self.blocks[index as usize];
+        let FreeBlock {
+            len, prev, next, ..
+        } = self.blocks[index as usize];
         let (fl, sl) = mapping(len);
         let bin = fl * SL_COUNT + sl;
         if prev != NIL {
@@ -330,7 +334,8 @@ mod tests {
                 Some(o) => live.push((o, size)),
                 None => {
                     let live_bytes: u64 = live.iter().map(|(_, s)| s).sum();
-                    min_util_at_failure = min_util_at_failure.min(live_bytes as f64 / capacity as f64);
+                    min_util_at_failure =
+                        min_util_at_failure.min(live_bytes as f64 / capacity as f64);
                     for _ in 0..live.len() / 10 {
                         let i = rng.random_range(0..live.len());
                         let (o, s) = live.swap_remove(i);
@@ -339,7 +344,10 @@ mod tests {
                 }
             }
         }
-        assert!(min_util_at_failure > 0.80, "utilisation at failure {min_util_at_failure}");
+        assert!(
+            min_util_at_failure > 0.80,
+            "utilisation at failure {min_util_at_failure}"
+        );
         for (o, s) in live.drain(..) {
             a.free(o, s);
         }

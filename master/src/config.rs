@@ -142,9 +142,13 @@ impl MasterConfig {
     /// Checks ratios and durations; returns a human-readable reason on error.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.eviction_ratio > 0.0 && self.eviction_ratio <= 1.0) {
-            return Err(format!("eviction_ratio must be in (0, 1], got {}", self.eviction_ratio));
+            return Err(format!(
+                "eviction_ratio must be in (0, 1], got {}",
+                self.eviction_ratio
+            ));
         }
-        if !(self.eviction_high_watermark_ratio > 0.0 && self.eviction_high_watermark_ratio <= 1.0) {
+        if !(self.eviction_high_watermark_ratio > 0.0 && self.eviction_high_watermark_ratio <= 1.0)
+        {
             return Err(format!(
                 "eviction_high_watermark_ratio must be in (0, 1], got {}",
                 self.eviction_high_watermark_ratio

@@ -38,7 +38,11 @@ struct SegmentQuery {
 }
 
 fn error_response(status: StatusCode, code: ErrorCode) -> Response {
-    (status, Json(json!({"error": code.name(), "code": code.as_i32()}))).into_response()
+    (
+        status,
+        Json(json!({"error": code.name(), "code": code.as_i32()})),
+    )
+        .into_response()
 }
 
 fn replica_json(list: &ReplicaList) -> serde_json::Value {
@@ -215,7 +219,10 @@ async fn metadata_put(
     (StatusCode::OK, "metadata updated").into_response()
 }
 
-async fn metadata_delete(State(store): State<MetadataStore>, Query(q): Query<KeyQuery>) -> Response {
+async fn metadata_delete(
+    State(store): State<MetadataStore>,
+    Query(q): Query<KeyQuery>,
+) -> Response {
     let Some(key) = q.key else {
         return (StatusCode::BAD_REQUEST, "missing key").into_response();
     };

@@ -77,8 +77,12 @@ impl InventoryLog {
             self.changes.pop_front();
             self.first_seq += 1;
         }
-        let changes: Vec<InventoryChange> =
-            self.changes.iter().take(MAX_CHANGES_PER_SYNC).cloned().collect();
+        let changes: Vec<InventoryChange> = self
+            .changes
+            .iter()
+            .take(MAX_CHANGES_PER_SYNC)
+            .cloned()
+            .collect();
         InventoryDelta {
             seq: self.first_seq + changes.len() as u64 - 1,
             changes,

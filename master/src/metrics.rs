@@ -134,7 +134,8 @@ impl Metrics {
         }
         s.items.fetch_add(items, Relaxed);
         s.failed_items.fetch_add(failed_items, Relaxed);
-        s.latency_ns_sum.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        s.latency_ns_sum
+            .fetch_add(elapsed.as_nanos() as u64, Relaxed);
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             s.buckets[i].fetch_add(1, Relaxed);
@@ -152,12 +153,42 @@ impl Metrics {
         let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge(&mut out, "master_total_capacity_bytes", "Total bytes of mounted segments", g.capacity_bytes);
-        gauge(&mut out, "master_allocated_bytes", "Bytes allocated to objects", g.allocated_bytes);
-        gauge(&mut out, "master_key_count", "Complete objects", g.key_count);
-        gauge(&mut out, "master_processing_key_count", "Writes in flight", g.processing_count);
-        gauge(&mut out, "master_active_clients", "Live clients", g.active_clients);
-        gauge(&mut out, "master_segment_count", "Mounted segments", g.segment_count);
+        gauge(
+            &mut out,
+            "master_total_capacity_bytes",
+            "Total bytes of mounted segments",
+            g.capacity_bytes,
+        );
+        gauge(
+            &mut out,
+            "master_allocated_bytes",
+            "Bytes allocated to objects",
+            g.allocated_bytes,
+        );
+        gauge(
+            &mut out,
+            "master_key_count",
+            "Complete objects",
+            g.key_count,
+        );
+        gauge(
+            &mut out,
+            "master_processing_key_count",
+            "Writes in flight",
+            g.processing_count,
+        );
+        gauge(
+            &mut out,
+            "master_active_clients",
+            "Live clients",
+            g.active_clients,
+        );
+        gauge(
+            &mut out,
+            "master_segment_count",
+            "Mounted segments",
+            g.segment_count,
+        );
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
                 out,
@@ -165,27 +196,101 @@ impl Metrics {
                 v.load(Relaxed)
             );
         };
-        counter(&mut out, "master_attempted_evictions_total", "Eviction passes", &self.eviction_attempts);
-        counter(&mut out, "master_successful_evictions_total", "Eviction passes that freed space", &self.eviction_successes);
-        counter(&mut out, "master_evicted_key_count", "Objects evicted", &self.evicted_keys);
-        counter(&mut out, "master_evicted_size_bytes", "Bytes evicted", &self.evicted_bytes);
-        counter(&mut out, "master_put_start_alloc_failures_total", "put_start without space", &self.put_start_alloc_failures);
-        counter(&mut out, "master_put_start_partial_allocations_total", "put_start with fewer replicas than asked", &self.put_start_partial_allocations);
-        counter(&mut out, "master_put_start_discard_cnt", "Abandoned writes taken over", &self.put_start_discards);
-        counter(&mut out, "master_put_start_release_cnt", "Abandoned writes reclaimed", &self.put_start_releases);
-        counter(&mut out, "master_expired_clients_total", "Clients expired for silence", &self.expired_clients);
-        counter(&mut out, "master_restored_objects_total", "Objects rebuilt from client inventories", &self.restored_objects);
+        counter(
+            &mut out,
+            "master_attempted_evictions_total",
+            "Eviction passes",
+            &self.eviction_attempts,
+        );
+        counter(
+            &mut out,
+            "master_successful_evictions_total",
+            "Eviction passes that freed space",
+            &self.eviction_successes,
+        );
+        counter(
+            &mut out,
+            "master_evicted_key_count",
+            "Objects evicted",
+            &self.evicted_keys,
+        );
+        counter(
+            &mut out,
+            "master_evicted_size_bytes",
+            "Bytes evicted",
+            &self.evicted_bytes,
+        );
+        counter(
+            &mut out,
+            "master_put_start_alloc_failures_total",
+            "put_start without space",
+            &self.put_start_alloc_failures,
+        );
+        counter(
+            &mut out,
+            "master_put_start_partial_allocations_total",
+            "put_start with fewer replicas than asked",
+            &self.put_start_partial_allocations,
+        );
+        counter(
+            &mut out,
+            "master_put_start_discard_cnt",
+            "Abandoned writes taken over",
+            &self.put_start_discards,
+        );
+        counter(
+            &mut out,
+            "master_put_start_release_cnt",
+            "Abandoned writes reclaimed",
+            &self.put_start_releases,
+        );
+        counter(
+            &mut out,
+            "master_expired_clients_total",
+            "Clients expired for silence",
+            &self.expired_clients,
+        );
+        counter(
+            &mut out,
+            "master_restored_objects_total",
+            "Objects rebuilt from client inventories",
+            &self.restored_objects,
+        );
         for op in Op::ALL {
             let s = &self.ops[*op as usize];
             let name = op.name();
             if op.is_batch() {
-                let _ = writeln!(out, "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}", s.requests.load(Relaxed));
-                let _ = writeln!(out, "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}", s.failures.load(Relaxed));
-                let _ = writeln!(out, "# TYPE master_{name}_items_total counter\nmaster_{name}_items_total {}", s.items.load(Relaxed));
-                let _ = writeln!(out, "# TYPE master_{name}_failed_items_total counter\nmaster_{name}_failed_items_total {}", s.failed_items.load(Relaxed));
+                let _ = writeln!(
+                    out,
+                    "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}",
+                    s.requests.load(Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}",
+                    s.failures.load(Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "# TYPE master_{name}_items_total counter\nmaster_{name}_items_total {}",
+                    s.items.load(Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "# TYPE master_{name}_failed_items_total counter\nmaster_{name}_failed_items_total {}",
+                    s.failed_items.load(Relaxed)
+                );
             } else {
-                let _ = writeln!(out, "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}", s.requests.load(Relaxed));
-                let _ = writeln!(out, "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}", s.failures.load(Relaxed));
+                let _ = writeln!(
+                    out,
+                    "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}",
+                    s.requests.load(Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}",
+                    s.failures.load(Relaxed)
+                );
             }
             let hist = format!("master_{name}_latency_seconds");
             let _ = writeln!(out, "# TYPE {hist} histogram");
@@ -196,7 +301,11 @@ impl Metrics {
             }
             let count = s.requests.load(Relaxed);
             let _ = writeln!(out, "{hist}_bucket{{le=\"+Inf\"}} {count}");
-            let _ = writeln!(out, "{hist}_sum {}", s.latency_ns_sum.load(Relaxed) as f64 / 1e9);
+            let _ = writeln!(
+                out,
+                "{hist}_sum {}",
+                s.latency_ns_sum.load(Relaxed) as f64 / 1e9
+            );
             let _ = writeln!(out, "{hist}_count {count}");
         }
         out
@@ -225,7 +334,10 @@ mod tests {
         m.record(Op::PutStart, Duration::from_micros(30), false, 1, 0);
         m.record(Op::PutStart, Duration::from_millis(2), true, 1, 1);
         m.record(Op::BatchExistKey, Duration::from_micros(5), false, 128, 0);
-        let text = m.render(&Gauges { key_count: 3, ..Default::default() });
+        let text = m.render(&Gauges {
+            key_count: 3,
+            ..Default::default()
+        });
         assert!(text.contains("master_put_start_requests_total 2"));
         assert!(text.contains("master_put_start_failures_total 1"));
         assert!(text.contains("master_batch_exist_key_items_total 128"));

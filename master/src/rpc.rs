@@ -33,7 +33,9 @@ impl MasterRpc {
     fn timed<T>(&self, op: Op, f: impl FnOnce(&MasterService) -> MResult<T>) -> MResult<T> {
         let start = Instant::now();
         let result = f(&self.svc);
-        self.svc.metrics.record(op, start.elapsed(), result.is_err(), 0, 0);
+        self.svc
+            .metrics
+            .record(op, start.elapsed(), result.is_err(), 0, 0);
         result
     }
 
@@ -45,9 +47,13 @@ impl MasterRpc {
         let start = Instant::now();
         let results = f(&self.svc);
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-        self.svc
-            .metrics
-            .record(op, start.elapsed(), failed > 0, results.len() as u64, failed);
+        self.svc.metrics.record(
+            op,
+            start.elapsed(),
+            failed > 0,
+            results.len() as u64,
+            failed,
+        );
         results
     }
 }
@@ -69,7 +75,9 @@ impl Master for MasterRpc {
         size: u64,
         config: ReplicateConfig,
     ) -> MResult<Vec<ReplicaDesc>> {
-        self.timed(Op::PutStart, |s| s.put_start(client_id, &key, size, &config, false))
+        self.timed(Op::PutStart, |s| {
+            s.put_start(client_id, &key, size, &config, false)
+        })
     }
 
     async fn put_end(self, _: Context, client_id: ClientId, key: String) -> MResult<()> {
@@ -98,11 +106,23 @@ impl Master for MasterRpc {
         })
     }
 
-    async fn batch_put_end(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchPutEnd, |s| keys.iter().map(|k| s.put_end(client_id, k)).collect())
+    async fn batch_put_end(
+        self,
+        _: Context,
+        client_id: ClientId,
+        keys: Vec<String>,
+    ) -> Vec<MResult<()>> {
+        self.timed_batch(Op::BatchPutEnd, |s| {
+            keys.iter().map(|k| s.put_end(client_id, k)).collect()
+        })
     }
 
-    async fn batch_put_revoke(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
+    async fn batch_put_revoke(
+        self,
+        _: Context,
+        client_id: ClientId,
+        keys: Vec<String>,
+    ) -> Vec<MResult<()>> {
         self.timed_batch(Op::BatchPutRevoke, |s| {
             keys.iter().map(|k| s.put_revoke(client_id, k)).collect()
         })
@@ -116,7 +136,9 @@ impl Master for MasterRpc {
         size: u64,
         config: ReplicateConfig,
     ) -> MResult<Vec<ReplicaDesc>> {
-        self.timed(Op::UpsertStart, |s| s.put_start(client_id, &key, size, &config, true))
+        self.timed(Op::UpsertStart, |s| {
+            s.put_start(client_id, &key, size, &config, true)
+        })
     }
 
     async fn upsert_end(self, _: Context, client_id: ClientId, key: String) -> MResult<()> {
@@ -145,11 +167,23 @@ impl Master for MasterRpc {
         })
     }
 
-    async fn batch_upsert_end(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchPutEnd, |s| keys.iter().map(|k| s.put_end(client_id, k)).collect())
+    async fn batch_upsert_end(
+        self,
+        _: Context,
+        client_id: ClientId,
+        keys: Vec<String>,
+    ) -> Vec<MResult<()>> {
+        self.timed_batch(Op::BatchPutEnd, |s| {
+            keys.iter().map(|k| s.put_end(client_id, k)).collect()
+        })
     }
 
-    async fn batch_upsert_revoke(self, _: Context, client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>> {
+    async fn batch_upsert_revoke(
+        self,
+        _: Context,
+        client_id: ClientId,
+        keys: Vec<String>,
+    ) -> Vec<MResult<()>> {
         self.timed_batch(Op::BatchPutRevoke, |s| {
             keys.iter().map(|k| s.put_revoke(client_id, k)).collect()
         })
@@ -159,7 +193,11 @@ impl Master for MasterRpc {
         self.timed(Op::GetReplicaList, |s| s.get_replica_list(&key))
     }
 
-    async fn batch_get_replica_list(self, _: Context, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
+    async fn batch_get_replica_list(
+        self,
+        _: Context,
+        keys: Vec<String>,
+    ) -> Vec<MResult<ReplicaList>> {
         self.timed_batch(Op::BatchGetReplicaList, |s| {
             keys.iter().map(|k| s.get_replica_list(k)).collect()
         })
@@ -170,7 +208,9 @@ impl Master for MasterRpc {
         _: Context,
         pattern: String,
     ) -> MResult<Vec<(String, ReplicaList)>> {
-        self.timed(Op::GetReplicaListByRegex, |s| s.get_replica_list_by_regex(&pattern))
+        self.timed(Op::GetReplicaListByRegex, |s| {
+            s.get_replica_list_by_regex(&pattern)
+        })
     }
 
     async fn exist_key(self, _: Context, key: String) -> MResult<bool> {
@@ -178,7 +218,9 @@ impl Master for MasterRpc {
     }
 
     async fn batch_exist_key(self, _: Context, keys: Vec<String>) -> Vec<MResult<bool>> {
-        self.timed_batch(Op::BatchExistKey, |s| keys.iter().map(|k| s.exist_key(k)).collect())
+        self.timed_batch(Op::BatchExistKey, |s| {
+            keys.iter().map(|k| s.exist_key(k)).collect()
+        })
     }
 
     async fn get_size(self, _: Context, key: String) -> MResult<u64> {
@@ -198,10 +240,17 @@ impl Master for MasterRpc {
     }
 
     async fn batch_remove(self, _: Context, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchRemove, |s| keys.iter().map(|k| s.remove(k, force)).collect())
+        self.timed_batch(Op::BatchRemove, |s| {
+            keys.iter().map(|k| s.remove(k, force)).collect()
+        })
     }
 
-    async fn mount_segment(self, _: Context, client_id: ClientId, segment: SegmentDesc) -> MResult<()> {
+    async fn mount_segment(
+        self,
+        _: Context,
+        client_id: ClientId,
+        segment: SegmentDesc,
+    ) -> MResult<()> {
         self.timed(Op::MountSegment, |s| s.mount_segment(client_id, segment))
     }
 
@@ -218,15 +267,27 @@ impl Master for MasterRpc {
         })
     }
 
-    async fn unmount_segment(self, _: Context, client_id: ClientId, segment_id: SegmentId) -> MResult<()> {
-        self.timed(Op::UnmountSegment, |s| s.unmount_segment(client_id, segment_id))
+    async fn unmount_segment(
+        self,
+        _: Context,
+        client_id: ClientId,
+        segment_id: SegmentId,
+    ) -> MResult<()> {
+        self.timed(Op::UnmountSegment, |s| {
+            s.unmount_segment(client_id, segment_id)
+        })
     }
 
     async fn ping(self, _: Context, client_id: ClientId) -> MResult<PingResponse> {
         self.timed(Op::Ping, |s| Ok(s.ping(client_id)))
     }
 
-    async fn sync_inventory(self, _: Context, client_id: ClientId, ack_seq: u64) -> MResult<InventoryDelta> {
+    async fn sync_inventory(
+        self,
+        _: Context,
+        client_id: ClientId,
+        ack_seq: u64,
+    ) -> MResult<InventoryDelta> {
         self.timed(Op::SyncInventory, |s| s.sync_inventory(client_id, ack_seq))
     }
 

@@ -71,7 +71,12 @@ pub async fn run(
     on_bound(&bound, &svc);
 
     let tracker = TaskTracker::new();
-    tracker.spawn(crate::rpc::serve(rpc, svc.clone(), shutdown.clone(), tracker.clone()));
+    tracker.spawn(crate::rpc::serve(
+        rpc,
+        svc.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     if let Some(listener) = metrics {
         let router = admin_router(svc.clone());
         let token = shutdown.clone();

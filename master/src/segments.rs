@@ -174,7 +174,13 @@ impl SegmentTable {
             }
             let seg = self.get(slot).expect("active slot is live");
             if let Some(offset) = seg.try_allocate(size) {
-                chosen.push((Placement { offset, segment: slot }, seg));
+                chosen.push((
+                    Placement {
+                        offset,
+                        segment: slot,
+                    },
+                    seg,
+                ));
             }
         }
 
@@ -186,7 +192,9 @@ impl SegmentTable {
         let order: Vec<u32> = match strategy {
             AllocationStrategy::Random => {
                 let start = rand::rng().random_range(0..n);
-                (0..n.min(100)).map(|i| self.active[(start + i) % n]).collect()
+                (0..n.min(100))
+                    .map(|i| self.active[(start + i) % n])
+                    .collect()
             }
             AllocationStrategy::FreeRatioFirst => {
                 let mut rng = rand::rng();
@@ -219,7 +227,13 @@ impl SegmentTable {
                     continue;
                 }
                 if let Some(offset) = seg.try_allocate(size) {
-                    chosen.push((Placement { offset, segment: slot }, seg));
+                    chosen.push((
+                        Placement {
+                            offset,
+                            segment: slot,
+                        },
+                        seg,
+                    ));
                 }
             }
         }
@@ -231,7 +245,9 @@ impl SegmentTable {
         self.active
             .iter()
             .filter_map(|&s| self.get(s))
-            .fold((0, 0), |(c, u), s| (c + s.capacity(), u + s.used.load(Relaxed)))
+            .fold((0, 0), |(c, u), s| {
+                (c + s.capacity(), u + s.used.load(Relaxed))
+            })
     }
 
     pub fn len(&self) -> usize {

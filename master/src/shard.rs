@@ -1,7 +1,7 @@
 //! One metadata shard: complete objects in a compact open-addressing index, and
 //! the writes still in flight.
 //!
-//! Objects live in a slab (`Vec<Option<Entry>>`) and the hash index stores only
+//! Objects live in a chunked slab and the hash index stores only
 //! 4-byte slab indices, so the per-key cost is the entry (80 bytes), the key's heap
 //! bytes and ~6 bytes of index: the master stays under 0.2 KB per key with
 //! realistic KV-cache key lengths.
@@ -114,11 +114,43 @@ pub(crate) struct Entry {
     pub object: Object,
 }
 
+/// Entries per slab chunk. The slab grows by whole chunks and never reallocates,
+/// so growing shards leave no freed buffers behind to fragment the heap.
+const CHUNK: usize = 64;
+
+/// Fixed-size chunks of entries addressed by a `u32` slot number.
+#[derive(Default)]
+struct Slab {
+    chunks: Vec<Box<[Option<Entry>]>>,
+    len: usize,
+}
+
+impl Slab {
+    fn get(&self, i: u32) -> &Option<Entry> {
+        &self.chunks[i as usize / CHUNK][i as usize % CHUNK]
+    }
+    fn get_mut(&mut self, i: u32) -> &mut Option<Entry> {
+        &mut self.chunks[i as usize / CHUNK][i as usize % CHUNK]
+    }
+    fn push(&mut self, entry: Entry) -> u32 {
+        if self.len == self.chunks.len() * CHUNK {
+            self.chunks.push((0..CHUNK).map(|_| None).collect());
+        }
+        let i = self.len as u32;
+        *self.get_mut(i) = Some(entry);
+        self.len += 1;
+        i
+    }
+    fn iter(&self) -> impl Iterator<Item = &Option<Entry>> {
+        self.chunks.iter().flat_map(|c| c.iter()).take(self.len)
+    }
+}
+
 /// One shard of the metadata.
 #[derive(Default)]
 pub(crate) struct Shard {
     index: HashTable<u32>,
-    slots: Vec<Option<Entry>>,
+    slots: Slab,
     free_slots: Vec<u32>,
     pub processing: HashMap<Box<str>, PendingWrite, foldhash::fast::RandomState>,
 }
@@ -131,18 +163,20 @@ impl Shard {
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(hash, |&i| slots[i as usize].as_ref().is_some_and(|e| &*e.key == key))
+            .find(hash, |&i| {
+                slots.get(i).as_ref().is_some_and(|e| &*e.key == key)
+            })
             .copied()
     }
 
     pub fn get(&self, hash: u64, key: &str) -> Option<&Object> {
         let i = self.find(hash, key)?;
-        self.slots[i as usize].as_ref().map(|e| &e.object)
+        self.slots.get(i).as_ref().map(|e| &e.object)
     }
 
     pub fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut Object> {
         let i = self.find(hash, key)?;
-        self.slots[i as usize].as_mut().map(|e| &mut e.object)
+        self.slots.get_mut(i).as_mut().map(|e| &mut e.object)
     }
 
     /// Inserts or replaces; returns the replaced object.
@@ -154,7 +188,11 @@ impl Shard {
         hasher: &impl Fn(&str) -> u64,
     ) -> Option<Object> {
         if let Some(i) = self.find(hash, key) {
-            let entry = self.slots[i as usize].as_mut().expect("indexed slot is live");
+            let entry = self
+                .slots
+                .get_mut(i)
+                .as_mut()
+                .expect("indexed slot is live");
             return Some(std::mem::replace(&mut entry.object, object));
         }
         let entry = Entry {
@@ -163,21 +201,14 @@ impl Shard {
         };
         let slot = match self.free_slots.pop() {
             Some(s) => {
-                self.slots[s as usize] = Some(entry);
+                *self.slots.get_mut(s) = Some(entry);
                 s
             }
-            None => {
-                if self.slots.len() == self.slots.capacity() {
-                    // Grow by a quarter rather than doubling: the slab dominates memory.
-                    self.slots.reserve_exact((self.slots.len() / 4).max(16));
-                }
-                self.slots.push(Some(entry));
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push(entry),
         };
         let slots = &self.slots;
         self.index.insert_unique(hash, slot, |&i| {
-            hasher(&slots[i as usize].as_ref().expect("indexed slot is live").key)
+            hasher(&slots.get(i).as_ref().expect("indexed slot is live").key)
         });
         None
     }
@@ -186,14 +217,16 @@ impl Shard {
         let slots = &self.slots;
         let found = self
             .index
-            .find_entry(hash, |&i| slots[i as usize].as_ref().is_some_and(|e| &*e.key == key))
+            .find_entry(hash, |&i| {
+                slots.get(i).as_ref().is_some_and(|e| &*e.key == key)
+            })
             .ok()?;
         let (slot, _) = found.remove();
         self.release_slot(slot)
     }
 
     fn release_slot(&mut self, slot: u32) -> Option<Object> {
-        let entry = self.slots[slot as usize].take()?;
+        let entry = self.slots.get_mut(slot).take()?;
         self.free_slots.push(slot);
         Some(entry.object)
     }
@@ -208,9 +241,9 @@ impl Shard {
         let slots = &mut self.slots;
         let free_slots = &mut self.free_slots;
         self.index.retain(|&mut i| {
-            let entry = slots[i as usize].as_mut().expect("indexed slot is live");
+            let entry = slots.get_mut(i).as_mut().expect("indexed slot is live");
             if remove(&entry.key, &mut entry.object) {
-                let entry = slots[i as usize].take().expect("live");
+                let entry = slots.get_mut(i).take().expect("live");
                 free_slots.push(i);
                 removed(&entry.key, entry.object);
                 false
@@ -230,8 +263,8 @@ impl Shard {
     /// Visits every `stride`-th slot starting at `offset` (for sampling).
     pub fn sample(&self, offset: usize, stride: usize, mut visit: impl FnMut(&Object)) {
         let mut i = offset;
-        while i < self.slots.len() {
-            if let Some(e) = &self.slots[i] {
+        while i < self.slots.len {
+            if let Some(e) = self.slots.get(i as u32) {
                 visit(&e.object);
             }
             i += stride.max(1);
@@ -250,7 +283,10 @@ mod tests {
             version: 1,
             lease_until: 0,
             last_access: 0,
-            replicas: Replicas::One(Placement { offset: 0, segment: 0 }),
+            replicas: Replicas::One(Placement {
+                offset: 0,
+                segment: 0,
+            }),
             soft_pin_until_s: 0,
             flags: 0,
         }
@@ -258,7 +294,11 @@ mod tests {
 
     #[test]
     fn entry_stays_compact() {
-        assert!(std::mem::size_of::<Option<Entry>>() <= 80, "{}", std::mem::size_of::<Option<Entry>>());
+        assert!(
+            std::mem::size_of::<Option<Entry>>() <= 80,
+            "{}",
+            std::mem::size_of::<Option<Entry>>()
+        );
     }
 
     #[test]

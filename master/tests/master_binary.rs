@@ -42,10 +42,19 @@ async fn rpc_object_lifecycle_and_http_views() {
     let c = client(&m).await;
     assert_eq!(c.service_ready(ctx()).await.unwrap(), VERSION);
     // SGLang's readiness check: empty until a segment is mounted.
-    assert_eq!(http("GET", &m.metrics, "/get_all_segments", b"").1.trim(), "");
+    assert_eq!(
+        http("GET", &m.metrics, "/get_all_segments", b"").1.trim(),
+        ""
+    );
     let me = Uuid::new_v4();
-    c.mount_segment(ctx(), me, segment("node-a", 256 << 20)).await.unwrap().unwrap();
-    assert_eq!(http("GET", &m.metrics, "/get_all_segments", b"").1.trim(), "node-a");
+    c.mount_segment(ctx(), me, segment("node-a", 256 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        http("GET", &m.metrics, "/get_all_segments", b"").1.trim(),
+        "node-a"
+    );
 
     let keys: Vec<String> = (0..256).map(|i| format!("prefix-hash-{i:04}_k")).collect();
     let sizes = vec![4096u64; keys.len()];
@@ -54,7 +63,11 @@ async fn rpc_object_lifecycle_and_http_views() {
         .await
         .unwrap();
     assert_eq!(started.len(), 256);
-    assert!(started.iter().all(|r| r.as_ref().is_ok_and(|v| v.len() == 1)));
+    assert!(
+        started
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|v| v.len() == 1))
+    );
     // Nothing is visible before put_end.
     let exist = c.batch_exist_key(ctx(), keys.clone()).await.unwrap();
     assert!(exist.iter().all(|e| *e == Ok(false)));
@@ -69,31 +82,62 @@ async fn rpc_object_lifecycle_and_http_views() {
     assert_eq!(exist[256], Ok(false));
     assert_eq!(exist[257], Err(ErrorCode::InvalidKey));
 
-    let list = c.get_replica_list(ctx(), keys[0].clone()).await.unwrap().unwrap();
+    let list = c
+        .get_replica_list(ctx(), keys[0].clone())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(list.size, 4096);
     assert_eq!(list.replicas[0].segment_name, "node-a");
     assert_eq!(list.replicas[0].transport_endpoint, "127.0.0.1:12300");
     assert_eq!(c.get_size(ctx(), keys[1].clone()).await.unwrap(), Ok(4096));
     // Duplicate put: "already exists" (clients map it to success), value untouched.
     assert_eq!(
-        c.put_start(ctx(), me, keys[1].clone(), 10, ReplicateConfig::default()).await.unwrap(),
+        c.put_start(ctx(), me, keys[1].clone(), 10, ReplicateConfig::default())
+            .await
+            .unwrap(),
         Err(ErrorCode::ObjectAlreadyExists)
     );
-    assert_eq!(c.remove(ctx(), keys[0].clone(), false).await.unwrap(), Err(ErrorCode::ObjectHasLease));
-    let removed = c.batch_remove(ctx(), vec![keys[2].clone(), "nope".into()], false).await.unwrap();
+    assert_eq!(
+        c.remove(ctx(), keys[0].clone(), false).await.unwrap(),
+        Err(ErrorCode::ObjectHasLease)
+    );
+    let removed = c
+        .batch_remove(ctx(), vec![keys[2].clone(), "nope".into()], false)
+        .await
+        .unwrap();
     assert_eq!(removed, vec![Ok(()), Err(ErrorCode::ObjectNotFound)]);
-    assert_eq!(c.remove_by_regex(ctx(), "-00[0-4][0-9]_k$".into(), false).await.unwrap(), Ok(48));
+    assert_eq!(
+        c.remove_by_regex(ctx(), "-00[0-4][0-9]_k$".into(), false)
+            .await
+            .unwrap(),
+        Ok(48)
+    );
 
     // HTTP views agree with the RPC state.
     let (status, body) = http("GET", &m.metrics, "/metrics", b"");
     assert_eq!(status, 200);
     assert_eq!(metric(&body, "master_key_count"), Some(207.0));
-    assert_eq!(metric(&body, "master_total_capacity_bytes"), Some((256u64 << 20) as f64));
-    assert_eq!(metric(&body, "master_allocated_bytes"), Some(207.0 * 4096.0));
-    assert_eq!(metric(&body, "master_batch_put_start_items_total"), Some(256.0));
+    assert_eq!(
+        metric(&body, "master_total_capacity_bytes"),
+        Some((256u64 << 20) as f64)
+    );
+    assert_eq!(
+        metric(&body, "master_allocated_bytes"),
+        Some(207.0 * 4096.0)
+    );
+    assert_eq!(
+        metric(&body, "master_batch_put_start_items_total"),
+        Some(256.0)
+    );
     assert_eq!(metric(&body, "master_active_clients"), Some(1.0));
     assert!(metric(&body, "master_get_replica_list_latency_seconds_count").unwrap() >= 1.0);
-    let (status, body) = http("GET", &m.metrics, &format!("/query_key?key={}", keys[100]), b"");
+    let (status, body) = http(
+        "GET",
+        &m.metrics,
+        &format!("/query_key?key={}", keys[100]),
+        b"",
+    );
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["size"], 4096);
@@ -117,11 +161,20 @@ async fn rpc_object_lifecycle_and_http_views() {
 #[tokio::test]
 async fn cluster_token_is_enforced() {
     let m = MasterProcess::start(&["--cluster_token=s3cret"]);
-    let err = connect_master(&m.rpc, "wrong").await.err().expect("wrong token refused");
+    let err = connect_master(&m.rpc, "wrong")
+        .await
+        .err()
+        .expect("wrong token refused");
     assert_eq!(err.code(), ErrorCode::IllegalClient);
-    let err = connect_master(&m.rpc, "").await.err().expect("missing token refused");
+    let err = connect_master(&m.rpc, "")
+        .await
+        .err()
+        .expect("missing token refused");
     assert_eq!(err.code(), ErrorCode::IllegalClient);
-    assert!(m.wait_for_log("wrong cluster token", Duration::from_secs(5)).is_some());
+    assert!(
+        m.wait_for_log("wrong cluster token", Duration::from_secs(5))
+            .is_some()
+    );
     let c = connect_master(&m.rpc, "s3cret").await.unwrap();
     assert_eq!(c.service_ready(ctx()).await.unwrap(), VERSION);
 }
@@ -131,7 +184,10 @@ async fn malformed_frames_and_dead_peers_do_not_hurt_other_clients() {
     let mut m = MasterProcess::start(&[]);
     let good = client(&m).await;
     let me = Uuid::new_v4();
-    good.mount_segment(ctx(), me, segment("s", 16 << 20)).await.unwrap().unwrap();
+    good.mount_segment(ctx(), me, segment("s", 16 << 20))
+        .await
+        .unwrap()
+        .unwrap();
     // Garbage instead of a handshake, a huge length prefix, a truncated frame.
     for payload in [
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
@@ -145,14 +201,24 @@ async fn malformed_frames_and_dead_peers_do_not_hurt_other_clients() {
     // A valid handshake followed by a garbage request frame.
     {
         let stream = tokio::net::TcpStream::connect(&m.rpc).await.unwrap();
-        let framed = mooncake_proto::codec::client_handshake(stream, "master", "").await.unwrap();
+        let framed = mooncake_proto::codec::client_handshake(stream, "master", "")
+            .await
+            .unwrap();
         let mut raw = framed.into_inner();
         use tokio::io::AsyncWriteExt;
-        raw.write_all(&[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x00]).await.unwrap();
+        raw.write_all(&[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x00])
+            .await
+            .unwrap();
         let mut buf = [0u8; 16];
         use tokio::io::AsyncReadExt;
-        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.unwrap().unwrap_or(0);
-        assert_eq!(n, 0, "the master closes a connection that sends a malformed frame");
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "the master closes a connection that sends a malformed frame"
+        );
     }
     // A client that dies with a request half sent.
     {
@@ -160,19 +226,62 @@ async fn malformed_frames_and_dead_peers_do_not_hurt_other_clients() {
         s.write_all(&[0, 0, 0, 50, 1]).unwrap();
     }
     assert!(m.alive());
-    good.put_start(ctx(), me, "still-works".into(), 10, ReplicateConfig::default()).await.unwrap().unwrap();
-    good.put_end(ctx(), me, "still-works".into()).await.unwrap().unwrap();
-    assert_eq!(good.exist_key(ctx(), "still-works".into()).await.unwrap(), Ok(true));
+    good.put_start(
+        ctx(),
+        me,
+        "still-works".into(),
+        10,
+        ReplicateConfig::default(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    good.put_end(ctx(), me, "still-works".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        good.exist_key(ctx(), "still-works".into()).await.unwrap(),
+        Ok(true)
+    );
     // Oversized keys and bad sizes get codes, the master stays up.
     let long = "k".repeat(4097);
-    assert_eq!(good.put_start(ctx(), me, long, 1, ReplicateConfig::default()).await.unwrap(), Err(ErrorCode::InvalidKey));
-    assert_eq!(good.put_start(ctx(), me, "z".into(), 0, ReplicateConfig::default()).await.unwrap(), Err(ErrorCode::InvalidParams));
     assert_eq!(
-        good.batch_put_start(ctx(), me, vec!["a".into(), "b".into()], vec![1], ReplicateConfig::default()).await.unwrap(),
+        good.put_start(ctx(), me, long, 1, ReplicateConfig::default())
+            .await
+            .unwrap(),
+        Err(ErrorCode::InvalidKey)
+    );
+    assert_eq!(
+        good.put_start(ctx(), me, "z".into(), 0, ReplicateConfig::default())
+            .await
+            .unwrap(),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        good.batch_put_start(
+            ctx(),
+            me,
+            vec!["a".into(), "b".into()],
+            vec![1],
+            ReplicateConfig::default()
+        )
+        .await
+        .unwrap(),
         vec![Err(ErrorCode::InvalidParams), Err(ErrorCode::InvalidParams)]
     );
-    assert_eq!(good.get_replica_list_by_regex(ctx(), "(".into()).await.unwrap(), Err(ErrorCode::InvalidParams));
-    assert_eq!(good.unmount_segment(ctx(), Uuid::new_v4(), Uuid::new_v4()).await.unwrap(), Err(ErrorCode::SegmentNotFound));
+    assert_eq!(
+        good.get_replica_list_by_regex(ctx(), "(".into())
+            .await
+            .unwrap(),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        good.unmount_segment(ctx(), Uuid::new_v4(), Uuid::new_v4())
+            .await
+            .unwrap(),
+        Err(ErrorCode::SegmentNotFound)
+    );
     assert!(m.alive());
 }
 
@@ -186,17 +295,37 @@ async fn metadata_server_stores_and_deletes() {
     let md = m.metadata.clone().unwrap();
     assert_eq!(http("GET", &md, "/health", b"").0, 200);
     assert_eq!(http("GET", &md, "/metadata?key=mooncake/ram/a", b"").0, 404);
-    assert_eq!(http("PUT", &md, "/metadata?key=mooncake/ram/a", b"{\"x\":1}").0, 200);
-    assert_eq!(http("GET", &md, "/metadata?key=mooncake/ram/a", b""), (200, "{\"x\":1}".to_string()));
-    assert_eq!(http("DELETE", &md, "/metadata?key=mooncake/ram/a", b"").0, 200);
+    assert_eq!(
+        http("PUT", &md, "/metadata?key=mooncake/ram/a", b"{\"x\":1}").0,
+        200
+    );
+    assert_eq!(
+        http("GET", &md, "/metadata?key=mooncake/ram/a", b""),
+        (200, "{\"x\":1}".to_string())
+    );
+    assert_eq!(
+        http("DELETE", &md, "/metadata?key=mooncake/ram/a", b"").0,
+        200
+    );
     assert_eq!(http("GET", &md, "/metadata?key=mooncake/ram/a", b"").0, 404);
 }
 
 #[test]
 fn upstream_flag_spellings_are_accepted_and_bad_values_rejected() {
     // The spellings of upstream's guides.
-    let m = MasterProcess::start(&["--eviction_high_watermark_ratio=0.95", "-v=1", "--default_kv_lease_ttl=5s", "--enable_metric_reporting", "--allocation_strategy", "free_ratio_first"]);
-    assert!(m.rpc.starts_with("127.0.0.1:"), "binds exactly the address given: {}", m.rpc);
+    let m = MasterProcess::start(&[
+        "--eviction_high_watermark_ratio=0.95",
+        "-v=1",
+        "--default_kv_lease_ttl=5s",
+        "--enable_metric_reporting",
+        "--allocation_strategy",
+        "free_ratio_first",
+    ]);
+    assert!(
+        m.rpc.starts_with("127.0.0.1:"),
+        "binds exactly the address given: {}",
+        m.rpc
+    );
     assert!(m.metrics.starts_with("127.0.0.1:"));
     for bad in [
         vec!["--eviction_ratio=2"],
@@ -205,7 +334,12 @@ fn upstream_flag_spellings_are_accepted_and_bad_values_rejected() {
         vec!["--enable_ha=true"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_mooncake_master"))
-            .args(["--rpc_port=0", "--metrics_port=0", "--rpc_address=127.0.0.1", "--metrics_host=127.0.0.1"])
+            .args([
+                "--rpc_port=0",
+                "--metrics_port=0",
+                "--rpc_address=127.0.0.1",
+                "--metrics_host=127.0.0.1",
+            ])
             .args(&bad)
             .output()
             .unwrap();
@@ -217,7 +351,9 @@ fn upstream_flag_spellings_are_accepted_and_bad_values_rejected() {
 #[test]
 fn prints_startup_lines_and_periodic_summary() {
     let m = MasterProcess::start(&[]);
-    let line = m.wait_for_log("Master Metrics: Storage:", Duration::from_secs(5)).expect("summary at start");
+    let line = m
+        .wait_for_log("Master Metrics: Storage:", Duration::from_secs(5))
+        .expect("summary at start");
     assert!(line.contains("Keys: 0"), "{line}");
     assert!(line.contains("Clients: 0"), "{line}");
 }
@@ -229,14 +365,36 @@ async fn kill_9_master_restart_rebuilds_from_client_inventories() {
     let c = client(&m).await;
     let me = Uuid::new_v4();
     let seg = segment("survivor", 64 << 20);
-    c.mount_segment(ctx(), me, seg.clone()).await.unwrap().unwrap();
+    c.mount_segment(ctx(), me, seg.clone())
+        .await
+        .unwrap()
+        .unwrap();
     // The owner keeps its inventory in sync with the master.
-    assert!(c.sync_inventory(ctx(), me, 0).await.unwrap().unwrap().resync_required);
+    assert!(
+        c.sync_inventory(ctx(), me, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .resync_required
+    );
     let snapshot = c.fetch_inventory(ctx(), me).await.unwrap().unwrap();
     let keys: Vec<String> = (0..100).map(|i| format!("obj{i}")).collect();
-    let started = c.batch_put_start(ctx(), me, keys.clone(), vec![10_000; 100], ReplicateConfig::default()).await.unwrap();
+    let started = c
+        .batch_put_start(
+            ctx(),
+            me,
+            keys.clone(),
+            vec![10_000; 100],
+            ReplicateConfig::default(),
+        )
+        .await
+        .unwrap();
     c.batch_put_end(ctx(), me, keys.clone()).await.unwrap();
-    let delta = c.sync_inventory(ctx(), me, snapshot.seq).await.unwrap().unwrap();
+    let delta = c
+        .sync_inventory(ctx(), me, snapshot.seq)
+        .await
+        .unwrap()
+        .unwrap();
     let inventory: Vec<InventoryEntry> = delta
         .changes
         .into_iter()
@@ -250,16 +408,33 @@ async fn kill_9_master_restart_rebuilds_from_client_inventories() {
     m.kill();
     let m2 = MasterProcess::start_on(&[], &port);
     let c2 = client(&m2).await;
-    assert_eq!(c2.ping(ctx(), me).await.unwrap().unwrap().status, ClientStatus::NeedRemount);
-    assert_eq!(c2.exist_key(ctx(), keys[0].clone()).await.unwrap(), Ok(false));
-    let report = c2.remount_segment(ctx(), me, vec![seg.clone()], inventory, true).await.unwrap().unwrap();
+    assert_eq!(
+        c2.ping(ctx(), me).await.unwrap().unwrap().status,
+        ClientStatus::NeedRemount
+    );
+    assert_eq!(
+        c2.exist_key(ctx(), keys[0].clone()).await.unwrap(),
+        Ok(false)
+    );
+    let report = c2
+        .remount_segment(ctx(), me, vec![seg.clone()], inventory, true)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(report.restored, 100);
     assert!(report.rejected.is_empty());
-    let lists = c2.batch_get_replica_list(ctx(), keys.clone()).await.unwrap();
+    let lists = c2
+        .batch_get_replica_list(ctx(), keys.clone())
+        .await
+        .unwrap();
     for (i, l) in lists.iter().enumerate() {
         let l = l.as_ref().expect("restored");
         assert_eq!(l.size, 10_000);
-        assert_eq!(l.replicas[0].offset, started[i].as_ref().unwrap()[0].offset, "same bytes");
+        assert_eq!(
+            l.replicas[0].offset,
+            started[i].as_ref().unwrap()[0].offset,
+            "same bytes"
+        );
     }
     let (_, body) = http("GET", &m2.metrics, "/metrics", b"");
     assert_eq!(metric(&body, "master_key_count"), Some(100.0));
@@ -271,8 +446,14 @@ async fn expired_client_segments_disappear() {
     let m = MasterProcess::start(&["--client_ttl=1"]);
     let c = client(&m).await;
     let me = Uuid::new_v4();
-    c.mount_segment(ctx(), me, segment("mortal", 1 << 20)).await.unwrap().unwrap();
-    c.put_start(ctx(), me, "k".into(), 10, ReplicateConfig::default()).await.unwrap().unwrap();
+    c.mount_segment(ctx(), me, segment("mortal", 1 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    c.put_start(ctx(), me, "k".into(), 10, ReplicateConfig::default())
+        .await
+        .unwrap()
+        .unwrap();
     c.put_end(ctx(), me, "k".into()).await.unwrap().unwrap();
     let mut gone = false;
     for _ in 0..50 {
@@ -284,5 +465,8 @@ async fn expired_client_segments_disappear() {
     }
     assert!(gone, "segment of a silent client unmounted");
     assert_eq!(c.exist_key(ctx(), "k".into()).await.unwrap(), Ok(false));
-    assert_eq!(c.ping(ctx(), me).await.unwrap().unwrap().status, ClientStatus::NeedRemount);
+    assert_eq!(
+        c.ping(ctx(), me).await.unwrap().unwrap().status,
+        ClientStatus::NeedRemount
+    );
 }

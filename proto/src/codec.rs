@@ -93,7 +93,9 @@ impl<Item, SinkItem> Default for PostcardCodec<Item, SinkItem> {
     }
 }
 
-impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem> for PostcardCodec<Item, SinkItem> {
+impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem>
+    for PostcardCodec<Item, SinkItem>
+{
     type Error = io::Error;
     fn serialize(self: Pin<&mut Self>, item: &SinkItem) -> Result<Bytes, io::Error> {
         postcard::to_stdvec(item)
@@ -164,7 +166,9 @@ where
         framed.send(Bytes::from(bytes)).await?;
         match framed.next().await {
             Some(frame) => Ok(frame?),
-            None => Err(ConnectError::Protocol("connection closed during handshake".into())),
+            None => Err(ConnectError::Protocol(
+                "connection closed during handshake".into(),
+            )),
         }
     };
     let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
@@ -202,7 +206,10 @@ where
         Ok(h) if h.magic != HELLO_MAGIC => Err((ErrorCode::InvalidParams, "bad magic".into())),
         Ok(h) if h.version != PROTOCOL_VERSION => Err((
             ErrorCode::InvalidVersion,
-            format!("protocol version {} (expected {PROTOCOL_VERSION})", h.version),
+            format!(
+                "protocol version {} (expected {PROTOCOL_VERSION})",
+                h.version
+            ),
         )),
         Ok(h) if h.service != service => Err((
             ErrorCode::InvalidParams,
@@ -215,7 +222,11 @@ where
     };
     let reply = HelloReply {
         result: verdict.as_ref().map(|_| ()).map_err(|(code, _)| *code),
-        message: verdict.as_ref().err().map(|(_, m)| m.clone()).unwrap_or_default(),
+        message: verdict
+            .as_ref()
+            .err()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default(),
     };
     let bytes = postcard::to_stdvec(&reply).map_err(|e| ConnectError::Protocol(e.to_string()))?;
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.send(Bytes::from(bytes))).await;
@@ -260,11 +271,17 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_accepts_matching_token_and_refuses_others() {
-        for (server_token, client_token, ok) in
-            [("", "", true), ("s3cret", "s3cret", true), ("s3cret", "wrong", false), ("s3cret", "", false)]
-        {
+        for (server_token, client_token, ok) in [
+            ("", "", true),
+            ("s3cret", "s3cret", true),
+            ("s3cret", "wrong", false),
+            ("s3cret", "", false),
+        ] {
             let (a, b) = tokio::io::duplex(1 << 16);
-            let server = tokio::spawn(async move { server_handshake(a, "master", server_token).await.is_ok() });
+            let server =
+                tokio::spawn(
+                    async move { server_handshake(a, "master", server_token).await.is_ok() },
+                );
             let client = client_handshake(b, "master", client_token).await;
             assert_eq!(server.await.unwrap(), ok);
             match client {
@@ -288,7 +305,9 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(async move { server_handshake(a, "master", "").await });
         let mut raw = framed(b);
-        raw.send(Bytes::from_static(b"\xff\xff\xff garbage")).await.unwrap();
+        raw.send(Bytes::from_static(b"\xff\xff\xff garbage"))
+            .await
+            .unwrap();
         assert!(server.await.unwrap().is_err());
     }
 

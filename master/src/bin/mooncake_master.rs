@@ -19,7 +19,11 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "mooncake_master", version, about = "mooncake-rs master service")]
+#[command(
+    name = "mooncake_master",
+    version,
+    about = "mooncake-rs master service"
+)]
 struct Args {
     /// Address the RPC service binds.
     #[arg(long = "rpc_address", default_value = "0.0.0.0")]
@@ -85,7 +89,12 @@ struct Args {
     #[arg(long = "http_metadata_server_port", default_value_t = 8080)]
     http_metadata_server_port: u16,
     /// Token every client must present.
-    #[arg(long = "cluster_token", env = "MOONCAKE_CLUSTER_TOKEN", default_value = "", hide_env_values = true)]
+    #[arg(
+        long = "cluster_token",
+        env = "MOONCAKE_CLUSTER_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
     cluster_token: String,
     /// RPC worker threads (0 = number of cores).
     #[arg(long = "rpc_thread_num", default_value_t = 0)]
@@ -144,22 +153,31 @@ fn main() -> anyhow::Result<()> {
     let options = ServerOptions {
         rpc_addr: host(&args.rpc_address, args.rpc_port.unwrap_or(args.port)),
         metrics_addr: Some(host(&args.metrics_host, args.metrics_port)),
-        metadata_addr: args
-            .enable_http_metadata_server
-            .then(|| host(&args.http_metadata_server_host, args.http_metadata_server_port)),
-        summary_interval: args.enable_metric_reporting.then_some(Duration::from_secs(10)),
+        metadata_addr: args.enable_http_metadata_server.then(|| {
+            host(
+                &args.http_metadata_server_host,
+                args.http_metadata_server_port,
+            )
+        }),
+        summary_interval: args
+            .enable_metric_reporting
+            .then_some(Duration::from_secs(10)),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.rpc_thread_num > 0 {
         runtime.worker_threads(args.rpc_thread_num);
     }
-    let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -168,7 +186,11 @@ fn main() -> anyhow::Result<()> {
             signals.cancel();
         });
         mooncake_master::run(config, options, shutdown, |bound, svc| {
-            tracing::info!("Master service started on port {} ({})", bound.rpc.port(), bound.rpc);
+            tracing::info!(
+                "Master service started on port {} ({})",
+                bound.rpc.port(),
+                bound.rpc
+            );
             if let Some(m) = bound.metrics {
                 tracing::info!("HTTP metrics server started on port {} ({m})", m.port());
             }

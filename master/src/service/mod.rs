@@ -22,7 +22,9 @@ use crate::config::MasterConfig;
 use crate::inventory::InventoryLog;
 use crate::metrics::{Gauges, Metrics, human_bytes};
 use crate::segments::{Segment, SegmentTable};
-use crate::shard::{FLAG_HARD_PIN, FLAG_PENDING_UPSERT, Object, PendingWrite, Placement, Replicas, Shard};
+use crate::shard::{
+    FLAG_HARD_PIN, FLAG_PENDING_UPSERT, Object, PendingWrite, Placement, Replicas, Shard,
+};
 
 /// Most inventory entries a client may send across the chunks of one remount.
 const MAX_REMOUNT_ENTRIES: usize = 100_000_000;
@@ -98,7 +100,9 @@ impl MasterService {
             start: Instant::now(),
             hasher: foldhash::fast::RandomState::default(),
             shard_mask: shard_count as u64 - 1,
-            shards: (0..shard_count).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..shard_count)
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
             segments: RwLock::new(SegmentTable::default()),
             clients: Mutex::new(HashMap::new()),
             deferred: Mutex::new(Vec::new()),
@@ -172,7 +176,13 @@ impl MasterService {
         })
     }
 
-    fn emit_added(segs: &SegmentTable, key: &str, placements: &[Placement], size: u64, version: u64) {
+    fn emit_added(
+        segs: &SegmentTable,
+        key: &str,
+        placements: &[Placement],
+        size: u64,
+        version: u64,
+    ) {
         for p in placements {
             if let Some(seg) = segs.get(p.segment) {
                 seg.log.lock().push(InventoryChange::Added(InventoryEntry {
@@ -244,7 +254,9 @@ impl MasterService {
             last_seen: now,
             host: host.to_string(),
             segments: Vec::new(),
-            log: Arc::new(Mutex::new(InventoryLog::new(self.config.inventory_log_limit))),
+            log: Arc::new(Mutex::new(InventoryLog::new(
+                self.config.inventory_log_limit,
+            ))),
             restore: None,
         });
         entry.last_seen = now;
@@ -299,7 +311,14 @@ impl MasterService {
                     // release timeout because the zombie writer may still be writing.
                     let p = shard.processing.remove(key).expect("present");
                     let segs = self.segments.read();
-                    self.release_later(&segs, &p.replicas, p.size, p.version, p.started + release_ms, false);
+                    self.release_later(
+                        &segs,
+                        &p.replicas,
+                        p.size,
+                        p.version,
+                        p.started + release_ms,
+                        false,
+                    );
                     self.metrics.put_start_discards.fetch_add(1, Relaxed);
                     if let Some(o) = shard.get_mut(hash, key) {
                         o.flags &= !FLAG_PENDING_UPSERT;
@@ -317,15 +336,24 @@ impl MasterService {
                 if size > largest {
                     return Err(ErrorCode::InvalidParams);
                 }
-                let placed = segs.place(size, config, self.config.allocation_strategy, writer_host.as_deref());
+                let placed = segs.place(
+                    size,
+                    config,
+                    self.config.allocation_strategy,
+                    writer_host.as_deref(),
+                );
                 if !placed.is_empty() {
                     if placed.len() < config.replica_num as usize {
-                        self.metrics.put_start_partial_allocations.fetch_add(1, Relaxed);
+                        self.metrics
+                            .put_start_partial_allocations
+                            .fetch_add(1, Relaxed);
                     }
                     let version = self.next_version();
                     let descs = placed
                         .iter()
-                        .filter_map(|p| Self::describe(&segs, p, size, version, ReplicaStatus::Processing))
+                        .filter_map(|p| {
+                            Self::describe(&segs, p, size, version, ReplicaStatus::Processing)
+                        })
                         .collect();
                     drop(segs);
                     if upsert {
@@ -383,7 +411,10 @@ impl MasterService {
             }
             return Err(ErrorCode::InvalidWrite);
         }
-        let previous_pin = shard.get(hash, key).map(|o| o.soft_pin_until_s).unwrap_or(0);
+        let previous_pin = shard
+            .get(hash, key)
+            .map(|o| o.soft_pin_until_s)
+            .unwrap_or(0);
         let soft_pin_until_s = match (p.soft_pin_ttl_ms, p.soft_pin_action) {
             (Some(ttl), _) => (now + ttl).div_ceil(1000).min(u64::from(u32::MAX)) as u32,
             (None, SoftPinAction::Preserve) => previous_pin,
@@ -399,11 +430,24 @@ impl MasterService {
             flags: if p.hard_pin { FLAG_HARD_PIN } else { 0 },
         };
         let segs = self.segments.read();
-        Self::emit_added(&segs, key, object.replicas.as_slice(), object.size, object.version);
+        Self::emit_added(
+            &segs,
+            key,
+            object.replicas.as_slice(),
+            object.size,
+            object.version,
+        );
         let hasher = |k: &str| self.hasher.hash_one(k);
         if let Some(old) = shard.insert(hash, key, object, &hasher) {
             if old.leased(now) {
-                self.release_later(&segs, old.replicas.as_slice(), old.size, old.version, old.lease_until, true);
+                self.release_later(
+                    &segs,
+                    old.replicas.as_slice(),
+                    old.size,
+                    old.version,
+                    old.lease_until,
+                    true,
+                );
             } else {
                 self.release_now(&segs, old.replicas.as_slice(), old.size, old.version);
             }
@@ -458,7 +502,9 @@ impl MasterService {
                 .replicas
                 .as_slice()
                 .iter()
-                .filter_map(|p| Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete))
+                .filter_map(|p| {
+                    Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete)
+                })
                 .collect();
             if replicas.is_empty() {
                 return Err(ErrorCode::ObjectNotFound);
@@ -481,11 +527,13 @@ impl MasterService {
         self.validate_key(key)?;
         let hash = self.hash(key);
         let shard = self.shard(hash).lock();
-        let o = shard.get(hash, key).ok_or(if shard.processing.contains_key(key) {
-            ErrorCode::ReplicaIsNotReady
-        } else {
-            ErrorCode::ObjectNotFound
-        })?;
+        let o = shard
+            .get(hash, key)
+            .ok_or(if shard.processing.contains_key(key) {
+                ErrorCode::ReplicaIsNotReady
+            } else {
+                ErrorCode::ObjectNotFound
+            })?;
         let segs = self.segments.read();
         Ok(ReplicaList {
             size: o.size,
@@ -493,7 +541,9 @@ impl MasterService {
                 .replicas
                 .as_slice()
                 .iter()
-                .filter_map(|p| Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete))
+                .filter_map(|p| {
+                    Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete)
+                })
                 .collect(),
             lease_ttl_ms: o.lease_until.saturating_sub(self.now_ms()),
         })
@@ -517,9 +567,18 @@ impl MasterService {
                             .replicas
                             .as_slice()
                             .iter()
-                            .filter_map(|p| Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete))
+                            .filter_map(|p| {
+                                Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete)
+                            })
                             .collect();
-                        out.push((k.to_string(), ReplicaList { size: o.size, replicas, lease_ttl_ms: ttl }));
+                        out.push((
+                            k.to_string(),
+                            ReplicaList {
+                                size: o.size,
+                                replicas,
+                                lease_ttl_ms: ttl,
+                            },
+                        ));
                     }
                     false
                 },
@@ -567,7 +626,9 @@ impl MasterService {
         match shard.get(hash, key) {
             None if shard.processing.contains_key(key) => Err(ErrorCode::ReplicaIsNotReady),
             None => Err(ErrorCode::ObjectNotFound),
-            Some(o) if !force && (o.leased(now) || o.hard_pinned()) => Err(ErrorCode::ObjectHasLease),
+            Some(o) if !force && (o.leased(now) || o.hard_pinned()) => {
+                Err(ErrorCode::ObjectHasLease)
+            }
             Some(_) => {
                 let o = shard.remove(hash, key).expect("present");
                 let segs = self.segments.read();
@@ -626,7 +687,10 @@ impl MasterService {
             let offset = rng.random_range(0..stride);
             shard.lock().sample(offset, stride, |o| {
                 if o.evictable(now, false) {
-                    samples.push((o.last_access, allocated_len(o.size) * o.replicas.as_slice().len() as u64));
+                    samples.push((
+                        o.last_access,
+                        allocated_len(o.size) * o.replicas.as_slice().len() as u64,
+                    ));
                 }
             });
         }
@@ -666,7 +730,8 @@ impl MasterService {
                 let segs = self.segments.read();
                 shard.retain(
                     |_, o| {
-                        if freed < target && o.last_access <= limit && o.evictable(now, allow_soft) {
+                        if freed < target && o.last_access <= limit && o.evictable(now, allow_soft)
+                        {
                             freed += allocated_len(o.size) * o.replicas.as_slice().len() as u64;
                             true
                         } else {
@@ -730,12 +795,18 @@ impl MasterService {
         if ratio <= hw && !forced {
             return 0;
         }
-        let fraction = self.config.eviction_ratio.max(ratio - hw + self.config.eviction_ratio);
+        let fraction = self
+            .config
+            .eviction_ratio
+            .max(ratio - hw + self.config.eviction_ratio);
         let target = (capacity as f64 * fraction) as u64;
         let mut st = self.eviction.lock();
         let now = self.now_ms();
         let epoch = self.free_epoch.load(Relaxed);
-        if st.last_freed == 0 && epoch == st.epoch_at_last_run && now < st.last_run + FUTILE_EVICTION_BACKOFF_MS {
+        if st.last_freed == 0
+            && epoch == st.epoch_at_last_run
+            && now < st.last_run + FUTILE_EVICTION_BACKOFF_MS
+        {
             return 0;
         }
         let freed = self.evict(target);
@@ -815,7 +886,9 @@ impl MasterService {
                 p.replicas.retain(|pl| pl.segment != slot);
             }
         }
-        self.deferred.lock().retain(|d| d.slot != slot || d.segment_id != *id);
+        self.deferred
+            .lock()
+            .retain(|d| d.slot != slot || d.segment_id != *id);
         self.segments.write().release_slot(slot);
         tracing::info!(segment = %id, dropped, "segment unmounted");
         dropped
@@ -885,7 +958,9 @@ impl MasterService {
                 let valid = self.validate_key(&e.key).is_ok()
                     && e.size > 0
                     && e.offset % GRANULE == 0
-                    && e.offset.checked_add(allocated_len(e.size)).is_some_and(|end| end <= d.size);
+                    && e.offset
+                        .checked_add(allocated_len(e.size))
+                        .is_some_and(|end| end <= d.size);
                 if valid {
                     per_segment.entry(e.segment_id).or_default().push(e);
                 } else {
@@ -906,7 +981,10 @@ impl MasterService {
             let mut accepted: Vec<InventoryEntry> = Vec::new();
             for e in entries {
                 let end = e.offset + allocated_len(e.size);
-                let overlaps_before = ranges.range(..end).next_back().is_some_and(|(_, &pend)| pend > e.offset);
+                let overlaps_before = ranges
+                    .range(..end)
+                    .next_back()
+                    .is_some_and(|(_, &pend)| pend > e.offset);
                 if overlaps_before || seen_keys.contains(&e.key) {
                     report.rejected.push(e);
                     continue;
@@ -918,12 +996,18 @@ impl MasterService {
             }
             let allocated: Vec<(u64, u64)> = accepted.iter().map(|e| (e.offset, e.size)).collect();
             let allocator = RangeAllocator::with_allocated(d.size, &allocated);
-            let seg = self.segments.write().insert(d.clone(), client, allocator, log.clone());
+            let seg = self
+                .segments
+                .write()
+                .insert(d.clone(), client, allocator, log.clone());
             let slot = seg.slot;
             for e in accepted {
                 let hash = self.hash(&e.key);
                 let mut shard = self.shard(hash).lock();
-                let placement = Placement { offset: e.offset, segment: slot };
+                let placement = Placement {
+                    offset: e.offset,
+                    segment: slot,
+                };
                 let applied = match shard.get_mut(hash, &e.key) {
                     None => {
                         let object = Object {
@@ -957,7 +1041,14 @@ impl MasterService {
                         let old = std::mem::replace(o, replaced);
                         let segs = self.segments.read();
                         if old.leased(now) {
-                            self.release_later(&segs, old.replicas.as_slice(), old.size, old.version, old.lease_until, true);
+                            self.release_later(
+                                &segs,
+                                old.replicas.as_slice(),
+                                old.size,
+                                old.version,
+                                old.lease_until,
+                                true,
+                            );
                         } else {
                             self.release_now(&segs, old.replicas.as_slice(), old.size, old.version);
                         }
@@ -990,7 +1081,9 @@ impl MasterService {
             }
         }
         self.free_epoch.fetch_add(1, Relaxed);
-        self.metrics.restored_objects.fetch_add(report.restored, Relaxed);
+        self.metrics
+            .restored_objects
+            .fetch_add(report.restored, Relaxed);
         tracing::info!(
             client = %client,
             segments = mounted.len(),
@@ -1041,7 +1134,9 @@ impl MasterService {
         let mut entries = Vec::new();
         let slots: HashMap<u32, SegmentId> = {
             let segs = self.segments.read();
-            ids.iter().filter_map(|id| segs.by_id(id).map(|s| (s.slot, *id))).collect()
+            ids.iter()
+                .filter_map(|id| segs.by_id(id).map(|s| (s.slot, *id)))
+                .collect()
         };
         for shard in self.shards.iter() {
             shard.lock().for_each(|k, o| {
@@ -1063,7 +1158,11 @@ impl MasterService {
 
     /// Every mounted segment.
     pub fn all_segments(&self) -> Vec<SegmentDesc> {
-        self.segments.read().iter().map(|s| s.desc.clone()).collect()
+        self.segments
+            .read()
+            .iter()
+            .map(|s| s.desc.clone())
+            .collect()
     }
 
     /// Per-segment capacity and usage: `(desc, used bytes)`.
@@ -1101,7 +1200,8 @@ impl MasterService {
 
         let due: Vec<DeferredFree> = {
             let mut deferred = self.deferred.lock();
-            let (due, keep): (Vec<_>, Vec<_>) = deferred.drain(..).partition(|d| d.release_at <= now);
+            let (due, keep): (Vec<_>, Vec<_>) =
+                deferred.drain(..).partition(|d| d.release_at <= now);
             *deferred = keep;
             due
         };

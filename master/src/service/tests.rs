@@ -48,7 +48,9 @@ async fn write_lifecycle_and_existing_keys_keep_their_value() {
     let m = master();
     let c = Uuid::new_v4();
     m.mount_segment(c, segment("a", "h1", 64 * MIB)).unwrap();
-    let started = m.put_start(c, "k", 4096, &ReplicateConfig::default(), false).unwrap();
+    let started = m
+        .put_start(c, "k", 4096, &ReplicateConfig::default(), false)
+        .unwrap();
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].status, ReplicaStatus::Processing);
     // Readers never see an unfinished write.
@@ -61,14 +63,20 @@ async fn write_lifecycle_and_existing_keys_keep_their_value() {
         Err(ErrorCode::ObjectAlreadyExists)
     );
     // Only the writer may end it.
-    assert_eq!(m.put_end(Uuid::new_v4(), "k"), Err(ErrorCode::IllegalClient));
+    assert_eq!(
+        m.put_end(Uuid::new_v4(), "k"),
+        Err(ErrorCode::IllegalClient)
+    );
     m.put_end(c, "k").unwrap();
     m.put_end(c, "k").unwrap(); // idempotent
     let list = m.get_replica_list("k").unwrap();
     assert_eq!(list.size, 4096);
     assert_eq!(list.replicas[0].offset, started[0].offset);
     assert_eq!(list.replicas[0].status, ReplicaStatus::Complete);
-    assert_eq!(list.replicas[0].buffer_address, 0x7f00_0000_0000 + started[0].offset);
+    assert_eq!(
+        list.replicas[0].buffer_address,
+        0x7f00_0000_0000 + started[0].offset
+    );
     assert_eq!(m.exist_key("k"), Ok(true));
     assert_eq!(m.get_size("k"), Ok(4096));
     // A second put of a complete key reports "already exists" and changes nothing.
@@ -77,18 +85,33 @@ async fn write_lifecycle_and_existing_keys_keep_their_value() {
         Err(ErrorCode::ObjectAlreadyExists)
     );
     let again = m.get_replica_list("k").unwrap();
-    assert_eq!((again.size, again.replicas[0].version), (4096, list.replicas[0].version));
+    assert_eq!(
+        (again.size, again.replicas[0].version),
+        (4096, list.replicas[0].version)
+    );
     assert_eq!(m.put_end(c, "missing"), Err(ErrorCode::ObjectNotFound));
 }
 
 #[tokio::test(start_paused = true)]
 async fn revoke_frees_space_and_bad_input_gets_error_codes() {
-    let m = MasterService::new(MasterConfig::default().with_shard_count(8).with_max_key_len(16));
+    let m = MasterService::new(
+        MasterConfig::default()
+            .with_shard_count(8)
+            .with_max_key_len(16),
+    );
     let c = Uuid::new_v4();
-    assert_eq!(put(&m, c, "k", 1), Err(ErrorCode::NoAvailableHandle), "no segment yet");
+    assert_eq!(
+        put(&m, c, "k", 1),
+        Err(ErrorCode::NoAvailableHandle),
+        "no segment yet"
+    );
     m.mount_segment(c, segment("a", "h1", MIB)).unwrap();
-    m.put_start(c, "big", MIB, &ReplicateConfig::default(), false).unwrap();
-    assert_eq!(m.put_revoke(Uuid::new_v4(), "big"), Err(ErrorCode::IllegalClient));
+    m.put_start(c, "big", MIB, &ReplicateConfig::default(), false)
+        .unwrap();
+    assert_eq!(
+        m.put_revoke(Uuid::new_v4(), "big"),
+        Err(ErrorCode::IllegalClient)
+    );
     m.put_revoke(c, "big").unwrap();
     assert_eq!(m.get_replica_list("big"), Err(ErrorCode::ObjectNotFound));
     // The space came back: a full-size object fits again.
@@ -101,12 +124,27 @@ async fn revoke_frees_space_and_bad_input_gets_error_codes() {
     assert_eq!(put(&m, c, "zero", 0), Err(ErrorCode::InvalidParams));
     assert_eq!(put(&m, c, "huge", MIB + 1), Err(ErrorCode::InvalidParams));
     let none = ReplicateConfig::default().with_replica_num(0);
-    assert_eq!(put_with(&m, c, "r0", 10, &none), Err(ErrorCode::InvalidParams));
-    assert_eq!(m.remove_by_regex("([", false), Err(ErrorCode::InvalidParams));
-    assert_eq!(m.unmount_segment(c, Uuid::new_v4()), Err(ErrorCode::SegmentNotFound));
-    assert_eq!(m.sync_inventory(Uuid::new_v4(), 0), Err(ErrorCode::ClientNotFound));
+    assert_eq!(
+        put_with(&m, c, "r0", 10, &none),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        m.remove_by_regex("([", false),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        m.unmount_segment(c, Uuid::new_v4()),
+        Err(ErrorCode::SegmentNotFound)
+    );
+    assert_eq!(
+        m.sync_inventory(Uuid::new_v4(), 0),
+        Err(ErrorCode::ClientNotFound)
+    );
     let mut bad = segment("b", "h1", 0);
-    assert_eq!(m.mount_segment(c, bad.clone()), Err(ErrorCode::InvalidParams));
+    assert_eq!(
+        m.mount_segment(c, bad.clone()),
+        Err(ErrorCode::InvalidParams)
+    );
     bad.size = MIB;
     bad.id = Uuid::nil();
     assert_eq!(m.mount_segment(c, bad), Err(ErrorCode::InvalidParams));
@@ -128,7 +166,14 @@ async fn replicas_go_to_distinct_segments_and_hosts_and_preferences_win() {
     }
     let w = owners[0];
     for i in 0..50 {
-        let r = put_with(&m, w, &format!("k{i}"), 4096, &ReplicateConfig::default().with_replica_num(3)).unwrap();
+        let r = put_with(
+            &m,
+            w,
+            &format!("k{i}"),
+            4096,
+            &ReplicateConfig::default().with_replica_num(3),
+        )
+        .unwrap();
         assert_eq!(r.len(), 3);
         let mut seg_ids: Vec<_> = r.iter().map(|d| d.segment_id).collect();
         seg_ids.sort();
@@ -136,12 +181,29 @@ async fn replicas_go_to_distinct_segments_and_hosts_and_preferences_win() {
         assert_eq!(seg_ids.len(), 3, "distinct segments");
         let hosts: std::collections::HashSet<_> = r
             .iter()
-            .map(|d| segs.iter().find(|s| s.id == d.segment_id).unwrap().host.clone())
+            .map(|d| {
+                segs.iter()
+                    .find(|s| s.id == d.segment_id)
+                    .unwrap()
+                    .host
+                    .clone()
+            })
             .collect();
-        assert_eq!(hosts.len(), 3, "three hosts are available, so three distinct hosts");
+        assert_eq!(
+            hosts.len(),
+            3,
+            "three hosts are available, so three distinct hosts"
+        );
     }
     // More replicas than segments: best effort, success with what fits.
-    let r = put_with(&m, w, "many", 4096, &ReplicateConfig::default().with_replica_num(9)).unwrap();
+    let r = put_with(
+        &m,
+        w,
+        "many",
+        4096,
+        &ReplicateConfig::default().with_replica_num(9),
+    )
+    .unwrap();
     assert_eq!(r.len(), 4);
     for i in 0..20 {
         let cfg = ReplicateConfig::default().with_preferred_segments(vec!["s2".into()]);
@@ -166,7 +228,8 @@ async fn leases_protect_from_remove_until_they_expire_and_probes_grant_none() {
         assert_eq!(m.exist_key("probed"), Ok(true));
     }
     assert_eq!(m.remove("read", false), Err(ErrorCode::ObjectHasLease));
-    m.remove("probed", false).expect("exist probes grant no lease");
+    m.remove("probed", false)
+        .expect("exist probes grant no lease");
     advance(Duration::from_millis(9_000)).await;
     assert_eq!(m.remove("read", false), Err(ErrorCode::ObjectHasLease));
     advance(Duration::from_millis(1_001)).await;
@@ -176,7 +239,14 @@ async fn leases_protect_from_remove_until_they_expire_and_probes_grant_none() {
     m.get_replica_list("forced").unwrap();
     m.remove("forced", true).unwrap();
     // Hard-pinned objects need force.
-    put_with(&m, c, "pinned", 100, &ReplicateConfig::default().with_hard_pin(true)).unwrap();
+    put_with(
+        &m,
+        c,
+        "pinned",
+        100,
+        &ReplicateConfig::default().with_hard_pin(true),
+    )
+    .unwrap();
     assert_eq!(m.remove("pinned", false), Err(ErrorCode::ObjectHasLease));
     m.remove("pinned", true).unwrap();
 }
@@ -210,9 +280,24 @@ async fn eviction_spares_leased_pinned_and_in_flight_objects_and_takes_the_colde
     let c = Uuid::new_v4();
     let size = 64 << 10;
     m.mount_segment(c, segment("a", "h", 160 * size)).unwrap();
-    put_with(&m, c, "hard", size, &ReplicateConfig::default().with_hard_pin(true)).unwrap();
-    put_with(&m, c, "soft", size, &ReplicateConfig::default().with_soft_pin(true)).unwrap();
-    m.put_start(c, "inflight", size, &ReplicateConfig::default(), false).unwrap();
+    put_with(
+        &m,
+        c,
+        "hard",
+        size,
+        &ReplicateConfig::default().with_hard_pin(true),
+    )
+    .unwrap();
+    put_with(
+        &m,
+        c,
+        "soft",
+        size,
+        &ReplicateConfig::default().with_soft_pin(true),
+    )
+    .unwrap();
+    m.put_start(c, "inflight", size, &ReplicateConfig::default(), false)
+        .unwrap();
     for i in 0..150 {
         put(&m, c, &format!("k{i}"), size).unwrap();
         advance(Duration::from_millis(10)).await;
@@ -225,11 +310,21 @@ async fn eviction_spares_leased_pinned_and_in_flight_objects_and_takes_the_colde
     for i in 0..100 {
         put(&m, c, &format!("new{i}"), size).unwrap_or_else(|e| panic!("put {i}: {e}"));
     }
-    assert!(m.metrics.evicted_keys.load(std::sync::atomic::Ordering::Relaxed) >= 93);
+    assert!(
+        m.metrics
+            .evicted_keys
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 93
+    );
     assert_eq!(m.exist_key("hard"), Ok(true));
     assert_eq!(m.exist_key("k0"), Ok(true), "leased object evicted");
-    assert_eq!(m.exist_key("soft"), Ok(true), "soft pin only goes in a second pass");
-    m.put_end(c, "inflight").expect("in-flight write survived eviction");
+    assert_eq!(
+        m.exist_key("soft"),
+        Ok(true),
+        "soft pin only goes in a second pass"
+    );
+    m.put_end(c, "inflight")
+        .expect("in-flight write survived eviction");
     // Approximate LRU: the oldest unleased objects went first, recent ones stayed.
     assert_eq!(m.exist_key("k2"), Ok(false));
     assert_eq!(m.exist_key("k1"), Ok(true), "recently probed object kept");
@@ -264,12 +359,22 @@ async fn nothing_evictable_fails_fast_with_no_available_handle() {
         put(&m, c, &format!("k{i}"), 64 << 10).unwrap();
         m.get_replica_list(&format!("k{i}")).unwrap();
     }
-    let attempts_before = m.metrics.eviction_attempts.load(std::sync::atomic::Ordering::Relaxed);
+    let attempts_before = m
+        .metrics
+        .eviction_attempts
+        .load(std::sync::atomic::Ordering::Relaxed);
     for _ in 0..1000 {
         assert_eq!(put(&m, c, "x", 64 << 10), Err(ErrorCode::NoAvailableHandle));
     }
-    let attempts = m.metrics.eviction_attempts.load(std::sync::atomic::Ordering::Relaxed) - attempts_before;
-    assert!(attempts <= 2, "a futile eviction is not repeated per put ({attempts} passes)");
+    let attempts = m
+        .metrics
+        .eviction_attempts
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - attempts_before;
+    assert!(
+        attempts <= 2,
+        "a futile eviction is not repeated per put ({attempts} passes)"
+    );
     // Once the leases run out, eviction frees space again.
     advance(Duration::from_secs(11)).await;
     put(&m, c, "x", 64 << 10).unwrap();
@@ -277,7 +382,12 @@ async fn nothing_evictable_fails_fast_with_no_available_handle() {
 
 #[tokio::test(start_paused = true)]
 async fn watermark_eviction_brings_usage_down() {
-    let m = MasterService::new(MasterConfig::default().with_shard_count(8).with_high_watermark(0.5).with_eviction_ratio(0.1));
+    let m = MasterService::new(
+        MasterConfig::default()
+            .with_shard_count(8)
+            .with_high_watermark(0.5)
+            .with_eviction_ratio(0.1),
+    );
     let c = Uuid::new_v4();
     m.mount_segment(c, segment("a", "h", 10 * MIB)).unwrap();
     for i in 0..80 {
@@ -294,11 +404,20 @@ async fn watermark_eviction_brings_usage_down() {
 async fn silent_clients_expire_with_their_objects() {
     let m = master();
     let (alive, dead) = (Uuid::new_v4(), Uuid::new_v4());
-    m.mount_segment(alive, segment("alive", "h1", 8 * MIB)).unwrap();
-    m.mount_segment(dead, segment("dead", "h2", 8 * MIB)).unwrap();
+    m.mount_segment(alive, segment("alive", "h1", 8 * MIB))
+        .unwrap();
+    m.mount_segment(dead, segment("dead", "h2", 8 * MIB))
+        .unwrap();
     let two = ReplicateConfig::default().with_replica_num(2);
     put_with(&m, alive, "both", 100, &two).unwrap();
-    put_with(&m, alive, "only_dead", 100, &ReplicateConfig::default().with_preferred_segments(vec!["dead".into()])).unwrap();
+    put_with(
+        &m,
+        alive,
+        "only_dead",
+        100,
+        &ReplicateConfig::default().with_preferred_segments(vec!["dead".into()]),
+    )
+    .unwrap();
     assert_eq!(m.ping(dead).status, ClientStatus::Ok);
     for _ in 0..11 {
         advance(Duration::from_secs(1)).await;
@@ -307,7 +426,10 @@ async fn silent_clients_expire_with_their_objects() {
     }
     assert_eq!(m.ping(dead).status, ClientStatus::NeedRemount);
     assert_eq!(m.ping(alive).status, ClientStatus::Ok);
-    assert_eq!(m.get_replica_list("only_dead"), Err(ErrorCode::ObjectNotFound));
+    assert_eq!(
+        m.get_replica_list("only_dead"),
+        Err(ErrorCode::ObjectNotFound)
+    );
     let both = m.get_replica_list("both").unwrap();
     assert_eq!(both.replicas.len(), 1);
     assert_eq!(both.replicas[0].segment_name, "alive");
@@ -323,7 +445,11 @@ async fn restarted_master_rebuilds_metadata_from_inventories() {
     old.mount_segment(b, sb.clone()).unwrap();
     let two = ReplicateConfig::default().with_replica_num(2);
     for i in 0..200 {
-        let cfg = if i % 2 == 0 { two.clone() } else { ReplicateConfig::default() };
+        let cfg = if i % 2 == 0 {
+            two.clone()
+        } else {
+            ReplicateConfig::default()
+        };
         put_with(&old, a, &format!("k{i}"), 1000 + i, &cfg).unwrap();
     }
     let inv_a = old.fetch_inventory(a).unwrap().entries;
@@ -335,11 +461,15 @@ async fn restarted_master_rebuilds_metadata_from_inventories() {
     assert_eq!(new.ping(a).status, ClientStatus::NeedRemount);
     // Client a sends its inventory in two chunks.
     let (first, rest) = inv_a.split_at(inv_a.len() / 2);
-    let r = new.remount_segment(a, vec![sa.clone()], first.to_vec(), false).unwrap();
+    let r = new
+        .remount_segment(a, vec![sa.clone()], first.to_vec(), false)
+        .unwrap();
     assert_eq!(r.restored, 0);
     let r = new.remount_segment(a, vec![], rest.to_vec(), true).unwrap();
     assert!(r.rejected.is_empty());
-    let r = new.remount_segment(b, vec![sb.clone()], inv_b.clone(), true).unwrap();
+    let r = new
+        .remount_segment(b, vec![sb.clone()], inv_b.clone(), true)
+        .unwrap();
     assert!(r.rejected.is_empty());
     assert_eq!(new.ping(a).status, ClientStatus::Ok);
     for i in 0..200u64 {
@@ -347,8 +477,16 @@ async fn restarted_master_rebuilds_metadata_from_inventories() {
         let was = old.query_key(&key).unwrap();
         let now = new.get_replica_list(&key).unwrap();
         assert_eq!(now.size, 1000 + i);
-        let mut a_offsets: Vec<_> = was.replicas.iter().map(|r| (r.segment_id, r.offset)).collect();
-        let mut b_offsets: Vec<_> = now.replicas.iter().map(|r| (r.segment_id, r.offset)).collect();
+        let mut a_offsets: Vec<_> = was
+            .replicas
+            .iter()
+            .map(|r| (r.segment_id, r.offset))
+            .collect();
+        let mut b_offsets: Vec<_> = now
+            .replicas
+            .iter()
+            .map(|r| (r.segment_id, r.offset))
+            .collect();
         a_offsets.sort();
         b_offsets.sort();
         assert_eq!(a_offsets, b_offsets, "{key}");
@@ -382,13 +520,16 @@ async fn remount_rejects_overlaps_and_keeps_newest_versions() {
     };
     let inventory = vec![
         entry("old", 0, 4096, 1),
-        entry("new", 0, 4096, 2),       // overlaps "old", newer: wins
+        entry("new", 0, 4096, 2), // overlaps "old", newer: wins
         entry("dup", 8192, 100, 3),
-        entry("dup", 16384, 100, 5),    // same key twice: newest wins
-        entry("outside", MIB, 64, 9),   // beyond the segment
+        entry("dup", 16384, 100, 5),  // same key twice: newest wins
+        entry("outside", MIB, 64, 9), // beyond the segment
         entry("misaligned", 100, 64, 9),
     ];
-    let stranger = InventoryEntry { segment_id: Uuid::new_v4(), ..entry("x", 0, 1, 1) };
+    let stranger = InventoryEntry {
+        segment_id: Uuid::new_v4(),
+        ..entry("x", 0, 1, 1)
+    };
     let mut all = inventory.clone();
     all.push(stranger);
     let report = m.remount_segment(c, vec![s.clone()], all, true).unwrap();
@@ -408,7 +549,8 @@ async fn inventory_changes_reach_the_segment_owner() {
     let (owner, writer) = (Uuid::new_v4(), Uuid::new_v4());
     let s = segment("owned", "h1", 8 * MIB);
     m.mount_segment(owner, s.clone()).unwrap();
-    m.mount_segment(writer, segment("w", "h2", 8 * MIB)).unwrap();
+    m.mount_segment(writer, segment("w", "h2", 8 * MIB))
+        .unwrap();
     let first = m.sync_inventory(owner, 0).unwrap();
     assert!(first.resync_required);
     let snap = m.fetch_inventory(owner).unwrap();
@@ -430,7 +572,11 @@ async fn inventory_changes_reach_the_segment_owner() {
     let delta2 = m.sync_inventory(owner, delta.seq).unwrap();
     assert_eq!(
         delta2.changes,
-        vec![InventoryChange::Removed { segment_id: s.id, offset: r[0].offset, version: r[0].version }]
+        vec![InventoryChange::Removed {
+            segment_id: s.id,
+            offset: r[0].offset,
+            version: r[0].version
+        }]
     );
 }
 
@@ -439,12 +585,17 @@ async fn abandoned_writes_are_taken_over_after_30s_and_reclaimed_after_600s() {
     let m = master();
     let (zombie, next) = (Uuid::new_v4(), Uuid::new_v4());
     m.mount_segment(next, segment("a", "h", MIB)).unwrap();
-    m.put_start(zombie, "k", 512 << 10, &ReplicateConfig::default(), false).unwrap();
+    m.put_start(zombie, "k", 512 << 10, &ReplicateConfig::default(), false)
+        .unwrap();
     advance(Duration::from_secs(29)).await;
     assert_eq!(put(&m, next, "k", 100), Err(ErrorCode::ObjectAlreadyExists));
     advance(Duration::from_secs(2)).await;
     put(&m, next, "k", 100).expect("take-over after the discard timeout");
-    assert_eq!(m.put_end(zombie, "k"), Ok(()), "the key is complete now; zombie's end is a no-op");
+    assert_eq!(
+        m.put_end(zombie, "k"),
+        Ok(()),
+        "the key is complete now; zombie's end is a no-op"
+    );
     // The zombie's 512 KiB stay reserved (it may still be writing) until 600 s.
     assert!(m.gauges().allocated_bytes >= 512 << 10);
     advance(Duration::from_secs(600)).await;
@@ -453,7 +604,14 @@ async fn abandoned_writes_are_taken_over_after_30s_and_reclaimed_after_600s() {
     assert_eq!(m.all_segments().len(), 1);
     assert!(m.gauges().allocated_bytes < 512 << 10);
     // A write nobody ever ends is reclaimed too.
-    m.put_start(zombie, "never", 256 << 10, &ReplicateConfig::default(), false).unwrap();
+    m.put_start(
+        zombie,
+        "never",
+        256 << 10,
+        &ReplicateConfig::default(),
+        false,
+    )
+    .unwrap();
     advance(Duration::from_secs(601)).await;
     m.ping(next);
     m.housekeeping();
@@ -468,25 +626,40 @@ async fn upsert_replaces_atomically_and_respects_read_leases() {
     m.mount_segment(c, segment("a", "h", MIB)).unwrap();
     let v1 = put(&m, c, "k", 400 << 10).unwrap();
     let lease = m.get_replica_list("k").unwrap();
-    let v2 = m.put_start(c, "k", 400 << 10, &ReplicateConfig::default(), true).unwrap();
-    assert_ne!(v1[0].offset, v2[0].offset, "a leased value is never overwritten in place");
+    let v2 = m
+        .put_start(c, "k", 400 << 10, &ReplicateConfig::default(), true)
+        .unwrap();
+    assert_ne!(
+        v1[0].offset, v2[0].offset,
+        "a leased value is never overwritten in place"
+    );
     // Readers keep the old value until the upsert ends.
-    assert_eq!(m.get_replica_list("k").unwrap().replicas[0].offset, v1[0].offset);
+    assert_eq!(
+        m.get_replica_list("k").unwrap().replicas[0].offset,
+        v1[0].offset
+    );
     m.put_end(c, "k").unwrap();
     let now = m.get_replica_list("k").unwrap();
     assert_eq!(now.replicas[0].offset, v2[0].offset);
     assert!(now.replicas[0].version > lease.replicas[0].version);
     // The old bytes stay reserved while the old lease lasts.
-    assert_eq!(put(&m, c, "other", 400 << 10).map(|_| ()), Err(ErrorCode::NoAvailableHandle));
+    assert_eq!(
+        put(&m, c, "other", 400 << 10).map(|_| ()),
+        Err(ErrorCode::NoAvailableHandle)
+    );
     advance(Duration::from_secs(11)).await;
     m.ping(c);
     m.housekeeping();
     put(&m, c, "other", 400 << 10).expect("old value's space released after its lease");
-    assert_eq!(m.get_replica_list("k").unwrap().replicas[0].offset, v2[0].offset);
+    assert_eq!(
+        m.get_replica_list("k").unwrap().replicas[0].offset,
+        v2[0].offset
+    );
     m.remove("other", true).unwrap();
     // Upsert of a missing key inserts; revoking an upsert keeps the old value.
     put(&m, c, "fresh", 10).ok();
-    m.put_start(c, "fresh", 20, &ReplicateConfig::default(), true).unwrap();
+    m.put_start(c, "fresh", 20, &ReplicateConfig::default(), true)
+        .unwrap();
     m.put_revoke(c, "fresh").unwrap();
     assert_eq!(m.get_size("fresh"), Ok(10));
 }
@@ -499,7 +672,16 @@ async fn uniform_kv_sizes_fill_the_pool() {
     m.mount_segment(c, segment("a", "h", capacity)).unwrap();
     let size = 16 << 10;
     let mut n = 0;
-    while m.put_start(c, &format!("k{n}"), size, &ReplicateConfig::default(), false).is_ok() {
+    while m
+        .put_start(
+            c,
+            &format!("k{n}"),
+            size,
+            &ReplicateConfig::default(),
+            false,
+        )
+        .is_ok()
+    {
         m.put_end(c, &format!("k{n}")).unwrap();
         n += 1;
         if n > 10_000 {

@@ -56,14 +56,25 @@ impl MasterProcess {
             metadata: None,
             log: rx,
         };
-        let want_metadata = extra.iter().any(|f| f.starts_with("--enable_http_metadata_server"));
+        let want_metadata = extra
+            .iter()
+            .any(|f| f.starts_with("--enable_http_metadata_server"));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while proc.rpc.is_empty() || proc.metrics.is_empty() || (want_metadata && proc.metadata.is_none()) {
+        while proc.rpc.is_empty()
+            || proc.metrics.is_empty()
+            || (want_metadata && proc.metadata.is_none())
+        {
             let line = proc
                 .log
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("master did not report its ports in time");
-            let addr = || line.rsplit('(').next().unwrap().trim_end_matches(')').to_string();
+            let addr = || {
+                line.rsplit('(')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(')')
+                    .to_string()
+            };
             if line.contains("Master service started on port") {
                 proc.rpc = addr();
             } else if line.contains("HTTP metrics server started on port") {
@@ -78,7 +89,10 @@ impl MasterProcess {
     /// Waits for a log line containing `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
-        while let Ok(line) = self.log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(line) = self
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             if line.contains(needle) {
                 return Some(line);
             }
@@ -120,7 +134,10 @@ pub fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, String) 
     let text = String::from_utf8_lossy(&raw).to_string();
     let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine: installs what is missing,
+# checks formatting and lints, then runs unit and integration tests (which spawn the
+# real binaries on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+apt_install() {
+  # Installs Debian packages that are missing (needs root; prints why when not).
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: missing packages ${missing[*]} and not root; install them first" >&2
+    return 1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+apt_install pkg-config
+
+echo "== cargo fmt --check"
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "rustfmt not installed; skipping format check"
+fi
+
+echo "== cargo clippy"
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets -- -D warnings
+else
+  echo "clippy not installed; skipping lints"
+fi
+
+echo "== cargo test"
+cargo test --workspace --all-targets
