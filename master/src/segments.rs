@@ -155,15 +155,15 @@ impl SegmentTable {
                     .filter(|&s| self.get(s).is_some_and(|seg| &seg.desc.name == name)),
             );
         }
-        if config.prefer_alloc_in_same_node {
-            if let Some(host) = writer_host {
-                preferred.extend(
-                    self.active
-                        .iter()
-                        .copied()
-                        .filter(|&s| self.get(s).is_some_and(|seg| seg.desc.host == host)),
-                );
-            }
+        if config.prefer_alloc_in_same_node
+            && let Some(host) = writer_host
+        {
+            preferred.extend(
+                self.active
+                    .iter()
+                    .copied()
+                    .filter(|&s| self.get(s).is_some_and(|seg| seg.desc.host == host)),
+            );
         }
         for slot in preferred {
             if chosen.len() == wanted {

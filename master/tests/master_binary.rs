@@ -163,13 +163,11 @@ async fn cluster_token_is_enforced() {
     let m = MasterProcess::start(&["--cluster_token=s3cret"]);
     let err = connect_master(&m.rpc, "wrong")
         .await
-        .err()
-        .expect("wrong token refused");
+        .expect_err("wrong token refused");
     assert_eq!(err.code(), ErrorCode::IllegalClient);
     let err = connect_master(&m.rpc, "")
         .await
-        .err()
-        .expect("missing token refused");
+        .expect_err("missing token refused");
     assert_eq!(err.code(), ErrorCode::IllegalClient);
     assert!(
         m.wait_for_log("wrong cluster token", Duration::from_secs(5))

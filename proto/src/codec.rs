@@ -84,8 +84,11 @@ impl ConnectError {
     }
 }
 
+/// Marker making the codec `Send + Sync` whatever the message types are.
+type Directions<Item, SinkItem> = (fn() -> Item, fn(SinkItem));
+
 /// A tarpc codec that encodes with postcard.
-pub struct PostcardCodec<Item, SinkItem>(PhantomData<(fn() -> Item, fn(SinkItem))>);
+pub struct PostcardCodec<Item, SinkItem>(PhantomData<Directions<Item, SinkItem>>);
 
 impl<Item, SinkItem> Default for PostcardCodec<Item, SinkItem> {
     fn default() -> Self {

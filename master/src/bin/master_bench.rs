@@ -149,6 +149,17 @@ async fn rpc(args: &Args) {
         .await
         .unwrap()
         .unwrap();
+    // A real client pings every second; without it the master expires the segment.
+    let pinger = {
+        let client = client.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while token.run_until_cancelled(tick.tick()).await.is_some() {
+                let _ = client.ping(tarpc::context::current(), me).await;
+            }
+        })
+    };
     let n = (args.keys / 4).max(1000);
     let ctx = tarpc::context::current;
 
@@ -262,6 +273,7 @@ async fn rpc(args: &Args) {
         );
     }
     shutdown.cancel();
+    let _ = pinger.await;
 }
 
 fn memory(args: &Args) {

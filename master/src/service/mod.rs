@@ -356,10 +356,8 @@ impl MasterService {
                         })
                         .collect();
                     drop(segs);
-                    if upsert {
-                        if let Some(o) = shard.get_mut(hash, key) {
-                            o.flags |= FLAG_PENDING_UPSERT;
-                        }
+                    if upsert && let Some(o) = shard.get_mut(hash, key) {
+                        o.flags |= FLAG_PENDING_UPSERT;
                     }
                     shard.processing.insert(
                         key.into(),
@@ -839,10 +837,10 @@ impl MasterService {
             segs.activate(seg.slot);
             tracing::info!(segment = %id, name = %desc.name, size = desc.size, client = %client, "segment mounted");
         }
-        if let Some(c) = self.clients.lock().get_mut(&client) {
-            if !c.segments.contains(&desc.id) {
-                c.segments.push(desc.id);
-            }
+        if let Some(c) = self.clients.lock().get_mut(&client)
+            && !c.segments.contains(&desc.id)
+        {
+            c.segments.push(desc.id);
         }
         self.free_epoch.fetch_add(1, Relaxed);
         Ok(())
@@ -975,7 +973,7 @@ impl MasterService {
         for d in fresh {
             let mut entries = per_segment.remove(&d.id).unwrap_or_default();
             // Newest version wins, per key and per byte range.
-            entries.sort_unstable_by(|a, b| b.version.cmp(&a.version));
+            entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.version));
             let mut seen_keys: HashSet<String> = HashSet::new();
             let mut ranges: BTreeMap<u64, u64> = BTreeMap::new();
             let mut accepted: Vec<InventoryEntry> = Vec::new();

@@ -210,8 +210,10 @@ async fn replicas_go_to_distinct_segments_and_hosts_and_preferences_win() {
         let r = put_with(&m, w, &format!("p{i}"), 4096, &cfg).unwrap();
         assert_eq!(r[0].segment_name, "s2");
     }
-    let mut same = ReplicateConfig::default();
-    same.prefer_alloc_in_same_node = true;
+    let same = ReplicateConfig {
+        prefer_alloc_in_same_node: true,
+        ..Default::default()
+    };
     let r = put_with(&m, owners[3], "local", 4096, &same).unwrap();
     assert_eq!(r[0].segment_name, "s3");
 }
