@@ -24,6 +24,9 @@ struct Args {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Benchmark an already running master at this address instead of an in-process one.
+    #[arg(long)]
+    master: Option<String>,
     /// Key counts for the memory measurement (comma-separated).
     #[arg(long, default_value = "1000000,10000000")]
     memory_keys: String,
@@ -126,22 +129,32 @@ fn inproc(args: &Args) {
 
 async fn rpc(args: &Args) {
     let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let options = ServerOptions {
-        rpc_addr: "127.0.0.1:0".into(),
-        metrics_addr: None,
-        metadata_addr: None,
-        summary_interval: None,
+    let addr = match &args.master {
+        Some(addr) => addr.clone(),
+        None => {
+            // The server gets its own multi-threaded runtime, as in mooncake_master;
+            // the benchmark client runs on the caller's single-threaded runtime.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let token = shutdown.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async move {
+                    let options = ServerOptions {
+                        rpc_addr: "127.0.0.1:0".into(),
+                        metrics_addr: None,
+                        metadata_addr: None,
+                        summary_interval: None,
+                    };
+                    mooncake_master::run(MasterConfig::default(), options, token, move |b, _| {
+                        let _ = tx.send(b.rpc);
+                    })
+                    .await
+                    .unwrap();
+                });
+            });
+            rx.recv().unwrap().to_string()
+        }
     };
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        mooncake_master::run(MasterConfig::default(), options, token, move |b, _| {
-            let _ = tx.send(b.rpc);
-        })
-        .await
-        .unwrap();
-    });
-    let addr = rx.await.unwrap().to_string();
     let client = connect_master(&addr, "").await.unwrap();
     let me = Uuid::new_v4();
     client
@@ -162,6 +175,48 @@ async fn rpc(args: &Args) {
     };
     let n = (args.keys / 4).max(1000);
     let ctx = tarpc::context::current;
+
+    // The floor: a raw TCP echo between the same kind of runtimes, same machine.
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let echo_addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let (mut s, _) = listener.accept().await.unwrap();
+                s.set_nodelay(true).unwrap();
+                let mut buf = [0u8; 64];
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        });
+        let mut s = tokio::net::TcpStream::connect(echo_addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut rtt = Vec::new();
+        let mut buf = [0u8; 64];
+        for _ in 0..n.min(20_000) {
+            let t = Instant::now();
+            s.write_all(&[7u8; 32]).await.unwrap();
+            let mut got = 0;
+            while got < 32 {
+                got += s.read(&mut buf).await.unwrap();
+            }
+            rtt.push(t.elapsed());
+        }
+        rtt.sort();
+        println!(
+            "floor: raw tcp echo rtt p50 {:.1} us, p99 {:.1} us",
+            rtt[rtt.len() / 2].as_secs_f64() * 1e6,
+            rtt[rtt.len() * 99 / 100].as_secs_f64() * 1e6
+        );
+    }
 
     // One caller, one outstanding request: latency-bound.
     let mut lat = Vec::with_capacity(n);
@@ -314,7 +369,11 @@ fn main() {
         inproc(&args);
     }
     if all || args.mode == "rpc" {
-        tokio::runtime::Runtime::new().unwrap().block_on(rpc(&args));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(rpc(&args));
     }
     if all || args.mode == "memory" {
         memory(&args);
