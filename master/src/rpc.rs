@@ -56,10 +56,26 @@ impl MasterRpc {
         );
         results
     }
-}
 
-fn zip_sizes(keys: &[String], sizes: &[u64]) -> Option<()> {
-    (keys.len() == sizes.len()).then_some(())
+    fn batch_start(
+        &self,
+        op: Op,
+        client_id: ClientId,
+        keys: &[String],
+        sizes: &[u64],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        self.timed_batch(op, |s| {
+            if keys.len() != sizes.len() {
+                return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+            }
+            keys.iter()
+                .zip(sizes)
+                .map(|(k, size)| s.put_start(client_id, k, *size, config, upsert))
+                .collect()
+        })
+    }
 }
 
 impl Master for MasterRpc {
@@ -96,14 +112,7 @@ impl Master for MasterRpc {
         sizes: Vec<u64>,
         config: ReplicateConfig,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
-        self.timed_batch(Op::BatchPutStart, |s| match zip_sizes(&keys, &sizes) {
-            None => keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect(),
-            Some(()) => keys
-                .iter()
-                .zip(&sizes)
-                .map(|(k, sz)| s.put_start(client_id, k, *sz, &config, false))
-                .collect(),
-        })
+        self.batch_start(Op::BatchPutStart, client_id, &keys, &sizes, &config, false)
     }
 
     async fn batch_put_end(
@@ -157,14 +166,14 @@ impl Master for MasterRpc {
         sizes: Vec<u64>,
         config: ReplicateConfig,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
-        self.timed_batch(Op::BatchUpsertStart, |s| match zip_sizes(&keys, &sizes) {
-            None => keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect(),
-            Some(()) => keys
-                .iter()
-                .zip(&sizes)
-                .map(|(k, sz)| s.put_start(client_id, k, *sz, &config, true))
-                .collect(),
-        })
+        self.batch_start(
+            Op::BatchUpsertStart,
+            client_id,
+            &keys,
+            &sizes,
+            &config,
+            true,
+        )
     }
 
     async fn batch_upsert_end(

@@ -243,6 +243,33 @@ impl MasterService {
         }
     }
 
+    /// Releases a value replaced by a newer one: at once, or when its read lease ends.
+    fn release_replaced(&self, segs: &SegmentTable, old: &Object, now: u64) {
+        if old.leased(now) {
+            let placements = old.replicas.as_slice();
+            self.release_later(
+                segs,
+                placements,
+                old.size,
+                old.version,
+                old.lease_until,
+                true,
+            );
+        } else {
+            self.release_now(segs, old.replicas.as_slice(), old.size, old.version);
+        }
+    }
+
+    /// Frees the space of a write that will never end (revoked or abandoned).
+    fn free_pending(&self, segs: &SegmentTable, pending: &PendingWrite) {
+        for pl in &pending.replicas {
+            if let Some(seg) = segs.get(pl.segment) {
+                seg.free(pl.offset, pending.size);
+            }
+        }
+        self.free_epoch.fetch_add(1, Relaxed);
+    }
+
     fn client_host(&self, client: &ClientId) -> Option<String> {
         self.clients.lock().get(client).map(|c| c.host.clone())
     }
@@ -437,18 +464,7 @@ impl MasterService {
         );
         let hasher = |k: &str| self.hasher.hash_one(k);
         if let Some(old) = shard.insert(hash, key, object, &hasher) {
-            if old.leased(now) {
-                self.release_later(
-                    &segs,
-                    old.replicas.as_slice(),
-                    old.size,
-                    old.version,
-                    old.lease_until,
-                    true,
-                );
-            } else {
-                self.release_now(&segs, old.replicas.as_slice(), old.size, old.version);
-            }
+            self.release_replaced(&segs, &old, now);
         }
         Ok(())
     }
@@ -473,13 +489,7 @@ impl MasterService {
         if let Some(o) = shard.get_mut(hash, key) {
             o.flags &= !FLAG_PENDING_UPSERT;
         }
-        let segs = self.segments.read();
-        for pl in &p.replicas {
-            if let Some(seg) = segs.get(pl.segment) {
-                seg.free(pl.offset, p.size);
-            }
-        }
-        self.free_epoch.fetch_add(1, Relaxed);
+        self.free_pending(&self.segments.read(), &p);
         Ok(())
     }
 
@@ -762,23 +772,9 @@ impl MasterService {
         if st.passes != seen_passes && st.last_freed > 0 {
             return true;
         }
-        let now = self.now_ms();
-        let epoch = self.free_epoch.load(Relaxed);
-        if st.passes > 0
-            && st.last_freed == 0
-            && epoch == st.epoch_at_last_run
-            && now < st.last_run + FUTILE_EVICTION_BACKOFF_MS
-        {
-            return false;
-        }
         let (capacity, _) = self.segments.read().usage();
         let target = needed.max((capacity as f64 * self.config.eviction_ratio) as u64);
-        let freed = self.evict(target);
-        st.passes += 1;
-        st.last_run = now;
-        st.last_freed = freed;
-        st.epoch_at_last_run = self.free_epoch.load(Relaxed);
-        freed > 0
+        self.evict_unless_futile(&mut st, target) > 0
     }
 
     /// Evicts when usage is above the high watermark. Called every few ms.
@@ -799,10 +795,16 @@ impl MasterService {
             .max(ratio - hw + self.config.eviction_ratio);
         let target = (capacity as f64 * fraction) as u64;
         let mut st = self.eviction.lock();
+        self.evict_unless_futile(&mut st, target)
+    }
+
+    /// Runs an eviction pass unless the previous one found nothing, nothing was freed
+    /// since, and the backoff has not passed.
+    fn evict_unless_futile(&self, st: &mut EvictionState, target: u64) -> u64 {
         let now = self.now_ms();
-        let epoch = self.free_epoch.load(Relaxed);
-        if st.last_freed == 0
-            && epoch == st.epoch_at_last_run
+        if st.passes > 0
+            && st.last_freed == 0
+            && self.free_epoch.load(Relaxed) == st.epoch_at_last_run
             && now < st.last_run + FUTILE_EVICTION_BACKOFF_MS
         {
             return 0;
@@ -1037,19 +1039,7 @@ impl MasterService {
                             flags: 0,
                         };
                         let old = std::mem::replace(o, replaced);
-                        let segs = self.segments.read();
-                        if old.leased(now) {
-                            self.release_later(
-                                &segs,
-                                old.replicas.as_slice(),
-                                old.size,
-                                old.version,
-                                old.lease_until,
-                                true,
-                            );
-                        } else {
-                            self.release_now(&segs, old.replicas.as_slice(), old.size, old.version);
-                        }
+                        self.release_replaced(&self.segments.read(), &old, now);
                         true
                     }
                     Some(_) => false,
@@ -1231,11 +1221,7 @@ impl MasterService {
             let segs = self.segments.read();
             for key in stale {
                 let p = shard.processing.remove(&key).expect("present");
-                for pl in &p.replicas {
-                    if let Some(seg) = segs.get(pl.segment) {
-                        seg.free(pl.offset, p.size);
-                    }
-                }
+                self.free_pending(&segs, &p);
                 let hash = self.hash(&key);
                 if let Some(o) = shard.get_mut(hash, &key) {
                     o.flags &= !FLAG_PENDING_UPSERT;
