@@ -1,0 +1,633 @@
+//! [`CallRing`]: a request/response channel in shared memory for latency-critical
+//! small operations.
+//!
+//! Requests go through a bounded lock-free MPMC queue (Vyukov's design: one sequence
+//! number per slot), so any number of client threads can submit concurrently. Each call
+//! owns a response slot; the server writes the answer there and flips the slot's state.
+//! Waiting is spin-then-futex on both sides, and a side only makes the `futex_wake`
+//! syscall when the other side announced it is asleep: while both poll, a call costs no
+//! system call at all.
+//!
+//! The layout is read from a header the creator wrote; [`CallRing::attach`] validates
+//! it against the region length, and every length and index read from shared memory is
+//! checked before use, so a corrupt or hostile peer cannot make this side read or
+//! write outside the region.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use rustix::thread::futex;
+
+use crate::error::ShmError;
+use crate::region::{Region, RegionOptions};
+
+const MAGIC: u64 = 0x4d43_5249_4e47_0001;
+const LINE: usize = 64;
+const HEADER_BYTES: usize = 4 * LINE;
+const MAX_SLOT_SIZE: u32 = 1 << 20;
+const MAX_SLOTS: u32 = 1 << 16;
+
+const FREE: u32 = 0;
+const PENDING: u32 = 1;
+const READY: u32 = 2;
+const SLEEPING: u32 = 3;
+const ABANDONED: u32 = 4;
+
+/// Shape of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingShape {
+    /// Request slots (a power of two).
+    pub slots: u32,
+    /// Largest request in bytes.
+    pub slot_size: u32,
+    /// Response slots (concurrent calls).
+    pub resp_slots: u32,
+    /// Largest response in bytes.
+    pub resp_size: u32,
+}
+
+impl Default for RingShape {
+    fn default() -> Self {
+        RingShape {
+            slots: 256,
+            slot_size: 4096,
+            resp_slots: 256,
+            resp_size: 4096,
+        }
+    }
+}
+
+impl RingShape {
+    fn req_stride(&self) -> usize {
+        (16 + self.slot_size as usize).next_multiple_of(LINE)
+    }
+    fn resp_stride(&self) -> usize {
+        (8 + self.resp_size as usize).next_multiple_of(LINE)
+    }
+    fn resp_base(&self) -> usize {
+        HEADER_BYTES + self.slots as usize * self.req_stride()
+    }
+    fn total(&self) -> usize {
+        self.resp_base() + self.resp_slots as usize * self.resp_stride()
+    }
+    fn validate(&self) -> Result<(), ShmError> {
+        if !self.slots.is_power_of_two() || self.slots > MAX_SLOTS {
+            return Err(ShmError::BadHeader("slot count"));
+        }
+        if self.resp_slots == 0 || self.resp_slots > MAX_SLOTS {
+            return Err(ShmError::BadHeader("response slot count"));
+        }
+        if self.slot_size == 0
+            || self.slot_size > MAX_SLOT_SIZE
+            || self.resp_size == 0
+            || self.resp_size > MAX_SLOT_SIZE
+        {
+            return Err(ShmError::BadHeader("slot size"));
+        }
+        Ok(())
+    }
+}
+
+/// A ring laid out in a shared region. Cheap to clone.
+#[derive(Clone)]
+pub struct CallRing {
+    region: Arc<Region>,
+    shape: RingShape,
+}
+
+impl CallRing {
+    /// Creates a ring in a fresh memfd region (pass `region().fd()` to the peer).
+    pub fn create(shape: RingShape) -> Result<CallRing, ShmError> {
+        shape.validate()?;
+        let region = Arc::new(Region::anonymous(
+            "mooncake-callring",
+            shape.total() as u64,
+            &RegionOptions::default().with_prefault(true),
+        )?);
+        let mut header = [0u8; 24];
+        header[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+        header[8..12].copy_from_slice(&shape.slots.to_le_bytes());
+        header[12..16].copy_from_slice(&shape.slot_size.to_le_bytes());
+        header[16..20].copy_from_slice(&shape.resp_slots.to_le_bytes());
+        header[20..24].copy_from_slice(&shape.resp_size.to_le_bytes());
+        region.write(0, &header)?;
+        let ring = CallRing { region, shape };
+        for i in 0..shape.slots {
+            ring.req_seq(i).store(u64::from(i), Ordering::Relaxed);
+        }
+        Ok(ring)
+    }
+
+    /// Attaches to a ring created by a peer, validating its header.
+    pub fn attach(region: Arc<Region>) -> Result<CallRing, ShmError> {
+        if region.len() < HEADER_BYTES {
+            return Err(ShmError::BadHeader("region smaller than the header"));
+        }
+        let mut header = [0u8; 24];
+        region.read(0, &mut header)?;
+        let word =
+            |r: std::ops::Range<usize>| u32::from_le_bytes(header[r].try_into().expect("4 bytes"));
+        if u64::from_le_bytes(header[0..8].try_into().expect("8 bytes")) != MAGIC {
+            return Err(ShmError::BadHeader("magic"));
+        }
+        let shape = RingShape {
+            slots: word(8..12),
+            slot_size: word(12..16),
+            resp_slots: word(16..20),
+            resp_size: word(20..24),
+        };
+        shape.validate()?;
+        if shape.total() > region.len() {
+            return Err(ShmError::BadHeader("layout larger than the region"));
+        }
+        Ok(CallRing { region, shape })
+    }
+
+    /// The shared region (its fd goes to the peer).
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// The ring's shape.
+    pub fn shape(&self) -> RingShape {
+        self.shape
+    }
+
+    fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= self.region.len());
+        // SAFETY: in bounds and 8-byte aligned (checked above; the mapping is page
+        // aligned); the memory lives as long as `self.region`, which `&self` borrows;
+        // every process touches these words only through atomics.
+        unsafe { &*(self.region.as_ptr().add(offset) as *const AtomicU64) }
+    }
+
+    fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= self.region.len());
+        // SAFETY: as for `atomic_u64`, with 4-byte alignment.
+        unsafe { &*(self.region.as_ptr().add(offset) as *const AtomicU32) }
+    }
+
+    fn req_tail(&self) -> &AtomicU64 {
+        self.atomic_u64(LINE)
+    }
+    fn req_head(&self) -> &AtomicU64 {
+        self.atomic_u64(2 * LINE)
+    }
+    fn server_sleeping(&self) -> &AtomicU32 {
+        self.atomic_u32(3 * LINE)
+    }
+    fn doorbell(&self) -> &AtomicU32 {
+        self.atomic_u32(3 * LINE + 4)
+    }
+    fn req_slot(&self, i: u32) -> usize {
+        HEADER_BYTES + i as usize * self.shape.req_stride()
+    }
+    fn req_seq(&self, i: u32) -> &AtomicU64 {
+        self.atomic_u64(self.req_slot(i))
+    }
+    fn resp_slot(&self, i: u32) -> usize {
+        self.shape.resp_base() + i as usize * self.shape.resp_stride()
+    }
+    fn resp_state(&self, i: u32) -> &AtomicU32 {
+        self.atomic_u32(self.resp_slot(i))
+    }
+
+    /// The calling side.
+    pub fn client(&self) -> CallRingClient {
+        CallRingClient {
+            ring: self.clone(),
+            spin: Duration::from_micros(50),
+            next_slot: AtomicU32::new(0),
+        }
+    }
+
+    /// The serving side.
+    pub fn server(&self) -> CallRingServer {
+        CallRingServer {
+            ring: self.clone(),
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = rustix::thread::futex::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    // Shared (not private) futex: the word lives in memory mapped by two processes.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, Some(&ts));
+}
+
+fn futex_wake(word: &AtomicU32) {
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// Calls through a [`CallRing`]; usable from many threads at once.
+pub struct CallRingClient {
+    ring: CallRing,
+    spin: Duration,
+    next_slot: AtomicU32,
+}
+
+impl CallRingClient {
+    /// How long to poll before sleeping on a futex.
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    fn take_resp_slot(&self) -> Option<u32> {
+        let n = self.ring.shape.resp_slots;
+        let start = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| (start.wrapping_add(i)) % n).find(|&i| {
+            self.ring
+                .resp_state(i)
+                .compare_exchange(FREE, PENDING, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    fn enqueue(&self, request: &[u8], resp: u32, deadline: Instant) -> Result<(), ShmError> {
+        let ring = &self.ring;
+        let mask = u64::from(ring.shape.slots - 1);
+        let pos = loop {
+            let pos = ring.req_tail().load(Ordering::Relaxed);
+            let slot = (pos & mask) as u32;
+            let seq = ring.req_seq(slot).load(Ordering::Acquire);
+            let diff = seq as i64 - pos as i64;
+            if diff == 0 {
+                if ring
+                    .req_tail()
+                    .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    break pos;
+                }
+            } else if diff < 0 {
+                if Instant::now() > deadline {
+                    return Err(ShmError::Full);
+                }
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        };
+        let slot = (pos & mask) as u32;
+        let base = ring.req_slot(slot) as u64;
+        let mut meta = [0u8; 8];
+        meta[0..4].copy_from_slice(&(request.len() as u32).to_le_bytes());
+        meta[4..8].copy_from_slice(&resp.to_le_bytes());
+        ring.region.write(base + 8, &meta)?;
+        ring.region.write(base + 16, request)?;
+        ring.req_seq(slot).store(pos + 1, Ordering::Release);
+        // Pairs with the server's fence between announcing sleep and re-checking the queue.
+        fence(Ordering::SeqCst);
+        if ring.server_sleeping().load(Ordering::Relaxed) == 1 {
+            ring.doorbell().fetch_add(1, Ordering::Release);
+            futex_wake(ring.doorbell());
+        }
+        Ok(())
+    }
+
+    /// Sends `request` and waits for the answer.
+    pub fn call(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, ShmError> {
+        let max = self.ring.shape.slot_size as usize;
+        if request.len() > max {
+            return Err(ShmError::TooLarge {
+                len: request.len(),
+                max,
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let resp = loop {
+            if let Some(slot) = self.take_resp_slot() {
+                break slot;
+            }
+            if Instant::now() > deadline {
+                return Err(ShmError::Full);
+            }
+            std::thread::yield_now();
+        };
+        if let Err(e) = self.enqueue(request, resp, deadline) {
+            self.ring.resp_state(resp).store(FREE, Ordering::Release);
+            return Err(e);
+        }
+        let state = self.ring.resp_state(resp);
+        let spin_until = Instant::now() + self.spin;
+        let mut spins = 0u32;
+        loop {
+            if state.load(Ordering::Acquire) == READY {
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 {
+                let now = Instant::now();
+                if now >= spin_until {
+                    if now >= deadline {
+                        // Give the slot to the server to free when (if) it answers.
+                        if state
+                            .compare_exchange(
+                                PENDING,
+                                ABANDONED,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                            || state
+                                .compare_exchange(
+                                    SLEEPING,
+                                    ABANDONED,
+                                    Ordering::AcqRel,
+                                    Ordering::Acquire,
+                                )
+                                .is_ok()
+                        {
+                            return Err(ShmError::Timeout);
+                        }
+                        continue;
+                    }
+                    let _ = state.compare_exchange(
+                        PENDING,
+                        SLEEPING,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    futex_wait(
+                        state,
+                        SLEEPING,
+                        (deadline - now).min(Duration::from_millis(100)),
+                    );
+                }
+            }
+            std::hint::spin_loop();
+        }
+        let base = self.ring.resp_slot(resp) as u64;
+        let mut len = [0u8; 4];
+        self.ring.region.read(base + 4, &mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        let result = if len > self.ring.shape.resp_size as usize {
+            Err(ShmError::BadHeader("response length"))
+        } else {
+            let mut out = vec![0u8; len];
+            self.ring.region.read(base + 8, &mut out).map(|_| out)
+        };
+        state.store(FREE, Ordering::Release);
+        result
+    }
+}
+
+/// A request taken from the ring; answer it with [`CallRingServer::reply`].
+#[derive(Debug)]
+pub struct Request {
+    /// Request bytes.
+    pub data: Vec<u8>,
+    /// Response slot to answer in.
+    pub slot: u32,
+}
+
+/// Serves a [`CallRing`].
+pub struct CallRingServer {
+    ring: CallRing,
+    spin: Duration,
+}
+
+impl CallRingServer {
+    /// How long to poll before sleeping on a futex.
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Takes one request if there is one. `Err` means the peer wrote a corrupt slot; the
+    /// request is dropped.
+    pub fn try_recv(&self) -> Result<Option<Request>, ShmError> {
+        let ring = &self.ring;
+        let mask = u64::from(ring.shape.slots - 1);
+        for _ in 0..1024 {
+            let pos = ring.req_head().load(Ordering::Relaxed);
+            let slot = (pos & mask) as u32;
+            let seq = ring.req_seq(slot).load(Ordering::Acquire);
+            let diff = seq as i64 - (pos + 1) as i64;
+            if diff < 0 {
+                return Ok(None);
+            }
+            if diff > 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if ring
+                .req_head()
+                .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let base = ring.req_slot(slot) as u64;
+            let mut meta = [0u8; 8];
+            ring.region.read(base + 8, &mut meta)?;
+            let len = u32::from_le_bytes(meta[0..4].try_into().expect("4 bytes")) as usize;
+            let resp = u32::from_le_bytes(meta[4..8].try_into().expect("4 bytes"));
+            let result = if len > ring.shape.slot_size as usize || resp >= ring.shape.resp_slots {
+                Err(ShmError::BadHeader("request slot"))
+            } else {
+                let mut data = vec![0u8; len];
+                ring.region
+                    .read(base + 16, &mut data)
+                    .map(|_| Some(Request { data, slot: resp }))
+            };
+            ring.req_seq(slot).store(pos + mask + 1, Ordering::Release);
+            return result;
+        }
+        Ok(None)
+    }
+
+    /// Waits up to `timeout` for a request: polls for the spin time, then sleeps on
+    /// the doorbell futex.
+    pub fn recv(&self, timeout: Duration) -> Result<Option<Request>, ShmError> {
+        let deadline = Instant::now() + timeout;
+        let spin_until = Instant::now() + self.spin;
+        loop {
+            if let Some(r) = self.try_recv()? {
+                return Ok(Some(r));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            if now < spin_until {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            let bell = self.ring.doorbell().load(Ordering::Acquire);
+            self.ring.server_sleeping().store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if let Some(r) = self.try_recv()? {
+                self.ring.server_sleeping().store(0, Ordering::Relaxed);
+                return Ok(Some(r));
+            }
+            futex_wait(
+                self.ring.doorbell(),
+                bell,
+                (deadline - now).min(Duration::from_millis(100)),
+            );
+            self.ring.server_sleeping().store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers a request.
+    pub fn reply(&self, slot: u32, response: &[u8]) -> Result<(), ShmError> {
+        let ring = &self.ring;
+        if slot >= ring.shape.resp_slots {
+            return Err(ShmError::BadHeader("response slot"));
+        }
+        let max = ring.shape.resp_size as usize;
+        if response.len() > max {
+            return Err(ShmError::TooLarge {
+                len: response.len(),
+                max,
+            });
+        }
+        let base = ring.resp_slot(slot) as u64;
+        ring.region
+            .write(base + 4, &(response.len() as u32).to_le_bytes())?;
+        ring.region.write(base + 8, response)?;
+        let state = ring.resp_state(slot);
+        match state.swap(READY, Ordering::AcqRel) {
+            SLEEPING => futex_wake(state),
+            ABANDONED => state.store(FREE, Ordering::Release),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(shape: RingShape) -> (CallRing, CallRing) {
+        let server = CallRing::create(shape).unwrap();
+        // The client maps the same fd a second time, as another process would.
+        let fd = server.region().fd().try_clone_to_owned().unwrap();
+        let len = server.region().len() as u64;
+        let region = Region::from_fd(fd, 0, len, &RegionOptions::default()).unwrap();
+        (server, CallRing::attach(Arc::new(region)).unwrap())
+    }
+
+    fn echo_server(
+        ring: CallRing,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<u64> {
+        std::thread::spawn(move || {
+            let server = ring.server();
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(req) = server.recv(Duration::from_millis(20)).unwrap() {
+                    let mut out = req.data.clone();
+                    out.reverse();
+                    server.reply(req.slot, &out).unwrap();
+                    served += 1;
+                }
+            }
+            served
+        })
+    }
+
+    #[test]
+    fn calls_from_many_threads_get_their_own_answers() {
+        let (server_side, client_side) = pair(RingShape {
+            slots: 8,
+            resp_slots: 16,
+            ..Default::default()
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = echo_server(server_side, stop.clone());
+        let client = Arc::new(client_side.client());
+        std::thread::scope(|s| {
+            for t in 0..6u32 {
+                let client = client.clone();
+                s.spawn(move || {
+                    for i in 0..2000u32 {
+                        let msg = format!("{t}:{i}:{}", "x".repeat((i % 100) as usize));
+                        let got = client
+                            .call(msg.as_bytes(), Duration::from_secs(10))
+                            .unwrap();
+                        let mut expect = msg.into_bytes();
+                        expect.reverse();
+                        assert_eq!(got, expect);
+                    }
+                });
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(server.join().unwrap(), 12_000);
+    }
+
+    #[test]
+    fn sleeping_server_is_woken_and_timeouts_free_the_slot() {
+        let (server_side, client_side) = pair(RingShape {
+            resp_slots: 1,
+            ..Default::default()
+        });
+        let client = client_side.client();
+        // No server yet: the call times out and gives its slot back for later.
+        assert!(matches!(
+            client.call(b"lost", Duration::from_millis(50)),
+            Err(ShmError::Timeout)
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = echo_server(server_side, stop.clone());
+        std::thread::sleep(Duration::from_millis(100)); // let it fall asleep on the futex
+        assert_eq!(client.call(b"abc", Duration::from_secs(5)).unwrap(), b"cba");
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(
+            server.join().unwrap(),
+            2,
+            "the abandoned request was still served"
+        );
+        assert!(matches!(
+            client.call(&vec![0u8; 5000], Duration::from_secs(1)),
+            Err(ShmError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn corrupt_headers_are_refused() {
+        let r = Arc::new(Region::anonymous("t", 8192, &RegionOptions::default()).unwrap());
+        assert!(matches!(
+            CallRing::attach(r.clone()),
+            Err(ShmError::BadHeader("magic"))
+        ));
+        let mut header = [0u8; 24];
+        header[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+        header[8..12].copy_from_slice(&1024u32.to_le_bytes());
+        header[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        header[16..20].copy_from_slice(&1u32.to_le_bytes());
+        header[20..24].copy_from_slice(&64u32.to_le_bytes());
+        r.write(0, &header).unwrap();
+        assert!(
+            matches!(CallRing::attach(r.clone()), Err(ShmError::BadHeader(_))),
+            "layout beyond the region"
+        );
+        // A request slot claiming a huge length is dropped, not read out of bounds.
+        let (server_side, client_side) = pair(RingShape {
+            slots: 2,
+            slot_size: 64,
+            resp_slots: 2,
+            resp_size: 64,
+        });
+        let client = client_side.client();
+        let t = std::thread::spawn(move || client.call(b"hello", Duration::from_millis(200)));
+        std::thread::sleep(Duration::from_millis(50));
+        let base = server_side.req_slot(0) as u64;
+        server_side
+            .region()
+            .write(base + 8, &u32::MAX.to_le_bytes())
+            .unwrap();
+        assert!(server_side.server().try_recv().is_err());
+        assert!(t.join().unwrap().is_err());
+    }
+}

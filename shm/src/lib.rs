@@ -1,0 +1,30 @@
+//! Shared memory for mooncake-rs: the only crate with `unsafe` code for mapped memory.
+//!
+//! Real clients own a large named region (the global segment, a file under `/dev/shm`
+//! so a restarted real client re-attaches the same bytes); dummy clients allocate
+//! anonymous memfd regions for their buffers and pass the fds to the real client,
+//! which maps them. Both sides then copy bytes directly, never through a socket.
+//!
+//! # Layout
+//!
+//! - [`region`]: [`Region`], a mapped shared-memory region (memfd, `/dev/shm` file, or
+//!   an fd received from a peer, validated), bounds-checked reads and writes, huge
+//!   pages with a clear fallback, and a [`Gate`] that lets unmapping wait for in-flight users.
+//! - [`buffers`]: [`BufferAllocator`], carving a region into buffers (best fit, aligned).
+//! - [`staging`]: [`StagingRing`], a circular staging area for copy-style payloads with
+//!   out-of-order completion.
+//! - [`callring`]: [`CallRing`], a lock-free request/response channel in shared memory
+//!   with futex wake-ups that cost no syscall while the other side is polling.
+//! - [`error`]: [`ShmError`].
+
+pub mod buffers;
+pub mod callring;
+pub mod error;
+pub mod region;
+pub mod staging;
+
+pub use buffers::BufferAllocator;
+pub use callring::{CallRing, CallRingClient, CallRingServer};
+pub use error::ShmError;
+pub use region::{Gate, GateGuard, Region, RegionOptions};
+pub use staging::{Reservation, StagingRing};

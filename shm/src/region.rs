@@ -1,0 +1,571 @@
+//! [`Region`]: a mapped shared-memory region, and the [`Gate`] that lets its owner
+//! wait for in-flight users before letting it go.
+//!
+//! Bytes in a region may be written by another process at any time, so this module
+//! never hands out Rust references into the mapping: every access is a bounds-checked
+//! copy (`read`, `write`, `copy_to`) through raw pointers.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::{Condvar, Mutex};
+use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
+
+use crate::error::ShmError;
+
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+const PAGE: u64 = 4096;
+
+/// How regions are created and mapped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionOptions {
+    /// Touch every page at map time (`MAP_POPULATE`), so the first copy does not fault.
+    pub prefault: bool,
+    /// Back anonymous regions with huge pages of this size (2 MiB or 1 GiB).
+    pub huge_page_size: Option<u64>,
+}
+
+impl RegionOptions {
+    /// Options from upstream's environment variables: `MC_STORE_USE_HUGEPAGE=1` and
+    /// `MC_STORE_HUGEPAGE_SIZE` (default 2 MB).
+    pub fn from_env() -> Self {
+        let on = std::env::var("MC_STORE_USE_HUGEPAGE")
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
+            .unwrap_or(false);
+        let size = std::env::var("MC_STORE_HUGEPAGE_SIZE")
+            .ok()
+            .and_then(|v| mooncake_proto::units::parse_size(&v).ok())
+            .unwrap_or(2 << 20);
+        RegionOptions {
+            prefault: false,
+            huge_page_size: on.then_some(size),
+        }
+    }
+
+    /// Sets prefaulting.
+    pub fn with_prefault(mut self, on: bool) -> Self {
+        self.prefault = on;
+        self
+    }
+
+    /// Sets the huge page size (`None` = normal pages).
+    pub fn with_huge_pages(mut self, size: Option<u64>) -> Self {
+        self.huge_page_size = size;
+        self
+    }
+}
+
+struct GateState {
+    active: usize,
+    closed: bool,
+}
+
+struct GateInner {
+    state: Mutex<GateState>,
+    idle: Condvar,
+}
+
+/// Counts in-flight users of a resource; `close` refuses new users and
+/// `wait_idle` waits for the current ones to leave.
+#[derive(Clone)]
+pub struct Gate(Arc<GateInner>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(GateInner {
+            state: Mutex::new(GateState {
+                active: 0,
+                closed: false,
+            }),
+            idle: Condvar::new(),
+        }))
+    }
+}
+
+/// Proof of being inside a [`Gate`]; leaving happens on drop.
+pub struct GateGuard(Arc<GateInner>);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock();
+        s.active -= 1;
+        if s.active == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+impl Gate {
+    /// Enters, unless the gate is closed.
+    pub fn enter(&self) -> Result<GateGuard, ShmError> {
+        let mut s = self.0.state.lock();
+        if s.closed {
+            return Err(ShmError::Closed);
+        }
+        s.active += 1;
+        Ok(GateGuard(self.0.clone()))
+    }
+
+    /// Refuses new users from now on.
+    pub fn close(&self) {
+        self.0.state.lock().closed = true;
+    }
+
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.0.state.lock().closed
+    }
+
+    /// Users inside right now.
+    pub fn active(&self) -> usize {
+        self.0.state.lock().active
+    }
+
+    /// Blocks until no user is inside; `false` on timeout.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.0.state.lock();
+        while s.active > 0 {
+            if self.0.idle.wait_until(&mut s, deadline).timed_out() {
+                return s.active == 0;
+            }
+        }
+        true
+    }
+}
+
+/// A mapped shared-memory region. `Send + Sync`; all access is bounds-checked.
+pub struct Region {
+    map: MmapRaw,
+    /// Offset of the region's first byte inside `map` (fd offsets need page alignment).
+    delta: usize,
+    len: usize,
+    fd: OwnedFd,
+    fd_offset: u64,
+    path: Option<PathBuf>,
+    huge_pages: bool,
+    gate: Gate,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("len", &self.len)
+            .field("fd_offset", &self.fd_offset)
+            .field("path", &self.path)
+            .field("huge_pages", &self.huge_pages)
+            .finish()
+    }
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+fn map(fd: &OwnedFd, offset: u64, len: usize, prefault: bool) -> Result<MmapRaw, ShmError> {
+    let mut opts = MmapOptions::new();
+    opts.offset(offset).len(len);
+    if prefault {
+        opts.populate();
+    }
+    opts.map_raw(fd.as_raw_fd())
+        .map_err(|e| ShmError::io("mmap", e))
+}
+
+impl Region {
+    /// An anonymous region backed by a memfd (for buffers passed to another process).
+    pub fn anonymous(name: &str, size: u64, opts: &RegionOptions) -> Result<Region, ShmError> {
+        if size == 0 {
+            return Err(ShmError::InvalidSize(0));
+        }
+        if let Some(huge) = opts.huge_page_size {
+            match Self::anonymous_huge(name, size, huge) {
+                Ok(r) => return Ok(r),
+                Err(e) => tracing::warn!(
+                    "huge pages of {huge} bytes unavailable ({e}); falling back to normal pages. \
+                     Reserve huge pages (e.g. `echo 1024 > /proc/sys/vm/nr_hugepages`) or unset MC_STORE_USE_HUGEPAGE"
+                ),
+            }
+        }
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)
+            .map_err(|e| ShmError::io("memfd_create", e))?;
+        let len = round_up(size, PAGE);
+        rustix::fs::ftruncate(&fd, len).map_err(|e| ShmError::io("ftruncate", e))?;
+        let map = map(&fd, 0, len as usize, opts.prefault)?;
+        Ok(Region::assemble(map, 0, size as usize, fd, 0, None, false))
+    }
+
+    fn anonymous_huge(name: &str, size: u64, huge: u64) -> Result<Region, ShmError> {
+        let flag = match huge {
+            s if s == 2 << 20 => MemfdFlags::HUGE_2MB,
+            s if s == 1 << 30 => MemfdFlags::HUGE_1GB,
+            other => return Err(ShmError::InvalidSize(other)),
+        };
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | flag)
+            .map_err(|e| ShmError::io("memfd_create(MFD_HUGETLB)", e))?;
+        let len = round_up(size, huge);
+        rustix::fs::ftruncate(&fd, len).map_err(|e| ShmError::io("ftruncate(hugetlb)", e))?;
+        // Populate now: a huge page missing later would be a SIGBUS, not an error.
+        let map = map(&fd, 0, len as usize, true)?;
+        Ok(Region::assemble(map, 0, size as usize, fd, 0, None, true))
+    }
+
+    /// Creates (or truncates) a named region at `path` (normally under `/dev/shm`), so
+    /// a restarted process can re-attach the same bytes with [`open_named`](Self::open_named).
+    pub fn create_named(path: &Path, size: u64, opts: &RegionOptions) -> Result<Region, ShmError> {
+        if size == 0 {
+            return Err(ShmError::InvalidSize(0));
+        }
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| ShmError::io("open named region", e))?;
+        check_memory_fs(&fd)?;
+        rustix::fs::ftruncate(&fd, size).map_err(|e| ShmError::io("ftruncate", e))?;
+        let map = map(&fd, 0, size as usize, opts.prefault)?;
+        Ok(Region::assemble(
+            map,
+            0,
+            size as usize,
+            fd,
+            0,
+            Some(path.to_path_buf()),
+            false,
+        ))
+    }
+
+    /// Maps an existing named region with its current size.
+    pub fn open_named(path: &Path, opts: &RegionOptions) -> Result<Region, ShmError> {
+        let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| ShmError::io("open named region", e))?;
+        let size = check_memory_fs(&fd)?;
+        if size == 0 {
+            return Err(ShmError::InvalidSize(0));
+        }
+        let map = map(&fd, 0, size as usize, opts.prefault)?;
+        Ok(Region::assemble(
+            map,
+            0,
+            size as usize,
+            fd,
+            0,
+            Some(path.to_path_buf()),
+            false,
+        ))
+    }
+
+    /// Maps `len` bytes at `offset` of an fd received from a peer. The fd must be a
+    /// shared-memory file (memfd, `/dev/shm`, hugetlbfs) at least `offset + len` long.
+    pub fn from_fd(
+        fd: OwnedFd,
+        offset: u64,
+        len: u64,
+        opts: &RegionOptions,
+    ) -> Result<Region, ShmError> {
+        if len == 0 {
+            return Err(ShmError::InvalidSize(0));
+        }
+        let file_size = check_memory_fs(&fd)?;
+        let end = offset.checked_add(len).ok_or(ShmError::OutOfBounds {
+            offset,
+            len,
+            limit: file_size,
+        })?;
+        if end > file_size {
+            return Err(ShmError::OutOfBounds {
+                offset,
+                len,
+                limit: file_size,
+            });
+        }
+        let stat = rustix::fs::fstat(&fd).map_err(|e| ShmError::io("fstat", e))?;
+        let align = (stat.st_blksize as u64).max(PAGE);
+        let map_offset = offset / align * align;
+        let delta = (offset - map_offset) as usize;
+        let map_len = delta + len as usize;
+        let huge = statfs_magic(&fd)? == HUGETLBFS_MAGIC;
+        let map = map(&fd, map_offset, map_len, opts.prefault)?;
+        Ok(Region::assemble(
+            map,
+            delta,
+            len as usize,
+            fd,
+            offset,
+            None,
+            huge,
+        ))
+    }
+
+    fn assemble(
+        map: MmapRaw,
+        delta: usize,
+        len: usize,
+        fd: OwnedFd,
+        fd_offset: u64,
+        path: Option<PathBuf>,
+        huge_pages: bool,
+    ) -> Region {
+        Region {
+            map,
+            delta,
+            len,
+            fd,
+            fd_offset,
+            path,
+            huge_pages,
+            gate: Gate::default(),
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty (never: zero sizes are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the region is backed by huge pages.
+    pub fn huge_pages(&self) -> bool {
+        self.huge_pages
+    }
+
+    /// The backing fd (to pass to another process).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Offset of the region's first byte in its fd.
+    pub fn fd_offset(&self) -> u64 {
+        self.fd_offset
+    }
+
+    /// Path of a named region.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The gate users enter around a series of operations.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Address of the first byte in this process. Dereferencing it is the caller's
+    /// business (zero-copy hand-off to other libraries); this crate never does it
+    /// outside bounds-checked copies.
+    pub fn as_ptr(&self) -> *mut u8 {
+        // `delta` is inside the mapping by construction (map_len = delta + len).
+        self.map.as_mut_ptr().wrapping_add(self.delta)
+    }
+
+    /// Checks that `[offset, offset + len)` lies inside the region.
+    pub fn check(&self, offset: u64, len: u64) -> Result<(), ShmError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len as u64 => Ok(()),
+            _ => Err(ShmError::OutOfBounds {
+                offset,
+                len,
+                limit: self.len as u64,
+            }),
+        }
+    }
+
+    /// Copies `src` into the region at `offset`.
+    pub fn write(&self, offset: u64, src: &[u8]) -> Result<(), ShmError> {
+        self.check(offset, src.len() as u64)?;
+        // SAFETY: the destination range was bounds-checked against the live mapping
+        // (borrowed through `&self`); `ptr::copy` tolerates overlap should `src` itself
+        // point into shared memory.
+        unsafe { std::ptr::copy(src.as_ptr(), self.as_ptr().add(offset as usize), src.len()) };
+        Ok(())
+    }
+
+    /// Copies bytes at `offset` into `dst`.
+    pub fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), ShmError> {
+        self.check(offset, dst.len() as u64)?;
+        // SAFETY: the source range was bounds-checked against the live mapping; `dst`
+        // is an exclusive Rust slice of the same length.
+        unsafe {
+            std::ptr::copy(
+                self.as_ptr().add(offset as usize),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from this region at `offset` into `dst` at `dst_offset`.
+    pub fn copy_to(
+        &self,
+        offset: u64,
+        dst: &Region,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), ShmError> {
+        self.check(offset, len)?;
+        dst.check(dst_offset, len)?;
+        // SAFETY: both ranges were bounds-checked against live mappings borrowed for the
+        // duration of the call; `ptr::copy` is correct even if both map the same pages.
+        unsafe {
+            std::ptr::copy(
+                self.as_ptr().add(offset as usize),
+                dst.as_ptr().add(dst_offset as usize),
+                len as usize,
+            )
+        };
+        Ok(())
+    }
+
+    /// Removes the name of a named region (the mapping stays valid).
+    pub fn unlink(&self) -> Result<(), ShmError> {
+        if let Some(p) = &self.path {
+            std::fs::remove_file(p).map_err(|e| ShmError::io("unlink named region", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn statfs_magic(fd: &OwnedFd) -> Result<u64, ShmError> {
+    let fs = rustix::fs::fstatfs(fd).map_err(|e| ShmError::io("fstatfs", e))?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(fs.f_type as u64)
+}
+
+/// Checks that `fd` is a regular file on a memory filesystem; returns its size.
+fn check_memory_fs(fd: &OwnedFd) -> Result<u64, ShmError> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| ShmError::io("fstat", e))?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(ShmError::NotMemoryFile(format!(
+            "{kind:?}, not a regular file"
+        )));
+    }
+    let magic = statfs_magic(fd)?;
+    if magic != TMPFS_MAGIC && magic != HUGETLBFS_MAGIC {
+        return Err(ShmError::NotMemoryFile(format!(
+            "file system 0x{magic:x} is neither tmpfs nor hugetlbfs"
+        )));
+    }
+    Ok(stat.st_size as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_region_reads_back_writes_and_checks_bounds() {
+        let r =
+            Region::anonymous("t", 10_000, &RegionOptions::default().with_prefault(true)).unwrap();
+        assert_eq!(r.len(), 10_000);
+        r.write(9_990, b"0123456789").unwrap();
+        let mut back = [0u8; 10];
+        r.read(9_990, &mut back).unwrap();
+        assert_eq!(&back, b"0123456789");
+        assert!(r.write(9_991, b"0123456789").is_err());
+        assert!(r.read(u64::MAX - 2, &mut back).is_err());
+        assert!(r.check(10_000, 0).is_ok());
+        assert!(Region::anonymous("t", 0, &RegionOptions::default()).is_err());
+    }
+
+    #[test]
+    fn a_second_mapping_of_the_same_fd_sees_the_same_bytes_at_an_offset() {
+        let a = Region::anonymous("t", 3 * 4096, &RegionOptions::default()).unwrap();
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        // Unaligned offset: the mapping is widened to the page and adjusted.
+        let b = Region::from_fd(fd, 5000, 1000, &RegionOptions::default()).unwrap();
+        a.write(5000, b"shared").unwrap();
+        let mut got = [0u8; 6];
+        b.read(0, &mut got).unwrap();
+        assert_eq!(&got, b"shared");
+        b.write(999, b"!").unwrap();
+        let mut one = [0u8; 1];
+        a.read(5999, &mut one).unwrap();
+        assert_eq!(&one, b"!");
+        assert!(b.write(1000, b"x").is_err());
+    }
+
+    #[test]
+    fn fds_that_are_not_shared_memory_or_too_small_are_refused() {
+        let a = Region::anonymous("t", 4096, &RegionOptions::default()).unwrap();
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        assert!(matches!(
+            Region::from_fd(fd, 0, 8192, &RegionOptions::default()),
+            Err(ShmError::OutOfBounds { .. })
+        ));
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        assert!(Region::from_fd(fd, u64::MAX, 2, &RegionOptions::default()).is_err());
+        let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+        assert!(matches!(
+            Region::from_fd(pipe_r, 0, 4096, &RegionOptions::default()),
+            Err(ShmError::NotMemoryFile(_))
+        ));
+        // A regular file on a disk file system is not shared memory.
+        let disk = std::env::current_exe().unwrap();
+        let f: OwnedFd = std::fs::File::open(disk).unwrap().into();
+        assert!(matches!(
+            Region::from_fd(f, 0, 4096, &RegionOptions::default()),
+            Err(ShmError::NotMemoryFile(_))
+        ));
+    }
+
+    #[test]
+    fn named_regions_survive_their_creator() {
+        let path = PathBuf::from(format!("/dev/shm/mooncake-test-{}", std::process::id()));
+        {
+            let r = Region::create_named(&path, 1 << 20, &RegionOptions::default()).unwrap();
+            r.write(12345, b"persist").unwrap();
+        }
+        let again = Region::open_named(&path, &RegionOptions::default()).unwrap();
+        assert_eq!(again.len(), 1 << 20);
+        let mut got = [0u8; 7];
+        again.read(12345, &mut got).unwrap();
+        assert_eq!(&got, b"persist");
+        again.unlink().unwrap();
+    }
+
+    #[test]
+    fn huge_pages_fall_back_when_unavailable() {
+        let opts = RegionOptions::default().with_huge_pages(Some(2 << 20));
+        let r = Region::anonymous("t", 4 << 20, &opts).unwrap();
+        r.write(0, b"ok").unwrap();
+        // Either real huge pages or the fallback; both must work.
+        assert_eq!(r.len(), 4 << 20);
+    }
+
+    #[test]
+    fn gate_close_waits_for_users() {
+        let gate = Gate::default();
+        let guard = gate.enter().unwrap();
+        gate.close();
+        assert!(gate.enter().is_err());
+        assert!(!gate.wait_idle(Duration::from_millis(20)));
+        let g2 = gate.clone();
+        let t = std::thread::spawn(move || g2.wait_idle(Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(20));
+        drop(guard);
+        assert!(t.join().unwrap());
+        assert_eq!(gate.active(), 0);
+    }
+
+    #[test]
+    fn regions_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Region>();
+        check::<Gate>();
+    }
+}
