@@ -1,0 +1,293 @@
+//! [`IpcServer`]: accepts local clients on a Unix socket (mode 0660), checks their
+//! credentials and token, opens a [`Session`] per control connection, and serves fd
+//! channels (registrations, exports) in the background.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::task::TaskTracker;
+
+use mooncake_proto::ErrorCode;
+use mooncake_proto::codec::{MAX_FRAME_LEN, PostcardTransport, transport};
+use mooncake_shm::{Region, RegionOptions};
+
+use crate::error::IpcError;
+use crate::policy::{PeerInfo, PeerPolicy};
+use crate::session::Session;
+use crate::wire::{self, FdReply, FdRequest, Hello, HelloReply, Role};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Server configuration; build with `IpcServerConfig::new(path).with_*(...)`.
+#[derive(Clone)]
+pub struct IpcServerConfig {
+    path: PathBuf,
+    policy: PeerPolicy,
+    token: String,
+    exports: Vec<(String, Arc<Region>)>,
+    region_options: RegionOptions,
+}
+
+impl IpcServerConfig {
+    /// Listens at `path`, admits the default peers, no token, no exports.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        IpcServerConfig {
+            path: path.into(),
+            policy: PeerPolicy::default(),
+            token: String::new(),
+            exports: Vec::new(),
+            region_options: RegionOptions::default(),
+        }
+    }
+    /// Sets the uid allow-list.
+    pub fn with_policy(mut self, policy: PeerPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// Requires a cluster token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
+    /// Offers a region's fd to clients under `name`.
+    pub fn with_export(mut self, name: impl Into<String>, region: Arc<Region>) -> Self {
+        self.exports.push((name.into(), region));
+        self
+    }
+    /// How registered regions are mapped.
+    pub fn with_region_options(mut self, options: RegionOptions) -> Self {
+        self.region_options = options;
+        self
+    }
+}
+
+/// An authenticated control connection and its session.
+pub struct IpcConnection {
+    /// The client's session (translation table).
+    pub session: Arc<Session>,
+    /// The socket, positioned after the handshake.
+    pub stream: UnixStream,
+}
+
+impl IpcConnection {
+    /// A tarpc transport over the control connection.
+    pub fn into_transport<Item, SinkItem>(
+        self,
+    ) -> (Arc<Session>, PostcardTransport<UnixStream, Item, SinkItem>)
+    where
+        Item: for<'de> Deserialize<'de>,
+        SinkItem: Serialize,
+    {
+        let framed = Framed::new(
+            self.stream,
+            LengthDelimitedCodec::builder()
+                .max_frame_length(MAX_FRAME_LEN)
+                .new_codec(),
+        );
+        (self.session, transport(framed))
+    }
+}
+
+/// The listener.
+pub struct IpcServer {
+    listener: UnixListener,
+    config: Arc<IpcServerConfig>,
+    sessions: Arc<Mutex<HashMap<u64, Weak<Session>>>>,
+    tracker: TaskTracker,
+}
+
+impl IpcServer {
+    /// Binds the socket (replacing a stale socket file) with mode 0660.
+    pub fn bind(config: IpcServerConfig) -> Result<IpcServer, IpcError> {
+        if let Ok(meta) = std::fs::symlink_metadata(&config.path) {
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(&config.path)?;
+            } else {
+                return Err(IpcError::Protocol(format!(
+                    "{} exists and is not a socket",
+                    config.path.display()
+                )));
+            }
+        }
+        let listener = UnixListener::bind(&config.path)?;
+        std::fs::set_permissions(&config.path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(IpcServer {
+            listener,
+            config: Arc::new(config),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// Waits for the next admitted control connection. Refused peers and fd channels
+    /// are handled here and never returned.
+    pub async fn accept(&self) -> Result<IpcConnection, IpcError> {
+        loop {
+            let (stream, _) = self.listener.accept().await?;
+            match self.admit(stream).await {
+                Ok(Some(conn)) => return Ok(conn),
+                Ok(None) => {}
+                Err(reason) => tracing::warn!("refused IPC connection: {reason}"),
+            }
+        }
+    }
+
+    async fn refuse(stream: &UnixStream, code: ErrorCode, message: String) -> String {
+        let reply = HelloReply {
+            result: Err(code),
+            message: message.clone(),
+        };
+        let _ = tokio::time::timeout(HELLO_TIMEOUT, wire::send(stream, &reply, None)).await;
+        message
+    }
+
+    async fn admit(&self, stream: UnixStream) -> Result<Option<IpcConnection>, String> {
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| format!("no peer credentials: {e}"))?;
+        let peer = PeerInfo {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        };
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::recv::<Hello>(&stream)).await;
+        let hello = match hello {
+            Err(_) => return Err("no hello within the timeout".into()),
+            Ok(Err(e)) => return Err(format!("malformed hello: {e}")),
+            Ok(Ok((h, _fds))) => h,
+        };
+        if let Err(reason) = self.config.policy.check(&peer) {
+            return Err(Self::refuse(&stream, ErrorCode::IllegalClient, reason).await);
+        }
+        if hello.magic != wire::MAGIC || hello.version != wire::VERSION {
+            return Err(Self::refuse(
+                &stream,
+                ErrorCode::InvalidVersion,
+                "bad magic or version".into(),
+            )
+            .await);
+        }
+        if hello.token != self.config.token {
+            return Err(Self::refuse(
+                &stream,
+                ErrorCode::IllegalClient,
+                "wrong cluster token".into(),
+            )
+            .await);
+        }
+        match hello.role {
+            Role::Control => {
+                let (id, secret) = (rand::random::<u64>(), rand::random::<u64>());
+                let session = Arc::new(Session::new(id, secret, peer));
+                {
+                    let mut sessions = self.sessions.lock();
+                    sessions.retain(|_, s| s.strong_count() > 0);
+                    sessions.insert(id, Arc::downgrade(&session));
+                }
+                let reply = HelloReply {
+                    result: Ok((id, secret)),
+                    message: String::new(),
+                };
+                wire::send(&stream, &reply, None)
+                    .await
+                    .map_err(|e| format!("hello reply: {e}"))?;
+                tracing::debug!(session = id, uid = peer.uid, pid = ?peer.pid, "IPC session opened");
+                Ok(Some(IpcConnection { session, stream }))
+            }
+            Role::Fds { session, secret } => {
+                let found = self.sessions.lock().get(&session).and_then(Weak::upgrade);
+                let Some(found) =
+                    found.filter(|s| s.secret() == secret && s.peer().uid == peer.uid)
+                else {
+                    return Err(Self::refuse(
+                        &stream,
+                        ErrorCode::IllegalClient,
+                        "unknown session".into(),
+                    )
+                    .await);
+                };
+                let reply = HelloReply {
+                    result: Ok((session, secret)),
+                    message: String::new(),
+                };
+                wire::send(&stream, &reply, None)
+                    .await
+                    .map_err(|e| format!("hello reply: {e}"))?;
+                let config = self.config.clone();
+                self.tracker.spawn(serve_fd_channel(stream, found, config));
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn serve_fd_channel(stream: UnixStream, session: Arc<Session>, config: Arc<IpcServerConfig>) {
+    loop {
+        let (request, mut fds) = match wire::recv::<FdRequest>(&stream).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::warn!(session = session.id(), error = %e, "fd channel closed on a bad message");
+                }
+                return;
+            }
+        };
+        if session.is_closed() {
+            return;
+        }
+        let (reply, attach) = match request {
+            FdRequest::Register {
+                client_base,
+                size,
+                fd_offset,
+            } => {
+                let reply = if fds.len() != 1 {
+                    FdReply::Error(ErrorCode::InvalidParams)
+                } else {
+                    let fd = fds.pop().expect("one fd");
+                    match Region::from_fd(fd, fd_offset, size, &config.region_options) {
+                        Err(e) => {
+                            tracing::warn!(session = session.id(), error = %e, "registration refused");
+                            FdReply::Error(e.code())
+                        }
+                        Ok(region) => match session.register(client_base, region) {
+                            Ok(()) => FdReply::Registered,
+                            Err(code) => FdReply::Error(code),
+                        },
+                    }
+                };
+                (reply, None)
+            }
+            FdRequest::Unregister { client_base } => match session.unregister(client_base) {
+                Ok(()) => (FdReply::Unregistered, None),
+                Err(code) => (FdReply::Error(code), None),
+            },
+            FdRequest::Open { name } => match config.exports.iter().find(|(n, _)| *n == name) {
+                Some((_, region)) => (
+                    FdReply::Opened {
+                        size: region.len() as u64,
+                    },
+                    Some(region.clone()),
+                ),
+                None => (FdReply::Error(ErrorCode::InvalidParams), None),
+            },
+        };
+        drop(fds);
+        let fd = attach.as_ref().map(|r| r.fd());
+        if wire::send(&stream, &reply, fd).await.is_err() {
+            return;
+        }
+    }
+}
