@@ -19,7 +19,7 @@
 //!   [`Translation`] is a bounds-checked window into one of them.
 //! - [`server`]: [`IpcServer`], accepting and authenticating connections.
 //! - [`client`]: [`IpcClient`], connecting, registering regions, opening exports.
-//! - [`error`]: [`IpcError`].
+//! - [`error`]: the crate error type, [`IpcError`].
 
 pub mod client;
 pub mod error;

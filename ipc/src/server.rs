@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use mooncake_proto::ErrorCode;
@@ -95,16 +96,31 @@ impl IpcConnection {
     }
 }
 
-/// The listener.
-pub struct IpcServer {
-    listener: UnixListener,
+struct Shared {
     config: Arc<IpcServerConfig>,
-    sessions: Arc<Mutex<HashMap<u64, Weak<Session>>>>,
+    sessions: Mutex<HashMap<u64, Weak<Session>>>,
     tracker: TaskTracker,
 }
 
+/// The listener. Connections are accepted and authenticated in the background (one
+/// task each, so a silent or hostile peer never delays others); admitted control
+/// connections wait for [`accept`](IpcServer::accept), their sessions already usable by
+/// the client's fd channel.
+pub struct IpcServer {
+    path: PathBuf,
+    incoming: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<IpcConnection>>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for IpcServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl IpcServer {
-    /// Binds the socket (replacing a stale socket file) with mode 0660.
+    /// Binds the socket (replacing a stale socket file) with mode 0660 and starts
+    /// accepting. Must be called inside a tokio runtime.
     pub fn bind(config: IpcServerConfig) -> Result<IpcServer, IpcError> {
         if let Ok(meta) = std::fs::symlink_metadata(&config.path) {
             if meta.file_type().is_socket() {
@@ -118,117 +134,151 @@ impl IpcServer {
         }
         let listener = UnixListener::bind(&config.path)?;
         std::fs::set_permissions(&config.path, std::fs::Permissions::from_mode(0o660))?;
-        Ok(IpcServer {
-            listener,
+        let path = config.path.clone();
+        let shared = Arc::new(Shared {
             config: Arc::new(config),
-            sessions: Arc::new(Mutex::new(HashMap::new())),
+            sessions: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared, tx, shutdown.clone()));
+        Ok(IpcServer {
+            path,
+            incoming: tokio::sync::Mutex::new(rx),
+            shutdown,
         })
     }
 
     /// The socket path.
     pub fn path(&self) -> &Path {
-        &self.config.path
+        &self.path
     }
 
-    /// Waits for the next admitted control connection. Refused peers and fd channels
-    /// are handled here and never returned.
+    /// Waits for the next admitted control connection.
     pub async fn accept(&self) -> Result<IpcConnection, IpcError> {
-        loop {
-            let (stream, _) = self.listener.accept().await?;
-            match self.admit(stream).await {
-                Ok(Some(conn)) => return Ok(conn),
+        self.incoming
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| IpcError::Protocol("listener stopped".into()))
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    tx: tokio::sync::mpsc::Sender<IpcConnection>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "IPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared2 = shared.clone();
+        let tx = tx.clone();
+        shared.tracker.spawn(async move {
+            match admit(&shared2, stream).await {
+                Ok(Some(conn)) => {
+                    let _ = tx.send(conn).await;
+                }
                 Ok(None) => {}
                 Err(reason) => tracing::warn!("refused IPC connection: {reason}"),
             }
-        }
+        });
     }
+    shared.tracker.close();
+}
 
-    async fn refuse(stream: &UnixStream, code: ErrorCode, message: String) -> String {
-        let reply = HelloReply {
-            result: Err(code),
-            message: message.clone(),
-        };
-        let _ = tokio::time::timeout(HELLO_TIMEOUT, wire::send(stream, &reply, None)).await;
-        message
+async fn refuse(stream: &UnixStream, code: ErrorCode, message: String) -> String {
+    let reply = HelloReply {
+        result: Err(code),
+        message: message.clone(),
+    };
+    let _ = tokio::time::timeout(HELLO_TIMEOUT, wire::send(stream, &reply, None)).await;
+    message
+}
+
+async fn admit(shared: &Arc<Shared>, stream: UnixStream) -> Result<Option<IpcConnection>, String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("no peer credentials: {e}"))?;
+    let peer = PeerInfo {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::recv::<Hello>(&stream)).await;
+    let hello = match hello {
+        Err(_) => return Err("no hello within the timeout".into()),
+        Ok(Err(e)) => return Err(format!("malformed hello: {e}")),
+        Ok(Ok((h, _fds))) => h,
+    };
+    let config = &shared.config;
+    if let Err(reason) = config.policy.check(&peer) {
+        return Err(refuse(&stream, ErrorCode::IllegalClient, reason).await);
     }
-
-    async fn admit(&self, stream: UnixStream) -> Result<Option<IpcConnection>, String> {
-        let cred = stream
-            .peer_cred()
-            .map_err(|e| format!("no peer credentials: {e}"))?;
-        let peer = PeerInfo {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
-        };
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::recv::<Hello>(&stream)).await;
-        let hello = match hello {
-            Err(_) => return Err("no hello within the timeout".into()),
-            Ok(Err(e)) => return Err(format!("malformed hello: {e}")),
-            Ok(Ok((h, _fds))) => h,
-        };
-        if let Err(reason) = self.config.policy.check(&peer) {
-            return Err(Self::refuse(&stream, ErrorCode::IllegalClient, reason).await);
-        }
-        if hello.magic != wire::MAGIC || hello.version != wire::VERSION {
-            return Err(Self::refuse(
-                &stream,
-                ErrorCode::InvalidVersion,
-                "bad magic or version".into(),
-            )
-            .await);
-        }
-        if hello.token != self.config.token {
-            return Err(Self::refuse(
-                &stream,
-                ErrorCode::IllegalClient,
-                "wrong cluster token".into(),
-            )
-            .await);
-        }
-        match hello.role {
-            Role::Control => {
-                let (id, secret) = (rand::random::<u64>(), rand::random::<u64>());
-                let session = Arc::new(Session::new(id, secret, peer));
-                {
-                    let mut sessions = self.sessions.lock();
-                    sessions.retain(|_, s| s.strong_count() > 0);
-                    sessions.insert(id, Arc::downgrade(&session));
-                }
-                let reply = HelloReply {
-                    result: Ok((id, secret)),
-                    message: String::new(),
-                };
-                wire::send(&stream, &reply, None)
-                    .await
-                    .map_err(|e| format!("hello reply: {e}"))?;
-                tracing::debug!(session = id, uid = peer.uid, pid = ?peer.pid, "IPC session opened");
-                Ok(Some(IpcConnection { session, stream }))
+    if hello.magic != wire::MAGIC || hello.version != wire::VERSION {
+        return Err(refuse(
+            &stream,
+            ErrorCode::InvalidVersion,
+            "bad magic or version".into(),
+        )
+        .await);
+    }
+    if hello.token != config.token {
+        return Err(refuse(
+            &stream,
+            ErrorCode::IllegalClient,
+            "wrong cluster token".into(),
+        )
+        .await);
+    }
+    match hello.role {
+        Role::Control => {
+            let (id, secret) = (rand::random::<u64>(), rand::random::<u64>());
+            let session = Arc::new(Session::new(id, secret, peer));
+            {
+                let mut sessions = shared.sessions.lock();
+                sessions.retain(|_, s| s.strong_count() > 0);
+                sessions.insert(id, Arc::downgrade(&session));
             }
-            Role::Fds { session, secret } => {
-                let found = self.sessions.lock().get(&session).and_then(Weak::upgrade);
-                let Some(found) =
-                    found.filter(|s| s.secret() == secret && s.peer().uid == peer.uid)
-                else {
-                    return Err(Self::refuse(
-                        &stream,
-                        ErrorCode::IllegalClient,
-                        "unknown session".into(),
-                    )
-                    .await);
-                };
-                let reply = HelloReply {
-                    result: Ok((session, secret)),
-                    message: String::new(),
-                };
-                wire::send(&stream, &reply, None)
-                    .await
-                    .map_err(|e| format!("hello reply: {e}"))?;
-                let config = self.config.clone();
-                self.tracker.spawn(serve_fd_channel(stream, found, config));
-                Ok(None)
-            }
+            let reply = HelloReply {
+                result: Ok((id, secret)),
+                message: String::new(),
+            };
+            wire::send(&stream, &reply, None)
+                .await
+                .map_err(|e| format!("hello reply: {e}"))?;
+            tracing::debug!(session = id, uid = peer.uid, pid = ?peer.pid, "IPC session opened");
+            Ok(Some(IpcConnection { session, stream }))
+        }
+        Role::Fds { session, secret } => {
+            let found = shared.sessions.lock().get(&session).and_then(Weak::upgrade);
+            let Some(found) = found.filter(|s| s.secret() == secret && s.peer().uid == peer.uid)
+            else {
+                return Err(
+                    refuse(&stream, ErrorCode::IllegalClient, "unknown session".into()).await,
+                );
+            };
+            let reply = HelloReply {
+                result: Ok((session, secret)),
+                message: String::new(),
+            };
+            wire::send(&stream, &reply, None)
+                .await
+                .map_err(|e| format!("hello reply: {e}"))?;
+            serve_fd_channel(stream, found, shared.config.clone()).await;
+            Ok(None)
         }
     }
 }

@@ -99,12 +99,12 @@ impl BufferAllocator {
             .ok_or(ShmError::UnknownAllocation(offset))?;
         inner.used -= len;
         let (mut start, mut total) = (offset, len);
-        if let Some((&prev, &prev_len)) = inner.by_offset.range(..offset).next_back() {
-            if prev + prev_len == offset {
-                inner.remove_free(prev, prev_len);
-                start = prev;
-                total += prev_len;
-            }
+        if let Some((&prev, &prev_len)) = inner.by_offset.range(..offset).next_back()
+            && prev + prev_len == offset
+        {
+            inner.remove_free(prev, prev_len);
+            start = prev;
+            total += prev_len;
         }
         if let Some(&next_len) = inner.by_offset.get(&(offset + len)) {
             inner.remove_free(offset + len, next_len);

@@ -155,7 +155,7 @@ impl CallRing {
     }
 
     fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.region.len());
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.region.len());
         // SAFETY: in bounds and 8-byte aligned (checked above; the mapping is page
         // aligned); the memory lives as long as `self.region`, which `&self` borrows;
         // every process touches these words only through atomics.
@@ -163,7 +163,7 @@ impl CallRing {
     }
 
     fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.region.len());
+        assert!(offset.is_multiple_of(4) && offset + 4 <= self.region.len());
         // SAFETY: as for `atomic_u64`, with 4-byte alignment.
         unsafe { &*(self.region.as_ptr().add(offset) as *const AtomicU32) }
     }
@@ -321,7 +321,7 @@ impl CallRingClient {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 let now = Instant::now();
                 if now >= spin_until {
                     if now >= deadline {

@@ -15,7 +15,7 @@
 //!   out-of-order completion.
 //! - [`callring`]: [`CallRing`], a lock-free request/response channel in shared memory
 //!   with futex wake-ups that cost no syscall while the other side is polling.
-//! - [`error`]: [`ShmError`].
+//! - [`error`]: the crate error type, [`ShmError`].
 
 pub mod buffers;
 pub mod callring;
