@@ -116,8 +116,15 @@ async fn client(path: PathBuf, calls: usize) {
     );
 
     let ring = CallRing::create(RingShape::default()).unwrap();
-    let base = ipc.register(ring.region(), 0, ring.region().len() as u64).await.unwrap();
-    assert!(rpc.ring_ready(tarpc::context::current(), base).await.unwrap());
+    let base = ipc
+        .register(ring.region(), 0, ring.region().len() as u64)
+        .await
+        .unwrap();
+    assert!(
+        rpc.ring_ready(tarpc::context::current(), base)
+            .await
+            .unwrap()
+    );
     let caller = ring.client();
     let (p50, p99) = tokio::task::spawn_blocking(move || {
         for _ in 0..1000 {
@@ -140,7 +147,12 @@ async fn client(path: PathBuf, calls: usize) {
 fn copy_throughput(size: usize, reps: usize) {
     let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mut private = vec![0u8; size];
-    let region = Region::anonymous("bench", size as u64, &RegionOptions::default().with_prefault(true)).unwrap();
+    let region = Region::anonymous(
+        "bench",
+        size as u64,
+        &RegionOptions::default().with_prefault(true),
+    )
+    .unwrap();
     // Touch both destinations once so page faults are not timed.
     private.copy_from_slice(&src);
     region.write(0, &src).unwrap();
@@ -166,7 +178,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let calls = 20_000;
     if args.get(1).map(String::as_str) == Some("--child") {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(client(PathBuf::from(&args[2]), calls));
         return;
     }
@@ -175,7 +190,10 @@ fn main() {
     }
     // MC_BENCH_SERVER_THREADS=1 runs the server on a single-threaded runtime.
     let rt = match std::env::var("MC_BENCH_SERVER_THREADS").ok().as_deref() {
-        Some("1") => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        Some("1") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
         _ => tokio::runtime::Runtime::new().unwrap(),
     };
     rt.block_on(async {
