@@ -14,12 +14,14 @@
 //! - [`units`]: parsing of human sizes ("4 GB", "4gb", "4294967296") and durations
 //!   ("10s", "500ms", "30m").
 //! - [`master`]: the tarpc service trait of `mooncake_master`.
+//! - [`realclient`]: the tarpc service a real client offers to dummy clients.
 //! - [`codec`]: the postcard codec for tarpc, the connection handshake and the
 //!   `connect` / `accept` helpers.
 
 pub mod codec;
 pub mod error;
 pub mod master;
+pub mod realclient;
 pub mod types;
 pub mod units;
 

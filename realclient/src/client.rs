@@ -1,0 +1,492 @@
+//! [`RealClient`]: the segment, the master session and the store operations.
+//!
+//! The session: `remount_segment` with the persisted inventory at start (so objects
+//! in a re-attached segment come back), a ping every second (reconnecting, and
+//! remounting with the inventory when the master answers `NEED_REMOUNT`), and an
+//! inventory sync every 50 ms that applies the master's changes and persists them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use parking_lot::{Mutex, RwLock};
+use tarpc::context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use mooncake_proto::codec::connect_master;
+use mooncake_proto::master::MasterClient;
+use mooncake_proto::*;
+use mooncake_shm::{Region, RegionOptions};
+
+use crate::config::RealClientConfig;
+use crate::inventory::{self, Inventory, PersistedInventory};
+
+/// Inventory entries per `remount_segment` chunk.
+const REMOUNT_CHUNK: usize = 100_000;
+/// Writes started but never ended are forgotten after this.
+const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
+
+fn rpc_code(e: &tarpc::client::RpcError) -> ErrorCode {
+    match e {
+        tarpc::client::RpcError::DeadlineExceeded => ErrorCode::RpcTimeout,
+        _ => ErrorCode::RpcFail,
+    }
+}
+
+fn ctx() -> context::Context {
+    context::current()
+}
+
+/// The real client.
+pub struct RealClient {
+    config: RealClientConfig,
+    client_id: ClientId,
+    segment: Option<(Arc<Region>, SegmentDesc)>,
+    master: RwLock<Option<MasterClient>>,
+    inventory: Mutex<Inventory>,
+    pending: Mutex<HashMap<String, (Instant, Vec<ReplicaDesc>)>>,
+    healthy: AtomicBool,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RealClient {
+    /// Creates or re-attaches the segment, connects to the master and starts the
+    /// heartbeat and inventory tasks.
+    pub async fn start(
+        config: RealClientConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<RealClient>> {
+        if config.protocol == Protocol::Rdma {
+            anyhow::bail!(
+                "--protocol rdma: this build has no RDMA transport (build with the `rdma` feature); use tcp"
+            );
+        }
+        let persisted = inventory::load(&config.inventory_path());
+        let mut client_id = Uuid::new_v4();
+        let mut entries = Vec::new();
+        let segment = if config.global_segment_size == 0 {
+            None
+        } else {
+            let options = RegionOptions::from_env();
+            let reuse = persisted.as_ref().filter(|p| {
+                p.segment.size == config.global_segment_size
+                    && std::fs::metadata(&config.segment_path)
+                        .is_ok_and(|m| m.len() == config.global_segment_size)
+            });
+            let (region, id) = match reuse {
+                Some(p) => {
+                    let region =
+                        Region::open_named(&config.segment_path, &options).with_context(|| {
+                            format!("cannot re-attach {}", config.segment_path.display())
+                        })?;
+                    client_id = p.client_id;
+                    entries = p.entries.clone();
+                    tracing::info!(
+                        objects = entries.len(),
+                        "re-attached segment {}",
+                        config.segment_path.display()
+                    );
+                    (region, p.segment.id)
+                }
+                None => {
+                    let region = Region::create_named(
+                        &config.segment_path,
+                        config.global_segment_size,
+                        &options,
+                    )
+                    .with_context(|| {
+                        format!("cannot create segment {}", config.segment_path.display())
+                    })?;
+                    (region, Uuid::new_v4())
+                }
+            };
+            let desc = SegmentDesc {
+                id,
+                name: config.hostname(),
+                host: config.host.clone(),
+                base: region.as_ptr() as u64,
+                size: config.global_segment_size,
+                transport_endpoint: config.hostname(),
+                protocol: config.protocol,
+            };
+            Some((Arc::new(region), desc))
+        };
+        let inventory = Inventory::new(segment.as_ref().map(|(_, d)| d.id), entries);
+        let client = Arc::new(RealClient {
+            config,
+            client_id,
+            segment,
+            master: RwLock::new(None),
+            inventory: Mutex::new(inventory),
+            pending: Mutex::new(HashMap::new()),
+            healthy: AtomicBool::new(false),
+            shutdown,
+            tasks: TaskTracker::new(),
+        });
+        client.persist();
+        if let Err(e) = client.connect_and_remount().await {
+            tracing::warn!(
+                "master {} not reachable yet: {e:#}",
+                client.config.master_server_address
+            );
+        }
+        client.tasks.spawn(client.clone().heartbeat());
+        client.tasks.spawn(client.clone().inventory_sync());
+        Ok(client)
+    }
+
+    /// This client's id towards the master.
+    pub fn client_id(&self) -> ClientId {
+        self.client_id
+    }
+
+    /// The segment region (exported to dummies).
+    pub fn segment_region(&self) -> Option<Arc<Region>> {
+        self.segment.as_ref().map(|(r, _)| r.clone())
+    }
+
+    /// The segment descriptor.
+    pub fn segment(&self) -> Option<&SegmentDesc> {
+        self.segment.as_ref().map(|(_, d)| d)
+    }
+
+    /// `host:port`, the segment name.
+    pub fn hostname(&self) -> String {
+        self.config.hostname()
+    }
+
+    /// Whether the master session is up.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Objects recorded in the inventory.
+    pub fn inventory_len(&self) -> usize {
+        self.inventory.lock().len()
+    }
+
+    fn master(&self) -> MResult<MasterClient> {
+        self.master.read().clone().ok_or(ErrorCode::RpcFail)
+    }
+
+    fn persist(&self) {
+        let Some((_, desc)) = &self.segment else {
+            return;
+        };
+        let entries = {
+            let mut inv = self.inventory.lock();
+            inv.take_dirty();
+            inv.entries()
+        };
+        let state = PersistedInventory {
+            client_id: self.client_id,
+            segment: desc.clone(),
+            entries,
+        };
+        if let Err(e) = inventory::save(&self.config.inventory_path(), &state) {
+            tracing::warn!("cannot persist the inventory: {e}");
+        }
+    }
+
+    async fn connect_and_remount(&self) -> anyhow::Result<()> {
+        let master = connect_master(
+            &self.config.master_server_address,
+            &self.config.cluster_token,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        *self.master.write() = Some(master);
+        self.remount().await
+    }
+
+    async fn remount(&self) -> anyhow::Result<()> {
+        let master = self.master().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let segments: Vec<SegmentDesc> = self.segment().cloned().into_iter().collect();
+        let entries = self.inventory.lock().entries();
+        let mut chunks: Vec<Vec<InventoryEntry>> =
+            entries.chunks(REMOUNT_CHUNK).map(|c| c.to_vec()).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        let mut report = RemountReport::default();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let segs = if i == 0 { segments.clone() } else { Vec::new() };
+            report = master
+                .remount_segment(ctx(), self.client_id, segs, chunk, i == last)
+                .await?
+                .map_err(|e| anyhow::anyhow!("remount refused: {e}"))?;
+        }
+        {
+            let mut inv = self.inventory.lock();
+            for rejected in &report.rejected {
+                inv.remove(rejected.offset, rejected.version);
+            }
+            inv.seq = report.inventory_seq;
+        }
+        self.persist();
+        self.healthy.store(true, Ordering::Relaxed);
+        tracing::info!(
+            restored = report.restored,
+            rejected = report.rejected.len(),
+            "mounted with the master at {}",
+            self.config.master_server_address
+        );
+        Ok(())
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while self
+            .shutdown
+            .run_until_cancelled(tick.tick())
+            .await
+            .is_some()
+        {
+            let status = match self.master() {
+                Ok(m) => match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    m.ping(ctx(), self.client_id),
+                )
+                .await
+                {
+                    Ok(Ok(Ok(p))) => Some(p.status),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            match status {
+                Some(ClientStatus::Ok) => self.healthy.store(true, Ordering::Relaxed),
+                Some(_) => {
+                    tracing::warn!("master asks for a remount (it restarted or expired us)");
+                    if let Err(e) = self.remount().await {
+                        tracing::warn!("remount failed: {e:#}");
+                    }
+                }
+                None => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    if let Err(e) = self.connect_and_remount().await {
+                        tracing::debug!("master still unreachable: {e:#}");
+                    }
+                }
+            }
+            let now = Instant::now();
+            self.pending
+                .lock()
+                .retain(|_, (t, _)| now.duration_since(*t) < PENDING_WRITE_TTL);
+        }
+    }
+
+    async fn inventory_sync(self: Arc<Self>) {
+        if self.segment.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while self
+            .shutdown
+            .run_until_cancelled(tick.tick())
+            .await
+            .is_some()
+        {
+            if !self.healthy() {
+                continue;
+            }
+            let Ok(master) = self.master() else { continue };
+            let ack = self.inventory.lock().seq;
+            let Ok(Ok(delta)) = master.sync_inventory(ctx(), self.client_id, ack).await else {
+                continue;
+            };
+            if delta.resync_required {
+                if let Ok(Ok(snapshot)) = master.fetch_inventory(ctx(), self.client_id).await {
+                    let mut inv = self.inventory.lock();
+                    inv.replace(snapshot.entries);
+                    inv.seq = snapshot.seq;
+                }
+            } else {
+                let mut inv = self.inventory.lock();
+                for change in delta.changes {
+                    inv.apply(change);
+                }
+                inv.seq = delta.seq;
+            }
+            let dirty = self.inventory.lock().take_dirty();
+            if dirty {
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.persist()).await;
+            }
+        }
+    }
+
+    /// Stops the background tasks, persists the inventory and unmounts.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.persist();
+        if let (Ok(master), Some(desc)) = (self.master(), self.segment()) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                master.unmount_segment(ctx(), self.client_id, desc.id),
+            )
+            .await;
+        }
+    }
+
+    // ------------------------------------------------------------ operations
+
+    /// Starts writes for a dummy; local segment first unless the config says otherwise.
+    pub async fn put_start(
+        &self,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        mut config: ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        let master = match self.master() {
+            Ok(m) => m,
+            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
+        };
+        if config.preferred_segments.is_empty() && self.segment.is_some() {
+            config.preferred_segments = vec![self.hostname()];
+        }
+        let call = if upsert {
+            master
+                .batch_upsert_start(ctx(), self.client_id, keys.clone(), sizes, config)
+                .await
+        } else {
+            master
+                .batch_put_start(ctx(), self.client_id, keys.clone(), sizes, config)
+                .await
+        };
+        let results = match call {
+            Ok(r) => r,
+            Err(e) => return keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+        };
+        let now = Instant::now();
+        let mut pending = self.pending.lock();
+        for (k, r) in keys.iter().zip(&results) {
+            if let Ok(descs) = r {
+                pending.insert(k.clone(), (now, descs.clone()));
+            }
+        }
+        results
+    }
+
+    /// Ends writes; records local replicas in the inventory at once.
+    pub async fn put_end(&self, keys: Vec<String>) -> Vec<MResult<()>> {
+        let master = match self.master() {
+            Ok(m) => m,
+            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
+        };
+        let results = match master
+            .batch_put_end(ctx(), self.client_id, keys.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+        };
+        let mut pending = self.pending.lock();
+        let mut inv = self.inventory.lock();
+        for (k, r) in keys.iter().zip(&results) {
+            let Some((_, descs)) = pending.remove(k) else {
+                continue;
+            };
+            if r.is_ok() {
+                for d in descs {
+                    inv.add(InventoryEntry {
+                        segment_id: d.segment_id,
+                        key: k.clone(),
+                        offset: d.offset,
+                        size: d.size,
+                        version: d.version,
+                    });
+                }
+            }
+        }
+        results
+    }
+
+    /// Revokes writes.
+    pub async fn put_revoke(&self, keys: Vec<String>) -> Vec<MResult<()>> {
+        {
+            let mut pending = self.pending.lock();
+            for k in &keys {
+                pending.remove(k);
+            }
+        }
+        match self.master() {
+            Ok(m) => match m
+                .batch_put_revoke(ctx(), self.client_id, keys.clone())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+            },
+            Err(e) => keys.iter().map(|_| Err(e)).collect(),
+        }
+    }
+
+    /// Readable replicas with a lease.
+    pub async fn get_replicas(&self, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
+        match self.master() {
+            Ok(m) => match m.batch_get_replica_list(ctx(), keys.clone()).await {
+                Ok(r) => r,
+                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+            },
+            Err(e) => keys.iter().map(|_| Err(e)).collect(),
+        }
+    }
+
+    /// Existence.
+    pub async fn exist(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
+        match self.master() {
+            Ok(m) => match m.batch_exist_key(ctx(), keys.clone()).await {
+                Ok(r) => r,
+                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+            },
+            Err(e) => keys.iter().map(|_| Err(e)).collect(),
+        }
+    }
+
+    /// Size.
+    pub async fn get_size(&self, key: String) -> MResult<u64> {
+        self.master()?
+            .get_size(ctx(), key)
+            .await
+            .map_err(|e| rpc_code(&e))?
+    }
+
+    /// Removes objects.
+    pub async fn remove(&self, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
+        match self.master() {
+            Ok(m) => match m.batch_remove(ctx(), keys.clone(), force).await {
+                Ok(r) => r,
+                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+            },
+            Err(e) => keys.iter().map(|_| Err(e)).collect(),
+        }
+    }
+
+    /// Removes by regex.
+    pub async fn remove_by_regex(&self, pattern: String, force: bool) -> MResult<u64> {
+        self.master()?
+            .remove_by_regex(ctx(), pattern, force)
+            .await
+            .map_err(|e| rpc_code(&e))?
+    }
+
+    /// Removes everything.
+    pub async fn remove_all(&self, force: bool) -> MResult<u64> {
+        self.master()?
+            .remove_all(ctx(), force)
+            .await
+            .map_err(|e| rpc_code(&e))?
+    }
+}
