@@ -82,11 +82,10 @@ impl DummyClient {
                 .info(ctx())
                 .await
                 .map_err(|e| DummyError::Rpc(e.to_string()))?;
+            // Populate the page tables now so no copy pays first-touch faults.
+            let options = RegionOptions::default().with_prefault(true);
             let segment = match &info.segment {
-                Some(_) => Some(
-                    ipc.open(&info.segment_export, &RegionOptions::default())
-                        .await?,
-                ),
+                Some(_) => Some(ipc.open(&info.segment_export, &options).await?),
                 None => None,
             };
             Ok::<_, DummyError>((ipc, rpc, info, segment))

@@ -72,7 +72,8 @@ impl RealClient {
         let segment = if config.global_segment_size == 0 {
             None
         } else {
-            let options = RegionOptions::from_env();
+            // Prefault: first-touch faults would otherwise land on the put path.
+            let options = RegionOptions::from_env().with_prefault(true);
             let reuse = persisted.as_ref().filter(|p| {
                 p.segment.size == config.global_segment_size
                     && std::fs::metadata(&config.segment_path)
