@@ -12,41 +12,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use parking_lot::{Mutex, RwLock};
-use tarpc::context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use mooncake_proto::codec::connect_master;
-use mooncake_proto::master::MasterClient;
 use mooncake_proto::*;
 use mooncake_shm::{Region, RegionOptions};
 
 use crate::config::RealClientConfig;
 use crate::inventory::{self, Inventory, PersistedInventory};
+use crate::master_handle::MasterHandle;
 
 /// Inventory entries per `remount_segment` chunk.
 const REMOUNT_CHUNK: usize = 100_000;
 /// Writes started but never ended are forgotten after this.
 const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
 
-fn rpc_code(e: &tarpc::client::RpcError) -> ErrorCode {
-    match e {
-        tarpc::client::RpcError::DeadlineExceeded => ErrorCode::RpcTimeout,
-        _ => ErrorCode::RpcFail,
-    }
-}
-
-fn ctx() -> context::Context {
-    context::current()
-}
-
 /// The real client.
 pub struct RealClient {
     config: RealClientConfig,
     client_id: ClientId,
     segment: Option<(Arc<Region>, SegmentDesc)>,
-    master: RwLock<Option<MasterClient>>,
+    master: RwLock<Option<MasterHandle>>,
+    /// The embedded master, when this process runs one.
+    local_master: Option<mooncake_master::rpc::MasterRpc>,
     inventory: Mutex<Inventory>,
     pending: Mutex<HashMap<String, (Instant, Vec<ReplicaDesc>)>>,
     healthy: AtomicBool,
@@ -60,6 +50,7 @@ impl RealClient {
     pub async fn start(
         config: RealClientConfig,
         shutdown: CancellationToken,
+        local_master: Option<Arc<mooncake_master::MasterService>>,
     ) -> anyhow::Result<Arc<RealClient>> {
         if config.protocol == Protocol::Rdma {
             anyhow::bail!(
@@ -123,6 +114,7 @@ impl RealClient {
             client_id,
             segment,
             master: RwLock::new(None),
+            local_master: local_master.map(mooncake_master::rpc::MasterRpc::new),
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
@@ -171,7 +163,7 @@ impl RealClient {
         self.inventory.lock().len()
     }
 
-    fn master(&self) -> MResult<MasterClient> {
+    fn master(&self) -> MResult<MasterHandle> {
         self.master.read().clone().ok_or(ErrorCode::RpcFail)
     }
 
@@ -195,12 +187,17 @@ impl RealClient {
     }
 
     async fn connect_and_remount(&self) -> anyhow::Result<()> {
-        let master = connect_master(
-            &self.config.master_server_address,
-            &self.config.cluster_token,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let master = match &self.local_master {
+            Some(local) => MasterHandle::Local(local.clone()),
+            None => MasterHandle::Remote(
+                connect_master(
+                    &self.config.master_server_address,
+                    &self.config.cluster_token,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+        };
         *self.master.write() = Some(master);
         self.remount().await
     }
@@ -219,8 +216,9 @@ impl RealClient {
         for (i, chunk) in chunks.into_iter().enumerate() {
             let segs = if i == 0 { segments.clone() } else { Vec::new() };
             report = master
-                .remount_segment(ctx(), self.client_id, segs, chunk, i == last)
-                .await?
+                .remount_segment(self.client_id, segs, chunk, i == last)
+                .await
+                .map_err(|e| anyhow::anyhow!("master unreachable: {e}"))?
                 .map_err(|e| anyhow::anyhow!("remount refused: {e}"))?;
         }
         {
@@ -251,11 +249,8 @@ impl RealClient {
             .is_some()
         {
             let status = match self.master() {
-                Ok(m) => match tokio::time::timeout(
-                    Duration::from_secs(3),
-                    m.ping(ctx(), self.client_id),
-                )
-                .await
+                Ok(m) => match tokio::time::timeout(Duration::from_secs(3), m.ping(self.client_id))
+                    .await
                 {
                     Ok(Ok(Ok(p))) => Some(p.status),
                     _ => None,
@@ -301,11 +296,11 @@ impl RealClient {
             }
             let Ok(master) = self.master() else { continue };
             let ack = self.inventory.lock().seq;
-            let Ok(Ok(delta)) = master.sync_inventory(ctx(), self.client_id, ack).await else {
+            let Ok(Ok(delta)) = master.sync_inventory(self.client_id, ack).await else {
                 continue;
             };
             if delta.resync_required {
-                if let Ok(Ok(snapshot)) = master.fetch_inventory(ctx(), self.client_id).await {
+                if let Ok(Ok(snapshot)) = master.fetch_inventory(self.client_id).await {
                     let mut inv = self.inventory.lock();
                     inv.replace(snapshot.entries);
                     inv.seq = snapshot.seq;
@@ -334,7 +329,7 @@ impl RealClient {
         if let (Ok(master), Some(desc)) = (self.master(), self.segment()) {
             let _ = tokio::time::timeout(
                 Duration::from_secs(3),
-                master.unmount_segment(ctx(), self.client_id, desc.id),
+                master.unmount_segment(self.client_id, desc.id),
             )
             .await;
         }
@@ -359,16 +354,16 @@ impl RealClient {
         }
         let call = if upsert {
             master
-                .batch_upsert_start(ctx(), self.client_id, keys.clone(), sizes, config)
+                .batch_upsert_start(self.client_id, keys.clone(), sizes, config)
                 .await
         } else {
             master
-                .batch_put_start(ctx(), self.client_id, keys.clone(), sizes, config)
+                .batch_put_start(self.client_id, keys.clone(), sizes, config)
                 .await
         };
         let results = match call {
             Ok(r) => r,
-            Err(e) => return keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
         };
         let now = Instant::now();
         let mut pending = self.pending.lock();
@@ -386,12 +381,9 @@ impl RealClient {
             Ok(m) => m,
             Err(e) => return keys.iter().map(|_| Err(e)).collect(),
         };
-        let results = match master
-            .batch_put_end(ctx(), self.client_id, keys.clone())
-            .await
-        {
+        let results = match master.batch_put_end(self.client_id, keys.clone()).await {
             Ok(r) => r,
-            Err(e) => return keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
         };
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
@@ -423,12 +415,9 @@ impl RealClient {
             }
         }
         match self.master() {
-            Ok(m) => match m
-                .batch_put_revoke(ctx(), self.client_id, keys.clone())
-                .await
-            {
+            Ok(m) => match m.batch_put_revoke(self.client_id, keys.clone()).await {
                 Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+                Err(e) => keys.iter().map(|_| Err(e)).collect(),
             },
             Err(e) => keys.iter().map(|_| Err(e)).collect(),
         }
@@ -437,9 +426,9 @@ impl RealClient {
     /// Readable replicas with a lease.
     pub async fn get_replicas(&self, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
         match self.master() {
-            Ok(m) => match m.batch_get_replica_list(ctx(), keys.clone()).await {
+            Ok(m) => match m.batch_get_replica_list(keys.clone()).await {
                 Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+                Err(e) => keys.iter().map(|_| Err(e)).collect(),
             },
             Err(e) => keys.iter().map(|_| Err(e)).collect(),
         }
@@ -448,9 +437,9 @@ impl RealClient {
     /// Existence.
     pub async fn exist(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
         match self.master() {
-            Ok(m) => match m.batch_exist_key(ctx(), keys.clone()).await {
+            Ok(m) => match m.batch_exist_key(keys.clone()).await {
                 Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+                Err(e) => keys.iter().map(|_| Err(e)).collect(),
             },
             Err(e) => keys.iter().map(|_| Err(e)).collect(),
         }
@@ -458,18 +447,15 @@ impl RealClient {
 
     /// Size.
     pub async fn get_size(&self, key: String) -> MResult<u64> {
-        self.master()?
-            .get_size(ctx(), key)
-            .await
-            .map_err(|e| rpc_code(&e))?
+        self.master()?.get_size(key).await?
     }
 
     /// Removes objects.
     pub async fn remove(&self, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
         match self.master() {
-            Ok(m) => match m.batch_remove(ctx(), keys.clone(), force).await {
+            Ok(m) => match m.batch_remove(keys.clone(), force).await {
                 Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
+                Err(e) => keys.iter().map(|_| Err(e)).collect(),
             },
             Err(e) => keys.iter().map(|_| Err(e)).collect(),
         }
@@ -477,17 +463,11 @@ impl RealClient {
 
     /// Removes by regex.
     pub async fn remove_by_regex(&self, pattern: String, force: bool) -> MResult<u64> {
-        self.master()?
-            .remove_by_regex(ctx(), pattern, force)
-            .await
-            .map_err(|e| rpc_code(&e))?
+        self.master()?.remove_by_regex(pattern, force).await?
     }
 
     /// Removes everything.
     pub async fn remove_all(&self, force: bool) -> MResult<u64> {
-        self.master()?
-            .remove_all(ctx(), force)
-            .await
-            .map_err(|e| rpc_code(&e))?
+        self.master()?.remove_all(force).await?
     }
 }

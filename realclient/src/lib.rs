@@ -8,12 +8,14 @@
 //! - [`inventory`]: the persistent record of the objects in this client's segment,
 //!   which lets a restarted master — or a restarted real client — get them back.
 //! - [`client`]: [`RealClient`], the master session and the store operations.
+//! - [`master_handle`]: the master, remote over TCP or embedded in this process.
 //! - [`service`]: the tarpc service for dummies ([`mooncake_proto::realclient`]).
 //! - [`run`](crate::run()): starts everything for the `mooncake_client` binary.
 
 pub mod client;
 pub mod config;
 pub mod inventory;
+pub mod master_handle;
 pub mod service;
 
 pub use client::RealClient;
@@ -38,6 +40,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Arc<RealClient>),
 ) -> anyhow::Result<()> {
     let mut config = config;
+    let mut local_master = None;
     if config.embedded_master {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let options = mooncake_master::ServerOptions {
@@ -50,19 +53,21 @@ pub async fn run(
             .with_cluster_token(config.cluster_token.clone());
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = mooncake_master::run(master_config, options, token, move |bound, _| {
-                let _ = tx.send(bound.rpc);
-            })
-            .await
+            if let Err(e) =
+                mooncake_master::run(master_config, options, token, move |bound, svc| {
+                    let _ = tx.send((bound.rpc, svc.clone()));
+                })
+                .await
             {
                 tracing::error!("embedded master failed: {e:#}");
             }
         });
-        let bound = rx.await.context("embedded master did not start")?;
-        tracing::info!("embedded master listening on {bound}");
+        let (bound, svc) = rx.await.context("embedded master did not start")?;
+        tracing::info!("embedded master listening on {bound} (this process calls it directly)");
         config.master_server_address = bound.to_string();
+        local_master = Some(svc);
     }
-    let client = RealClient::start(config.clone(), shutdown.clone()).await?;
+    let client = RealClient::start(config.clone(), shutdown.clone(), local_master).await?;
     let mut ipc_config =
         IpcServerConfig::new(&config.ipc_socket_path).with_token(config.cluster_token.clone());
     if let Some(segment) = client.segment_region() {

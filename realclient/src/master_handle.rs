@@ -1,0 +1,76 @@
+//! [`MasterHandle`]: the master as the real client sees it, either remote (tarpc over
+//! TCP) or embedded in this process (`--embedded-master`), where calls go straight to
+//! the master's service implementation: same code and metrics, no socket round trip.
+
+use mooncake_master::rpc::MasterRpc;
+use mooncake_proto::master::{Master, MasterClient};
+use mooncake_proto::*;
+use tarpc::context;
+
+/// A connection to the master.
+#[derive(Clone)]
+pub enum MasterHandle {
+    /// Over the network.
+    Remote(MasterClient),
+    /// In this process.
+    Local(MasterRpc),
+}
+
+fn rpc_code(e: &tarpc::client::RpcError) -> ErrorCode {
+    match e {
+        tarpc::client::RpcError::DeadlineExceeded => ErrorCode::RpcTimeout,
+        _ => ErrorCode::RpcFail,
+    }
+}
+
+macro_rules! forward {
+    ($( $(#[$doc:meta])* fn $name:ident( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {
+        impl MasterHandle {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self, $($arg: $ty),*) -> Result<$ret, ErrorCode> {
+                    match self {
+                        MasterHandle::Remote(c) => c
+                            .$name(context::current(), $($arg),*)
+                            .await
+                            .map_err(|e| rpc_code(&e)),
+                        MasterHandle::Local(s) => Ok(Master::$name(s.clone(), context::current(), $($arg),*).await),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+forward! {
+    /// `remount_segment`.
+    fn remount_segment(client: ClientId, segments: Vec<SegmentDesc>, inventory: Vec<InventoryEntry>, complete: bool) -> MResult<RemountReport>;
+    /// `ping`.
+    fn ping(client: ClientId) -> MResult<PingResponse>;
+    /// `sync_inventory`.
+    fn sync_inventory(client: ClientId, ack: u64) -> MResult<InventoryDelta>;
+    /// `fetch_inventory`.
+    fn fetch_inventory(client: ClientId) -> MResult<InventorySnapshot>;
+    /// `unmount_segment`.
+    fn unmount_segment(client: ClientId, segment: SegmentId) -> MResult<()>;
+    /// `batch_put_start`.
+    fn batch_put_start(client: ClientId, keys: Vec<String>, sizes: Vec<u64>, config: ReplicateConfig) -> Vec<MResult<Vec<ReplicaDesc>>>;
+    /// `batch_upsert_start`.
+    fn batch_upsert_start(client: ClientId, keys: Vec<String>, sizes: Vec<u64>, config: ReplicateConfig) -> Vec<MResult<Vec<ReplicaDesc>>>;
+    /// `batch_put_end`.
+    fn batch_put_end(client: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    /// `batch_put_revoke`.
+    fn batch_put_revoke(client: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    /// `batch_get_replica_list`.
+    fn batch_get_replica_list(keys: Vec<String>) -> Vec<MResult<ReplicaList>>;
+    /// `batch_exist_key`.
+    fn batch_exist_key(keys: Vec<String>) -> Vec<MResult<bool>>;
+    /// `get_size`.
+    fn get_size(key: String) -> MResult<u64>;
+    /// `batch_remove`.
+    fn batch_remove(keys: Vec<String>, force: bool) -> Vec<MResult<()>>;
+    /// `remove_by_regex`.
+    fn remove_by_regex(pattern: String, force: bool) -> MResult<u64>;
+    /// `remove_all`.
+    fn remove_all(force: bool) -> MResult<u64>;
+}
