@@ -54,6 +54,11 @@ fn rpc_code(e: &tarpc::client::RpcError) -> ErrorCode {
     }
 }
 
+/// One result per key from a batch call to the real client.
+fn batch<T>(len: usize, call: Result<Vec<MResult<T>>, tarpc::client::RpcError>) -> Vec<MResult<T>> {
+    per_key(len, call.map_err(|e| rpc_code(&e)))
+}
+
 fn ctx() -> context::Context {
     context::current()
 }
@@ -141,17 +146,10 @@ impl DummyClient {
             return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
         }
         let sizes: Vec<u64> = values.iter().map(|v| v.len() as u64).collect();
-        let started = match self.runtime.block_on(self.rpc.put_start(
-            ctx(),
-            keys.to_vec(),
-            sizes,
-            config.clone(),
-            upsert,
-        )) {
-            Ok(r) if r.len() == keys.len() => r,
-            Ok(_) => return keys.iter().map(|_| Err(ErrorCode::RpcFail)).collect(),
-            Err(e) => return keys.iter().map(|_| Err(rpc_code(&e))).collect(),
-        };
+        let call = self
+            .rpc
+            .put_start(ctx(), keys.to_vec(), sizes, config.clone(), upsert);
+        let started = batch(keys.len(), self.runtime.block_on(call));
         let mut results: Vec<MResult<()>> = Vec::with_capacity(keys.len());
         let (mut to_end, mut to_revoke) = (Vec::new(), Vec::new());
         for (i, r) in started.into_iter().enumerate() {
@@ -170,17 +168,12 @@ impl DummyClient {
         }
         if !to_end.is_empty() {
             let end_keys: Vec<String> = to_end.iter().map(|&i| keys[i].clone()).collect();
-            match self.runtime.block_on(self.rpc.put_end(ctx(), end_keys)) {
-                Ok(ends) => {
-                    for (&i, r) in to_end.iter().zip(ends) {
-                        results[i] = r;
-                    }
-                }
-                Err(e) => {
-                    for &i in &to_end {
-                        results[i] = Err(rpc_code(&e));
-                    }
-                }
+            let ends = batch(
+                to_end.len(),
+                self.runtime.block_on(self.rpc.put_end(ctx(), end_keys)),
+            );
+            for (&i, r) in to_end.iter().zip(ends) {
+                results[i] = r;
             }
         }
         if !to_revoke.is_empty() {
@@ -230,14 +223,11 @@ impl DummyClient {
             return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
         }
         let started = Instant::now();
-        let lists = match self
-            .runtime
-            .block_on(self.rpc.get_replicas(ctx(), keys.to_vec()))
-        {
-            Ok(l) if l.len() == keys.len() => l,
-            Ok(_) => return keys.iter().map(|_| Err(ErrorCode::RpcFail)).collect(),
-            Err(e) => return keys.iter().map(|_| Err(rpc_code(&e))).collect(),
-        };
+        let lists = batch(
+            keys.len(),
+            self.runtime
+                .block_on(self.rpc.get_replicas(ctx(), keys.to_vec())),
+        );
         lists
             .into_iter()
             .zip(buffers.iter_mut())
@@ -271,10 +261,10 @@ impl DummyClient {
 
     /// Whether each key exists.
     pub fn batch_is_exist(&self, keys: &[String]) -> Vec<MResult<bool>> {
-        match self.runtime.block_on(self.rpc.exist(ctx(), keys.to_vec())) {
-            Ok(r) => r,
-            Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
-        }
+        batch(
+            keys.len(),
+            self.runtime.block_on(self.rpc.exist(ctx(), keys.to_vec())),
+        )
     }
 
     /// Whether a key exists.
@@ -291,13 +281,11 @@ impl DummyClient {
 
     /// Removes objects.
     pub fn batch_remove(&self, keys: &[String], force: bool) -> Vec<MResult<()>> {
-        match self
-            .runtime
-            .block_on(self.rpc.remove(ctx(), keys.to_vec(), force))
-        {
-            Ok(r) => r,
-            Err(e) => keys.iter().map(|_| Err(rpc_code(&e))).collect(),
-        }
+        batch(
+            keys.len(),
+            self.runtime
+                .block_on(self.rpc.remove(ctx(), keys.to_vec(), force)),
+        )
     }
 
     /// Removes one object.

@@ -14,8 +14,10 @@
 //! - [`rpc`]: the tarpc server over TCP (handshake with cluster token).
 //! - [`http`]: the admin/metrics HTTP server and the HTTP metadata server.
 //! - [`run`]: starts everything for the `mooncake_master` binary.
+//! - [`cli`]: logging and signal handling shared by the daemon binaries.
 
 pub mod allocator;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod inventory;

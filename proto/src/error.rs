@@ -196,6 +196,16 @@ pub fn to_status<T>(result: &MResult<T>) -> i32 {
     }
 }
 
+/// One result per key from a batch call that may have failed as a whole: a whole-call
+/// error (or an answer of the wrong length) becomes that error for every key.
+pub fn per_key<T>(len: usize, batch: MResult<Vec<MResult<T>>>) -> Vec<MResult<T>> {
+    match batch {
+        Ok(results) if results.len() == len => results,
+        Ok(_) => (0..len).map(|_| Err(ErrorCode::RpcFail)).collect(),
+        Err(code) => (0..len).map(|_| Err(code)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +231,19 @@ mod tests {
         assert_eq!(ErrorCode::from_i32(-12345), None);
         assert_eq!(to_status::<()>(&Ok(())), 0);
         assert_eq!(to_status::<()>(&Err(ErrorCode::InvalidKey)), -400);
+    }
+
+    #[test]
+    fn batch_failures_spread_to_every_key() {
+        assert_eq!(
+            per_key::<u8>(2, Err(ErrorCode::RpcTimeout)),
+            vec![Err(ErrorCode::RpcTimeout); 2]
+        );
+        assert_eq!(
+            per_key(3, Ok(vec![Ok(1u8)])),
+            vec![Err(ErrorCode::RpcFail); 3],
+            "short answer"
+        );
+        assert_eq!(per_key(1, Ok(vec![Ok(7u8)])), vec![Ok(7)]);
     }
 }

@@ -25,7 +25,7 @@ pub mod realclient;
 pub mod types;
 pub mod units;
 
-pub use error::{ErrorCode, MResult};
+pub use error::{ErrorCode, MResult, per_key};
 pub use types::*;
 
 /// Version string reported by `service_ready` and `/health`.

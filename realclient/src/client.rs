@@ -345,26 +345,22 @@ impl RealClient {
         mut config: ReplicateConfig,
         upsert: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
-        let master = match self.master() {
-            Ok(m) => m,
-            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
-        };
         if config.preferred_segments.is_empty() && self.segment.is_some() {
             config.preferred_segments = vec![self.hostname()];
         }
-        let call = if upsert {
-            master
-                .batch_upsert_start(self.client_id, keys.clone(), sizes, config)
-                .await
-        } else {
-            master
-                .batch_put_start(self.client_id, keys.clone(), sizes, config)
-                .await
+        let call = async {
+            let master = self.master()?;
+            if upsert {
+                master
+                    .batch_upsert_start(self.client_id, keys.clone(), sizes, config)
+                    .await
+            } else {
+                master
+                    .batch_put_start(self.client_id, keys.clone(), sizes, config)
+                    .await
+            }
         };
-        let results = match call {
-            Ok(r) => r,
-            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
-        };
+        let results = per_key(keys.len(), call.await);
         let now = Instant::now();
         let mut pending = self.pending.lock();
         for (k, r) in keys.iter().zip(&results) {
@@ -377,14 +373,12 @@ impl RealClient {
 
     /// Ends writes; records local replicas in the inventory at once.
     pub async fn put_end(&self, keys: Vec<String>) -> Vec<MResult<()>> {
-        let master = match self.master() {
-            Ok(m) => m,
-            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
+        let call = async {
+            self.master()?
+                .batch_put_end(self.client_id, keys.clone())
+                .await
         };
-        let results = match master.batch_put_end(self.client_id, keys.clone()).await {
-            Ok(r) => r,
-            Err(e) => return keys.iter().map(|_| Err(e)).collect(),
-        };
+        let results = per_key(keys.len(), call.await);
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for (k, r) in keys.iter().zip(&results) {
@@ -414,35 +408,30 @@ impl RealClient {
                 pending.remove(k);
             }
         }
-        match self.master() {
-            Ok(m) => match m.batch_put_revoke(self.client_id, keys.clone()).await {
-                Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(e)).collect(),
-            },
-            Err(e) => keys.iter().map(|_| Err(e)).collect(),
-        }
+        let call = async {
+            self.master()?
+                .batch_put_revoke(self.client_id, keys.clone())
+                .await
+        };
+        per_key(keys.len(), call.await)
     }
 
     /// Readable replicas with a lease.
     pub async fn get_replicas(&self, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
-        match self.master() {
-            Ok(m) => match m.batch_get_replica_list(keys.clone()).await {
-                Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(e)).collect(),
-            },
-            Err(e) => keys.iter().map(|_| Err(e)).collect(),
-        }
+        let n = keys.len();
+        per_key(
+            n,
+            async { self.master()?.batch_get_replica_list(keys).await }.await,
+        )
     }
 
     /// Existence.
     pub async fn exist(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
-        match self.master() {
-            Ok(m) => match m.batch_exist_key(keys.clone()).await {
-                Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(e)).collect(),
-            },
-            Err(e) => keys.iter().map(|_| Err(e)).collect(),
-        }
+        let n = keys.len();
+        per_key(
+            n,
+            async { self.master()?.batch_exist_key(keys).await }.await,
+        )
     }
 
     /// Size.
@@ -452,13 +441,11 @@ impl RealClient {
 
     /// Removes objects.
     pub async fn remove(&self, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
-        match self.master() {
-            Ok(m) => match m.batch_remove(keys.clone(), force).await {
-                Ok(r) => r,
-                Err(e) => keys.iter().map(|_| Err(e)).collect(),
-            },
-            Err(e) => keys.iter().map(|_| Err(e)).collect(),
-        }
+        let n = keys.len();
+        per_key(
+            n,
+            async { self.master()?.batch_remove(keys, force).await }.await,
+        )
     }
 
     /// Removes by regex.

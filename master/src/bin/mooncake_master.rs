@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
-use tokio_util::sync::CancellationToken;
 
 use mooncake_master::{AllocationStrategy, MasterConfig, ServerOptions};
 use mooncake_proto::units::parse_duration_ms;
@@ -109,18 +108,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let default_level = match args.verbosity {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOONCAKE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    mooncake_master::cli::init_logging(args.verbosity);
     if args.enable_ha {
         anyhow::bail!("--enable_ha: high availability is not available in this build yet");
     }
@@ -172,19 +160,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("shutting down");
-            signals.cancel();
-        });
+        let shutdown = mooncake_master::cli::shutdown_on_signals();
         mooncake_master::run(config, options, shutdown, |bound, svc| {
             tracing::info!(
                 "Master service started on port {} ({})",

@@ -495,6 +495,22 @@ impl MasterService {
 
     // ------------------------------------------------------------------- reads
 
+    /// Grants a read lease of `ttl` ms, refreshes recency, and describes the replicas.
+    fn grant_read(segs: &SegmentTable, o: &mut Object, now: u64, ttl: u64) -> ReplicaList {
+        o.lease_until = o.lease_until.max(now + ttl);
+        o.last_access = now;
+        ReplicaList {
+            size: o.size,
+            replicas: o
+                .replicas
+                .as_slice()
+                .iter()
+                .filter_map(|p| Self::describe(segs, p, o.size, o.version, ReplicaStatus::Complete))
+                .collect(),
+            lease_ttl_ms: ttl,
+        }
+    }
+
     /// Readable replicas; grants a read lease and refreshes recency.
     pub fn get_replica_list(&self, key: &str) -> MResult<ReplicaList> {
         self.validate_key(key)?;
@@ -503,25 +519,11 @@ impl MasterService {
         let ttl = self.config.default_kv_lease_ttl.as_millis() as u64;
         let mut shard = self.shard(hash).lock();
         if let Some(o) = shard.get_mut(hash, key) {
-            o.lease_until = o.lease_until.max(now + ttl);
-            o.last_access = now;
-            let segs = self.segments.read();
-            let replicas: Vec<ReplicaDesc> = o
-                .replicas
-                .as_slice()
-                .iter()
-                .filter_map(|p| {
-                    Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete)
-                })
-                .collect();
-            if replicas.is_empty() {
+            let list = Self::grant_read(&self.segments.read(), o, now, ttl);
+            if list.replicas.is_empty() {
                 return Err(ErrorCode::ObjectNotFound);
             }
-            return Ok(ReplicaList {
-                size: o.size,
-                replicas,
-                lease_ttl_ms: ttl,
-            });
+            return Ok(list);
         }
         if shard.processing.contains_key(key) {
             Err(ErrorCode::ReplicaIsNotReady)
@@ -569,24 +571,7 @@ impl MasterService {
             shard.retain(
                 |k, o| {
                     if re.is_match(k) {
-                        o.lease_until = o.lease_until.max(now + ttl);
-                        o.last_access = now;
-                        let replicas = o
-                            .replicas
-                            .as_slice()
-                            .iter()
-                            .filter_map(|p| {
-                                Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete)
-                            })
-                            .collect();
-                        out.push((
-                            k.to_string(),
-                            ReplicaList {
-                                size: o.size,
-                                replicas,
-                                lease_ttl_ms: ttl,
-                            },
-                        ));
+                        out.push((k.to_string(), Self::grant_read(&segs, o, now, ttl)));
                     }
                     false
                 },

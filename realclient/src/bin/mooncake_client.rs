@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 use mooncake_proto::Protocol;
 use mooncake_proto::units::parse_size;
@@ -79,18 +78,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let level = match args.verbosity {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOONCAKE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    mooncake_master::cli::init_logging(args.verbosity);
     let mut config = RealClientConfig::new(args.port);
     config.host = if args.host == "0.0.0.0" {
         "127.0.0.1".into()
@@ -121,19 +109,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("shutting down");
-            signals.cancel();
-        });
+        let shutdown = mooncake_master::cli::shutdown_on_signals();
         let socket = config.ipc_socket_path.clone();
         mooncake_realclient::run(config, shutdown, |client| {
             tracing::info!(
