@@ -48,6 +48,11 @@ impl Translation {
     pub fn region(&self) -> &Region {
         &self.region
     }
+    /// The mapped region, shared (for a transfer running on another thread while
+    /// this translation is held).
+    pub fn region_arc(&self) -> &Arc<Region> {
+        &self.region
+    }
     /// Offset of the window in the region.
     pub fn offset(&self) -> u64 {
         self.offset

@@ -126,6 +126,24 @@ impl Master for MasterRpc {
         })
     }
 
+    async fn batch_put_end_except(
+        self,
+        _: Context,
+        client_id: ClientId,
+        keys: Vec<String>,
+        failed: Vec<Vec<SegmentId>>,
+    ) -> Vec<MResult<()>> {
+        if failed.len() != keys.len() {
+            return vec![Err(ErrorCode::InvalidParams); keys.len()];
+        }
+        self.timed_batch(Op::BatchPutEnd, |s| {
+            keys.iter()
+                .zip(&failed)
+                .map(|(k, f)| s.put_end_except(client_id, k, f))
+                .collect()
+        })
+    }
+
     async fn batch_put_revoke(
         self,
         _: Context,

@@ -16,7 +16,11 @@ use crate::shard::Placement;
 
 /// One mounted segment.
 pub(crate) struct Segment {
+    /// As mounted; `route` holds the parts a remount may change.
     pub desc: SegmentDesc,
+    /// Transfer endpoint and base address: a restarted owner comes back on a new
+    /// transfer port and mapping address but keeps its segment.
+    pub route: parking_lot::RwLock<(String, u64)>,
     pub owner: ClientId,
     pub slot: u32,
     pub allocator: Mutex<RangeAllocator>,
@@ -29,6 +33,16 @@ pub(crate) struct Segment {
 impl Segment {
     pub fn capacity(&self) -> u64 {
         self.desc.size
+    }
+
+    /// The descriptor with the current route.
+    pub fn current_desc(&self) -> SegmentDesc {
+        let (endpoint, base) = self.route.read().clone();
+        SegmentDesc {
+            transport_endpoint: endpoint,
+            base,
+            ..self.desc.clone()
+        }
     }
 
     pub fn try_allocate(&self, size: u64) -> Option<u64> {
@@ -92,6 +106,7 @@ impl SegmentTable {
     ) -> Arc<Segment> {
         let slot = self.free_slots.pop().unwrap_or(self.slots.len() as u32);
         let segment = Arc::new(Segment {
+            route: parking_lot::RwLock::new((desc.transport_endpoint.clone(), desc.base)),
             used: AtomicU64::new(allocator.used()),
             allocator: Mutex::new(allocator),
             desc,

@@ -36,6 +36,14 @@ pub trait Master {
     ) -> Vec<MResult<Vec<ReplicaDesc>>>;
     /// Batch form of `put_end`.
     async fn batch_put_end(client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    /// Batch `put_end` where, per key, the replicas on the listed segments failed
+    /// to be written: they are dropped and the rest become readable (a key whose
+    /// replicas all failed is revoked and gets `TRANSFER_FAIL`).
+    async fn batch_put_end_except(
+        client_id: ClientId,
+        keys: Vec<String>,
+        failed: Vec<Vec<SegmentId>>,
+    ) -> Vec<MResult<()>>;
     /// Batch form of `put_revoke`.
     async fn batch_put_revoke(client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
 

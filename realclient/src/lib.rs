@@ -10,6 +10,7 @@
 //! - [`client`]: [`RealClient`], the master session and the store operations.
 //! - [`master_handle`]: the master, remote over TCP or embedded in this process.
 //! - [`service`]: the tarpc service for dummies ([`mooncake_proto::realclient`]).
+//! - [`transfer`]: the transfer engine ([`transfer::Transport`]; TCP in [`transfer::tcp`]).
 //! - [`run`](crate::run()): starts everything for the `mooncake_client` binary.
 
 pub mod client;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod inventory;
 pub mod master_handle;
 pub mod service;
+pub mod transfer;
 
 pub use client::RealClient;
 pub use config::RealClientConfig;

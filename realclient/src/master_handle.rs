@@ -59,6 +59,8 @@ forward! {
     fn batch_upsert_start(client: ClientId, keys: Vec<String>, sizes: Vec<u64>, config: ReplicateConfig) -> Vec<MResult<Vec<ReplicaDesc>>>;
     /// `batch_put_end`.
     fn batch_put_end(client: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    /// `batch_put_end_except`.
+    fn batch_put_end_except(client: ClientId, keys: Vec<String>, failed: Vec<Vec<SegmentId>>) -> Vec<MResult<()>>;
     /// `batch_put_revoke`.
     fn batch_put_revoke(client: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
     /// `batch_get_replica_list`.

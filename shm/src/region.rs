@@ -430,6 +430,49 @@ impl Region {
         Ok(())
     }
 
+    /// Writes `len` bytes at `offset` to `sink` (a socket: the kernel copies straight
+    /// out of the mapping, no intermediate buffer).
+    pub fn send_to(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut impl std::io::Write,
+    ) -> Result<(), ShmError> {
+        self.check(offset, len)?;
+        // SAFETY: the range was bounds-checked against the live mapping, borrowed
+        // through `&self` for the whole call. Another process may write these bytes
+        // concurrently; `u8` has no invalid values and the slice never escapes this
+        // call (the writer only reads it to copy into the kernel), so a racing write
+        // can at worst send mixed bytes, which the lease/version protocol rules out
+        // for committed objects.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset as usize), len as usize) };
+        sink.write_all(bytes)
+            .map_err(|e| ShmError::io("send from region", e))
+    }
+
+    /// Fills `len` bytes at `offset` from `source` (a socket: the kernel copies
+    /// straight into the mapping).
+    pub fn recv_from(
+        &self,
+        offset: u64,
+        len: u64,
+        source: &mut impl std::io::Read,
+    ) -> Result<(), ShmError> {
+        self.check(offset, len)?;
+        // SAFETY: the range was bounds-checked against the live mapping, borrowed
+        // through `&self` for the whole call. The range belongs to an allocation the
+        // caller owns (a write in progress, or a registered destination buffer), so no
+        // other Rust reference to it exists in this process; the slice does not
+        // outlive the call.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(self.as_ptr().add(offset as usize), len as usize)
+        };
+        source
+            .read_exact(bytes)
+            .map_err(|e| ShmError::io("receive into region", e))
+    }
+
     /// Removes the name of a named region (the mapping stays valid).
     pub fn unlink(&self) -> Result<(), ShmError> {
         if let Some(p) = &self.path {

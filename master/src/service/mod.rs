@@ -33,6 +33,9 @@ const EVICTION_SAMPLES: usize = 16_384;
 /// An eviction pass that found nothing is not repeated within this many ms unless
 /// space was freed in the meantime.
 const FUTILE_EVICTION_BACKOFF_MS: u64 = 100;
+/// Space of a replica whose transfer failed is reused only after this long, so a
+/// transfer still in flight cannot land in someone else's object.
+const FAILED_REPLICA_GRACE_MS: u64 = 10_000;
 
 struct ClientEntry {
     last_seen: u64,
@@ -164,12 +167,13 @@ impl MasterService {
         status: ReplicaStatus,
     ) -> Option<ReplicaDesc> {
         let seg = segs.get(p.segment)?;
+        let (endpoint, base) = seg.route.read().clone();
         Some(ReplicaDesc {
             segment_id: seg.desc.id,
             segment_name: seg.desc.name.clone(),
-            transport_endpoint: seg.desc.transport_endpoint.clone(),
+            transport_endpoint: endpoint,
             offset: p.offset,
-            buffer_address: seg.desc.base.wrapping_add(p.offset),
+            buffer_address: base.wrapping_add(p.offset),
             size,
             status,
             version,
@@ -413,6 +417,14 @@ impl MasterService {
 
     /// `put_end` / `upsert_end`: makes the write readable.
     pub fn put_end(&self, client: ClientId, key: &str) -> MResult<()> {
+        self.put_end_except(client, key, &[])
+    }
+
+    /// `put_end` for a write whose replicas on `failed` segments could not be
+    /// written: those replicas are dropped (their space is freed after a grace
+    /// period, in case a late transfer still lands) and the others become readable.
+    /// When every replica failed the write is revoked and `TRANSFER_FAIL` returned.
+    pub fn put_end_except(&self, client: ClientId, key: &str, failed: &[SegmentId]) -> MResult<()> {
         self.validate_key(key)?;
         let hash = self.hash(key);
         let now = self.now_ms();
@@ -428,7 +440,30 @@ impl MasterService {
             Some(p) if p.writer != client => return Err(ErrorCode::IllegalClient),
             Some(_) => {}
         }
-        let p = shard.processing.remove(key).expect("present");
+        let mut p = shard.processing.remove(key).expect("present");
+        if !failed.is_empty() {
+            let segs = self.segments.read();
+            let (lost, kept): (Vec<Placement>, Vec<Placement>) =
+                p.replicas.iter().partition(|pl| {
+                    segs.get(pl.segment)
+                        .is_some_and(|seg| failed.contains(&seg.desc.id))
+                });
+            self.release_later(
+                &segs,
+                &lost,
+                p.size,
+                p.version,
+                now + FAILED_REPLICA_GRACE_MS,
+                false,
+            );
+            if kept.is_empty() {
+                if let Some(o) = shard.get_mut(hash, key) {
+                    o.flags &= !FLAG_PENDING_UPSERT;
+                }
+                return Err(ErrorCode::TransferFail);
+            }
+            p.replicas = kept;
+        }
         if p.replicas.is_empty() {
             // Every segment the write went to is gone.
             if let Some(o) = shard.get_mut(hash, key) {
@@ -814,6 +849,7 @@ impl MasterService {
             let mut segs = self.segments.write();
             if let Some(existing) = segs.by_id(&desc.id) {
                 return if existing.owner == client && existing.desc.size == desc.size {
+                    *existing.route.write() = (desc.transport_endpoint.clone(), desc.base);
                     Ok(())
                 } else {
                     Err(ErrorCode::SegmentAlreadyExists)
@@ -927,7 +963,7 @@ impl MasterService {
             for d in &buffer.segments {
                 match segs.by_id(&d.id) {
                     Some(s) if s.owner != client => return Err(ErrorCode::SegmentAlreadyExists),
-                    Some(_) => {}
+                    Some(s) => *s.route.write() = (d.transport_endpoint.clone(), d.base),
                     None => fresh.push(d.clone()),
                 }
             }
@@ -1134,7 +1170,7 @@ impl MasterService {
         self.segments
             .read()
             .iter()
-            .map(|s| s.desc.clone())
+            .map(|s| s.current_desc())
             .collect()
     }
 
@@ -1143,7 +1179,7 @@ impl MasterService {
         self.segments
             .read()
             .iter()
-            .map(|s| (s.desc.clone(), s.used.load(Relaxed)))
+            .map(|s| (s.current_desc(), s.used.load(Relaxed)))
             .collect()
     }
 

@@ -695,3 +695,47 @@ async fn uniform_kv_sizes_fill_the_pool() {
     assert!(n >= (capacity / size) as usize, "{n}");
     assert!(utilisation > 0.9, "{utilisation}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn failed_replicas_are_dropped_at_put_end_and_their_space_comes_back_later() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (sa, sb) = (segment("a", "h1", 4 * MIB), segment("b", "h2", 4 * MIB));
+    m.mount_segment(a, sa.clone()).unwrap();
+    m.mount_segment(b, sb.clone()).unwrap();
+    let two = ReplicateConfig::default().with_replica_num(2);
+    let r = m.put_start(a, "k", MIB, &two, false).unwrap();
+    assert_eq!(r.len(), 2);
+    m.put_end_except(a, "k", &[sb.id]).unwrap();
+    let list = m.get_replica_list("k").unwrap();
+    assert_eq!(list.replicas.len(), 1, "the failed replica is not listed");
+    assert_eq!(list.replicas[0].segment_id, sa.id);
+    // Every replica failed: nothing becomes readable and the key is free again.
+    m.put_start(a, "gone", MIB, &two, false).unwrap();
+    assert_eq!(
+        m.put_end_except(a, "gone", &[sa.id, sb.id]),
+        Err(ErrorCode::TransferFail)
+    );
+    assert_eq!(m.exist_key("gone"), Ok(false));
+    m.put_start(a, "gone", MIB, &ReplicateConfig::default(), false)
+        .unwrap();
+    m.put_revoke(a, "gone").unwrap();
+    // The failed space returns after the grace period.
+    let used = |m: &MasterService| m.segment_usage().iter().map(|(_, u)| *u).sum::<u64>();
+    let before = used(&m);
+    for _ in 0..2 {
+        advance(Duration::from_millis(5_500)).await;
+        m.ping(a);
+        m.ping(b);
+    }
+    m.housekeeping();
+    assert_eq!(used(&m), before - 3 * MIB, "three failed replicas freed");
+    // A remount after a restart updates where the segment is reached.
+    let mut moved = sa.clone();
+    moved.transport_endpoint = "10.0.0.9:4000".into();
+    m.mount_segment(a, moved).unwrap();
+    assert_eq!(
+        m.get_replica_list("k").unwrap().replicas[0].transport_endpoint,
+        "10.0.0.9:4000"
+    );
+}
