@@ -1,12 +1,15 @@
-//! `dummy_bench`: dummy-client operations against a running real client on this host
-//! (`scripts/bench/dummy.sh` starts one): put/get latency and throughput at 4 KiB,
-//! 64 KiB, 1 MiB and 16 MiB, 64 × 1 MiB batches, `is_exist`, 128-key
-//! `batch_is_exist`, and single-thread memcpy of the same sizes in the same run.
+//! `dummy_bench`: dummy-client operations against a running real client
+//! (`scripts/bench/dummy.sh` starts the store): zero-copy `put_from` / `get_into`
+//! from registered host memory at 4 KiB, 64 KiB, 1 MiB and 16 MiB (p50/p99, GB/s),
+//! copy-style `put` / `get` at 4 KiB, 64 × 1 MiB batches, `is_exist`, 128-key
+//! `batch_is_exist`, single-thread memcpy of the same sizes in the same run and,
+//! when `MC_REMOTE_SEGMENT` names another real client's segment, 16 MiB transfers
+//! to and from that host.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mooncake_dummyclient::DummyClient;
+use mooncake_dummyclient::{DummyClient, HostMemAllocator};
 use mooncake_proto::ReplicateConfig;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -17,111 +20,201 @@ fn gbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
 fn memcpy_gbps(size: usize) -> f64 {
     let src = vec![7u8; size];
     let mut dst = vec![0u8; size];
     dst.copy_from_slice(&src);
-    let mut best = Vec::new();
+    let mut runs = Vec::new();
     for _ in 0..21 {
         let t = Instant::now();
         dst.copy_from_slice(std::hint::black_box(&src));
         std::hint::black_box(&dst);
-        best.push(t.elapsed());
+        runs.push(t.elapsed());
     }
-    best.sort();
-    gbps(size, best[best.len() / 2])
+    runs.sort();
+    gbps(size, runs[runs.len() / 2])
 }
 
-fn main() {
-    let socket =
-        PathBuf::from(std::env::var("MC_SOCKET").expect("MC_SOCKET: the real client's socket"));
-    let dummy = DummyClient::connect(&socket, "").expect("connect");
-    let cfg = ReplicateConfig::default();
+/// Registered host memory: `n` buffers of `size` bytes, source and destination.
+struct Buffers {
+    src: u64,
+    dst: u64,
+}
+
+fn buffers(dummy: &DummyClient, bytes: u64) -> Buffers {
+    let alloc = HostMemAllocator::new();
+    let src = alloc.alloc(bytes).expect("alloc");
+    let dst = alloc.alloc(bytes).expect("alloc");
+    dummy.register_buffer(src, bytes).expect("register");
+    dummy.register_buffer(dst, bytes).expect("register");
+    // SAFETY: `src` is a fresh, exclusively owned allocation of `bytes` bytes.
+    unsafe { std::ptr::write_bytes(src as *mut u8, 0x5a, bytes as usize) };
+    Buffers { src, dst }
+}
+
+fn single_ops(dummy: &DummyClient, bufs: &Buffers, cfg: &ReplicateConfig, tag: &str) {
     for (size, iters) in [
         (4usize << 10, 2000),
         (64 << 10, 1000),
         (1 << 20, 200),
         (16 << 20, 30),
     ] {
-        let value = vec![0x5au8; size];
-        let mut out = vec![0u8; size];
         let (mut put, mut get) = (Vec::new(), Vec::new());
         for i in 0..iters {
-            let key = format!("bench-{size}-{i}");
+            let key = format!("bench-{tag}-{size}-{i}");
             let t = Instant::now();
-            dummy.put(&key, &value, &cfg).unwrap();
+            dummy.put_from(&key, bufs.src, size as u64, cfg).unwrap();
             put.push(t.elapsed());
             let t = Instant::now();
-            let r = dummy.batch_get_into(std::slice::from_ref(&key), &mut [&mut out[..]]);
+            let r = dummy.get_into(&key, bufs.dst, size as u64);
             get.push(t.elapsed());
-            assert_eq!(r[0], Ok(size as u64));
+            assert_eq!(r, Ok(size as u64));
         }
         put.sort();
         get.sort();
         let m = memcpy_gbps(size);
         println!(
-            "{:>6} KiB: put p50 {:.1} us p99 {:.1} us ({:.2} GB/s) | get_into p50 {:.1} us p99 {:.1} us ({:.2} GB/s) | memcpy {:.2} GB/s",
+            "{tag} {:>6} KiB: put_from p50 {:.1} us p99 {:.1} us ({:.2} GB/s = {:.0}% memcpy) | get_into p50 {:.1} us p99 {:.1} us ({:.2} GB/s = {:.0}% memcpy) | memcpy {:.2} GB/s",
             size >> 10,
-            pct(&put, 0.5).as_secs_f64() * 1e6,
-            pct(&put, 0.99).as_secs_f64() * 1e6,
+            us(pct(&put, 0.5)),
+            us(pct(&put, 0.99)),
             gbps(size, pct(&put, 0.5)),
-            pct(&get, 0.5).as_secs_f64() * 1e6,
-            pct(&get, 0.99).as_secs_f64() * 1e6,
+            100.0 * gbps(size, pct(&put, 0.5)) / m,
+            us(pct(&get, 0.5)),
+            us(pct(&get, 0.99)),
             gbps(size, pct(&get, 0.5)),
+            100.0 * gbps(size, pct(&get, 0.5)) / m,
             m
         );
         dummy.remove_all(true).unwrap();
     }
-    // 64 × 1 MiB batches.
-    let size = 1 << 20;
-    let values: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; size]).collect();
-    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-    let mut outs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; size]).collect();
+}
+
+fn batches(dummy: &DummyClient, bufs: &Buffers, cfg: &ReplicateConfig, tag: &str) {
+    let size = 1u64 << 20;
+    let srcs: Vec<u64> = (0..64).map(|i| bufs.src + i * size).collect();
+    let dsts: Vec<u64> = (0..64).map(|i| bufs.dst + i * size).collect();
+    let sizes = vec![size; 64];
     let (mut put, mut get) = (Vec::new(), Vec::new());
     for round in 0..10 {
-        let keys: Vec<String> = (0..64).map(|i| format!("batch-{round}-{i}")).collect();
+        let keys: Vec<String> = (0..64)
+            .map(|i| format!("batch-{tag}-{round}-{i}"))
+            .collect();
         let t = Instant::now();
-        assert!(
-            dummy
-                .batch_put(&keys, &refs, &cfg, false)
-                .iter()
-                .all(|r| r.is_ok())
-        );
+        let r = dummy.batch_put_from(&keys, &srcs, &sizes, cfg, false);
         put.push(t.elapsed());
-        let mut out_refs: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
         let t = Instant::now();
-        assert!(
-            dummy
-                .batch_get_into(&keys, &mut out_refs)
-                .iter()
-                .all(|r| r.is_ok())
-        );
+        let r = dummy.batch_get_into(&keys, &dsts, &sizes);
         get.push(t.elapsed());
+        assert!(r.iter().all(|r| *r == Ok(size)), "{r:?}");
         dummy.remove_all(true).unwrap();
     }
     put.sort();
     get.sort();
-    println!(
-        "64 x 1 MiB: batch_put_from {:.2} GB/s | batch_get_into {:.2} GB/s | memcpy {:.2} GB/s",
-        gbps(64 * size, pct(&put, 0.5)),
-        gbps(64 * size, pct(&get, 0.5)),
-        memcpy_gbps(64 * size)
+    let m = memcpy_gbps(64 << 20);
+    let (p, g) = (
+        gbps(64 << 20, pct(&put, 0.5)),
+        gbps(64 << 20, pct(&get, 0.5)),
     );
-    // Existence probes.
-    let keys: Vec<String> = (0..128).map(|i| format!("exist-{i}")).collect();
-    let small: Vec<&[u8]> = keys.iter().map(|_| &b"x"[..]).collect();
-    dummy.batch_put(&keys, &small, &cfg, false);
-    let n = 5000;
-    let t = Instant::now();
-    for i in 0..n {
-        assert_eq!(dummy.is_exist(&keys[i % 128]), Ok(true));
+    println!(
+        "{tag} 64 x 1 MiB: batch_put_from {p:.2} GB/s ({:.0}% memcpy) | batch_get_into {g:.2} GB/s ({:.0}% memcpy) | memcpy {m:.2} GB/s",
+        100.0 * p / m,
+        100.0 * g / m,
+    );
+}
+
+fn main() {
+    let socket =
+        PathBuf::from(std::env::var("MC_SOCKET").expect("MC_SOCKET: the real client's socket"));
+    let dummy = DummyClient::connect(&socket, "").expect("connect");
+    let bufs = buffers(&dummy, 64 << 20);
+    let cfg = ReplicateConfig::default();
+    let remote = std::env::var("MC_REMOTE_SEGMENT").ok();
+
+    if std::env::var("MC_ONLY_REMOTE").is_err() {
+        single_ops(&dummy, &bufs, &cfg, "local");
+        // Copy-style calls (warm-up style, bytes in and out).
+        let value = vec![0x33u8; 4096];
+        let (mut put, mut get) = (Vec::new(), Vec::new());
+        for i in 0..2000 {
+            let key = format!("bytes-{i}");
+            let t = Instant::now();
+            dummy.put(&key, &value, &cfg).unwrap();
+            put.push(t.elapsed());
+            let t = Instant::now();
+            assert_eq!(dummy.get(&key).unwrap().len(), 4096);
+            get.push(t.elapsed());
+        }
+        put.sort();
+        get.sort();
+        println!(
+            "local      4 KiB bytes: put p50 {:.1} us p99 {:.1} us | get p50 {:.1} us p99 {:.1} us",
+            us(pct(&put, 0.5)),
+            us(pct(&put, 0.99)),
+            us(pct(&get, 0.5)),
+            us(pct(&get, 0.99))
+        );
+        dummy.remove_all(true).unwrap();
+        batches(&dummy, &bufs, &cfg, "local");
+        // Existence probes.
+        let keys: Vec<String> = (0..128).map(|i| format!("exist-{i}")).collect();
+        let small: Vec<&[u8]> = keys.iter().map(|_| &b"x"[..]).collect();
+        dummy.batch_put(&keys, &small, &cfg, false);
+        let n = 5000;
+        let t = Instant::now();
+        for i in 0..n {
+            assert_eq!(dummy.is_exist(&keys[i % 128]), Ok(true));
+        }
+        let single = n as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..500 {
+            assert!(dummy.batch_is_exist(&keys).iter().all(|r| *r == Ok(true)));
+        }
+        let batch = 500.0 * 128.0 / t.elapsed().as_secs_f64();
+        println!("is_exist: {single:.0} ops/s | batch_is_exist(128): {batch:.0} keys/s");
+        dummy.remove_all(true).unwrap();
     }
-    let single = n as f64 / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for _ in 0..500 {
-        assert!(dummy.batch_is_exist(&keys).iter().all(|r| *r == Ok(true)));
+
+    if let Some(remote) = remote {
+        // Every replica on the other host: puts are transfers out, gets transfers in.
+        let cfg = ReplicateConfig::default().with_preferred_segments(vec![remote.clone()]);
+        dummy
+            .put_from("placement-probe", bufs.src, 4096, &cfg)
+            .unwrap();
+        let list = dummy
+            .batch_get_replicas(&["placement-probe".into()])
+            .remove(0)
+            .unwrap();
+        assert_eq!(
+            list.replicas[0].segment_name, remote,
+            "replica placed remotely"
+        );
+        let size = 16usize << 20;
+        let (mut put, mut get) = (Vec::new(), Vec::new());
+        for i in 0..30 {
+            let key = format!("remote-{i}");
+            let t = Instant::now();
+            dummy.put_from(&key, bufs.src, size as u64, &cfg).unwrap();
+            put.push(t.elapsed());
+            let t = Instant::now();
+            assert_eq!(dummy.get_into(&key, bufs.dst, size as u64), Ok(size as u64));
+            get.push(t.elapsed());
+        }
+        put.sort();
+        get.sort();
+        println!(
+            "cross-host 16 MiB: put_from p50 {:.0} us ({:.2} GB/s) | get_into p50 {:.0} us ({:.2} GB/s)",
+            us(pct(&put, 0.5)),
+            gbps(size, pct(&put, 0.5)),
+            us(pct(&get, 0.5)),
+            gbps(size, pct(&get, 0.5)),
+        );
+        dummy.remove_all(true).unwrap();
+        batches(&dummy, &bufs, &cfg, "cross-host");
     }
-    let batch = 500.0 * 128.0 / t.elapsed().as_secs_f64();
-    println!("is_exist: {single:.0} ops/s | batch_is_exist(128): {batch:.0} keys/s");
-    dummy.remove_all(true).unwrap();
 }

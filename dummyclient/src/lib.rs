@@ -1,27 +1,47 @@
 //! The dummy client: the light, stateless client an inference process embeds. It
 //! talks to the host's real client over its Unix socket and moves bytes through the
 //! real client's segment, which it maps: a same-host put or get is one copy made in
-//! the caller's own process, and bytes never cross a socket.
+//! the caller's own process, and bytes never cross a socket. Replicas on other hosts
+//! are moved by the real client straight from or into this process's registered
+//! buffers (memory from [`HostMemAllocator`], whose fds the real client maps).
 //!
 //! The API is blocking (it owns a small runtime) so it can back the Python module
-//! directly; every batch call returns one result per key.
+//! directly; every batch call returns one result per key, and no call fails by
+//! panicking or hanging: a real client that went away gives `RPC_FAIL` (-900) until
+//! the background pinger has reconnected and re-registered every buffer.
 //!
 //! # Layout
 //!
-//! Everything is in this file: [`DummyClient`] and [`DummyError`].
-//!
-//! Not yet: replicas on other hosts (the TCP transfer engine), reconnecting after a
-//! real-client restart, registered-buffer transfers by the real client.
+//! - [`hostmem`]: [`HostMemAllocator`], shareable host memory.
+//! - this file: [`DummyClient`] and [`DummyError`].
 
-use std::path::Path;
+pub mod hostmem;
+
+pub use hostmem::HostMemAllocator;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
 
 use mooncake_ipc::IpcClient;
 use mooncake_ipc::client::control_transport;
-use mooncake_proto::realclient::{RealClientInfo, RealClientServiceClient};
+use mooncake_proto::realclient::{
+    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient,
+};
 use mooncake_proto::*;
 use mooncake_shm::{Region, RegionOptions};
 use tarpc::context;
+
+/// How often the real client is pinged (and a lost one reconnected).
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Deadline of every call to the real client.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of a ping and of a reconnection attempt.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Errors of connecting.
 #[derive(Debug, thiserror::Error)]
@@ -54,22 +74,250 @@ fn rpc_code(e: &tarpc::client::RpcError) -> ErrorCode {
     }
 }
 
-/// One result per key from a batch call to the real client.
-fn batch<T>(len: usize, call: Result<Vec<MResult<T>>, tarpc::client::RpcError>) -> Vec<MResult<T>> {
-    per_key(len, call.map_err(|e| rpc_code(&e)))
+fn ctx(timeout: Duration) -> context::Context {
+    let mut c = context::current();
+    c.deadline = Instant::now() + timeout;
+    c
 }
 
-fn ctx() -> context::Context {
-    context::current()
+/// One connection to the real client; replaced wholesale on reconnect.
+struct Conn {
+    ipc: IpcClient,
+    rpc: RealClientServiceClient,
+    info: RealClientInfo,
+    segment: Option<Region>,
+    broken: AtomicBool,
+}
+
+impl Conn {
+    fn local_segment(&self) -> Option<(&Region, SegmentId)> {
+        Some((self.segment.as_ref()?, self.info.segment.as_ref()?.id))
+    }
+}
+
+/// A buffer registered with the real client.
+#[derive(Clone)]
+struct Registration {
+    addr: u64,
+    len: u64,
+    region: Arc<Region>,
+    offset: u64,
+}
+
+/// A range of registered memory.
+#[derive(Clone)]
+struct Span {
+    region: Arc<Region>,
+    offset: u64,
+    len: u64,
+    addr: u64,
+}
+
+/// Where a value comes from.
+enum Src<'a> {
+    Registered(Vec<Span>),
+    Bytes(Vec<&'a [u8]>),
+}
+
+impl Src<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Src::Registered(spans) => spans.iter().map(|s| s.len).sum(),
+            Src::Bytes(parts) => parts.iter().map(|p| p.len() as u64).sum(),
+        }
+    }
+
+    /// Copies the value into `dst` at `at`.
+    fn copy_into(&self, dst: &Region, at: u64) -> MResult<()> {
+        let mut pos = at;
+        match self {
+            Src::Registered(spans) => {
+                for s in spans {
+                    s.region
+                        .copy_to(s.offset, dst, pos, s.len)
+                        .map_err(|e| e.code())?;
+                    pos += s.len;
+                }
+            }
+            Src::Bytes(parts) => {
+                for p in parts {
+                    dst.write(pos, p).map_err(|e| e.code())?;
+                    pos += p.len() as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a value goes.
+enum Dst<'a> {
+    Registered(Vec<Span>),
+    Slice(&'a mut [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Dst<'_> {
+    fn capacity(&self) -> u64 {
+        match self {
+            Dst::Registered(spans) => spans.iter().map(|s| s.len).sum(),
+            Dst::Slice(s) => s.len() as u64,
+            Dst::Owned(_) => u64::MAX,
+        }
+    }
+
+    /// Copies `size` bytes at `at` in `src` into this destination.
+    fn fill_from(&mut self, src: &Region, at: u64, size: u64) -> MResult<()> {
+        match self {
+            Dst::Registered(spans) => {
+                let mut pos = at;
+                let mut left = size;
+                for s in spans.iter() {
+                    let n = s.len.min(left);
+                    if n == 0 {
+                        break;
+                    }
+                    src.copy_to(pos, &s.region, s.offset, n)
+                        .map_err(|e| e.code())?;
+                    pos += n;
+                    left -= n;
+                }
+                Ok(())
+            }
+            Dst::Slice(s) => src.read(at, &mut s[..size as usize]).map_err(|e| e.code()),
+            Dst::Owned(v) => {
+                v.resize(size as usize, 0);
+                src.read(at, v).map_err(|e| e.code())
+            }
+        }
+    }
+}
+
+/// Temporary registered memory for values in unregistered buffers that must cross
+/// hosts; unregistered on drop.
+struct Staging<'a> {
+    conn: &'a Conn,
+    runtime: &'a tokio::runtime::Runtime,
+    region: Region,
+    base: u64,
+}
+
+impl<'a> Staging<'a> {
+    fn new(
+        conn: &'a Conn,
+        runtime: &'a tokio::runtime::Runtime,
+        size: u64,
+    ) -> MResult<Staging<'a>> {
+        let region = Region::anonymous("mooncake-staging", size.max(1), &RegionOptions::default())
+            .map_err(|e| e.code())?;
+        let base = runtime
+            .block_on(conn.ipc.register(&region, 0, size.max(1)))
+            .map_err(|e| e.code())?;
+        Ok(Staging {
+            conn,
+            runtime,
+            region,
+            base,
+        })
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        let _ = self.runtime.block_on(self.conn.ipc.unregister(self.base));
+    }
+}
+
+/// State shared with the pinger task.
+struct Shared {
+    socket: PathBuf,
+    token: String,
+    conn: RwLock<Option<Arc<Conn>>>,
+    registrations: Mutex<Vec<Registration>>,
+    reconnects: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    async fn connect(&self) -> Result<Arc<Conn>, DummyError> {
+        let (ipc, control) = IpcClient::connect(&self.socket, &self.token).await?;
+        let rpc =
+            RealClientServiceClient::new(Default::default(), control_transport(control)).spawn();
+        let info = rpc
+            .info(ctx(PING_TIMEOUT))
+            .await
+            .map_err(|e| DummyError::Rpc(e.to_string()))?;
+        // Populate the page tables now so no copy pays first-touch faults.
+        let options = RegionOptions::default().with_prefault(true);
+        let segment = match &info.segment {
+            Some(_) => Some(ipc.open(&info.segment_export, &options).await?),
+            None => None,
+        };
+        let regs = self.registrations.lock().clone();
+        for r in &regs {
+            ipc.register(&r.region, r.offset, r.len).await?;
+        }
+        Ok(Arc::new(Conn {
+            ipc,
+            rpc,
+            info,
+            segment,
+            broken: AtomicBool::new(false),
+        }))
+    }
+
+    async fn keep_alive(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(PING_INTERVAL) => {}
+                _ = self.wake.notified() => {}
+            }
+            let current = self.conn.read().clone();
+            let alive = match &current {
+                Some(c) if !c.broken.load(Ordering::Relaxed) => {
+                    // A master problem (an error code) still means the real client is there.
+                    c.rpc.ping(ctx(PING_TIMEOUT)).await.is_ok()
+                }
+                _ => false,
+            };
+            if alive {
+                continue;
+            }
+            if current.is_some() {
+                tracing::warn!(
+                    "lost the real client at {}; reconnecting",
+                    self.socket.display()
+                );
+                *self.conn.write() = None;
+            }
+            match tokio::time::timeout(PING_TIMEOUT, self.connect()).await {
+                Ok(Ok(conn)) => {
+                    tracing::info!(
+                        "reconnected to the real client at {}",
+                        self.socket.display()
+                    );
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    *self.conn.write() = Some(conn);
+                }
+                Ok(Err(e)) => tracing::debug!("reconnect failed: {e}"),
+                Err(_) => tracing::debug!("reconnect timed out"),
+            }
+        }
+    }
 }
 
 /// A connection to the local real client.
 pub struct DummyClient {
     runtime: tokio::runtime::Runtime,
-    ipc: IpcClient,
-    rpc: RealClientServiceClient,
-    info: RealClientInfo,
-    segment: Option<Region>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Drop for DummyClient {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl DummyClient {
@@ -77,54 +325,160 @@ impl DummyClient {
     pub fn connect(socket: &Path, token: &str) -> Result<DummyClient, DummyError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .thread_name("mooncake-dummy")
             .enable_all()
             .build()?;
-        let (ipc, rpc, info, segment) = runtime.block_on(async {
-            let (ipc, control) = IpcClient::connect(socket, token).await?;
-            let rpc = RealClientServiceClient::new(Default::default(), control_transport(control))
-                .spawn();
-            let info = rpc
-                .info(ctx())
-                .await
-                .map_err(|e| DummyError::Rpc(e.to_string()))?;
-            // Populate the page tables now so no copy pays first-touch faults.
-            let options = RegionOptions::default().with_prefault(true);
-            let segment = match &info.segment {
-                Some(_) => Some(ipc.open(&info.segment_export, &options).await?),
-                None => None,
-            };
-            Ok::<_, DummyError>((ipc, rpc, info, segment))
-        })?;
+        let shared = Arc::new(Shared {
+            socket: socket.to_path_buf(),
+            token: token.to_string(),
+            conn: RwLock::new(None),
+            registrations: Mutex::new(Vec::new()),
+            reconnects: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+        });
+        let conn = runtime.block_on(shared.connect())?;
+        *shared.conn.write() = Some(conn);
+        let stop = CancellationToken::new();
+        runtime.spawn(shared.clone().keep_alive(stop.clone()));
         Ok(DummyClient {
             runtime,
-            ipc,
-            rpc,
-            info,
-            segment,
+            shared,
+            stop,
         })
     }
 
-    /// The real client's segment name (upstream `get_hostname`).
-    pub fn hostname(&self) -> &str {
-        &self.info.hostname
+    /// The connection, or `RPC_FAIL` while the real client is away.
+    fn conn(&self) -> MResult<Arc<Conn>> {
+        self.shared.conn.read().clone().ok_or(ErrorCode::RpcFail)
     }
 
-    /// The IPC session id.
+    /// Runs a call; a transport failure marks the connection for reconnection.
+    fn call<T, F>(&self, conn: &Conn, f: F) -> MResult<T>
+    where
+        F: std::future::Future<Output = Result<T, tarpc::client::RpcError>>,
+    {
+        self.runtime.block_on(f).map_err(|e| {
+            if !matches!(e, tarpc::client::RpcError::DeadlineExceeded) {
+                conn.broken.store(true, Ordering::Relaxed);
+                self.shared.wake.notify_one();
+            }
+            rpc_code(&e)
+        })
+    }
+
+    /// The real client's segment name (upstream `get_hostname`); empty while
+    /// disconnected.
+    pub fn hostname(&self) -> String {
+        self.conn()
+            .map(|c| c.info.hostname.clone())
+            .unwrap_or_default()
+    }
+
+    /// The IPC session id (changes on reconnect).
     pub fn session(&self) -> u64 {
-        self.ipc.session()
+        self.conn().map(|c| c.ipc.session()).unwrap_or(0)
+    }
+
+    /// Times this client reconnected after losing its real client.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
     }
 
     /// Whether the real client is up and connected to its master.
     pub fn health(&self) -> MResult<()> {
-        self.runtime
-            .block_on(self.rpc.ping(ctx()))
-            .map_err(|e| rpc_code(&e))?
+        let conn = self.conn()?;
+        self.call(&conn, conn.rpc.ping(ctx(PING_TIMEOUT)))?
     }
 
-    fn local_replica<'a>(&self, replicas: &'a [ReplicaDesc]) -> Option<&'a ReplicaDesc> {
-        let local = self.info.segment.as_ref()?.id;
-        replicas.iter().find(|r| r.segment_id == local)
+    // ------------------------------------------------------------ buffers
+
+    /// Registers `[addr, addr + len)`, which must lie inside memory from
+    /// [`HostMemAllocator`]: the real client maps it and can move remote bytes
+    /// straight into or out of it. Sub-ranges and repeated registrations work.
+    pub fn register_buffer(&self, addr: u64, len: u64) -> MResult<()> {
+        if len == 0 {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let (region, offset) = hostmem::lookup(addr, len).ok_or_else(|| {
+            tracing::warn!(
+                "register_buffer({addr:#x}, {len}): not inside memory from HostMemAllocator"
+            );
+            ErrorCode::InvalidParams
+        })?;
+        let conn = self.conn()?;
+        if self
+            .shared
+            .registrations
+            .lock()
+            .iter()
+            .any(|r| r.addr == addr && r.len == len)
+        {
+            return Ok(());
+        }
+        // No lock held across the call: the reconnecting pinger needs it.
+        self.runtime
+            .block_on(conn.ipc.register(&region, offset, len))
+            .map_err(|e| e.code())?;
+        self.shared.registrations.lock().push(Registration {
+            addr,
+            len,
+            region: region.clone(),
+            offset,
+        });
+        // A reconnect in between re-registered the old list only.
+        if let Ok(now) = self.conn()
+            && !Arc::ptr_eq(&now, &conn)
+        {
+            let _ = self
+                .runtime
+                .block_on(now.ipc.register(&region, offset, len));
+        }
+        Ok(())
     }
+
+    /// Forgets the registration(s) starting at `addr`.
+    pub fn unregister_buffer(&self, addr: u64) -> MResult<()> {
+        {
+            let mut regs = self.shared.registrations.lock();
+            let before = regs.len();
+            regs.retain(|r| r.addr != addr);
+            if regs.len() == before {
+                return Err(ErrorCode::InvalidParams);
+            }
+        }
+        if let Ok(conn) = self.conn() {
+            let _ = self.runtime.block_on(conn.ipc.unregister(addr));
+        }
+        Ok(())
+    }
+
+    /// The registered span holding `[addr, addr + len)`.
+    fn resolve(&self, addr: u64, len: u64) -> MResult<Span> {
+        let regs = self.shared.registrations.lock();
+        let end = addr.checked_add(len).ok_or(ErrorCode::InvalidParams)?;
+        regs.iter()
+            .find(|r| r.addr <= addr && end <= r.addr + r.len)
+            .map(|r| Span {
+                region: r.region.clone(),
+                offset: r.offset + (addr - r.addr),
+                len,
+                addr,
+            })
+            .ok_or(ErrorCode::InvalidParams)
+    }
+
+    fn resolve_all(&self, addrs: &[u64], sizes: &[u64]) -> MResult<Vec<Span>> {
+        if addrs.len() != sizes.len() || addrs.is_empty() {
+            return Err(ErrorCode::InvalidParams);
+        }
+        addrs
+            .iter()
+            .zip(sizes)
+            .map(|(&a, &n)| self.resolve(a, n))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ writes
 
     /// Puts one object (a copy of `value`).
     pub fn put(&self, key: &str, value: &[u8], config: &ReplicateConfig) -> MResult<()> {
@@ -132,9 +486,19 @@ impl DummyClient {
             .remove(0)
     }
 
-    /// Puts objects; each value is copied into its replicas by this process.
-    /// `upsert` replaces existing values; a plain put of an existing key succeeds and
-    /// keeps the old value.
+    /// Puts the concatenation of `parts` as one object.
+    pub fn put_parts(&self, key: &str, parts: &[&[u8]], config: &ReplicateConfig) -> MResult<()> {
+        self.put_core(
+            &[key.to_string()],
+            vec![Some(Src::Bytes(parts.to_vec()))],
+            config,
+            false,
+        )
+        .remove(0)
+    }
+
+    /// Puts objects from byte slices. `upsert` replaces existing values; a plain
+    /// put of an existing key succeeds and keeps the old value.
     pub fn batch_put(
         &self,
         keys: &[String],
@@ -145,125 +509,423 @@ impl DummyClient {
         if keys.len() != values.len() {
             return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
         }
-        let sizes: Vec<u64> = values.iter().map(|v| v.len() as u64).collect();
-        let call = self
-            .rpc
-            .put_start(ctx(), keys.to_vec(), sizes, config.clone(), upsert);
-        let started = batch(keys.len(), self.runtime.block_on(call));
-        let mut results: Vec<MResult<()>> = Vec::with_capacity(keys.len());
-        let (mut to_end, mut to_revoke) = (Vec::new(), Vec::new());
-        for (i, r) in started.into_iter().enumerate() {
-            match r {
-                Err(ErrorCode::ObjectAlreadyExists) => results.push(Ok(())),
-                Err(e) => results.push(Err(e)),
-                Ok(replicas) => {
-                    let written = self.write_replicas(&replicas, values[i]);
-                    match written {
-                        Ok(()) => to_end.push(i),
-                        Err(e) => to_revoke.push((i, e)),
+        let srcs = values.iter().map(|v| Some(Src::Bytes(vec![*v]))).collect();
+        self.put_core(keys, srcs, config, upsert)
+    }
+
+    /// Zero-copy put of `size` bytes at `addr` (registered memory).
+    pub fn put_from(
+        &self,
+        key: &str,
+        addr: u64,
+        size: u64,
+        config: &ReplicateConfig,
+    ) -> MResult<()> {
+        self.batch_put_from(&[key.to_string()], &[addr], &[size], config, false)
+            .remove(0)
+    }
+
+    /// Zero-copy puts from registered memory; per key 0 or an error
+    /// (`INVALID_PARAMS` for memory that is not registered).
+    pub fn batch_put_from(
+        &self,
+        keys: &[String],
+        addrs: &[u64],
+        sizes: &[u64],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let srcs = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(&a, &n)| self.resolve(a, n).ok().map(|s| Src::Registered(vec![s])))
+            .collect();
+        self.put_core(keys, srcs, config, upsert)
+    }
+
+    /// Puts where each object is the concatenation of its buffers (registered).
+    pub fn batch_put_from_multi_buffers(
+        &self,
+        keys: &[String],
+        addrs: &[Vec<u64>],
+        sizes: &[Vec<u64>],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let srcs = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(a, n)| self.resolve_all(a, n).ok().map(Src::Registered))
+            .collect();
+        self.put_core(keys, srcs, config, upsert)
+    }
+
+    /// The write path: `put_start`, local replica copied here, remote replicas sent
+    /// by the real client from registered memory, `put_complete`. `None` sources
+    /// (unregistered memory) fail with `INVALID_PARAMS` without a call.
+    fn put_core(
+        &self,
+        keys: &[String],
+        srcs: Vec<Option<Src<'_>>>,
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        let mut results: Vec<MResult<()>> = vec![Err(ErrorCode::InvalidParams); keys.len()];
+        let valid: Vec<usize> = (0..keys.len())
+            .filter(|&i| srcs[i].as_ref().is_some_and(|s| s.len() > 0))
+            .collect();
+        if valid.is_empty() {
+            return results;
+        }
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
+        let sizes: Vec<u64> = valid
+            .iter()
+            .map(|&i| srcs[i].as_ref().map_or(0, |s| s.len()))
+            .collect();
+        let started = per_key(
+            valid.len(),
+            self.call(
+                &conn,
+                conn.rpc.put_start(
+                    ctx(CALL_TIMEOUT),
+                    req_keys,
+                    sizes.clone(),
+                    config.clone(),
+                    upsert,
+                ),
+            ),
+        );
+        let local = conn.local_segment();
+        let mut completions: Vec<(usize, PutCompletion)> = Vec::new();
+        let mut to_stage: Vec<usize> = Vec::new();
+        for (&i, r) in valid.iter().zip(started) {
+            let replicas = match r {
+                Err(ErrorCode::ObjectAlreadyExists) if !upsert => {
+                    results[i] = Ok(());
+                    continue;
+                }
+                Err(e) => {
+                    results[i] = Err(e);
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            let src = srcs[i].as_ref().expect("valid");
+            let mut local_failed = false;
+            let mut remote = false;
+            for r in &replicas {
+                match local {
+                    Some((segment, id)) if r.segment_id == id => {
+                        if let Err(e) = src.copy_into(segment, r.offset) {
+                            tracing::warn!(key = %keys[i], "local replica copy failed: {e}");
+                            local_failed = true;
+                        }
                     }
-                    results.push(Ok(()));
+                    _ => remote = true,
                 }
             }
+            let sources = match (remote, src) {
+                (false, _) => Vec::new(),
+                (true, Src::Registered(spans)) => spans
+                    .iter()
+                    .map(|s| BufRef {
+                        addr: s.addr,
+                        len: s.len,
+                    })
+                    .collect(),
+                (true, Src::Bytes(_)) => {
+                    to_stage.push(completions.len());
+                    Vec::new()
+                }
+            };
+            completions.push((
+                i,
+                PutCompletion {
+                    key: keys[i].clone(),
+                    local_failed,
+                    sources,
+                },
+            ));
         }
-        if !to_end.is_empty() {
-            let end_keys: Vec<String> = to_end.iter().map(|&i| keys[i].clone()).collect();
-            let ends = batch(
-                to_end.len(),
-                self.runtime.block_on(self.rpc.put_end(ctx(), end_keys)),
-            );
-            for (&i, r) in to_end.iter().zip(ends) {
-                results[i] = r;
+        if completions.is_empty() {
+            return results;
+        }
+        // Values in plain memory that must reach other hosts go through one
+        // temporary registered buffer for the batch.
+        let staging_size: u64 = to_stage
+            .iter()
+            .map(|&c| srcs[completions[c].0].as_ref().map_or(0, |s| s.len()))
+            .sum();
+        let staging = if staging_size > 0 {
+            match Staging::new(&conn, &self.runtime, staging_size) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot stage values for remote replicas: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(st) = &staging {
+            let mut at = 0;
+            for &c in &to_stage {
+                let src = srcs[completions[c].0].as_ref().expect("valid");
+                let len = src.len();
+                if src.copy_into(&st.region, at).is_ok() {
+                    completions[c].1.sources = vec![BufRef {
+                        addr: st.base + at,
+                        len,
+                    }];
+                }
+                at += len;
             }
         }
-        if !to_revoke.is_empty() {
-            let revoke_keys: Vec<String> =
-                to_revoke.iter().map(|(i, _)| keys[*i].clone()).collect();
-            let _ = self
-                .runtime
-                .block_on(self.rpc.put_revoke(ctx(), revoke_keys));
-            for (i, e) in to_revoke {
-                results[i] = Err(e);
-            }
+        let items: Vec<PutCompletion> = completions.iter().map(|(_, c)| c.clone()).collect();
+        let n = items.len();
+        let ended = per_key(
+            n,
+            self.call(&conn, conn.rpc.put_complete(ctx(CALL_TIMEOUT), items)),
+        );
+        drop(staging);
+        for ((i, _), r) in completions.iter().zip(ended) {
+            results[*i] = r;
         }
         results
     }
 
-    fn write_replicas(&self, replicas: &[ReplicaDesc], value: &[u8]) -> MResult<()> {
-        let segment = self.segment.as_ref().ok_or(ErrorCode::TransferFail)?;
-        let local = self.info.segment.as_ref().map(|s| s.id);
-        for r in replicas {
-            if Some(r.segment_id) != local {
-                // Replicas on other hosts need the transfer engine (not built yet).
-                return Err(ErrorCode::TransferFail);
-            }
-            segment.write(r.offset, value).map_err(|e| e.code())?;
-        }
-        Ok(())
-    }
+    // ------------------------------------------------------------- reads
 
     /// Reads a whole object.
     pub fn get(&self, key: &str) -> MResult<Vec<u8>> {
-        let list = self
-            .runtime
-            .block_on(self.rpc.get_replicas(ctx(), vec![key.to_string()]))
-            .map_err(|e| rpc_code(&e))?;
-        let list = list.into_iter().next().ok_or(ErrorCode::RpcFail)??;
-        let started = Instant::now();
-        let mut out = vec![0u8; list.size as usize];
-        self.read_replica(&list, &mut out)?;
-        Self::check_lease(started, &list)?;
-        Ok(out)
+        self.batch_get(&[key.to_string()]).remove(0)
     }
 
-    /// Reads objects into caller buffers; per key the object size, `INVALID_PARAMS` when
-    /// the buffer is too small, `OBJECT_NOT_FOUND` when missing.
-    pub fn batch_get_into(&self, keys: &[String], buffers: &mut [&mut [u8]]) -> Vec<MResult<u64>> {
-        if keys.len() != buffers.len() {
-            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
-        }
-        let started = Instant::now();
-        let lists = batch(
-            keys.len(),
-            self.runtime
-                .block_on(self.rpc.get_replicas(ctx(), keys.to_vec())),
-        );
-        lists
+    /// Reads whole objects.
+    pub fn batch_get(&self, keys: &[String]) -> Vec<MResult<Vec<u8>>> {
+        let mut dsts: Vec<Option<Dst>> =
+            keys.iter().map(|_| Some(Dst::Owned(Vec::new()))).collect();
+        let results = self.get_core(keys, &mut dsts);
+        results
             .into_iter()
-            .zip(buffers.iter_mut())
-            .map(|(list, buf)| {
-                let list = list?;
-                if (buf.len() as u64) < list.size {
-                    return Err(ErrorCode::InvalidParams);
-                }
-                self.read_replica(&list, &mut buf[..list.size as usize])?;
-                Self::check_lease(started, &list)?;
-                Ok(list.size)
+            .zip(dsts)
+            .map(|(r, d)| match (r, d) {
+                (Ok(_), Some(Dst::Owned(v))) => Ok(v),
+                (Err(e), _) => Err(e),
+                _ => Err(ErrorCode::InternalError),
             })
             .collect()
     }
 
-    fn read_replica(&self, list: &ReplicaList, out: &mut [u8]) -> MResult<()> {
-        let segment = self.segment.as_ref().ok_or(ErrorCode::TransferFail)?;
-        let replica = self
-            .local_replica(&list.replicas)
-            .ok_or(ErrorCode::TransferFail)?;
-        segment.read(replica.offset, out).map_err(|e| e.code())
+    /// Reads objects into byte slices; per key the object size, `INVALID_PARAMS`
+    /// when the buffer is too small, `OBJECT_NOT_FOUND` when missing.
+    pub fn batch_get_into_slices(
+        &self,
+        keys: &[String],
+        buffers: &mut [&mut [u8]],
+    ) -> Vec<MResult<u64>> {
+        if keys.len() != buffers.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let mut dsts: Vec<Option<Dst>> = buffers
+            .iter_mut()
+            .map(|b| Some(Dst::Slice(&mut b[..])))
+            .collect();
+        self.get_core(keys, &mut dsts)
     }
 
-    fn check_lease(started: Instant, list: &ReplicaList) -> MResult<()> {
-        // The bytes may have been reused if the lease ran out during the copy.
-        if started.elapsed() > Duration::from_millis(list.lease_ttl_ms) {
+    /// Reads one object into registered memory; the object size or an error.
+    pub fn get_into(&self, key: &str, addr: u64, size: u64) -> MResult<u64> {
+        self.batch_get_into(&[key.to_string()], &[addr], &[size])
+            .remove(0)
+    }
+
+    /// Reads objects into registered memory (zero-copy for remote replicas); per
+    /// key the object size, `INVALID_PARAMS` for a small or unregistered buffer,
+    /// `OBJECT_NOT_FOUND` when missing.
+    pub fn batch_get_into(
+        &self,
+        keys: &[String],
+        addrs: &[u64],
+        sizes: &[u64],
+    ) -> Vec<MResult<u64>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let mut dsts: Vec<Option<Dst>> = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(&a, &n)| self.resolve(a, n).ok().map(|s| Dst::Registered(vec![s])))
+            .collect();
+        self.get_core(keys, &mut dsts)
+    }
+
+    /// Reads objects scattered over several registered buffers each; per key the
+    /// total bytes or an error.
+    pub fn batch_get_into_multi_buffers(
+        &self,
+        keys: &[String],
+        addrs: &[Vec<u64>],
+        sizes: &[Vec<u64>],
+    ) -> Vec<MResult<u64>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let mut dsts: Vec<Option<Dst>> = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(a, n)| self.resolve_all(a, n).ok().map(Dst::Registered))
+            .collect();
+        self.get_core(keys, &mut dsts)
+    }
+
+    /// The read path: one `get_into` call; local replicas copied here under the
+    /// lease, remote ones already moved by the real client into registered
+    /// destinations (or, for plain memory, into a temporary registered buffer).
+    fn get_core(&self, keys: &[String], dsts: &mut [Option<Dst<'_>>]) -> Vec<MResult<u64>> {
+        let mut results: Vec<MResult<u64>> = vec![Err(ErrorCode::InvalidParams); keys.len()];
+        let valid: Vec<usize> = (0..keys.len()).filter(|&i| dsts[i].is_some()).collect();
+        if valid.is_empty() {
+            return results;
+        }
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
+        let dests: Vec<Vec<BufRef>> = valid
+            .iter()
+            .map(|&i| match &dsts[i] {
+                Some(Dst::Registered(spans)) => spans
+                    .iter()
+                    .map(|s| BufRef {
+                        addr: s.addr,
+                        len: s.len,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let asked = Instant::now();
+        let outcomes = per_key(
+            valid.len(),
+            self.call(&conn, conn.rpc.get_into(ctx(CALL_TIMEOUT), req_keys, dests)),
+        );
+        let mut remote: Vec<(usize, u64)> = Vec::new();
+        for (&i, outcome) in valid.iter().zip(outcomes) {
+            let dst = dsts[i].as_mut().expect("valid");
+            results[i] = match outcome {
+                Err(e) => Err(e),
+                Ok(GetOutcome::Done(n)) => Ok(n),
+                Ok(GetOutcome::Local(list)) => Self::copy_local(&conn, &list, dst, asked),
+                Ok(GetOutcome::Remote(list)) => {
+                    if dst.capacity() < list.size {
+                        Err(ErrorCode::InvalidParams)
+                    } else {
+                        remote.push((i, list.size));
+                        Ok(list.size)
+                    }
+                }
+            };
+        }
+        if !remote.is_empty() {
+            self.get_staged(&conn, keys, dsts, &remote, &mut results);
+        }
+        results
+    }
+
+    fn copy_local(
+        conn: &Conn,
+        list: &ReplicaList,
+        dst: &mut Dst<'_>,
+        asked: Instant,
+    ) -> MResult<u64> {
+        let (segment, id) = conn.local_segment().ok_or(ErrorCode::TransferFail)?;
+        let replica = list
+            .replicas
+            .iter()
+            .find(|r| r.segment_id == id)
+            .ok_or(ErrorCode::TransferFail)?;
+        if dst.capacity() < list.size {
+            return Err(ErrorCode::InvalidParams);
+        }
+        dst.fill_from(segment, replica.offset, list.size)?;
+        // The space may have been reused if the lease ran out during the copy.
+        if asked.elapsed() > Duration::from_millis(list.lease_ttl_ms) {
             return Err(ErrorCode::LeaseExpired);
         }
-        Ok(())
+        Ok(list.size)
     }
+
+    /// Second round for remote objects bound for plain memory: the real client
+    /// reads them into one temporary registered buffer, copied out here.
+    fn get_staged(
+        &self,
+        conn: &Conn,
+        keys: &[String],
+        dsts: &mut [Option<Dst<'_>>],
+        remote: &[(usize, u64)],
+        results: &mut [MResult<u64>],
+    ) {
+        let total: u64 = remote.iter().map(|(_, n)| n).sum();
+        let staging = match Staging::new(conn, &self.runtime, total) {
+            Ok(s) => s,
+            Err(e) => {
+                for &(i, _) in remote {
+                    results[i] = Err(e);
+                }
+                return;
+            }
+        };
+        let mut at = 0;
+        let mut dests = Vec::new();
+        let mut offsets = Vec::new();
+        for &(_, n) in remote {
+            dests.push(vec![BufRef {
+                addr: staging.base + at,
+                len: n,
+            }]);
+            offsets.push(at);
+            at += n;
+        }
+        let req_keys: Vec<String> = remote.iter().map(|&(i, _)| keys[i].clone()).collect();
+        let asked = Instant::now();
+        let outcomes = per_key(
+            remote.len(),
+            self.call(conn, conn.rpc.get_into(ctx(CALL_TIMEOUT), req_keys, dests)),
+        );
+        for ((&(i, _), outcome), off) in remote.iter().zip(outcomes).zip(offsets) {
+            let dst = dsts[i].as_mut().expect("valid");
+            results[i] = match outcome {
+                Err(e) => Err(e),
+                Ok(GetOutcome::Done(n)) => dst.fill_from(&staging.region, off, n).map(|_| n),
+                Ok(GetOutcome::Local(list)) => Self::copy_local(conn, &list, dst, asked),
+                Ok(GetOutcome::Remote(_)) => Err(ErrorCode::TransferFail),
+            };
+        }
+    }
+
+    // ---------------------------------------------------------- metadata
 
     /// Whether each key exists.
     pub fn batch_is_exist(&self, keys: &[String]) -> Vec<MResult<bool>> {
-        batch(
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        per_key(
             keys.len(),
-            self.runtime.block_on(self.rpc.exist(ctx(), keys.to_vec())),
+            self.call(&conn, conn.rpc.exist(ctx(CALL_TIMEOUT), keys.to_vec())),
         )
     }
 
@@ -274,17 +936,37 @@ impl DummyClient {
 
     /// Size of an object.
     pub fn get_size(&self, key: &str) -> MResult<u64> {
-        self.runtime
-            .block_on(self.rpc.get_size(ctx(), key.to_string()))
-            .map_err(|e| rpc_code(&e))?
+        let conn = self.conn()?;
+        self.call(&conn, conn.rpc.get_size(ctx(CALL_TIMEOUT), key.to_string()))?
+    }
+
+    /// Replica descriptors of objects (with a read lease).
+    pub fn batch_get_replicas(&self, keys: &[String]) -> Vec<MResult<ReplicaList>> {
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        per_key(
+            keys.len(),
+            self.call(
+                &conn,
+                conn.rpc.get_replicas(ctx(CALL_TIMEOUT), keys.to_vec()),
+            ),
+        )
     }
 
     /// Removes objects.
     pub fn batch_remove(&self, keys: &[String], force: bool) -> Vec<MResult<()>> {
-        batch(
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        per_key(
             keys.len(),
-            self.runtime
-                .block_on(self.rpc.remove(ctx(), keys.to_vec(), force)),
+            self.call(
+                &conn,
+                conn.rpc.remove(ctx(CALL_TIMEOUT), keys.to_vec(), force),
+            ),
         )
     }
 
@@ -295,15 +977,17 @@ impl DummyClient {
 
     /// Removes objects whose key matches.
     pub fn remove_by_regex(&self, pattern: &str, force: bool) -> MResult<u64> {
-        self.runtime
-            .block_on(self.rpc.remove_by_regex(ctx(), pattern.to_string(), force))
-            .map_err(|e| rpc_code(&e))?
+        let conn = self.conn()?;
+        self.call(
+            &conn,
+            conn.rpc
+                .remove_by_regex(ctx(CALL_TIMEOUT), pattern.to_string(), force),
+        )?
     }
 
     /// Removes everything.
     pub fn remove_all(&self, force: bool) -> MResult<u64> {
-        self.runtime
-            .block_on(self.rpc.remove_all(ctx(), force))
-            .map_err(|e| rpc_code(&e))?
+        let conn = self.conn()?;
+        self.call(&conn, conn.rpc.remove_all(ctx(CALL_TIMEOUT), force))?
     }
 }

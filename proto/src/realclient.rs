@@ -22,6 +22,38 @@ pub struct RealClientInfo {
     pub hostname: String,
 }
 
+/// A range of a dummy's registered memory, in the dummy's own addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufRef {
+    /// Address in the dummy process.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// How a dummy's part of a write went, for [`RealClientService::put_complete`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutCompletion {
+    /// The key being written.
+    pub key: String,
+    /// The dummy could not write the replica in the local segment.
+    pub local_failed: bool,
+    /// Registered buffers holding the value, in order; the real client sends them
+    /// to the replicas on other hosts. Empty when there are none.
+    pub sources: Vec<BufRef>,
+}
+
+/// Per-key answer of [`RealClientService::get_into`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GetOutcome {
+    /// A replica is in the local segment: the dummy copies it (under the lease).
+    Local(ReplicaList),
+    /// The real client already moved this many bytes into the given buffers.
+    Done(u64),
+    /// Only remote replicas and no registered destination was given.
+    Remote(ReplicaList),
+}
+
 /// The real client's RPC surface for dummies.
 #[tarpc::service]
 pub trait RealClientService {
@@ -41,6 +73,15 @@ pub trait RealClientService {
     ) -> Vec<MResult<Vec<ReplicaDesc>>>;
     /// Ends writes whose bytes are in place.
     async fn put_end(keys: Vec<String>) -> Vec<MResult<()>>;
+    /// Finishes writes started with `put_start`: sends the value to replicas on
+    /// other hosts from the dummy's registered `sources`, drops replicas that could
+    /// not be written, and ends the write (one master call for the batch). A key
+    /// succeeds when at least one replica was written.
+    async fn put_complete(items: Vec<PutCompletion>) -> Vec<MResult<()>>;
+    /// Reads objects: per key, either a local replica for the dummy to copy, or the
+    /// bytes moved from a remote replica straight into the dummy's registered
+    /// `dests` (an empty list = no destination). One master call for the batch.
+    async fn get_into(keys: Vec<String>, dests: Vec<Vec<BufRef>>) -> Vec<MResult<GetOutcome>>;
     /// Abandons writes.
     async fn put_revoke(keys: Vec<String>) -> Vec<MResult<()>>;
     /// Readable replicas, with a read lease.

@@ -23,6 +23,11 @@ use mooncake_shm::{Region, RegionOptions};
 use crate::config::RealClientConfig;
 use crate::inventory::{self, Inventory, PersistedInventory};
 use crate::master_handle::MasterHandle;
+use crate::metrics::ClientMetrics;
+use crate::transfer::tcp::{TcpTransport, TransferServer};
+use crate::transfer::{Direction, LocalSpan, TransferJob, Transport};
+use mooncake_ipc::{Session, Translation};
+use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion};
 
 /// Inventory entries per `remount_segment` chunk.
 const REMOUNT_CHUNK: usize = 100_000;
@@ -40,6 +45,10 @@ pub struct RealClient {
     inventory: Mutex<Inventory>,
     pending: Mutex<HashMap<String, (Instant, Vec<ReplicaDesc>)>>,
     healthy: AtomicBool,
+    transport: Arc<dyn Transport>,
+    transfer_server: Option<Arc<TransferServer>>,
+    /// Operation counters and latencies (served on `--http_port`).
+    pub metrics: ClientMetrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -103,12 +112,33 @@ impl RealClient {
                 host: config.host.clone(),
                 base: region.as_ptr() as u64,
                 size: config.global_segment_size,
-                transport_endpoint: config.hostname(),
+                transport_endpoint: String::new(),
                 protocol: config.protocol,
             };
             Some((Arc::new(region), desc))
         };
+        let mut segment = segment;
+        let transfer_server = match &mut segment {
+            Some((region, desc)) => {
+                let bind = format!("{}:{}", config.bind_host, config.transfer_port);
+                let server = TransferServer::bind(
+                    &bind,
+                    config.cluster_token.clone(),
+                    Some((desc.id, region.clone())),
+                )
+                .with_context(|| format!("cannot listen for transfers on {bind}"))?;
+                desc.transport_endpoint = format!("{}:{}", config.host, server.local_addr().port());
+                tracing::info!(
+                    "transfer port {} (peers reach it at {})",
+                    server.local_addr(),
+                    desc.transport_endpoint
+                );
+                Some(server)
+            }
+            None => None,
+        };
         let inventory = Inventory::new(segment.as_ref().map(|(_, d)| d.id), entries);
+        let config_token = config.cluster_token.clone();
         let client = Arc::new(RealClient {
             config,
             client_id,
@@ -118,6 +148,9 @@ impl RealClient {
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
+            transport: Arc::new(TcpTransport::new(config_token)),
+            transfer_server: transfer_server.map(Arc::new),
+            metrics: ClientMetrics::default(),
             shutdown,
             tasks: TaskTracker::new(),
         });
@@ -156,6 +189,19 @@ impl RealClient {
     /// Whether the master session is up.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Bytes peers read from / wrote into this client's segment.
+    pub fn bytes_served(&self) -> (u64, u64) {
+        self.transfer_server
+            .as_ref()
+            .map(|s| s.bytes_served())
+            .unwrap_or((0, 0))
+    }
+
+    /// The transfer port's address, when this client has a segment.
+    pub fn transfer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.transfer_server.as_ref().map(|s| s.local_addr())
     }
 
     /// Objects recorded in the inventory.
@@ -325,6 +371,11 @@ impl RealClient {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(server) = self.transfer_server.clone() {
+            // Transfers in progress finish first.
+            let _ =
+                tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(10))).await;
+        }
         self.persist();
         if let (Ok(master), Some(desc)) = (self.master(), self.segment()) {
             let _ = tokio::time::timeout(
@@ -400,6 +451,228 @@ impl RealClient {
         results
     }
 
+    /// Finishes writes for a dummy: sends each value from the dummy's registered
+    /// buffers to the replicas on other hosts, then ends the batch with the master,
+    /// dropping replicas that failed. A key fails only when every replica failed.
+    pub async fn put_complete(
+        &self,
+        items: Vec<PutCompletion>,
+        session: Option<&Arc<Session>>,
+    ) -> Vec<MResult<()>> {
+        let own = self.segment().map(|d| d.id);
+        let mut failed: Vec<Vec<SegmentId>> = vec![Vec::new(); items.len()];
+        let mut overrides: Vec<Option<ErrorCode>> = vec![None; items.len()];
+        let mut replicas: Vec<Vec<ReplicaDesc>> = Vec::with_capacity(items.len());
+        {
+            let pending = self.pending.lock();
+            for item in &items {
+                replicas.push(
+                    pending
+                        .get(&item.key)
+                        .map(|(_, d)| d.clone())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        // Jobs, and for each the (item, replica segment) it belongs to.
+        let mut jobs: Vec<TransferJob> = Vec::new();
+        let mut owners: Vec<(usize, SegmentId)> = Vec::new();
+        let mut held: Vec<Translation> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            for r in &replicas[i] {
+                if Some(r.segment_id) == own {
+                    if item.local_failed {
+                        failed[i].push(r.segment_id);
+                    }
+                    continue;
+                }
+                let spans = match translate_all(session, &item.sources, r.size) {
+                    Ok(spans) => spans,
+                    Err(code) => {
+                        failed[i].push(r.segment_id);
+                        overrides[i] = Some(code);
+                        continue;
+                    }
+                };
+                let mut at = 0;
+                for t in spans {
+                    jobs.push(TransferJob {
+                        direction: Direction::Write,
+                        endpoint: r.transport_endpoint.clone(),
+                        segment_id: r.segment_id,
+                        remote_offset: r.offset + at,
+                        local: LocalSpan {
+                            region: t.region_arc().clone(),
+                            offset: t.offset(),
+                            len: t.len(),
+                        },
+                    });
+                    owners.push((i, r.segment_id));
+                    at += t.len();
+                    held.push(t);
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            let deadline = Instant::now() + self.config.transfer_timeout;
+            let results = self.transfer(jobs, deadline).await;
+            let bytes: u64 = results.iter().filter(|r| r.0.is_ok()).map(|r| r.1).sum();
+            self.metrics.add_transfer_bytes(0, bytes);
+            for ((result, _), (i, seg)) in results.into_iter().zip(owners) {
+                if let Err(e) = result
+                    && !failed[i].contains(&seg)
+                {
+                    tracing::warn!(key = %items[i].key, segment = %seg, "replica write failed: {e}");
+                    failed[i].push(seg);
+                }
+            }
+        }
+        drop(held);
+        let keys: Vec<String> = items.iter().map(|it| it.key.clone()).collect();
+        let call = async {
+            self.master()?
+                .batch_put_end_except(self.client_id, keys.clone(), failed.clone())
+                .await
+        };
+        let mut results = per_key(keys.len(), call.await);
+        let mut pending = self.pending.lock();
+        let mut inv = self.inventory.lock();
+        for (i, k) in keys.iter().enumerate() {
+            let descs = pending.remove(k).map(|(_, d)| d).unwrap_or_default();
+            if results[i].is_ok() {
+                for d in descs {
+                    if Some(d.segment_id) == own && !failed[i].contains(&d.segment_id) {
+                        inv.add(InventoryEntry {
+                            segment_id: d.segment_id,
+                            key: k.clone(),
+                            offset: d.offset,
+                            size: d.size,
+                            version: d.version,
+                        });
+                    }
+                }
+            } else if let Some(code) = overrides[i] {
+                results[i] = Err(code);
+            }
+        }
+        results
+    }
+
+    /// Reads objects for a dummy: local replicas are left to the dummy; remote ones
+    /// are read straight into its registered `dests`, trying each replica in turn,
+    /// all within the read lease.
+    pub async fn get_into(
+        &self,
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+        session: Option<&Arc<Session>>,
+    ) -> Vec<MResult<GetOutcome>> {
+        if dests.len() != keys.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let started = Instant::now();
+        let lists = self.get_replicas(keys).await;
+        let own = self.segment().map(|d| d.id);
+        let mut out: Vec<MResult<GetOutcome>> = Vec::with_capacity(lists.len());
+        // Per key wanting a transfer: its remote replicas and destination spans.
+        let mut wanted: Vec<(usize, ReplicaList, Vec<Translation>)> = Vec::new();
+        for (i, list) in lists.into_iter().enumerate() {
+            let list = match list {
+                Ok(l) => l,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            if list.replicas.iter().any(|r| Some(r.segment_id) == own) {
+                out.push(Ok(GetOutcome::Local(list)));
+                continue;
+            }
+            if dests[i].is_empty() {
+                out.push(Ok(GetOutcome::Remote(list)));
+                continue;
+            }
+            let capacity: u64 = dests[i].iter().map(|d| d.len).sum();
+            if capacity < list.size {
+                out.push(Err(ErrorCode::InvalidParams));
+                continue;
+            }
+            match translate_all(session, &dests[i], list.size) {
+                Ok(spans) => {
+                    out.push(Ok(GetOutcome::Done(list.size)));
+                    wanted.push((i, list, spans));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        let mut attempt = 0;
+        while !wanted.is_empty() {
+            let mut jobs = Vec::new();
+            let mut owners = Vec::new();
+            let mut lease_ms = u64::MAX;
+            for (w, (_, list, spans)) in wanted.iter().enumerate() {
+                let r = &list.replicas[attempt];
+                lease_ms = lease_ms.min(list.lease_ttl_ms);
+                let mut at = 0;
+                for t in spans {
+                    jobs.push(TransferJob {
+                        direction: Direction::Read,
+                        endpoint: r.transport_endpoint.clone(),
+                        segment_id: r.segment_id,
+                        remote_offset: r.offset + at,
+                        local: LocalSpan {
+                            region: t.region_arc().clone(),
+                            offset: t.offset(),
+                            len: t.len(),
+                        },
+                    });
+                    owners.push(w);
+                    at += t.len();
+                }
+            }
+            // Leave a margin: bytes must be in place before the lease can lapse.
+            let deadline = started + Duration::from_millis(lease_ms.saturating_sub(50));
+            let results = self.transfer(jobs, deadline).await;
+            let mut errors: Vec<Option<ErrorCode>> = vec![None; wanted.len()];
+            let mut bytes = 0;
+            for ((r, n), w) in results.into_iter().zip(owners) {
+                match r {
+                    Ok(()) => bytes += n,
+                    Err(e) => errors[w] = errors[w].or(Some(e)),
+                }
+            }
+            self.metrics.add_transfer_bytes(bytes, 0);
+            attempt += 1;
+            let mut retry = Vec::new();
+            for (w, item) in wanted.into_iter().enumerate() {
+                let Some(e) = errors[w] else { continue };
+                let more = attempt < item.1.replicas.len();
+                if e != ErrorCode::LeaseExpired && more {
+                    tracing::debug!(
+                        "replica {} of a key failed ({e}); trying the next",
+                        attempt - 1
+                    );
+                    retry.push(item);
+                } else {
+                    out[item.0] = Err(e);
+                }
+            }
+            wanted = retry;
+        }
+        out
+    }
+
+    /// Runs transfer jobs off the async workers; returns per job its result and length.
+    async fn transfer(&self, jobs: Vec<TransferJob>, deadline: Instant) -> Vec<(MResult<()>, u64)> {
+        let transport = self.transport.clone();
+        let lens: Vec<u64> = jobs.iter().map(|j| j.local.len).collect();
+        let n = jobs.len();
+        let results = tokio::task::spawn_blocking(move || transport.run(&jobs, deadline))
+            .await
+            .unwrap_or_else(|_| vec![Err(ErrorCode::InternalError); n]);
+        results.into_iter().zip(lens).collect()
+    }
+
     /// Revokes writes.
     pub async fn put_revoke(&self, keys: Vec<String>) -> Vec<MResult<()>> {
         {
@@ -457,4 +730,33 @@ impl RealClient {
     pub async fn remove_all(&self, force: bool) -> MResult<u64> {
         self.master()?.remove_all(force).await?
     }
+}
+
+/// Translates a dummy's buffer list, checking it holds exactly `size` bytes... or
+/// more: a destination may be larger than the object, in which case only the first
+/// `size` bytes are used.
+fn translate_all(
+    session: Option<&Arc<Session>>,
+    bufs: &[BufRef],
+    size: u64,
+) -> MResult<Vec<Translation>> {
+    let session = session.ok_or(ErrorCode::InvalidParams)?;
+    let total: u64 = bufs.iter().map(|b| b.len).sum();
+    if total < size || bufs.is_empty() {
+        return Err(ErrorCode::InvalidParams);
+    }
+    let mut left = size;
+    let mut spans = Vec::new();
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        let len = b.len.min(left);
+        if len == 0 {
+            continue;
+        }
+        spans.push(session.translate(b.addr, len)?);
+        left -= len;
+    }
+    Ok(spans)
 }

@@ -1,14 +1,26 @@
 //! [`RealClientConfig`]: what `mooncake_client` is started with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use mooncake_proto::Protocol;
 
 /// Real client configuration (upstream's `mooncake_client` flags).
 #[derive(Debug, Clone)]
 pub struct RealClientConfig {
-    /// Host name or IP this client is reachable at (segment host, `get_hostname`).
+    /// Host name or IP this client is reachable at (segment host, `get_hostname`,
+    /// the address peers use for transfers).
     pub host: String,
+    /// Address the listeners bind (transfer port, TCP service, HTTP).
+    pub bind_host: String,
+    /// Transfer port (0 = any free port; peers learn it through the master).
+    pub transfer_port: u16,
+    /// Also serve the dummy service on TCP `bind_host:port` (tools, health probes).
+    pub serve_tcp: bool,
+    /// HTTP health and metrics port (`None` = no HTTP, 0 = any free port).
+    pub http_port: Option<u16>,
+    /// Longest a write to another host may take.
+    pub transfer_timeout: Duration,
     /// Port; also names the default socket and segment paths.
     pub port: u16,
     /// Bytes contributed to the pool (0 = none).
@@ -36,6 +48,11 @@ impl RealClientConfig {
     pub fn new(port: u16) -> Self {
         RealClientConfig {
             host: "127.0.0.1".into(),
+            bind_host: "127.0.0.1".into(),
+            transfer_port: 0,
+            serve_tcp: false,
+            http_port: None,
+            transfer_timeout: Duration::from_secs(30),
             port,
             global_segment_size: 4 << 30,
             local_buffer_size: 0,
@@ -65,4 +82,39 @@ impl RealClientConfig {
 /// The socket a real client on `port` listens on by default.
 pub fn default_socket_path(port: u16) -> PathBuf {
     std::env::temp_dir().join(format!("mooncake_client_{port}.sock"))
+}
+
+/// The address other hosts can reach this one at, for a client started with
+/// `--host 0.0.0.0`: the local address of the route to the master (no packet is
+/// sent), or loopback when the master is local or unresolvable.
+pub fn advertise_host(master_address: &str) -> String {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let master = master_address
+        .strip_prefix("etcd://")
+        .unwrap_or(master_address)
+        .split(';')
+        .next()
+        .unwrap_or_default();
+    let route = || -> Option<String> {
+        let target = master.to_socket_addrs().ok()?.next()?;
+        if target.ip().is_loopback() || target.ip().is_unspecified() {
+            return None;
+        }
+        let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.connect(target).ok()?;
+        Some(socket.local_addr().ok()?.ip().to_string())
+    };
+    route().unwrap_or_else(|| "127.0.0.1".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_host_follows_the_route_to_the_master() {
+        assert_eq!(advertise_host("127.0.0.1:50051"), "127.0.0.1");
+        assert_eq!(advertise_host("0.0.0.0:50051"), "127.0.0.1");
+        assert_eq!(advertise_host("not a host"), "127.0.0.1");
+    }
 }

@@ -9,6 +9,7 @@
 //!   which lets a restarted master — or a restarted real client — get them back.
 //! - [`client`]: [`RealClient`], the master session and the store operations.
 //! - [`master_handle`]: the master, remote over TCP or embedded in this process.
+//! - [`metrics`]: operation counters and latencies for `--http_port`.
 //! - [`service`]: the tarpc service for dummies ([`mooncake_proto::realclient`]).
 //! - [`transfer`]: the transfer engine ([`transfer::Transport`]; TCP in [`transfer::tcp`]).
 //! - [`run`](crate::run()): starts everything for the `mooncake_client` binary.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod inventory;
 pub mod master_handle;
+pub mod metrics;
 pub mod service;
 pub mod transfer;
 
@@ -27,22 +29,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
 use futures::StreamExt;
 use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use mooncake_ipc::{IpcServer, IpcServerConfig};
+use mooncake_proto::codec::{server_handshake, transport};
 use mooncake_proto::realclient::RealClientService as _;
 
+/// How long a SIGTERM waits for calls in progress before the session ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a started real client listens.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The Unix socket for dummies.
+    pub ipc_socket: std::path::PathBuf,
+    /// The TCP service, when enabled.
+    pub tcp: Option<std::net::SocketAddr>,
+    /// The HTTP health/metrics server, when enabled.
+    pub http: Option<std::net::SocketAddr>,
+    /// The transfer port, when this client has a segment.
+    pub transfer: Option<std::net::SocketAddr>,
+}
+
 /// Runs a real client until `shutdown`: embedded master (if asked), segment, master
-/// session, IPC listener. `on_ready` is called once dummies can connect.
+/// session, IPC listener, TCP service, HTTP. `on_ready` is called once dummies can
+/// connect. On shutdown, calls in progress finish (up to 30 s) before the segment is
+/// unmounted.
 pub async fn run(
     config: RealClientConfig,
     shutdown: CancellationToken,
-    on_ready: impl FnOnce(&Arc<RealClient>),
+    on_ready: impl FnOnce(&Arc<RealClient>, &Endpoints),
 ) -> anyhow::Result<()> {
     let mut config = config;
     let mut local_master = None;
+    // The real client's session stops only after the calls it serves drained.
+    let client_token = CancellationToken::new();
     if config.embedded_master {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let options = mooncake_master::ServerOptions {
@@ -53,7 +81,7 @@ pub async fn run(
         };
         let master_config = mooncake_master::MasterConfig::default()
             .with_cluster_token(config.cluster_token.clone());
-        let token = shutdown.clone();
+        let token = client_token.clone();
         tokio::spawn(async move {
             if let Err(e) =
                 mooncake_master::run(master_config, options, token, move |bound, svc| {
@@ -69,7 +97,15 @@ pub async fn run(
         config.master_server_address = bound.to_string();
         local_master = Some(svc);
     }
-    let client = RealClient::start(config.clone(), shutdown.clone(), local_master).await?;
+    let client = RealClient::start(config.clone(), client_token.clone(), local_master).await?;
+    let requests = TaskTracker::new();
+    let mut endpoints = Endpoints {
+        ipc_socket: config.ipc_socket_path.clone(),
+        tcp: None,
+        http: None,
+        transfer: client.transfer_addr(),
+    };
+
     let mut ipc_config =
         IpcServerConfig::new(&config.ipc_socket_path).with_token(config.cluster_token.clone());
     if let Some(segment) = client.segment_region() {
@@ -81,26 +117,126 @@ pub async fn run(
         "serving dummy clients on {}",
         config.ipc_socket_path.display()
     );
-    on_ready(&client);
-    loop {
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            conn = ipc.accept() => conn?,
-        };
-        let client = client.clone();
+
+    let tcp = if config.serve_tcp {
+        let addr = format!("{}:{}", config.bind_host, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--host/--port)"))?;
+        endpoints.tcp = Some(listener.local_addr()?);
+        tracing::info!("serving tools on tcp {}", listener.local_addr()?);
+        Some(listener)
+    } else {
+        None
+    };
+
+    if let Some(port) = config.http_port {
+        let addr = format!("{}:{}", config.bind_host, port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--http_port)"))?;
+        endpoints.http = Some(listener.local_addr()?);
+        tracing::info!("HTTP health and metrics on {}", listener.local_addr()?);
+        let router = http_router(client.clone());
+        let token = shutdown.clone();
         tokio::spawn(async move {
-            let (session, transport) = conn.into_transport();
-            let handler = service::Handler::new(client, Some(session.clone()));
-            BaseChannel::with_defaults(transport)
-                .execute(handler.serve())
-                .for_each(|f| async move {
-                    tokio::spawn(f);
-                })
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
                 .await;
-            session.close(Duration::from_secs(30)).await;
         });
     }
-    client.shutdown().await;
+
+    on_ready(&client, &endpoints);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            conn = ipc.accept() => {
+                let conn = conn?;
+                let client = client.clone();
+                let requests = requests.clone();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let (session, transport) = conn.into_transport();
+                    client.metrics.dummy_connected(1);
+                    let handler = service::Handler::new(client.clone(), Some(session.clone()));
+                    let serving = BaseChannel::with_defaults(transport)
+                        .execute(handler.serve())
+                        .for_each(|f| {
+                            requests.spawn(f);
+                            async {}
+                        });
+                    tokio::select! {
+                        _ = serving => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    // Registered buffers stay mapped until the calls using them end.
+                    session.close(DRAIN_TIMEOUT).await;
+                    client.metrics.dummy_connected(-1);
+                });
+            }
+            conn = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
+                let Ok((stream, peer)) = conn else { continue };
+                let _ = stream.set_nodelay(true);
+                let client = client.clone();
+                let requests = requests.clone();
+                let token = config.cluster_token.clone();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let framed = match server_handshake(stream, "realclient", &token).await {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "tcp connection refused");
+                            return;
+                        }
+                    };
+                    let handler = service::Handler::new(client, None);
+                    let serving = BaseChannel::with_defaults(transport(framed))
+                        .execute(handler.serve())
+                        .for_each(|f| {
+                            requests.spawn(f);
+                            async {}
+                        });
+                    tokio::select! {
+                        _ = serving => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!("shutting down: finishing calls in progress");
+    drop(ipc);
     let _ = std::fs::remove_file(&config.ipc_socket_path);
+    requests.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, requests.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("calls still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+    client.shutdown().await;
+    client_token.cancel();
+    tracing::info!("stopped");
     Ok(())
+}
+
+fn http_router(client: Arc<RealClient>) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|State(c): State<Arc<RealClient>>| async move {
+                if c.healthy() {
+                    (StatusCode::OK, "OK\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "master unreachable\n")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(c): State<Arc<RealClient>>| async move {
+                c.metrics.render(c.bytes_served())
+            }),
+        )
+        .with_state(client)
 }

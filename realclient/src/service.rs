@@ -1,14 +1,18 @@
 //! The tarpc service dummies call ([`RealClientService`]), one handler per connection.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tarpc::context::Context;
 
 use mooncake_ipc::Session;
-use mooncake_proto::realclient::{RealClientInfo, RealClientService};
+use mooncake_proto::realclient::{
+    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientService,
+};
 use mooncake_proto::*;
 
 use crate::client::RealClient;
+use crate::metrics::Op;
 
 /// Name under which the segment's fd is exported on the IPC socket.
 pub const SEGMENT_EXPORT: &str = "segment";
@@ -17,8 +21,7 @@ pub const SEGMENT_EXPORT: &str = "segment";
 #[derive(Clone)]
 pub struct Handler {
     client: Arc<RealClient>,
-    /// The dummy's IPC session (registered buffers), when connected over the socket.
-    #[allow(dead_code)]
+    /// The dummy's IPC session (registered buffers); `None` over TCP.
     session: Option<Arc<Session>>,
 }
 
@@ -26,6 +29,19 @@ impl Handler {
     /// A handler for one connection.
     pub fn new(client: Arc<RealClient>, session: Option<Arc<Session>>) -> Self {
         Handler { client, session }
+    }
+
+    fn record<T>(&self, op: Op, started: Instant, results: &[MResult<T>]) {
+        let errors = results.iter().filter(|r| r.is_err()).count();
+        self.client
+            .metrics
+            .record(op, started.elapsed(), results.len(), errors);
+    }
+
+    fn record_one<T>(&self, op: Op, started: Instant, result: &MResult<T>) {
+        self.client
+            .metrics
+            .record(op, started.elapsed(), 1, usize::from(result.is_err()));
     }
 }
 
@@ -59,38 +75,98 @@ impl RealClientService for Handler {
         config: ReplicateConfig,
         upsert: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
-        self.client.put_start(keys, sizes, config, upsert).await
+        let t = Instant::now();
+        let bytes: u64 = sizes.iter().sum();
+        let r = self.client.put_start(keys, sizes, config, upsert).await;
+        self.client.metrics.add_object_bytes(bytes, 0);
+        self.record(Op::PutStart, t, &r);
+        r
     }
 
     async fn put_end(self, _: Context, keys: Vec<String>) -> Vec<MResult<()>> {
-        self.client.put_end(keys).await
+        let t = Instant::now();
+        let r = self.client.put_end(keys).await;
+        self.record(Op::PutEnd, t, &r);
+        r
+    }
+
+    async fn put_complete(self, _: Context, items: Vec<PutCompletion>) -> Vec<MResult<()>> {
+        let t = Instant::now();
+        let r = self.client.put_complete(items, self.session.as_ref()).await;
+        self.record(Op::PutComplete, t, &r);
+        r
+    }
+
+    async fn get_into(
+        self,
+        _: Context,
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+    ) -> Vec<MResult<GetOutcome>> {
+        let t = Instant::now();
+        let r = self
+            .client
+            .get_into(keys, dests, self.session.as_ref())
+            .await;
+        let bytes: u64 = r
+            .iter()
+            .map(|o| match o {
+                Ok(GetOutcome::Done(n)) => *n,
+                Ok(GetOutcome::Local(l)) => l.size,
+                _ => 0,
+            })
+            .sum();
+        self.client.metrics.add_object_bytes(0, bytes);
+        self.record(Op::GetInto, t, &r);
+        r
     }
 
     async fn put_revoke(self, _: Context, keys: Vec<String>) -> Vec<MResult<()>> {
-        self.client.put_revoke(keys).await
+        let t = Instant::now();
+        let r = self.client.put_revoke(keys).await;
+        self.record(Op::PutRevoke, t, &r);
+        r
     }
 
     async fn get_replicas(self, _: Context, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
-        self.client.get_replicas(keys).await
+        let t = Instant::now();
+        let r = self.client.get_replicas(keys).await;
+        self.record(Op::GetReplicas, t, &r);
+        r
     }
 
     async fn exist(self, _: Context, keys: Vec<String>) -> Vec<MResult<bool>> {
-        self.client.exist(keys).await
+        let t = Instant::now();
+        let r = self.client.exist(keys).await;
+        self.record(Op::Exist, t, &r);
+        r
     }
 
     async fn get_size(self, _: Context, key: String) -> MResult<u64> {
-        self.client.get_size(key).await
+        let t = Instant::now();
+        let r = self.client.get_size(key).await;
+        self.record_one(Op::GetSize, t, &r);
+        r
     }
 
     async fn remove(self, _: Context, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
-        self.client.remove(keys, force).await
+        let t = Instant::now();
+        let r = self.client.remove(keys, force).await;
+        self.record(Op::Remove, t, &r);
+        r
     }
 
     async fn remove_by_regex(self, _: Context, pattern: String, force: bool) -> MResult<u64> {
-        self.client.remove_by_regex(pattern, force).await
+        let t = Instant::now();
+        let r = self.client.remove_by_regex(pattern, force).await;
+        self.record_one(Op::RemoveByRegex, t, &r);
+        r
     }
 
     async fn remove_all(self, _: Context, force: bool) -> MResult<u64> {
-        self.client.remove_all(force).await
+        let t = Instant::now();
+        let r = self.client.remove_all(force).await;
+        self.record_one(Op::RemoveAll, t, &r);
+        r
     }
 }

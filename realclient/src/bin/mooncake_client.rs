@@ -10,6 +10,7 @@ use clap::Parser;
 use mooncake_proto::Protocol;
 use mooncake_proto::units::parse_size;
 use mooncake_realclient::RealClientConfig;
+use mooncake_realclient::config::advertise_host;
 
 #[derive(Parser, Debug)]
 #[command(name = "mooncake_client", version, about = "mooncake-rs real client")]
@@ -48,9 +49,19 @@ struct Args {
     /// RPC worker threads (0 = number of cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// HTTP port for health and metrics (reserved).
+    /// HTTP port for /health and /metrics (0 = any free port).
     #[arg(long = "http_port", default_value_t = 9300)]
     http_port: u16,
+    /// Do not serve HTTP.
+    #[arg(long = "disable_http")]
+    disable_http: bool,
+    /// TCP port other real clients move data through (0 = any free port).
+    #[arg(
+        long = "transfer_port",
+        env = "MOONCAKE_TRANSFER_PORT",
+        default_value_t = 0
+    )]
+    transfer_port: u16,
     /// Unix socket for dummy clients (default: <tmp>/mooncake_client_<port>.sock).
     #[arg(long = "ipc_socket_path")]
     ipc_socket_path: Option<PathBuf>,
@@ -80,11 +91,20 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     mooncake_master::cli::init_logging(args.verbosity);
     let mut config = RealClientConfig::new(args.port);
-    config.host = if args.host == "0.0.0.0" {
-        "127.0.0.1".into()
+    let wildcard = args.host.is_empty() || args.host == "0.0.0.0";
+    config.bind_host = if wildcard {
+        "0.0.0.0".into()
     } else {
         args.host.clone()
     };
+    config.host = if wildcard {
+        advertise_host(&args.master_server_address)
+    } else {
+        args.host.clone()
+    };
+    config.transfer_port = args.transfer_port;
+    config.serve_tcp = true;
+    config.http_port = (!args.disable_http).then_some(args.http_port);
     config.global_segment_size = args.global_segment_size;
     config.local_buffer_size = args.local_buffer_size;
     config.master_server_address = args.master_server_address.clone();
@@ -111,10 +131,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = mooncake_master::cli::shutdown_on_signals();
         let socket = config.ipc_socket_path.clone();
-        mooncake_realclient::run(config, shutdown, |client| {
+        mooncake_realclient::run(config, shutdown, |client, endpoints| {
+            let show = |a: Option<std::net::SocketAddr>| {
+                a.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            };
             tracing::info!(
-                "mooncake_client ready: socket {} | segment {} | client {}",
+                "mooncake_client ready: socket {} | tcp {} | http {} | transfer {} | segment {} {} | client {}",
                 socket.display(),
+                show(endpoints.tcp),
+                show(endpoints.http),
+                show(endpoints.transfer),
+                client.hostname(),
                 client.segment().map(|s| s.size).unwrap_or(0),
                 client.client_id()
             );

@@ -1,0 +1,247 @@
+//! [`ClientMetrics`]: operation counts, latencies, bytes and dummy connections of a
+//! real client, rendered in the Prometheus text format on `--http_port`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Operations the real client serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Op {
+    PutStart,
+    PutComplete,
+    PutEnd,
+    PutRevoke,
+    GetInto,
+    GetReplicas,
+    Exist,
+    GetSize,
+    Remove,
+    RemoveByRegex,
+    RemoveAll,
+}
+
+const OPS: [(Op, &str); 11] = [
+    (Op::PutStart, "put_start"),
+    (Op::PutComplete, "put_complete"),
+    (Op::PutEnd, "put_end"),
+    (Op::PutRevoke, "put_revoke"),
+    (Op::GetInto, "get_into"),
+    (Op::GetReplicas, "get_replicas"),
+    (Op::Exist, "exist"),
+    (Op::GetSize, "get_size"),
+    (Op::Remove, "remove"),
+    (Op::RemoveByRegex, "remove_by_regex"),
+    (Op::RemoveAll, "remove_all"),
+];
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 10] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
+];
+
+#[derive(Default)]
+struct OpStats {
+    calls: AtomicU64,
+    keys: AtomicU64,
+    key_errors: AtomicU64,
+    latency_us_sum: AtomicU64,
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+}
+
+/// Counters of one real client.
+#[derive(Default)]
+pub struct ClientMetrics {
+    ops: [OpStats; OPS.len()],
+    put_bytes: AtomicU64,
+    get_bytes: AtomicU64,
+    transfer_read_bytes: AtomicU64,
+    transfer_write_bytes: AtomicU64,
+    dummy_connections: AtomicI64,
+    dummy_connections_total: AtomicU64,
+}
+
+impl ClientMetrics {
+    /// Records one call of `op` over `keys` keys, `errors` of which failed.
+    pub fn record(&self, op: Op, elapsed: Duration, keys: usize, errors: usize) {
+        let s = &self.ops[op as usize];
+        s.calls.fetch_add(1, Relaxed);
+        s.keys.fetch_add(keys as u64, Relaxed);
+        s.key_errors.fetch_add(errors as u64, Relaxed);
+        let us = elapsed.as_micros() as u64;
+        s.latency_us_sum.fetch_add(us, Relaxed);
+        let b = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
+        s.buckets[b].fetch_add(1, Relaxed);
+    }
+
+    /// Bytes of objects written / read through this client.
+    pub fn add_object_bytes(&self, put: u64, get: u64) {
+        self.put_bytes.fetch_add(put, Relaxed);
+        self.get_bytes.fetch_add(get, Relaxed);
+    }
+
+    /// Bytes moved by the transfer engine (read from / written to peers).
+    pub fn add_transfer_bytes(&self, read: u64, written: u64) {
+        self.transfer_read_bytes.fetch_add(read, Relaxed);
+        self.transfer_write_bytes.fetch_add(written, Relaxed);
+    }
+
+    /// A dummy connected (`+1`) or left (`-1`).
+    pub fn dummy_connected(&self, delta: i64) {
+        self.dummy_connections.fetch_add(delta, Relaxed);
+        if delta > 0 {
+            self.dummy_connections_total.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Dummies connected now.
+    pub fn dummy_connections(&self) -> i64 {
+        self.dummy_connections.load(Relaxed)
+    }
+
+    /// Calls of `op` so far.
+    pub fn calls(&self, op: Op) -> u64 {
+        self.ops[op as usize].calls.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, served: (u64, u64)) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP mooncake_client_requests_total Calls served, per operation.\n# TYPE mooncake_client_requests_total counter"
+        );
+        for (op, name) in OPS {
+            let s = &self.ops[op as usize];
+            let _ = writeln!(
+                out,
+                "mooncake_client_requests_total{{op=\"{name}\"}} {}",
+                s.calls.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mooncake_client_keys_total Keys handled, per operation.\n# TYPE mooncake_client_keys_total counter"
+        );
+        for (op, name) in OPS {
+            let s = &self.ops[op as usize];
+            let _ = writeln!(
+                out,
+                "mooncake_client_keys_total{{op=\"{name}\"}} {}",
+                s.keys.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "mooncake_client_key_errors_total{{op=\"{name}\"}} {}",
+                s.key_errors.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mooncake_client_request_latency_microseconds Call latency.\n# TYPE mooncake_client_request_latency_microseconds histogram"
+        );
+        for (op, name) in OPS {
+            let s = &self.ops[op as usize];
+            let mut cumulative = 0;
+            for (i, b) in s.buckets.iter().enumerate() {
+                cumulative += b.load(Relaxed);
+                let le = BUCKETS_US
+                    .get(i)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "+Inf".into());
+                let _ = writeln!(
+                    out,
+                    "mooncake_client_request_latency_microseconds_bucket{{op=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "mooncake_client_request_latency_microseconds_sum{{op=\"{name}\"}} {}",
+                s.latency_us_sum.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "mooncake_client_request_latency_microseconds_count{{op=\"{name}\"}} {}",
+                s.calls.load(Relaxed)
+            );
+        }
+        let counters = [
+            (
+                "mooncake_client_put_bytes_total",
+                "Bytes of objects written through this client.",
+                self.put_bytes.load(Relaxed),
+            ),
+            (
+                "mooncake_client_get_bytes_total",
+                "Bytes of objects read through this client.",
+                self.get_bytes.load(Relaxed),
+            ),
+            (
+                "mooncake_client_transfer_read_bytes_total",
+                "Bytes read from other hosts' segments.",
+                self.transfer_read_bytes.load(Relaxed),
+            ),
+            (
+                "mooncake_client_transfer_write_bytes_total",
+                "Bytes written to other hosts' segments.",
+                self.transfer_write_bytes.load(Relaxed),
+            ),
+            (
+                "mooncake_client_served_read_bytes_total",
+                "Bytes other hosts read from this segment.",
+                served.0,
+            ),
+            (
+                "mooncake_client_served_write_bytes_total",
+                "Bytes other hosts wrote into this segment.",
+                served.1,
+            ),
+            (
+                "mooncake_client_dummy_connections_total",
+                "Dummy clients that ever connected.",
+                self.dummy_connections_total.load(Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mooncake_client_dummy_connections Dummy clients connected now.\n# TYPE mooncake_client_dummy_connections gauge\nmooncake_client_dummy_connections {}",
+            self.dummy_connections()
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_cumulative_buckets() {
+        let m = ClientMetrics::default();
+        m.record(Op::Exist, Duration::from_micros(40), 128, 0);
+        m.record(Op::Exist, Duration::from_micros(700), 1, 1);
+        let text = m.render((0, 0));
+        assert!(text.contains("mooncake_client_requests_total{op=\"exist\"} 2"));
+        assert!(text.contains("mooncake_client_keys_total{op=\"exist\"} 129"));
+        assert!(text.contains("mooncake_client_key_errors_total{op=\"exist\"} 1"));
+        assert!(text.contains(
+            "mooncake_client_request_latency_microseconds_bucket{op=\"exist\",le=\"50\"} 1"
+        ));
+        assert!(text.contains(
+            "mooncake_client_request_latency_microseconds_bucket{op=\"exist\",le=\"1000\"} 2"
+        ));
+        assert!(text.contains(
+            "mooncake_client_request_latency_microseconds_bucket{op=\"exist\",le=\"+Inf\"} 2"
+        ));
+    }
+}
