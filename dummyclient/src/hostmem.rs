@@ -55,6 +55,20 @@ impl HostMemAllocator {
     }
 }
 
+impl HostMemAllocator {
+    /// Copies `bytes` to `addr` (which must lie in an allocation).
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> MResult<()> {
+        let (region, offset) = lookup(addr, bytes.len() as u64).ok_or(ErrorCode::InvalidParams)?;
+        region.write(offset, bytes).map_err(|e| e.code())
+    }
+
+    /// Copies `out.len()` bytes at `addr` (which must lie in an allocation) into `out`.
+    pub fn read(&self, addr: u64, out: &mut [u8]) -> MResult<()> {
+        let (region, offset) = lookup(addr, out.len() as u64).ok_or(ErrorCode::InvalidParams)?;
+        region.read(offset, out).map_err(|e| e.code())
+    }
+}
+
 /// The allocation holding `[addr, addr + len)`, and the offset of `addr` in it.
 pub fn lookup(addr: u64, len: u64) -> Option<(Arc<Region>, u64)> {
     let table = ALLOCATIONS.read();

@@ -1,0 +1,397 @@
+//! Several "hosts" on loopback: one `mooncake_master`, three `mooncake_client`s on
+//! distinct ports, dummies attached to different real clients. Bytes between hosts
+//! go through the TCP transfer engine.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mooncake_dummyclient::{DummyClient, HostMemAllocator};
+use mooncake_integration::*;
+use mooncake_proto::realclient::{BufRef, PutCompletion, RealClientServiceClient};
+use mooncake_proto::{ErrorCode, ReplicateConfig};
+
+struct Cluster {
+    _master: Daemon,
+    master_addr: String,
+    paths: Vec<Paths>,
+    clients: Vec<Daemon>,
+}
+
+impl Cluster {
+    fn start(tag: &str, hosts: usize) -> Cluster {
+        let (master, master_addr) = start_master(0);
+        let paths: Vec<Paths> = (0..hosts)
+            .map(|i| Paths::new(&format!("{tag}{i}")))
+            .collect();
+        let clients = paths
+            .iter()
+            .map(|p| ClientBuilder::new(p).with_master(&master_addr).start())
+            .collect();
+        Cluster {
+            _master: master,
+            master_addr,
+            paths,
+            clients,
+        }
+    }
+
+    fn dummy(&self, host: usize) -> DummyClient {
+        DummyClient::connect(&self.paths[host].socket, "").expect("connect dummy")
+    }
+
+    /// The segment name of a host (`host:port`).
+    fn segment(&self, host: usize) -> String {
+        format!("127.0.0.1:{}", self.paths[host].port)
+    }
+}
+
+/// Registered host memory of `len` bytes for `dummy`.
+fn registered(dummy: &DummyClient, len: u64) -> u64 {
+    let addr = HostMemAllocator::new().alloc(len).unwrap();
+    dummy.register_buffer(addr, len).unwrap();
+    addr
+}
+
+fn read_back(addr: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    HostMemAllocator::new().read(addr, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn put_through_host_a_read_through_host_b() {
+    let c = Cluster::start("ab", 3);
+    let a = c.dummy(0);
+    let b = c.dummy(1);
+    assert_ne!(a.hostname(), b.hostname());
+    let mem = HostMemAllocator::new();
+
+    // Zero-copy puts on A (they land in A's own segment) ...
+    let len = 256u64 << 10;
+    let src = registered(&a, 64 * len);
+    let keys: Vec<String> = (0..64).map(|i| format!("kv-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        mem.write(src + i as u64 * len, &value_for(k, len as usize))
+            .unwrap();
+    }
+    let addrs: Vec<u64> = (0..64).map(|i| src + i * len).collect();
+    let r = a.batch_put_from(
+        &keys,
+        &addrs,
+        &vec![len; 64],
+        &ReplicateConfig::default(),
+        false,
+    );
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    let lists = b.batch_get_replicas(&keys[..1]);
+    assert_eq!(
+        lists[0].as_ref().unwrap().replicas[0].segment_name,
+        c.segment(0)
+    );
+
+    // ... read on B straight into B's registered memory by B's real client.
+    let dst = registered(&b, 64 * len);
+    let daddrs: Vec<u64> = (0..64).map(|i| dst + i * len).collect();
+    let r = b.batch_get_into(&keys, &daddrs, &vec![len; 64]);
+    assert!(r.iter().all(|r| *r == Ok(len)), "{r:?}");
+    for (i, k) in keys.iter().enumerate() {
+        assert!(
+            read_back(dst + i as u64 * len, len as usize) == value_for(k, len as usize),
+            "bytes of {k} on host B"
+        );
+    }
+    // Copy-style reads of remote objects (through a staging buffer).
+    assert!(b.get(&keys[3]).unwrap() == value_for(&keys[3], len as usize));
+    assert_all_readable(&b, &keys[..8], len as usize);
+
+    // A 16 MiB object (split over parallel streams), written from A into C's
+    // segment, read on B: two transfers.
+    let big = 16u64 << 20;
+    let big_src = registered(&a, big);
+    mem.write(big_src, &value_for("big", big as usize)).unwrap();
+    let on_c = ReplicateConfig::default().with_preferred_segments(vec![c.segment(2)]);
+    a.put_from("big", big_src, big, &on_c).unwrap();
+    let list = b.batch_get_replicas(&["big".into()]).remove(0).unwrap();
+    assert_eq!(list.replicas[0].segment_name, c.segment(2));
+    let big_dst = registered(&b, big);
+    assert_eq!(b.get_into("big", big_dst, big), Ok(big));
+    assert!(read_back(big_dst, big as usize) == value_for("big", big as usize));
+
+    // Plain bytes written to another host (staged), multi-buffer objects both ways.
+    a.put("bytes-on-c", b"hello from A", &on_c).unwrap();
+    assert_eq!(b.get("bytes-on-c").unwrap(), b"hello from A");
+    let parts = [src, src + 100, src + 5000];
+    let part_sizes = [100u64, 4900, 20_000];
+    a.batch_put_from_multi_buffers(
+        &["multi".into()],
+        &[parts.to_vec()],
+        &[part_sizes.to_vec()],
+        &on_c,
+        false,
+    )[0]
+    .unwrap();
+    let r = b.batch_get_into_multi_buffers(
+        &["multi".into()],
+        &[vec![dst, dst + 10_000]],
+        &[vec![10_000, 15_000]],
+    );
+    assert_eq!(r, vec![Ok(25_000)]);
+    assert!(read_back(dst, 25_000) == read_back(src, 25_000));
+
+    // Error codes across hosts.
+    let r = b.batch_get_into(&["kv-0".into(), "absent".into()], &[dst, dst], &[100, 100]);
+    assert_eq!(
+        r,
+        vec![
+            Err(ErrorCode::InvalidParams),
+            Err(ErrorCode::ObjectNotFound)
+        ]
+    );
+
+    // B's real client counts what it moved; its HTTP health says OK.
+    let http = c.clients[1].ready_field("http").unwrap();
+    let (status, body) = http_get(&http, "/health").unwrap();
+    assert_eq!((status, body.trim()), (200, "OK"));
+    let (_, metrics) = http_get(&http, "/metrics").unwrap();
+    let read_bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mooncake_client_transfer_read_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(read_bytes >= 64 * len + big, "metrics: {read_bytes}");
+    assert!(metrics.contains("mooncake_client_dummy_connections 1"));
+}
+
+#[test]
+fn replica_num_2_survives_a_killed_holder() {
+    let mut c = Cluster::start("rep", 3);
+    let a = c.dummy(0);
+    let two = ReplicateConfig::default().with_replica_num(2);
+    let keys = put_many_with(&a, "r2", 60, 64 << 10, &two);
+    for l in a.batch_get_replicas(&keys) {
+        let l = l.unwrap();
+        assert_eq!(l.replicas.len(), 2);
+        assert_ne!(l.replicas[0].segment_id, l.replicas[1].segment_id);
+    }
+    drop(a);
+    // Host A held a replica of every key (puts prefer the local segment).
+    c.clients[0].kill9();
+    for host in [1, 2] {
+        let d = c.dummy(host);
+        assert_all_readable(&d, &keys, 64 << 10);
+    }
+    // Writes still succeed while the master still lists the dead host: a replica
+    // that cannot be written is dropped, the others are kept.
+    let b = c.dummy(1);
+    let more = put_many_with(&b, "after", 30, 10_000, &two);
+    let cc = c.dummy(2);
+    assert_all_readable(&cc, &more, 10_000);
+    // Once the master expired host A, no listed replica points at it.
+    let dead = c.segment(0);
+    assert!(wait_until(Duration::from_secs(20), || {
+        cc.batch_get_replicas(&keys).iter().all(|l| {
+            l.as_ref()
+                .unwrap()
+                .replicas
+                .iter()
+                .all(|r| r.segment_name != dead)
+        })
+    }));
+    assert_all_readable(&cc, &keys, 64 << 10);
+}
+
+#[test]
+fn bad_input_gets_error_codes_and_harms_no_one() {
+    let c = Cluster::start("bad", 2);
+    let a = c.dummy(0);
+    let bystander = c.dummy(0);
+    let cfg = ReplicateConfig::default();
+    bystander.put("keep", b"kept value", &cfg).unwrap();
+    let b = c.dummy(1);
+    b.put("on-one", &[7u8; 4096], &cfg).unwrap();
+
+    // Unregistered pointers, sizes beyond the registration, zero sizes.
+    let mem = HostMemAllocator::new();
+    let unregistered = mem.alloc(1 << 20).unwrap();
+    assert_eq!(
+        a.put_from("x", unregistered, 4096, &cfg),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        a.put_from("x", 0xdead_0000, 4096, &cfg),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        a.get_into("keep", unregistered, 4096),
+        Err(ErrorCode::InvalidParams)
+    );
+    let reg = registered(&a, 4096);
+    assert_eq!(
+        a.put_from("x", reg, 8192, &cfg),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        a.put_from("x", reg + 4000, 200, &cfg),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(a.put_from("x", reg, 0, &cfg), Err(ErrorCode::InvalidParams));
+    assert_eq!(
+        a.register_buffer(0x1000, 4096),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        a.register_buffer(reg, 1 << 30),
+        Err(ErrorCode::InvalidParams)
+    );
+    // Registering twice and sub-ranges both work.
+    a.register_buffer(reg, 4096).unwrap();
+    a.register_buffer(reg + 1024, 1024).unwrap();
+    // Oversized and empty keys.
+    assert_eq!(
+        a.put(&"k".repeat(5000), b"v", &cfg),
+        Err(ErrorCode::InvalidKey)
+    );
+    assert_eq!(a.put("", b"v", &cfg), Err(ErrorCode::InvalidKey));
+    assert_eq!(a.is_exist(&"k".repeat(5000)), Err(ErrorCode::InvalidKey));
+    // Mismatched list lengths: one result per key, never a panic.
+    assert_eq!(
+        a.batch_put_from(&["p".into(), "q".into()], &[reg], &[10, 10], &cfg, false),
+        vec![Err(ErrorCode::InvalidParams); 2]
+    );
+
+    // A hostile dummy skipping the client library: addresses it never registered,
+    // sent straight to the real client for remote transfers.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let remote = ReplicateConfig::default().with_preferred_segments(vec![c.segment(1)]);
+    rt.block_on(async {
+        let (_ipc, control) = mooncake_ipc::IpcClient::connect(&c.paths[0].socket, "")
+            .await
+            .unwrap();
+        let rpc = RealClientServiceClient::new(
+            Default::default(),
+            mooncake_ipc::client::control_transport(control),
+        )
+        .spawn();
+        let ctx = tarpc_ctx();
+        let started = rpc
+            .put_start(ctx, vec!["evil".into()], vec![4096], remote.clone(), false)
+            .await
+            .unwrap();
+        assert!(started[0].is_ok());
+        let r = rpc
+            .put_complete(
+                tarpc_ctx(),
+                vec![PutCompletion {
+                    key: "evil".into(),
+                    local_failed: false,
+                    sources: vec![BufRef {
+                        addr: 0x7fff_0000_0000,
+                        len: 4096,
+                    }],
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, vec![Err(ErrorCode::InvalidParams)]);
+        for bad in [
+            BufRef {
+                addr: 0x10,
+                len: u64::MAX,
+            },
+            BufRef {
+                addr: 0x7fff_0000_0000,
+                len: 1 << 20,
+            },
+        ] {
+            let r = rpc
+                .get_into(tarpc_ctx(), vec!["on-one".into()], vec![vec![bad]])
+                .await
+                .unwrap();
+            assert_eq!(r, vec![Err(ErrorCode::InvalidParams)], "{bad:?}");
+        }
+        let r = rpc
+            .get_into(tarpc_ctx(), vec!["a".into(), "b".into()], vec![vec![]])
+            .await
+            .unwrap();
+        assert_eq!(r, vec![Err(ErrorCode::InvalidParams); 2]);
+    });
+    // Host 1 reads into a buffer that is too small.
+    let mut small = [0u8; 3];
+    assert_eq!(
+        b.batch_get_into_slices(&["keep".into()], &mut [&mut small[..]]),
+        vec![Err(ErrorCode::InvalidParams)]
+    );
+    // Garbage on the Unix socket.
+    {
+        use std::io::Write;
+        let mut raw = std::os::unix::net::UnixStream::connect(&c.paths[0].socket).unwrap();
+        let _ = raw.write_all(&[0xff; 4096]);
+    }
+    assert!(
+        !a.is_exist("evil").unwrap(),
+        "the failed write is not visible"
+    );
+    assert_eq!(bystander.get("keep").unwrap(), b"kept value");
+    assert_eq!(b.get("keep").unwrap(), b"kept value");
+    assert_eq!(a.health(), Ok(()));
+}
+
+fn tarpc_ctx() -> tarpc::context::Context {
+    tarpc::context::current()
+}
+
+#[test]
+fn dummy_reconnects_and_reregisters_after_its_real_client_restarts() {
+    let mut c = Cluster::start("reconn", 2);
+    let a = c.dummy(0);
+    let b = c.dummy(1);
+    let len = 1u64 << 20;
+    let dst = registered(&a, len);
+    b.put(
+        "on-b",
+        &value_for("on-b", len as usize),
+        &ReplicateConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(a.get_into("on-b", dst, len), Ok(len));
+
+    c.clients[0].kill9();
+    // Calls fail fast with RPC errors, never hang.
+    let t = Instant::now();
+    assert_eq!(a.get_into("on-b", dst, len), Err(ErrorCode::RpcFail));
+    assert_eq!(a.is_exist("on-b"), Err(ErrorCode::RpcFail));
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    c.clients[0] = ClientBuilder::new(&c.paths[0])
+        .with_master(&c.master_addr)
+        .start();
+    assert!(
+        wait_until(Duration::from_secs(20), || a.health() == Ok(())),
+        "dummy did not reconnect"
+    );
+    assert!(a.reconnects() >= 1);
+    // The re-registered buffer receives remote bytes again.
+    HostMemAllocator::new()
+        .write(dst, &vec![0u8; len as usize])
+        .unwrap();
+    assert_eq!(a.get_into("on-b", dst, len), Ok(len));
+    assert!(read_back(dst, len as usize) == value_for("on-b", len as usize));
+}
+
+#[test]
+fn sigterm_finishes_and_exits_cleanly() {
+    let mut c = Cluster::start("term", 2);
+    let a = c.dummy(0);
+    let keys = put_many(&a, "t", 20, 4096);
+    drop(a);
+    assert!(c.clients[0].sigterm(), "exit status 0 after SIGTERM");
+    assert!(!Path::new(&c.paths[0].socket).exists(), "socket removed");
+    c.clients[0] = ClientBuilder::new(&c.paths[0])
+        .with_master(&c.master_addr)
+        .start();
+    let b = wait_readable(&c.paths[1].socket, &keys[0]);
+    assert_all_readable(&b, &keys, 4096);
+}
