@@ -41,5 +41,8 @@ else
   echo "clippy not installed; skipping lints"
 fi
 
+echo "== cargo build (the binaries the integration tests spawn)"
+cargo build --workspace --bins
+
 echo "== cargo test"
 cargo test --workspace --all-targets

@@ -30,10 +30,12 @@ use tokio_util::sync::CancellationToken;
 use mooncake_ipc::IpcClient;
 use mooncake_ipc::client::control_transport;
 use mooncake_proto::realclient::{
-    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient,
+    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient, RingRequest,
+    RingResponse,
 };
 use mooncake_proto::*;
-use mooncake_shm::{Region, RegionOptions};
+use mooncake_shm::callring::RingShape;
+use mooncake_shm::{CallRing, CallRingClient, Region, RegionOptions, ShmError};
 use tarpc::context;
 
 /// How often the real client is pinged (and a lost one reconnected).
@@ -84,6 +86,8 @@ fn ctx(timeout: Duration) -> context::Context {
 struct Conn {
     ipc: IpcClient,
     rpc: RealClientServiceClient,
+    /// The shared-memory fast path, when the real client accepted it.
+    ring: Option<CallRingClient>,
     info: RealClientInfo,
     segment: Option<Region>,
     broken: AtomicBool,
@@ -228,6 +232,32 @@ impl Drop for Staging<'_> {
     }
 }
 
+/// Ring layout: requests up to 32 KiB, answers up to 64 KiB (a 256-key batch fits);
+/// anything larger goes over the socket.
+const RING_SHAPE: RingShape = RingShape {
+    slots: 64,
+    slot_size: 32 << 10,
+    resp_slots: 64,
+    resp_size: 64 << 10,
+};
+
+async fn attach_ring(
+    ipc: &IpcClient,
+    rpc: &RealClientServiceClient,
+) -> Result<CallRingClient, String> {
+    let ring = CallRing::create(RING_SHAPE).map_err(|e| e.to_string())?;
+    let region = ring.region().clone();
+    let base = ipc
+        .register(&region, 0, region.len() as u64)
+        .await
+        .map_err(|e| e.to_string())?;
+    rpc.attach_ring(ctx(PING_TIMEOUT), base)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(ring.client())
+}
+
 /// State shared with the pinger task.
 struct Shared {
     socket: PathBuf,
@@ -257,9 +287,21 @@ impl Shared {
         for r in &regs {
             ipc.register(&r.region, r.offset, r.len).await?;
         }
+        let ring = if std::env::var_os("MC_DISABLE_CALL_RING").is_some() {
+            None
+        } else {
+            match attach_ring(&ipc, &rpc).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::info!("no shared-memory call ring ({e}); using the socket");
+                    None
+                }
+            }
+        };
         Ok(Arc::new(Conn {
             ipc,
             rpc,
+            ring,
             info,
             segment,
             broken: AtomicBool::new(false),
@@ -284,7 +326,9 @@ impl Shared {
             if alive {
                 continue;
             }
-            if current.is_some() {
+            if let Some(c) = &current {
+                // Calls waiting on the ring give up now.
+                c.broken.store(true, Ordering::Relaxed);
                 tracing::warn!(
                     "lost the real client at {}; reconnecting",
                     self.socket.display()
@@ -366,6 +410,27 @@ impl DummyClient {
         })
     }
 
+    /// Sends `request` through the call ring. `None`: no ring, or the call must go
+    /// over the socket (too large for the ring); `Some(Err)`: no answer.
+    fn ring_call(&self, conn: &Conn, request: &RingRequest) -> Option<MResult<RingResponse>> {
+        let ring = conn.ring.as_ref()?;
+        let bytes = postcard::to_stdvec(request).ok()?;
+        let alive = || !conn.broken.load(Ordering::Relaxed);
+        match ring.call_while(&bytes, CALL_TIMEOUT, &alive) {
+            Ok(answer) => match postcard::from_bytes::<RingResponse>(&answer) {
+                Ok(RingResponse::TooLarge | RingResponse::Malformed) | Err(_) => None,
+                Ok(r) => Some(Ok(r)),
+            },
+            Err(ShmError::TooLarge { .. }) => None,
+            Err(ShmError::Timeout) => Some(Err(ErrorCode::RpcTimeout)),
+            Err(_) => {
+                conn.broken.store(true, Ordering::Relaxed);
+                self.shared.wake.notify_one();
+                Some(Err(ErrorCode::RpcFail))
+            }
+        }
+    }
+
     /// The real client's segment name (upstream `get_hostname`); empty while
     /// disconnected.
     pub fn hostname(&self) -> String {
@@ -387,7 +452,11 @@ impl DummyClient {
     /// Whether the real client is up and connected to its master.
     pub fn health(&self) -> MResult<()> {
         let conn = self.conn()?;
-        self.call(&conn, conn.rpc.ping(ctx(PING_TIMEOUT)))?
+        match self.ring_call(&conn, &RingRequest::Ping) {
+            Some(Ok(RingResponse::Unit(r))) => r,
+            Some(Err(e)) => Err(e),
+            _ => self.call(&conn, conn.rpc.ping(ctx(PING_TIMEOUT)))?,
+        }
     }
 
     // ------------------------------------------------------------ buffers
@@ -592,19 +661,35 @@ impl DummyClient {
             .iter()
             .map(|&i| srcs[i].as_ref().map_or(0, |s| s.len()))
             .collect();
-        let started = per_key(
-            valid.len(),
-            self.call(
-                &conn,
-                conn.rpc.put_start(
-                    ctx(CALL_TIMEOUT),
-                    req_keys,
-                    sizes.clone(),
-                    config.clone(),
+        let request = RingRequest::PutStart {
+            keys: req_keys,
+            sizes,
+            config: config.clone(),
+            upsert,
+        };
+        let started = match self.ring_call(&conn, &request) {
+            Some(Ok(RingResponse::Started(v))) => per_key(valid.len(), Ok(v)),
+            Some(Err(e)) => vec![Err(e); valid.len()],
+            _ => {
+                let RingRequest::PutStart {
+                    keys,
+                    sizes,
+                    config,
                     upsert,
-                ),
-            ),
-        );
+                } = request
+                else {
+                    unreachable!("built above")
+                };
+                per_key(
+                    valid.len(),
+                    self.call(
+                        &conn,
+                        conn.rpc
+                            .put_start(ctx(CALL_TIMEOUT), keys, sizes, config, upsert),
+                    ),
+                )
+            }
+        };
         let local = conn.local_segment();
         let mut completions: Vec<(usize, PutCompletion)> = Vec::new();
         let mut to_stage: Vec<usize> = Vec::new();
@@ -693,10 +778,20 @@ impl DummyClient {
         }
         let items: Vec<PutCompletion> = completions.iter().map(|(_, c)| c.clone()).collect();
         let n = items.len();
-        let ended = per_key(
-            n,
-            self.call(&conn, conn.rpc.put_complete(ctx(CALL_TIMEOUT), items)),
-        );
+        let request = RingRequest::PutComplete(items);
+        let ended = match self.ring_call(&conn, &request) {
+            Some(Ok(RingResponse::Units(v))) => per_key(n, Ok(v)),
+            Some(Err(e)) => vec![Err(e); n],
+            _ => {
+                let RingRequest::PutComplete(items) = request else {
+                    unreachable!("built above")
+                };
+                per_key(
+                    n,
+                    self.call(&conn, conn.rpc.put_complete(ctx(CALL_TIMEOUT), items)),
+                )
+            }
+        };
         drop(staging);
         for ((i, _), r) in completions.iter().zip(ended) {
             results[*i] = r;
@@ -817,10 +912,7 @@ impl DummyClient {
             })
             .collect();
         let asked = Instant::now();
-        let outcomes = per_key(
-            valid.len(),
-            self.call(&conn, conn.rpc.get_into(ctx(CALL_TIMEOUT), req_keys, dests)),
-        );
+        let outcomes = self.get_into_call(&conn, req_keys, dests);
         let mut remote: Vec<(usize, u64)> = Vec::new();
         for (&i, outcome) in valid.iter().zip(outcomes) {
             let dst = dsts[i].as_mut().expect("valid");
@@ -842,6 +934,29 @@ impl DummyClient {
             self.get_staged(&conn, keys, dsts, &remote, &mut results);
         }
         results
+    }
+
+    fn get_into_call(
+        &self,
+        conn: &Conn,
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+    ) -> Vec<MResult<GetOutcome>> {
+        let n = keys.len();
+        let request = RingRequest::GetInto { keys, dests };
+        match self.ring_call(conn, &request) {
+            Some(Ok(RingResponse::Outcomes(v))) => per_key(n, Ok(v)),
+            Some(Err(e)) => vec![Err(e); n],
+            _ => {
+                let RingRequest::GetInto { keys, dests } = request else {
+                    unreachable!("built above")
+                };
+                per_key(
+                    n,
+                    self.call(conn, conn.rpc.get_into(ctx(CALL_TIMEOUT), keys, dests)),
+                )
+            }
+        }
     }
 
     fn copy_local(
@@ -900,10 +1015,7 @@ impl DummyClient {
         }
         let req_keys: Vec<String> = remote.iter().map(|&(i, _)| keys[i].clone()).collect();
         let asked = Instant::now();
-        let outcomes = per_key(
-            remote.len(),
-            self.call(conn, conn.rpc.get_into(ctx(CALL_TIMEOUT), req_keys, dests)),
-        );
+        let outcomes = self.get_into_call(conn, req_keys, dests);
         for ((&(i, _), outcome), off) in remote.iter().zip(outcomes).zip(offsets) {
             let dst = dsts[i].as_mut().expect("valid");
             results[i] = match outcome {
@@ -923,10 +1035,15 @@ impl DummyClient {
             Ok(c) => c,
             Err(e) => return vec![Err(e); keys.len()],
         };
-        per_key(
-            keys.len(),
-            self.call(&conn, conn.rpc.exist(ctx(CALL_TIMEOUT), keys.to_vec())),
-        )
+        let request = RingRequest::Exist(keys.to_vec());
+        match self.ring_call(&conn, &request) {
+            Some(Ok(RingResponse::Bools(v))) => per_key(keys.len(), Ok(v)),
+            Some(Err(e)) => vec![Err(e); keys.len()],
+            _ => per_key(
+                keys.len(),
+                self.call(&conn, conn.rpc.exist(ctx(CALL_TIMEOUT), keys.to_vec())),
+            ),
+        }
     }
 
     /// Whether a key exists.
@@ -937,7 +1054,11 @@ impl DummyClient {
     /// Size of an object.
     pub fn get_size(&self, key: &str) -> MResult<u64> {
         let conn = self.conn()?;
-        self.call(&conn, conn.rpc.get_size(ctx(CALL_TIMEOUT), key.to_string()))?
+        match self.ring_call(&conn, &RingRequest::GetSize(key.to_string())) {
+            Some(Ok(RingResponse::Size(r))) => r,
+            Some(Err(e)) => Err(e),
+            _ => self.call(&conn, conn.rpc.get_size(ctx(CALL_TIMEOUT), key.to_string()))?,
+        }
     }
 
     /// Replica descriptors of objects (with a read lease).

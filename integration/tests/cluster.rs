@@ -160,6 +160,12 @@ fn put_through_host_a_read_through_host_b() {
         .unwrap();
     assert!(read_bytes >= 64 * len + big, "metrics: {read_bytes}");
     assert!(metrics.contains("mooncake_client_dummy_connections 1"));
+    let ring_calls: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mooncake_client_ring_requests_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(ring_calls > 0, "small calls take the shared-memory ring");
 }
 
 #[test]

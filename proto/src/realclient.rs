@@ -54,6 +54,48 @@ pub enum GetOutcome {
     Remote(ReplicaList),
 }
 
+/// A call on the shared-memory fast path (a `CallRing` the dummy created and
+/// attached with [`RealClientService::attach_ring`]); postcard-encoded. Same
+/// semantics as the RPC of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum RingRequest {
+    Ping,
+    Exist(Vec<String>),
+    GetSize(String),
+    GetInto {
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+    },
+    PutStart {
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: ReplicateConfig,
+        upsert: bool,
+    },
+    PutComplete(Vec<PutCompletion>),
+    Remove {
+        keys: Vec<String>,
+        force: bool,
+    },
+}
+
+/// The answer to a [`RingRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum RingResponse {
+    Unit(MResult<()>),
+    Bools(Vec<MResult<bool>>),
+    Size(MResult<u64>),
+    Outcomes(Vec<MResult<GetOutcome>>),
+    Started(Vec<MResult<Vec<ReplicaDesc>>>),
+    Units(Vec<MResult<()>>),
+    /// The answer did not fit the ring's response slot: repeat the call over RPC.
+    TooLarge,
+    /// The request could not be decoded.
+    Malformed,
+}
+
 /// The real client's RPC surface for dummies.
 #[tarpc::service]
 pub trait RealClientService {
@@ -82,6 +124,9 @@ pub trait RealClientService {
     /// bytes moved from a remote replica straight into the dummy's registered
     /// `dests` (an empty list = no destination). One master call for the batch.
     async fn get_into(keys: Vec<String>, dests: Vec<Vec<BufRef>>) -> Vec<MResult<GetOutcome>>;
+    /// Serves a `CallRing` the dummy created in memory it registered at
+    /// `client_base`: later calls may go through it instead of this socket.
+    async fn attach_ring(client_base: u64) -> MResult<()>;
     /// Abandons writes.
     async fn put_revoke(keys: Vec<String>) -> Vec<MResult<()>>;
     /// Readable replicas, with a read lease.

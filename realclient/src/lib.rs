@@ -10,12 +10,14 @@
 //! - [`client`]: [`RealClient`], the master session and the store operations.
 //! - [`master_handle`]: the master, remote over TCP or embedded in this process.
 //! - [`metrics`]: operation counters and latencies for `--http_port`.
+//! - `fastpath`: serves a dummy's shared-memory call ring.
 //! - [`service`]: the tarpc service for dummies ([`mooncake_proto::realclient`]).
 //! - [`transfer`]: the transfer engine ([`transfer::Transport`]; TCP in [`transfer::tcp`]).
 //! - [`run`](crate::run()): starts everything for the `mooncake_client` binary.
 
 pub mod client;
 pub mod config;
+mod fastpath;
 pub mod inventory;
 pub mod master_handle;
 pub mod metrics;

@@ -60,6 +60,7 @@ pub struct ClientMetrics {
     transfer_write_bytes: AtomicU64,
     dummy_connections: AtomicI64,
     dummy_connections_total: AtomicU64,
+    ring_requests: AtomicU64,
 }
 
 impl ClientMetrics {
@@ -96,6 +97,11 @@ impl ClientMetrics {
         if delta > 0 {
             self.dummy_connections_total.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A call arrived through a shared-memory call ring.
+    pub fn ring_request(&self) {
+        self.ring_requests.fetch_add(1, Relaxed);
     }
 
     /// Dummies connected now.
@@ -199,6 +205,11 @@ impl ClientMetrics {
                 "mooncake_client_served_write_bytes_total",
                 "Bytes other hosts wrote into this segment.",
                 served.1,
+            ),
+            (
+                "mooncake_client_ring_requests_total",
+                "Calls that came through a dummy's shared-memory call ring.",
+                self.ring_requests.load(Relaxed),
             ),
             (
                 "mooncake_client_dummy_connections_total",

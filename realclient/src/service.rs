@@ -1,6 +1,7 @@
 //! The tarpc service dummies call ([`RealClientService`]), one handler per connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tarpc::context::Context;
@@ -10,6 +11,7 @@ use mooncake_proto::realclient::{
     BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientService,
 };
 use mooncake_proto::*;
+use mooncake_shm::CallRing;
 
 use crate::client::RealClient;
 use crate::metrics::Op;
@@ -23,12 +25,26 @@ pub struct Handler {
     client: Arc<RealClient>,
     /// The dummy's IPC session (registered buffers); `None` over TCP.
     session: Option<Arc<Session>>,
+    /// Call rings attached on this connection.
+    rings: Arc<AtomicUsize>,
 }
+
+/// Call rings one connection may attach.
+const MAX_RINGS_PER_SESSION: usize = 4;
 
 impl Handler {
     /// A handler for one connection.
     pub fn new(client: Arc<RealClient>, session: Option<Arc<Session>>) -> Self {
-        Handler { client, session }
+        Handler {
+            client,
+            session,
+            rings: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The real client this handler serves.
+    pub fn client(&self) -> &Arc<RealClient> {
+        &self.client
     }
 
     fn record<T>(&self, op: Op, started: Instant, results: &[MResult<T>]) {
@@ -119,6 +135,24 @@ impl RealClientService for Handler {
         self.client.metrics.add_object_bytes(0, bytes);
         self.record(Op::GetInto, t, &r);
         r
+    }
+
+    async fn attach_ring(self, _: Context, client_base: u64) -> MResult<()> {
+        let session = self.session.clone().ok_or(ErrorCode::InvalidParams)?;
+        let region = session
+            .region_at(client_base)
+            .ok_or(ErrorCode::InvalidParams)?;
+        let ring = CallRing::attach(region).map_err(|e| {
+            tracing::warn!(session = session.id(), "refused a call ring: {e}");
+            ErrorCode::InvalidParams
+        })?;
+        if self.rings.fetch_add(1, Ordering::Relaxed) >= MAX_RINGS_PER_SESSION {
+            self.rings.fetch_sub(1, Ordering::Relaxed);
+            return Err(ErrorCode::InvalidParams);
+        }
+        let runtime = tokio::runtime::Handle::current();
+        crate::fastpath::serve(self.clone(), ring, session, runtime)
+            .map_err(|_| ErrorCode::InternalError)
     }
 
     async fn put_revoke(self, _: Context, keys: Vec<String>) -> Vec<MResult<()>> {

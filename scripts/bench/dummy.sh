@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Dummy-client benchmark. Starts a master and two real clients: host A (1 GiB
-# segment) and host B (1 GiB segment). As root, A (with the master) and B live in two
-# network namespaces joined by a veth pair, so cross-host bytes cross a real link;
-# otherwise both are on loopback. Runs dummyclient/examples/dummy_bench.rs three times
-# against A (local operations, then 16 MiB transfers to and from B's segment), stops
-# everything. Results are recorded in docs/PERFORMANCE.md.
+# Dummy-client benchmark (dummyclient/examples/dummy_bench.rs), three runs of each:
+# 1. single host, `mooncake_client --embedded-master` (the scripts/run.sh setup):
+#    local put/get, batches, existence probes;
+# 2. the same local operations against a real client whose master is a separate
+#    `mooncake_master` process (every call crosses a TCP hop to the master);
+# 3. cross-host: 16 MiB and 64 x 1 MiB transfers between two real clients. As root
+#    the two live in network namespaces joined by a veth pair (a real link);
+#    otherwise both are on loopback.
+# Results are recorded in docs/PERFORMANCE.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -53,7 +56,18 @@ for host in a b; do
   pids+=($!)
   wait_for "$work/$host.log" "mooncake_client ready"
 done
+target/release/mooncake_client --embedded-master --master_server_address 127.0.0.1:0 \
+  --embedded_metrics_port 0 --host 127.0.0.1 --port 59054 --http_port 0 \
+  --global_segment_size "${SEGMENT:-1GB}" --ipc_socket_path "$work/e.sock" \
+  --segment_path "$seg_a.e" 2>"$work/e.log" &
+pids+=($!)
+wait_for "$work/e.log" "mooncake_client ready"
 for run in 1 2 3; do
-  echo "== run $run"
+  echo "== single host, embedded master: run $run"
+  MC_SOCKET="$work/e.sock" target/release/examples/dummy_bench
+done
+kill "${pids[-1]}"; rm -f "$seg_a.e" "$seg_a.e.inventory"
+for run in 1 2 3; do
+  echo "== separate master process, then cross-host: run $run"
   MC_SOCKET="$work/a.sock" MC_REMOTE_SEGMENT="$ip_b:59053" target/release/examples/dummy_bench
 done

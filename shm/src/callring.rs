@@ -292,6 +292,18 @@ impl CallRingClient {
 
     /// Sends `request` and waits for the answer.
     pub fn call(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, ShmError> {
+        self.call_while(request, timeout, &|| true)
+    }
+
+    /// Like [`call`](Self::call), but gives up early (with [`ShmError::Closed`]) once
+    /// `alive` turns false — checked at least every 100 ms while waiting — so a dead
+    /// server does not hold the caller until the timeout.
+    pub fn call_while(
+        &self,
+        request: &[u8],
+        timeout: Duration,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<Vec<u8>, ShmError> {
         let max = self.ring.shape.slot_size as usize;
         if request.len() > max {
             return Err(ShmError::TooLarge {
@@ -324,7 +336,8 @@ impl CallRingClient {
             if spins.is_multiple_of(64) {
                 let now = Instant::now();
                 if now >= spin_until {
-                    if now >= deadline {
+                    let gone = now >= deadline || !alive();
+                    if gone {
                         // Give the slot to the server to free when (if) it answers.
                         if state
                             .compare_exchange(
@@ -343,7 +356,11 @@ impl CallRingClient {
                                 )
                                 .is_ok()
                         {
-                            return Err(ShmError::Timeout);
+                            return Err(if now >= deadline {
+                                ShmError::Timeout
+                            } else {
+                                ShmError::Closed
+                            });
                         }
                         continue;
                     }

@@ -1,0 +1,85 @@
+//! The shared-memory fast path: a dummy creates a `CallRing` in memory it
+//! registered and asks the real client to serve it ([`RealClientService::attach_ring`]).
+//! One thread per ring takes requests (spin, then futex), the runtime runs them, and
+//! the answer goes back through the ring: a call costs no socket round trip, which on
+//! small operations is most of the latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mooncake_ipc::Session;
+use mooncake_proto::realclient::{RealClientService, RingRequest, RingResponse};
+use mooncake_shm::CallRing;
+use tarpc::context;
+
+use crate::service::Handler;
+
+/// Threads serving one ring. Each runs the calls it takes to completion on its own
+/// thread (no hand-off to the runtime's workers, which costs a wake-up per call);
+/// two let a slow call (a remote transfer) overlap with quick ones.
+const RING_THREADS: usize = 2;
+
+/// Serves `ring` for `session` until the session closes.
+pub(crate) fn serve(
+    handler: Handler,
+    ring: CallRing,
+    session: Arc<Session>,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    let max_response = ring.shape().resp_size as usize;
+    for _ in 0..RING_THREADS {
+        let server = ring.server();
+        let handler = handler.clone();
+        let session = session.clone();
+        let runtime = runtime.clone();
+        std::thread::Builder::new()
+            .name("mc-ring".into())
+            .spawn(move || {
+                while !session.is_closed() {
+                    let request = match server.recv(Duration::from_millis(100)) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(
+                                session = session.id(),
+                                "dropped a corrupt ring request: {e}"
+                            );
+                            continue;
+                        }
+                    };
+                    let response = runtime.block_on(dispatch(handler.clone(), &request.data));
+                    let mut bytes = postcard::to_stdvec(&response).unwrap_or_default();
+                    if bytes.len() > max_response {
+                        bytes = postcard::to_stdvec(&RingResponse::TooLarge).unwrap_or_default();
+                    }
+                    let _ = server.reply(request.slot, &bytes);
+                }
+                tracing::debug!(session = session.id(), "ring closed with its session");
+            })?;
+    }
+    Ok(())
+}
+
+async fn dispatch(h: Handler, request: &[u8]) -> RingResponse {
+    let Ok(request) = postcard::from_bytes::<RingRequest>(request) else {
+        return RingResponse::Malformed;
+    };
+    h.client().metrics.ring_request();
+    let c = context::current();
+    match request {
+        RingRequest::Ping => RingResponse::Unit(h.ping(c).await),
+        RingRequest::Exist(keys) => RingResponse::Bools(h.exist(c, keys).await),
+        RingRequest::GetSize(key) => RingResponse::Size(h.get_size(c, key).await),
+        RingRequest::GetInto { keys, dests } => {
+            RingResponse::Outcomes(h.get_into(c, keys, dests).await)
+        }
+        RingRequest::PutStart {
+            keys,
+            sizes,
+            config,
+            upsert,
+        } => RingResponse::Started(h.put_start(c, keys, sizes, config, upsert).await),
+        RingRequest::PutComplete(items) => RingResponse::Units(h.put_complete(c, items).await),
+        RingRequest::Remove { keys, force } => RingResponse::Units(h.remove(c, keys, force).await),
+    }
+}
