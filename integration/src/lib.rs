@@ -155,9 +155,10 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 
-/// A free-ish port, unique within this test process.
+/// A free-ish port, unique within this test process, below the kernel's ephemeral
+/// range (32768+) so no outgoing connection can be holding it.
 pub fn test_port() -> u16 {
-    let base = 20_000 + (std::process::id() % 1_000) * 25;
+    let base = 10_000 + (std::process::id() % 800) * 25;
     (base + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 25) as u16
 }
 

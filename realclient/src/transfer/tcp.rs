@@ -369,6 +369,7 @@ struct ServerState {
 pub struct TransferServer {
     addr: SocketAddr,
     state: Arc<ServerState>,
+    accept: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl TransferServer {
@@ -391,10 +392,14 @@ impl TransferServer {
             bytes_in: AtomicU64::new(0),
         });
         let accept_state = state.clone();
-        std::thread::Builder::new()
+        let accept = std::thread::Builder::new()
             .name("mc-xfer-accept".into())
             .spawn(move || accept_loop(listener, accept_state))?;
-        Ok(TransferServer { addr: bound, state })
+        Ok(TransferServer {
+            addr: bound,
+            state,
+            accept: Mutex::new(Some(accept)),
+        })
     }
 
     /// The address actually bound.
@@ -421,7 +426,13 @@ impl TransferServer {
         if wake.ip().is_unspecified() {
             wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        let woken = TcpStream::connect_timeout(&wake, Duration::from_millis(200)).is_ok();
+        if let Some(accept) = self.accept.lock().take()
+            && woken
+        {
+            // The listener closes with the thread: the port is free once this returns.
+            let _ = accept.join();
+        }
         self.state.gate.close();
         if !self.state.gate.wait_idle(grace) {
             tracing::warn!("transfers still running after {grace:?}; closing their connections");
