@@ -494,23 +494,11 @@ impl RealClient {
                         continue;
                     }
                 };
-                let mut at = 0;
-                for t in spans {
-                    jobs.push(TransferJob {
-                        direction: Direction::Write,
-                        endpoint: r.transport_endpoint.clone(),
-                        segment_id: r.segment_id,
-                        remote_offset: r.offset + at,
-                        local: LocalSpan {
-                            region: t.region_arc().clone(),
-                            offset: t.offset(),
-                            len: t.len(),
-                        },
-                    });
+                for job in replica_jobs(Direction::Write, r, &spans) {
+                    jobs.push(job);
                     owners.push((i, r.segment_id));
-                    at += t.len();
-                    held.push(t);
                 }
+                held.extend(spans);
             }
         }
         if !jobs.is_empty() {
@@ -613,21 +601,9 @@ impl RealClient {
             for (w, (_, list, spans)) in wanted.iter().enumerate() {
                 let r = &list.replicas[attempt];
                 lease_ms = lease_ms.min(list.lease_ttl_ms);
-                let mut at = 0;
-                for t in spans {
-                    jobs.push(TransferJob {
-                        direction: Direction::Read,
-                        endpoint: r.transport_endpoint.clone(),
-                        segment_id: r.segment_id,
-                        remote_offset: r.offset + at,
-                        local: LocalSpan {
-                            region: t.region_arc().clone(),
-                            offset: t.offset(),
-                            len: t.len(),
-                        },
-                    });
+                for job in replica_jobs(Direction::Read, r, spans) {
+                    jobs.push(job);
                     owners.push(w);
-                    at += t.len();
                 }
             }
             // Leave a margin: bytes must be in place before the lease can lapse.
@@ -730,6 +706,34 @@ impl RealClient {
     pub async fn remove_all(&self, force: bool) -> MResult<u64> {
         self.master()?.remove_all(force).await?
     }
+}
+
+/// The jobs moving one object between `replica` and the dummy memory `spans`, which
+/// hold the object's bytes in order.
+fn replica_jobs(
+    direction: Direction,
+    replica: &ReplicaDesc,
+    spans: &[Translation],
+) -> Vec<TransferJob> {
+    let mut at = 0;
+    spans
+        .iter()
+        .map(|t| {
+            let job = TransferJob {
+                direction,
+                endpoint: replica.transport_endpoint.clone(),
+                segment_id: replica.segment_id,
+                remote_offset: replica.offset + at,
+                local: LocalSpan {
+                    region: t.region_arc().clone(),
+                    offset: t.offset(),
+                    len: t.len(),
+                },
+            };
+            at += t.len();
+            job
+        })
+        .collect()
 }
 
 /// Translates a dummy's buffer list, checking it holds exactly `size` bytes... or
