@@ -1082,13 +1082,21 @@ impl DummyClient {
             Ok(c) => c,
             Err(e) => return vec![Err(e); keys.len()],
         };
-        per_key(
-            keys.len(),
-            self.call(
-                &conn,
-                conn.rpc.remove(ctx(CALL_TIMEOUT), keys.to_vec(), force),
+        let request = RingRequest::Remove {
+            keys: keys.to_vec(),
+            force,
+        };
+        match self.ring_call(&conn, &request) {
+            Some(Ok(RingResponse::Units(v))) => per_key(keys.len(), Ok(v)),
+            Some(Err(e)) => vec![Err(e); keys.len()],
+            _ => per_key(
+                keys.len(),
+                self.call(
+                    &conn,
+                    conn.rpc.remove(ctx(CALL_TIMEOUT), keys.to_vec(), force),
+                ),
             ),
-        )
+        }
     }
 
     /// Removes one object.
