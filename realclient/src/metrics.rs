@@ -117,35 +117,31 @@ impl ClientMetrics {
     /// The Prometheus text exposition.
     pub fn render(&self, served: (u64, u64)) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP mooncake_client_requests_total Calls served, per operation.\n# TYPE mooncake_client_requests_total counter"
+        let family = |out: &mut String, name: &str, help: &str, value: fn(&OpStats) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (op, label) in OPS {
+                let v = value(&self.ops[op as usize]);
+                let _ = writeln!(out, "{name}{{op=\"{label}\"}} {v}");
+            }
+        };
+        family(
+            &mut out,
+            "mooncake_client_requests_total",
+            "Calls served, per operation.",
+            |s| s.calls.load(Relaxed),
         );
-        for (op, name) in OPS {
-            let s = &self.ops[op as usize];
-            let _ = writeln!(
-                out,
-                "mooncake_client_requests_total{{op=\"{name}\"}} {}",
-                s.calls.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mooncake_client_keys_total Keys handled, per operation.\n# TYPE mooncake_client_keys_total counter"
+        family(
+            &mut out,
+            "mooncake_client_keys_total",
+            "Keys handled, per operation.",
+            |s| s.keys.load(Relaxed),
         );
-        for (op, name) in OPS {
-            let s = &self.ops[op as usize];
-            let _ = writeln!(
-                out,
-                "mooncake_client_keys_total{{op=\"{name}\"}} {}",
-                s.keys.load(Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "mooncake_client_key_errors_total{{op=\"{name}\"}} {}",
-                s.key_errors.load(Relaxed)
-            );
-        }
+        family(
+            &mut out,
+            "mooncake_client_key_errors_total",
+            "Keys that failed, per operation.",
+            |s| s.key_errors.load(Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP mooncake_client_request_latency_microseconds Call latency.\n# TYPE mooncake_client_request_latency_microseconds histogram"
