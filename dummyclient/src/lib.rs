@@ -104,17 +104,52 @@ impl Conn {
 struct Registration {
     addr: u64,
     len: u64,
-    region: Arc<Region>,
+    /// The shared memory holding it; `None` for this process's own memory, which
+    /// only an in-process real client accepts (bytes for other hosts are staged).
+    region: Option<Arc<Region>>,
     offset: u64,
 }
 
 /// A range of registered memory.
 #[derive(Clone)]
 struct Span {
-    region: Arc<Region>,
+    /// `None`: process memory at `addr` (see [`Registration::region`]).
+    region: Option<Arc<Region>>,
     offset: u64,
     len: u64,
     addr: u64,
+}
+
+impl Span {
+    /// Copies this span into `dst` at `at`.
+    fn copy_into(&self, dst: &Region, at: u64) -> MResult<()> {
+        match &self.region {
+            Some(r) => r.copy_to(self.offset, dst, at, self.len),
+            // SAFETY: the caller registered `[addr, addr + len)` as memory of this
+            // process (upstream's contract for `register_buffer`), and `resolve`
+            // checked the span lies inside that registration.
+            None => unsafe { dst.write_from_raw(at, self.addr as *const u8, self.len) },
+        }
+        .map_err(|e| e.code())
+    }
+
+    /// Fills the first `n` bytes of this span from `src` at `at`.
+    fn fill_from(&self, src: &Region, at: u64, n: u64) -> MResult<()> {
+        match &self.region {
+            Some(r) => src.copy_to(at, r, self.offset, n),
+            // SAFETY: as in `copy_into`; `n` is at most the span's length.
+            None => unsafe { src.read_into_raw(at, self.addr as *mut u8, n.min(self.len)) },
+        }
+        .map_err(|e| e.code())
+    }
+
+    /// The address the real client can reach, when it maps this memory.
+    fn shared_ref(&self) -> Option<BufRef> {
+        self.region.as_ref().map(|_| BufRef {
+            addr: self.addr,
+            len: self.len,
+        })
+    }
 }
 
 /// Where a value comes from.
@@ -137,9 +172,7 @@ impl Src<'_> {
         match self {
             Src::Registered(spans) => {
                 for s in spans {
-                    s.region
-                        .copy_to(s.offset, dst, pos, s.len)
-                        .map_err(|e| e.code())?;
+                    s.copy_into(dst, pos)?;
                     pos += s.len;
                 }
             }
@@ -181,8 +214,7 @@ impl Dst<'_> {
                     if n == 0 {
                         break;
                     }
-                    src.copy_to(pos, &s.region, s.offset, n)
-                        .map_err(|e| e.code())?;
+                    s.fill_from(src, pos, n)?;
                     pos += n;
                     left -= n;
                 }
@@ -285,7 +317,9 @@ impl Shared {
         };
         let regs = self.registrations.lock().clone();
         for r in &regs {
-            ipc.register(&r.region, r.offset, r.len).await?;
+            if let Some(region) = &r.region {
+                ipc.register(region, r.offset, r.len).await?;
+            }
         }
         let ring = if std::env::var_os("MC_DISABLE_CALL_RING").is_some() {
             None
@@ -356,6 +390,8 @@ pub struct DummyClient {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// The real client runs in this process, so any memory of it can be registered.
+    process_memory: bool,
 }
 
 impl Drop for DummyClient {
@@ -367,6 +403,22 @@ impl Drop for DummyClient {
 impl DummyClient {
     /// Connects to the real client listening on `socket`.
     pub fn connect(socket: &Path, token: &str) -> Result<DummyClient, DummyError> {
+        Self::connect_with(socket, token, false)
+    }
+
+    /// Connects to a real client running in this very process (the Python
+    /// `setup()`): `register_buffer` then also accepts any memory of the process,
+    /// not only [`HostMemAllocator`]'s; bytes of such memory bound for other hosts
+    /// go through a temporary shared buffer.
+    pub fn connect_in_process(socket: &Path, token: &str) -> Result<DummyClient, DummyError> {
+        Self::connect_with(socket, token, true)
+    }
+
+    fn connect_with(
+        socket: &Path,
+        token: &str,
+        process_memory: bool,
+    ) -> Result<DummyClient, DummyError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mooncake-dummy")
@@ -388,6 +440,7 @@ impl DummyClient {
             runtime,
             shared,
             stop,
+            process_memory,
         })
     }
 
@@ -465,15 +518,28 @@ impl DummyClient {
     /// [`HostMemAllocator`]: the real client maps it and can move remote bytes
     /// straight into or out of it. Sub-ranges and repeated registrations work.
     pub fn register_buffer(&self, addr: u64, len: u64) -> MResult<()> {
-        if len == 0 {
+        if len == 0 || addr == 0 || addr.checked_add(len).is_none() {
             return Err(ErrorCode::InvalidParams);
         }
-        let (region, offset) = hostmem::lookup(addr, len).ok_or_else(|| {
-            tracing::warn!(
-                "register_buffer({addr:#x}, {len}): not inside memory from HostMemAllocator"
-            );
-            ErrorCode::InvalidParams
-        })?;
+        let Some((region, offset)) = hostmem::lookup(addr, len) else {
+            if !self.process_memory {
+                tracing::warn!(
+                    "register_buffer({addr:#x}, {len}): not inside memory from HostMemAllocator"
+                );
+                return Err(ErrorCode::InvalidParams);
+            }
+            // The real client lives in this process: it needs no mapping.
+            let mut regs = self.shared.registrations.lock();
+            if !regs.iter().any(|r| r.addr == addr && r.len == len) {
+                regs.push(Registration {
+                    addr,
+                    len,
+                    region: None,
+                    offset: 0,
+                });
+            }
+            return Ok(());
+        };
         let conn = self.conn()?;
         if self
             .shared
@@ -491,7 +557,7 @@ impl DummyClient {
         self.shared.registrations.lock().push(Registration {
             addr,
             len,
-            region: region.clone(),
+            region: Some(region.clone()),
             offset,
         });
         // A reconnect in between re-registered the old list only.
@@ -510,9 +576,13 @@ impl DummyClient {
         {
             let mut regs = self.shared.registrations.lock();
             let before = regs.len();
+            let shared = regs.iter().any(|r| r.addr == addr && r.region.is_some());
             regs.retain(|r| r.addr != addr);
             if regs.len() == before {
                 return Err(ErrorCode::InvalidParams);
+            }
+            if !shared {
+                return Ok(());
             }
         }
         if let Ok(conn) = self.conn() {
@@ -719,16 +789,14 @@ impl DummyClient {
                     _ => remote = true,
                 }
             }
-            let sources = match (remote, src) {
+            let shared: Option<Vec<BufRef>> = match src {
+                Src::Registered(spans) => spans.iter().map(Span::shared_ref).collect(),
+                Src::Bytes(_) => None,
+            };
+            let sources = match (remote, shared) {
                 (false, _) => Vec::new(),
-                (true, Src::Registered(spans)) => spans
-                    .iter()
-                    .map(|s| BufRef {
-                        addr: s.addr,
-                        len: s.len,
-                    })
-                    .collect(),
-                (true, Src::Bytes(_)) => {
+                (true, Some(refs)) => refs,
+                (true, None) => {
                     to_stage.push(completions.len());
                     Vec::new()
                 }
@@ -901,13 +969,12 @@ impl DummyClient {
         let dests: Vec<Vec<BufRef>> = valid
             .iter()
             .map(|&i| match &dsts[i] {
+                // Process memory: the real client cannot write it; staged instead.
                 Some(Dst::Registered(spans)) => spans
                     .iter()
-                    .map(|s| BufRef {
-                        addr: s.addr,
-                        len: s.len,
-                    })
-                    .collect(),
+                    .map(Span::shared_ref)
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default(),
                 _ => Vec::new(),
             })
             .collect();

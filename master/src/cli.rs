@@ -1,9 +1,31 @@
-//! What every mooncake-rs daemon binary does the same way: glog-style verbosity
+//! The command lines of the master and of the standalone HTTP metadata server
+//! (flags parsed here so the binaries and the Python console scripts share them),
+//! and what every mooncake-rs daemon does the same way: glog-style verbosity
 //! (`-v=1`, or `MOONCAKE_LOG` as a tracing filter) and shutdown on SIGTERM / Ctrl-C.
 
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{ArgAction, Parser};
 use tokio_util::sync::CancellationToken;
 
-/// Logs to stderr at `info` (`-v=0`), `debug` (`-v=1`) or `trace` (`-v≥2`), unless
+use crate::{AllocationStrategy, MasterConfig, ServerOptions};
+use mooncake_proto::units::parse_duration_ms;
+
+/// Prints a fatal error the way every daemon here does and turns it into an exit code.
+pub fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr (once per process; later calls keep the first setup) at `info` (`-v=0`), `debug` (`-v=1`) or `trace` (`-v≥2`), unless
 /// `MOONCAKE_LOG` gives a filter.
 pub fn init_logging(verbosity: u8) {
     let level = match verbosity {
@@ -17,7 +39,8 @@ pub fn init_logging(verbosity: u8) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .try_init()
+        .ok();
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C. Call inside a tokio runtime.
@@ -41,4 +64,239 @@ pub fn shutdown_on_signals() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// Parses glog-style booleans (`true`, `1`, `yes`, `on`, ...).
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mooncake_master",
+    version,
+    about = "mooncake-rs master service"
+)]
+struct MasterArgs {
+    /// Address the RPC service binds.
+    #[arg(long = "rpc_address", default_value = "0.0.0.0")]
+    rpc_address: String,
+    /// RPC port (0 picks a free port, printed at start).
+    #[arg(long = "rpc_port")]
+    rpc_port: Option<u16>,
+    /// Deprecated spelling of --rpc_port.
+    #[arg(long = "port", default_value_t = 50051)]
+    port: u16,
+    /// Address the metrics/admin HTTP server binds.
+    #[arg(long = "metrics_host", default_value = "0.0.0.0")]
+    metrics_host: String,
+    /// Metrics/admin HTTP port.
+    #[arg(long = "metrics_port", default_value_t = 9003)]
+    metrics_port: u16,
+    /// Log a summary line every 10 s.
+    #[arg(long = "enable_metric_reporting", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_metric_reporting: bool,
+    /// Read lease TTL (ms, or with a unit: 5s, 500ms).
+    #[arg(long = "default_kv_lease_ttl", default_value = "10000", value_parser = parse_duration_ms)]
+    default_kv_lease_ttl: u64,
+    /// Default soft-pin TTL (ms).
+    #[arg(long = "default_kv_soft_pin_ttl", default_value = "1800000", value_parser = parse_duration_ms)]
+    default_kv_soft_pin_ttl: u64,
+    /// Longest soft-pin TTL a client may ask for (ms).
+    #[arg(long = "max_kv_soft_pin_ttl", default_value = "86400000", value_parser = parse_duration_ms)]
+    max_kv_soft_pin_ttl: u64,
+    /// Let eviction take soft-pinned objects when nothing else is left.
+    #[arg(long = "allow_evict_soft_pinned_objects", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    allow_evict_soft_pinned_objects: bool,
+    /// Fraction of capacity one eviction frees.
+    #[arg(long = "eviction_ratio", default_value_t = 0.05)]
+    eviction_ratio: f64,
+    /// Used fraction above which eviction starts.
+    #[arg(long = "eviction_high_watermark_ratio", default_value_t = 0.90)]
+    eviction_high_watermark_ratio: f64,
+    /// Seconds without a ping after which a client is expired.
+    #[arg(long = "client_ttl", default_value_t = 10)]
+    client_ttl: u64,
+    /// Seconds after which another writer may take over an unfinished write.
+    #[arg(long = "put_start_discard_timeout_sec", default_value_t = 30)]
+    put_start_discard_timeout_sec: u64,
+    /// Seconds after which an unfinished write's space is reclaimed.
+    #[arg(long = "put_start_release_timeout_sec", default_value_t = 600)]
+    put_start_release_timeout_sec: u64,
+    /// Replica placement: random or free_ratio_first.
+    #[arg(long = "allocation_strategy", default_value = "random")]
+    allocation_strategy: AllocationStrategy,
+    /// Allocator kind (only `offset` exists; accepted for compatibility).
+    #[arg(long = "memory_allocator", default_value = "offset")]
+    memory_allocator: String,
+    /// Longest key accepted, in bytes.
+    #[arg(long = "max_key_len", default_value_t = 4096)]
+    max_key_len: usize,
+    /// Run the HTTP metadata server.
+    #[arg(long = "enable_http_metadata_server", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_http_metadata_server: bool,
+    /// Address of the HTTP metadata server.
+    #[arg(long = "http_metadata_server_host", default_value = "0.0.0.0")]
+    http_metadata_server_host: String,
+    /// Port of the HTTP metadata server.
+    #[arg(long = "http_metadata_server_port", default_value_t = 8080)]
+    http_metadata_server_port: u16,
+    /// Token every client must present.
+    #[arg(
+        long = "cluster_token",
+        env = "MOONCAKE_CLUSTER_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    cluster_token: String,
+    /// RPC worker threads (0 = number of cores).
+    #[arg(long = "rpc_thread_num", default_value_t = 0)]
+    rpc_thread_num: usize,
+    /// High availability through etcd (not available yet).
+    #[arg(long = "enable_ha", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_ha: bool,
+    /// Verbose logging level (glog style: -v=1).
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    verbosity: u8,
+}
+
+/// `mooncake_master` with these arguments (the first is the program name): parses
+/// the flags, serves until SIGTERM / Ctrl-C. Shared by the binary and the Python
+/// package's console script.
+pub fn master_main<I, T>(argv: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = MasterArgs::parse_from(argv);
+    init_logging(args.verbosity);
+    report(run_master(args))
+}
+
+fn run_master(args: MasterArgs) -> anyhow::Result<()> {
+    if args.enable_ha {
+        anyhow::bail!("--enable_ha: high availability is not available in this build yet");
+    }
+    if args.memory_allocator != "offset" && args.memory_allocator != "cachelib" {
+        anyhow::bail!("--memory_allocator must be offset (or the deprecated cachelib)");
+    }
+    let config = MasterConfig {
+        default_kv_lease_ttl: Duration::from_millis(args.default_kv_lease_ttl),
+        default_kv_soft_pin_ttl: Duration::from_millis(args.default_kv_soft_pin_ttl),
+        max_kv_soft_pin_ttl: Duration::from_millis(args.max_kv_soft_pin_ttl),
+        allow_evict_soft_pinned_objects: args.allow_evict_soft_pinned_objects,
+        eviction_ratio: args.eviction_ratio,
+        eviction_high_watermark_ratio: args.eviction_high_watermark_ratio,
+        client_ttl: Duration::from_secs(args.client_ttl),
+        put_start_discard_timeout: Duration::from_secs(args.put_start_discard_timeout_sec),
+        put_start_release_timeout: Duration::from_secs(args.put_start_release_timeout_sec),
+        allocation_strategy: args.allocation_strategy,
+        max_key_len: args.max_key_len,
+        cluster_token: args.cluster_token.clone(),
+        ..MasterConfig::default()
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let host = join_host_port;
+    let options = ServerOptions {
+        rpc_addr: host(&args.rpc_address, args.rpc_port.unwrap_or(args.port)),
+        metrics_addr: Some(host(&args.metrics_host, args.metrics_port)),
+        metadata_addr: args.enable_http_metadata_server.then(|| {
+            host(
+                &args.http_metadata_server_host,
+                args.http_metadata_server_port,
+            )
+        }),
+        summary_interval: args
+            .enable_metric_reporting
+            .then_some(Duration::from_secs(10)),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.rpc_thread_num > 0 {
+        runtime.worker_threads(args.rpc_thread_num);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_on_signals();
+        crate::run(config, options, shutdown, |bound, svc| {
+            tracing::info!(
+                "Master service started on port {} ({})",
+                bound.rpc.port(),
+                bound.rpc
+            );
+            if let Some(m) = bound.metrics {
+                tracing::info!("HTTP metrics server started on port {} ({m})", m.port());
+            }
+            if let Some(m) = bound.metadata {
+                tracing::info!("HTTP metadata server started on port {} ({m})", m.port());
+            }
+            tracing::info!("Master Metrics: {}", svc.summary_line());
+        })
+        .await
+    })
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mooncake_http_metadata_server",
+    version,
+    about = "standalone HTTP metadata server (GET/PUT/DELETE /metadata?key=, GET /health)"
+)]
+struct MetadataArgs {
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to bind.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Verbose logging level.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    verbosity: u8,
+}
+
+/// `mooncake_http_metadata_server` / `python -m mooncake.http_metadata_server`:
+/// the key-value store transfer engines publish segment descriptors to.
+pub fn metadata_server_main<I, T>(argv: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = MetadataArgs::parse_from(argv);
+    init_logging(args.verbosity);
+    report((|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
+        runtime.block_on(async move {
+            let addr = join_host_port(&args.host, args.port);
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTP metadata server to {addr}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!("HTTP metadata server started on port {} ({bound})", bound.port());
+            let shutdown = shutdown_on_signals();
+            let router = crate::http::metadata_router(Default::default());
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .context("HTTP metadata server")
+        })
+    })())
+}
+
+/// `host:port`, bracketing IPv6 literals.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }

@@ -66,7 +66,11 @@ impl RealClient {
                 "--protocol rdma: this build has no RDMA transport (build with the `rdma` feature); use tcp"
             );
         }
-        let persisted = inventory::load(&config.inventory_path());
+        let persisted = if config.ephemeral_segment {
+            None
+        } else {
+            inventory::load(&config.inventory_path())
+        };
         let mut client_id = Uuid::new_v4();
         let mut entries = Vec::new();
         let segment = if config.global_segment_size == 0 {
@@ -93,6 +97,15 @@ impl RealClient {
                         config.segment_path.display()
                     );
                     (region, p.segment.id)
+                }
+                None if config.ephemeral_segment => {
+                    let region = Region::anonymous(
+                        "mooncake-segment",
+                        config.global_segment_size,
+                        &options,
+                    )
+                    .context("cannot create the segment")?;
+                    (region, Uuid::new_v4())
                 }
                 None => {
                     let region = Region::create_named(
@@ -128,6 +141,11 @@ impl RealClient {
                 )
                 .with_context(|| format!("cannot listen for transfers on {bind}"))?;
                 desc.transport_endpoint = format!("{}:{}", config.host, server.local_addr().port());
+                if config.port == 0 {
+                    // No service port to name the segment by: the transfer port is
+                    // unique on this host too.
+                    desc.name = format!("{}:{}", config.host, server.local_addr().port());
+                }
                 tracing::info!(
                     "transfer port {} (peers reach it at {})",
                     server.local_addr(),
@@ -183,7 +201,10 @@ impl RealClient {
 
     /// `host:port`, the segment name.
     pub fn hostname(&self) -> String {
-        self.config.hostname()
+        match &self.segment {
+            Some((_, desc)) => desc.name.clone(),
+            None => self.config.hostname(),
+        }
     }
 
     /// Whether the master session is up.
@@ -217,6 +238,9 @@ impl RealClient {
         let Some((_, desc)) = &self.segment else {
             return;
         };
+        if self.config.ephemeral_segment {
+            return;
+        }
         let entries = {
             let mut inv = self.inventory.lock();
             inv.take_dirty();

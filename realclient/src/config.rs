@@ -35,6 +35,9 @@ pub struct RealClientConfig {
     pub ipc_socket_path: PathBuf,
     /// Shared-memory file of the segment (re-attached after a restart).
     pub segment_path: PathBuf,
+    /// Keep the segment in anonymous memory that dies with the process, with no
+    /// persisted inventory (the in-process client of the Python `setup()`).
+    pub ephemeral_segment: bool,
     /// Cluster token for the master and dummies.
     pub cluster_token: String,
     /// Run a master inside this process.
@@ -60,6 +63,7 @@ impl RealClientConfig {
             protocol: Protocol::Tcp,
             ipc_socket_path: default_socket_path(port),
             segment_path: PathBuf::from(format!("/dev/shm/mooncake_client_{port}.segment")),
+            ephemeral_segment: false,
             cluster_token: String::new(),
             embedded_master: false,
             embedded_metrics_address: None,

@@ -4,6 +4,9 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the `mooncake_client` command line (shared with the Python console script).
+//! - [`background`]: [`background::BackgroundClient`], a real client inside another
+//!   program (the Python `setup()`).
 //! - [`config`]: [`RealClientConfig`] (upstream flag names and defaults).
 //! - [`inventory`]: the persistent record of the objects in this client's segment,
 //!   which lets a restarted master — or a restarted real client — get them back.
@@ -15,6 +18,8 @@
 //! - [`transfer`]: the transfer engine ([`transfer::Transport`]; TCP in [`transfer::tcp`]).
 //! - [`run`](crate::run()): starts everything for the `mooncake_client` binary.
 
+pub mod background;
+pub mod cli;
 pub mod client;
 pub mod config;
 mod fastpath;

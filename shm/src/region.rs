@@ -408,6 +408,32 @@ impl Region {
         Ok(())
     }
 
+    /// Copies `len` bytes of this process's memory at `src` into the region at
+    /// `offset` (memory the caller registered as its own, not shared).
+    ///
+    /// # Safety
+    /// `[src, src + len)` must be readable memory of this process for the whole call.
+    pub unsafe fn write_from_raw(&self, offset: u64, src: *const u8, len: u64) -> Result<(), ShmError> {
+        self.check(offset, len)?;
+        // SAFETY: the destination was bounds-checked against the live mapping; the
+        // caller vouches for the source; `ptr::copy` tolerates overlap.
+        unsafe { std::ptr::copy(src, self.as_ptr().add(offset as usize), len as usize) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes of the region at `offset` into this process's memory at `dst`.
+    ///
+    /// # Safety
+    /// `[dst, dst + len)` must be writable memory of this process that nothing else
+    /// reads or writes during the call.
+    pub unsafe fn read_into_raw(&self, offset: u64, dst: *mut u8, len: u64) -> Result<(), ShmError> {
+        self.check(offset, len)?;
+        // SAFETY: the source was bounds-checked against the live mapping; the caller
+        // vouches for the destination.
+        unsafe { std::ptr::copy(self.as_ptr().add(offset as usize), dst, len as usize) };
+        Ok(())
+    }
+
     /// Copies `len` bytes from this region at `offset` into `dst` at `dst_offset`.
     pub fn copy_to(
         &self,

@@ -1,0 +1,166 @@
+//! The `mooncake_client` command line (upstream's flags: `--global_segment_size=4GB`,
+//! `--master_server_address`, ...; `--embedded-master` also runs a master in this
+//! process), parsed here so the binary and the Python console script share it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use mooncake_master::cli::{init_logging, report, shutdown_on_signals};
+use mooncake_proto::Protocol;
+use mooncake_proto::units::parse_size;
+
+use crate::RealClientConfig;
+use crate::config::advertise_host;
+
+#[derive(Parser, Debug)]
+#[command(name = "mooncake_client", version, about = "mooncake-rs real client")]
+struct ClientArgs {
+    /// Host name or IP this client is reachable at.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port (names the default socket and segment files).
+    #[arg(long, default_value_t = 50052)]
+    port: u16,
+    /// Memory contributed to the pool ("4 GB", "4gb", bytes).
+    #[arg(long = "global_segment_size", env = "MOONCAKE_GLOBAL_SEGMENT_SIZE", default_value = "4 GB", value_parser = parse_size)]
+    global_segment_size: u64,
+    /// Staging buffer for copy-style calls.
+    #[arg(long = "local_buffer_size", env = "MOONCAKE_LOCAL_BUFFER_SIZE", default_value = "0", value_parser = parse_size)]
+    local_buffer_size: u64,
+    /// Master address (host:port).
+    #[arg(
+        long = "master_server_address",
+        env = "MOONCAKE_MASTER",
+        default_value = "127.0.0.1:50051"
+    )]
+    master_server_address: String,
+    /// Metadata server (accepted for compatibility; not needed by this implementation).
+    #[arg(
+        long = "metadata_server",
+        default_value = "http://127.0.0.1:8080/metadata"
+    )]
+    metadata_server: String,
+    /// Transfer protocol: tcp (rdma needs a build with the `rdma` feature).
+    #[arg(long, env = "MOONCAKE_PROTOCOL", default_value = "tcp")]
+    protocol: Protocol,
+    /// RDMA devices (accepted for compatibility).
+    #[arg(long = "device_names", alias = "device_name", default_value = "")]
+    device_names: String,
+    /// RPC worker threads (0 = number of cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// HTTP port for /health and /metrics (0 = any free port).
+    #[arg(long = "http_port", default_value_t = 9300)]
+    http_port: u16,
+    /// Do not serve HTTP.
+    #[arg(long = "disable_http")]
+    disable_http: bool,
+    /// TCP port other real clients move data through (0 = any free port).
+    #[arg(
+        long = "transfer_port",
+        env = "MOONCAKE_TRANSFER_PORT",
+        default_value_t = 0
+    )]
+    transfer_port: u16,
+    /// Unix socket for dummy clients (default: <tmp>/mooncake_client_<port>.sock).
+    #[arg(long = "ipc_socket_path")]
+    ipc_socket_path: Option<PathBuf>,
+    /// Shared-memory file of the segment (default: /dev/shm/mooncake_client_<port>.segment).
+    #[arg(long = "segment_path")]
+    segment_path: Option<PathBuf>,
+    /// Cluster token.
+    #[arg(
+        long = "cluster_token",
+        env = "MOONCAKE_CLUSTER_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    cluster_token: String,
+    /// Also run a master in this process (single-host store in one command).
+    #[arg(long = "embedded-master", alias = "embedded_master")]
+    embedded_master: bool,
+    /// Metrics port of the embedded master.
+    #[arg(long = "embedded_metrics_port", default_value_t = 9003)]
+    embedded_metrics_port: u16,
+    /// Verbose logging (glog style: -v=1).
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    verbosity: u8,
+}
+
+/// `mooncake_client` with these arguments (the first is the program name): parses
+/// the flags and serves until SIGTERM / Ctrl-C. Shared by the binary and the Python
+/// package's console script.
+pub fn client_main<I, T>(argv: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = ClientArgs::parse_from(argv);
+    init_logging(args.verbosity);
+    report(run_client(args))
+}
+
+fn run_client(args: ClientArgs) -> anyhow::Result<()> {
+    let mut config = RealClientConfig::new(args.port);
+    let wildcard = args.host.is_empty() || args.host == "0.0.0.0";
+    config.bind_host = if wildcard {
+        "0.0.0.0".into()
+    } else {
+        args.host.clone()
+    };
+    config.host = if wildcard {
+        advertise_host(&args.master_server_address)
+    } else {
+        args.host.clone()
+    };
+    config.transfer_port = args.transfer_port;
+    config.serve_tcp = true;
+    config.http_port = (!args.disable_http).then_some(args.http_port);
+    config.global_segment_size = args.global_segment_size;
+    config.local_buffer_size = args.local_buffer_size;
+    config.master_server_address = args.master_server_address.clone();
+    config.protocol = args.protocol;
+    config.cluster_token = args.cluster_token.clone();
+    config.embedded_master = args.embedded_master;
+    if args.embedded_master {
+        config.embedded_metrics_address = Some(format!("0.0.0.0:{}", args.embedded_metrics_port));
+    }
+    if let Some(p) = args.ipc_socket_path {
+        config.ipc_socket_path = p;
+    }
+    if let Some(p) = args.segment_path {
+        config.segment_path = p;
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        runtime.worker_threads(args.threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_on_signals();
+        let socket = config.ipc_socket_path.clone();
+        crate::run(config, shutdown, |client, endpoints| {
+            let show = |a: Option<std::net::SocketAddr>| {
+                a.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            };
+            tracing::info!(
+                "mooncake_client ready: socket {} | tcp {} | http {} | transfer {} | segment {} {} | client {}",
+                socket.display(),
+                show(endpoints.tcp),
+                show(endpoints.http),
+                show(endpoints.transfer),
+                client.hostname(),
+                client.segment().map(|s| s.size).unwrap_or(0),
+                client.client_id()
+            );
+        })
+        .await
+    })
+}
