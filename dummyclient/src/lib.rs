@@ -636,6 +636,22 @@ impl DummyClient {
         .remove(0)
     }
 
+    /// Puts or replaces the concatenation of `parts` as one object.
+    pub fn upsert_parts(
+        &self,
+        key: &str,
+        parts: &[&[u8]],
+        config: &ReplicateConfig,
+    ) -> MResult<()> {
+        self.put_core(
+            &[key.to_string()],
+            vec![Some(Src::Bytes(parts.to_vec()))],
+            config,
+            true,
+        )
+        .remove(0)
+    }
+
     /// Puts objects from byte slices. `upsert` replaces existing values; a plain
     /// put of an existing key succeeds and keeps the old value.
     pub fn batch_put(

@@ -1,0 +1,279 @@
+//! The arguments of `setup(...)`, `setup(dict)` and `setup_dummy(...)`, checked and
+//! turned into what starts a client. Both spellings engines use are accepted
+//! (`rdma_devices` / `device_name`, `master_server_addr` / `master_server_address`),
+//! sizes may be ints or strings such as `"4gb"`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use mooncake_proto::Protocol;
+use mooncake_proto::units::parse_size;
+use mooncake_realclient::RealClientConfig;
+use mooncake_realclient::config::{advertise_host, default_socket_path};
+
+/// Upstream's default segment and local buffer sizes for the dict form.
+const DEFAULT_SEGMENT: u64 = 3_355_443_200;
+const DEFAULT_LOCAL_BUFFER: u64 = 1 << 30;
+
+/// What `setup` was given.
+#[derive(Debug, Clone)]
+pub struct SetupArgs {
+    /// Host name (optionally `host:port`, the port being the transfer port).
+    pub local_hostname: String,
+    /// Metadata server: URL, `P2PHANDSHAKE`, ...; not needed by this implementation.
+    pub metadata_server: String,
+    /// Bytes this process contributes to the pool (0 = none).
+    pub global_segment_size: u64,
+    /// Scratch buffer size (accepted; temporary buffers are used instead).
+    pub local_buffer_size: u64,
+    /// `tcp` or `rdma`.
+    pub protocol: String,
+    /// RDMA devices (accepted).
+    pub rdma_devices: String,
+    /// Master `host:port`.
+    pub master_server_addr: String,
+    /// Where the in-process real client listens for this process's dummy.
+    pub ipc_socket_path: Option<PathBuf>,
+    /// Serve `/health` and `/metrics` over HTTP.
+    pub enable_client_http_server: bool,
+    /// Port of that server.
+    pub client_http_port: u16,
+    /// SSD offload (not available: a warning).
+    pub enable_ssd_offload: bool,
+    /// Tenant (accepted).
+    pub tenant_id: String,
+}
+
+/// A size given as an int or a string (`"4gb"`, `"4 GB"`, `"1073741824"`).
+pub fn size_from_py(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    if let Ok(n) = obj.extract::<u64>() {
+        return Ok(n);
+    }
+    if let Ok(s) = obj.extract::<String>() {
+        return parse_size(&s).map_err(|e| PyTypeError::new_err(format!("{what}: {e}")));
+    }
+    Err(PyTypeError::new_err(format!(
+        "{what}: expected a byte count (int or a string such as \"4gb\")"
+    )))
+}
+
+fn bool_from_str(s: &str) -> bool {
+    matches!(
+        s.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
+fn str_of(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    match obj.extract::<String>() {
+        Ok(s) => Ok(s),
+        Err(_) => Ok(obj.str()?.to_string()),
+    }
+}
+
+impl SetupArgs {
+    /// The dict form (LMCache): every value may be a string.
+    pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<SetupArgs> {
+        let get = |names: &[&str]| -> PyResult<Option<Bound<'_, PyAny>>> {
+            for n in names {
+                if let Some(v) = d.get_item(n)?
+                    && !v.is_none()
+                {
+                    return Ok(Some(v));
+                }
+            }
+            Ok(None)
+        };
+        let text = |names: &[&str], default: &str| -> PyResult<String> {
+            match get(names)? {
+                Some(v) => str_of(&v),
+                None => Ok(default.to_string()),
+            }
+        };
+        let flag = |name: &str| -> PyResult<bool> {
+            match get(&[name])? {
+                Some(v) => match v.extract::<bool>() {
+                    Ok(b) => Ok(b),
+                    Err(_) => Ok(bool_from_str(&str_of(&v)?)),
+                },
+                None => Ok(false),
+            }
+        };
+        Ok(SetupArgs {
+            local_hostname: text(&["local_hostname"], "localhost")?,
+            metadata_server: text(&["metadata_server"], "P2PHANDSHAKE")?,
+            global_segment_size: match get(&["global_segment_size"])? {
+                Some(v) => size_from_py(&v, "global_segment_size")?,
+                None => DEFAULT_SEGMENT,
+            },
+            local_buffer_size: match get(&["local_buffer_size"])? {
+                Some(v) => size_from_py(&v, "local_buffer_size")?,
+                None => DEFAULT_LOCAL_BUFFER,
+            },
+            protocol: text(&["protocol"], "tcp")?,
+            rdma_devices: text(&["rdma_devices", "device_name", "device_names"], "")?,
+            master_server_addr: text(
+                &["master_server_addr", "master_server_address"],
+                "127.0.0.1:50051",
+            )?,
+            ipc_socket_path: get(&["ipc_socket_path"])?
+                .map(|v| str_of(&v))
+                .transpose()?
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            enable_client_http_server: flag("enable_client_http_server")?,
+            client_http_port: match get(&["client_http_port"])? {
+                Some(v) => str_of(&v)?.trim().parse().map_err(|_| {
+                    PyTypeError::new_err("client_http_port: expected a port number")
+                })?,
+                None => 9300,
+            },
+            enable_ssd_offload: flag("enable_ssd_offload")?,
+            tenant_id: text(&["tenant_id"], "default")?,
+        })
+    }
+
+    /// `local_hostname` split into host and optional port.
+    fn host_and_port(&self) -> (String, Option<u16>) {
+        let h = self.local_hostname.trim();
+        if let Some(rest) = h.strip_prefix('[')
+            && let Some((host, port)) = rest.split_once("]:")
+        {
+            return (host.to_string(), port.parse().ok());
+        }
+        match h.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => match port.parse() {
+                Ok(p) => (host.to_string(), Some(p)),
+                Err(_) => (h.to_string(), None),
+            },
+            _ => (h.to_string(), None),
+        }
+    }
+
+    /// The host this process's segment is named by (the port is the transfer port,
+    /// unique on the host).
+    pub fn display_host(&self) -> String {
+        self.host_and_port().0
+    }
+
+    /// The in-process real client's configuration; an error message for settings
+    /// this build cannot honour.
+    pub fn client_config(&self) -> Result<RealClientConfig, String> {
+        let protocol: Protocol = self.protocol.trim().to_ascii_lowercase().parse().map_err(
+            |e: String| format!("protocol {:?}: {e}", self.protocol),
+        )?;
+        if protocol == Protocol::Rdma {
+            return Err(
+                "protocol \"rdma\": this build has no RDMA transport yet; use \"tcp\"".into(),
+            );
+        }
+        let (host, port) = self.host_and_port();
+        let wildcard = host.is_empty() || host == "0.0.0.0" || host == "::";
+        let mut config = RealClientConfig::new(0);
+        config.host = if wildcard {
+            advertise_host(&self.master_server_addr)
+        } else {
+            host.clone()
+        };
+        // A literal address is bound exactly; a name may not resolve to a local
+        // interface (a pod name, say), so all interfaces are bound for it.
+        config.bind_host = match host.parse::<IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => host.clone(),
+            _ => "0.0.0.0".into(),
+        };
+        config.transfer_port = port.unwrap_or(0);
+        config.serve_tcp = false;
+        config.http_port = self
+            .enable_client_http_server
+            .then_some(self.client_http_port);
+        config.global_segment_size = self.global_segment_size;
+        config.local_buffer_size = self.local_buffer_size;
+        config.master_server_address = self.master_server_addr.trim().to_string();
+        config.protocol = protocol;
+        config.ipc_socket_path = self
+            .ipc_socket_path
+            .clone()
+            .unwrap_or_else(mooncake_realclient::background::private_socket_path);
+        config.ephemeral_segment = true;
+        config.cluster_token = std::env::var("MOONCAKE_CLUSTER_TOKEN").unwrap_or_default();
+        Ok(config)
+    }
+}
+
+/// The socket of the real client `setup_dummy` was pointed at: `host:port` names
+/// the default socket of the real client started with `--port`; a path is used as
+/// is; `MOONCAKE_IPC_SOCKET_PATH` overrides both (for `--ipc_socket_path`).
+pub fn dummy_socket(server_address: &str) -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("MOONCAKE_IPC_SOCKET_PATH")
+        && !p.is_empty()
+    {
+        return Ok(PathBuf::from(p));
+    }
+    let a = server_address.trim();
+    if a.contains('/') {
+        return Ok(PathBuf::from(a));
+    }
+    let port = match a.rsplit_once(':') {
+        Some((_, p)) => p
+            .parse::<u16>()
+            .map_err(|_| format!("server address {a:?}: expected host:port"))?,
+        None if a.is_empty() => 50052,
+        None => a
+            .parse::<u16>()
+            .map_err(|_| format!("server address {a:?}: expected host:port"))?,
+    };
+    Ok(default_socket_path(port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(host: &str) -> SetupArgs {
+        SetupArgs {
+            local_hostname: host.into(),
+            metadata_server: "P2PHANDSHAKE".into(),
+            global_segment_size: 1 << 20,
+            local_buffer_size: 0,
+            protocol: "tcp".into(),
+            rdma_devices: String::new(),
+            master_server_addr: "127.0.0.1:50051".into(),
+            ipc_socket_path: None,
+            enable_client_http_server: false,
+            client_http_port: 9300,
+            enable_ssd_offload: false,
+            tenant_id: "default".into(),
+        }
+    }
+
+    #[test]
+    fn local_hostname_may_carry_the_transfer_port() {
+        assert_eq!(args("node1:17000").host_and_port(), ("node1".into(), Some(17000)));
+        assert_eq!(args("[::1]:17000").host_and_port(), ("::1".into(), Some(17000)));
+        assert_eq!(args("localhost").host_and_port(), ("localhost".into(), None));
+        let c = args("10.1.2.3:17000").client_config().unwrap();
+        assert_eq!((c.host.as_str(), c.bind_host.as_str(), c.transfer_port), ("10.1.2.3", "10.1.2.3", 17000));
+        let c = args("localhost").client_config().unwrap();
+        assert_eq!((c.host.as_str(), c.bind_host.as_str()), ("localhost", "0.0.0.0"));
+    }
+
+    #[test]
+    fn rdma_is_refused_with_a_reason() {
+        let mut a = args("localhost");
+        a.protocol = "rdma".into();
+        assert!(a.client_config().unwrap_err().contains("RDMA"));
+        a.protocol = "carrier-pigeon".into();
+        assert!(a.client_config().is_err());
+    }
+
+    #[test]
+    fn dummy_socket_follows_the_port() {
+        assert_eq!(dummy_socket("127.0.0.1:50052").unwrap(), default_socket_path(50052));
+        assert_eq!(dummy_socket("/tmp/x.sock").unwrap(), PathBuf::from("/tmp/x.sock"));
+        assert!(dummy_socket("127.0.0.1:http").is_err());
+    }
+}

@@ -1,0 +1,755 @@
+//! `MooncakeDistributedStore`: upstream's Python store class over the Rust dummy
+//! client. `setup_dummy(...)` connects to the host's `mooncake_client`; `setup(...)`
+//! first starts a full real client inside this process (contributing a segment,
+//! or none with size 0) and connects to that. Either way the calls below run the
+//! same code, with the GIL released.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use mooncake_dummyclient::{DummyClient, HostMemAllocator};
+use mooncake_proto::{ErrorCode, MResult};
+use mooncake_realclient::background::BackgroundClient;
+
+use crate::pybuf::ByteView;
+use crate::setup::{SetupArgs, dummy_socket, size_from_py};
+use crate::types::{BufferHandle, ReplicaDescriptor, ReplicateConfig};
+
+/// How long `setup` waits for the master before giving up.
+const MASTER_WAIT: Duration = Duration::from_secs(5);
+/// Code of calls made before `setup` or after `close` (upstream crashes instead).
+const NOT_READY: ErrorCode = ErrorCode::UnavailableInCurrentStatus;
+
+/// A set-up store: the dummy client, and the in-process real client for `setup()`.
+struct Connected {
+    dummy: DummyClient,
+    /// Dropped after `dummy` (field order), so the dummy disconnects first.
+    background: Option<BackgroundClient>,
+    /// What `get_hostname` answers when this process has no segment.
+    hostname: Option<String>,
+    /// Memory handed out by `alloc_from_mem_pool`, freed on close.
+    pool: Mutex<Vec<u64>>,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        let allocator = HostMemAllocator::new();
+        for addr in self.pool.lock().drain(..) {
+            let _ = self.dummy.unregister_buffer(addr);
+            let _ = allocator.free(addr);
+        }
+    }
+}
+
+fn code<T>(r: MResult<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.as_i32(),
+    }
+}
+
+fn codes<T>(rs: Vec<MResult<T>>) -> Vec<i32> {
+    rs.into_iter().map(code).collect()
+}
+
+fn sizes_or_codes(rs: Vec<MResult<u64>>) -> Vec<i64> {
+    rs.into_iter()
+        .map(|r| match r {
+            Ok(n) => n as i64,
+            Err(e) => e.as_i32() as i64,
+        })
+        .collect()
+}
+
+fn config_of(config: Option<PyRef<'_, ReplicateConfig>>) -> mooncake_proto::ReplicateConfig {
+    config.map(|c| c.to_proto()).unwrap_or_default()
+}
+
+fn views(parts: &[Bound<'_, PyAny>]) -> PyResult<Vec<ByteView>> {
+    parts.iter().map(ByteView::new).collect()
+}
+
+/// The distributed store (upstream's `mooncake.store.MooncakeDistributedStore`).
+#[pyclass(subclass, module = "mooncake.store")]
+pub struct MooncakeDistributedStore {
+    state: RwLock<Option<Arc<Connected>>>,
+    /// Serializes setup and close.
+    lifecycle: Mutex<()>,
+}
+
+impl MooncakeDistributedStore {
+    fn connected(&self) -> Option<Arc<Connected>> {
+        self.state.read().clone()
+    }
+
+    /// Runs `f` on the client with the GIL released; `not_ready` when not set up.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        not_ready: impl FnOnce(ErrorCode) -> T,
+        f: impl FnOnce(&DummyClient) -> T + Send,
+    ) -> T {
+        match self.connected() {
+            Some(c) => py.detach(|| f(&c.dummy)),
+            None => not_ready(NOT_READY),
+        }
+    }
+
+    fn install(&self, connected: Connected) -> i32 {
+        let mut state = self.state.write();
+        if state.is_some() {
+            tracing::warn!("setup: this store is already set up; close() it first");
+            return ErrorCode::InvalidParams.as_i32();
+        }
+        *state = Some(Arc::new(connected));
+        0
+    }
+
+    fn setup_in_process(&self, py: Python<'_>, args: SetupArgs) -> i32 {
+        crate::init_library_logging();
+        let _lifecycle = self.lifecycle.lock();
+        if self.connected().is_some() {
+            tracing::warn!("setup: this store is already set up; close() it first");
+            return ErrorCode::InvalidParams.as_i32();
+        }
+        let config = match args.client_config() {
+            Ok(c) => c,
+            Err(reason) => {
+                tracing::error!("setup: {reason}");
+                return ErrorCode::InvalidParams.as_i32();
+            }
+        };
+        if args.enable_ssd_offload {
+            tracing::warn!("setup: SSD offload is not available in this build; memory only");
+        }
+        let metadata = args.metadata_server.trim();
+        if !(metadata.is_empty()
+            || metadata.eq_ignore_ascii_case("P2PHANDSHAKE")
+            || metadata.contains("://"))
+        {
+            tracing::warn!(
+                "setup: metadata server {metadata:?} is neither a URL nor P2PHANDSHAKE; it is not needed here and ignored"
+            );
+        }
+        let token = config.cluster_token.clone();
+        let hostname = (args.global_segment_size == 0).then(|| args.display_host());
+        let started = py.detach(move || -> Result<Connected, String> {
+            let background = BackgroundClient::start(config, 2, MASTER_WAIT)
+                .map_err(|e| format!("{e:#}"))?;
+            let dummy = DummyClient::connect_in_process(background.socket(), &token)
+                .map_err(|e| e.to_string())?;
+            Ok(Connected {
+                dummy,
+                background: Some(background),
+                hostname,
+                pool: Mutex::new(Vec::new()),
+            })
+        });
+        match started {
+            Ok(c) => self.install(c),
+            Err(reason) => {
+                tracing::error!("setup failed: {reason}");
+                ErrorCode::InternalError.as_i32()
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl MooncakeDistributedStore {
+    #[new]
+    fn py_new() -> Self {
+        MooncakeDistributedStore {
+            state: RwLock::new(None),
+            lifecycle: Mutex::new(()),
+        }
+    }
+
+    /// Starts a full client in this process: `setup(local_hostname, metadata_server,
+    /// global_segment_size, local_buffer_size, protocol, rdma_devices,
+    /// master_server_addr, engine=None, ...)`, or `setup(config: dict)`. 0 on success.
+    #[pyo3(signature = (
+        local_hostname,
+        metadata_server = None,
+        global_segment_size = None,
+        local_buffer_size = None,
+        protocol = None,
+        rdma_devices = None,
+        master_server_addr = None,
+        engine = None,
+        enable_ssd_offload = false,
+        ssd_offload_path = String::new(),
+        tenant_id = String::from("default"),
+        enable_client_http_server = false,
+        client_http_port = 9300,
+        ipc_socket_path = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn setup(
+        &self,
+        py: Python<'_>,
+        local_hostname: &Bound<'_, PyAny>,
+        metadata_server: Option<String>,
+        global_segment_size: Option<&Bound<'_, PyAny>>,
+        local_buffer_size: Option<&Bound<'_, PyAny>>,
+        protocol: Option<String>,
+        rdma_devices: Option<String>,
+        master_server_addr: Option<String>,
+        engine: Option<&Bound<'_, PyAny>>,
+        enable_ssd_offload: bool,
+        ssd_offload_path: String,
+        tenant_id: String,
+        enable_client_http_server: bool,
+        client_http_port: u16,
+        ipc_socket_path: Option<String>,
+    ) -> PyResult<i32> {
+        let _ = ssd_offload_path;
+        if let Ok(dict) = local_hostname.cast::<PyDict>() {
+            let args = SetupArgs::from_dict(dict)?;
+            return Ok(self.setup_in_process(py, args));
+        }
+        let missing = |what: &str| {
+            PyTypeError::new_err(format!(
+                "setup() missing required argument '{what}' (pass 7 positional arguments or one dict)"
+            ))
+        };
+        let global_segment_size = global_segment_size.ok_or_else(|| missing("global_segment_size"))?;
+        let local_buffer_size = local_buffer_size.ok_or_else(|| missing("local_buffer_size"))?;
+        if engine.is_some_and(|e| !e.is_none()) {
+            tracing::warn!("setup: the `engine` argument is ignored (this store has its own transfer engine)");
+        }
+        let args = SetupArgs {
+            local_hostname: local_hostname.extract::<String>().map_err(|_| {
+                PyTypeError::new_err("setup(): local_hostname must be a str (or pass one dict)")
+            })?,
+            metadata_server: metadata_server.ok_or_else(|| missing("metadata_server"))?,
+            global_segment_size: size_from_py(global_segment_size, "global_segment_size")?,
+            local_buffer_size: size_from_py(local_buffer_size, "local_buffer_size")?,
+            protocol: protocol.ok_or_else(|| missing("protocol"))?,
+            rdma_devices: rdma_devices.ok_or_else(|| missing("rdma_devices"))?,
+            master_server_addr: master_server_addr.ok_or_else(|| missing("master_server_addr"))?,
+            ipc_socket_path: ipc_socket_path.filter(|s| !s.is_empty()).map(Into::into),
+            enable_client_http_server,
+            client_http_port,
+            enable_ssd_offload,
+            tenant_id,
+        };
+        Ok(self.setup_in_process(py, args))
+    }
+
+    /// Connects to the host's real client (`mooncake_client --port P`) at
+    /// `server_address` = `"host:P"`. `mem_pool_size` and `local_buffer_size` are
+    /// hints (buffers are registered one by one). 0 on success.
+    #[pyo3(signature = (mem_pool_size, local_buffer_size, server_address))]
+    fn setup_dummy(
+        &self,
+        py: Python<'_>,
+        mem_pool_size: &Bound<'_, PyAny>,
+        local_buffer_size: &Bound<'_, PyAny>,
+        server_address: String,
+    ) -> PyResult<i32> {
+        size_from_py(mem_pool_size, "mem_pool_size")?;
+        size_from_py(local_buffer_size, "local_buffer_size")?;
+        crate::init_library_logging();
+        let _lifecycle = self.lifecycle.lock();
+        if self.connected().is_some() {
+            tracing::warn!("setup_dummy: this store is already set up; close() it first");
+            return Ok(ErrorCode::InvalidParams.as_i32());
+        }
+        let socket = match dummy_socket(&server_address) {
+            Ok(s) => s,
+            Err(reason) => {
+                tracing::error!("setup_dummy: {reason}");
+                return Ok(ErrorCode::InvalidParams.as_i32());
+            }
+        };
+        let token = std::env::var("MOONCAKE_CLUSTER_TOKEN").unwrap_or_default();
+        let connected = py.detach(|| DummyClient::connect(&socket, &token));
+        Ok(match connected {
+            Ok(dummy) => self.install(Connected {
+                dummy,
+                background: None,
+                hostname: None,
+                pool: Mutex::new(Vec::new()),
+            }),
+            Err(e) => {
+                tracing::error!(
+                    "setup_dummy: no real client at {server_address} ({}): {e}",
+                    socket.display()
+                );
+                e.code().as_i32()
+            }
+        })
+    }
+
+    /// Disconnects (and stops the in-process client of `setup`). Idempotent: 0.
+    fn close(&self, py: Python<'_>) -> i32 {
+        let _lifecycle = self.lifecycle.lock();
+        let taken = self.state.write().take();
+        if let Some(c) = taken {
+            // Calls still running on other threads hold their own reference; the
+            // last one out stops the client.
+            py.detach(move || drop(c));
+        }
+        0
+    }
+
+    /// 0 healthy, 1 not set up, 2 real client or master unreachable.
+    fn health_check(&self, py: Python<'_>) -> i32 {
+        self.with(py, |_| 1, |c| if c.health().is_ok() { 0 } else { 2 })
+    }
+
+    /// This client's segment name (use it as `preferred_segment`).
+    fn get_hostname(&self, py: Python<'_>) -> String {
+        match self.connected() {
+            Some(c) => match &c.hostname {
+                Some(h) => h.clone(),
+                None => py.detach(|| c.dummy.hostname()),
+            },
+            None => String::new(),
+        }
+    }
+
+    // ------------------------------------------------------------- buffers
+
+    /// Makes `[buffer_ptr, buffer_ptr + size)` usable by the zero-copy calls.
+    fn register_buffer(&self, py: Python<'_>, buffer_ptr: u64, size: u64) -> i32 {
+        self.with(py, |e| e.as_i32(), |c| code(c.register_buffer(buffer_ptr, size)))
+    }
+
+    /// Undoes `register_buffer`.
+    fn unregister_buffer(&self, py: Python<'_>, buffer_ptr: u64) -> i32 {
+        self.with(py, |e| e.as_i32(), |c| code(c.unregister_buffer(buffer_ptr)))
+    }
+
+    /// Registered shareable memory for the zero-copy calls; 0 on failure. Freed on close.
+    fn alloc_from_mem_pool(&self, py: Python<'_>, size: u64) -> u64 {
+        let Some(c) = self.connected() else { return 0 };
+        py.detach(|| {
+            let allocator = HostMemAllocator::new();
+            let Ok(addr) = allocator.alloc(size) else {
+                return 0;
+            };
+            if c.dummy.register_buffer(addr, size).is_err() {
+                let _ = allocator.free(addr);
+                return 0;
+            }
+            c.pool.lock().push(addr);
+            addr
+        })
+    }
+
+    // -------------------------------------------------------------- writes
+
+    /// Stores a copy of a bytes-like `value`; 0, or a negative code. A key that
+    /// already exists keeps its value and returns 0.
+    #[pyo3(signature = (key, value, config = None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        key: String,
+        value: &Bound<'_, PyAny>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i32> {
+        self.put_values(py, vec![key], std::slice::from_ref(value), config, false)
+            .map(|mut v| v.remove(0))
+    }
+
+    /// As `put`, replacing an existing value.
+    #[pyo3(signature = (key, value, config = None))]
+    fn upsert(
+        &self,
+        py: Python<'_>,
+        key: String,
+        value: &Bound<'_, PyAny>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i32> {
+        self.put_values(py, vec![key], std::slice::from_ref(value), config, true)
+            .map(|mut v| v.remove(0))
+    }
+
+    /// Stores the concatenation of bytes-like `parts` as one object.
+    #[pyo3(signature = (key, *parts, config = None))]
+    fn put_parts(
+        &self,
+        py: Python<'_>,
+        key: String,
+        parts: &Bound<'_, PyTuple>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i32> {
+        self.parts(py, key, parts, config, false)
+    }
+
+    /// As `put_parts`, replacing an existing value.
+    #[pyo3(signature = (key, *parts, config = None))]
+    fn upsert_parts(
+        &self,
+        py: Python<'_>,
+        key: String,
+        parts: &Bound<'_, PyTuple>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i32> {
+        self.parts(py, key, parts, config, true)
+    }
+
+    /// Stores several values; one int: 0 when all were stored, else the first error.
+    #[pyo3(signature = (keys, values, config = None))]
+    fn put_batch(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        values: Vec<Bound<'_, PyAny>>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i32> {
+        Ok(first_error(self.put_values(py, keys, &values, config, false)?))
+    }
+
+    /// As `put_batch`, replacing existing values.
+    #[pyo3(signature = (keys, values, config = None))]
+    fn upsert_batch(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        values: Vec<Bound<'_, PyAny>>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i32> {
+        Ok(first_error(self.put_values(py, keys, &values, config, true)?))
+    }
+
+    /// Zero-copy put of `size` bytes at `buffer_ptr` (registered memory).
+    #[pyo3(signature = (key, buffer_ptr, size, config = None))]
+    fn put_from(
+        &self,
+        py: Python<'_>,
+        key: String,
+        buffer_ptr: u64,
+        size: u64,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> i32 {
+        let config = config_of(config);
+        self.with(py, |e| e.as_i32(), |c| {
+            code(c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, false).remove(0))
+        })
+    }
+
+    /// As `put_from`, replacing an existing value.
+    #[pyo3(signature = (key, buffer_ptr, size, config = None))]
+    fn upsert_from(
+        &self,
+        py: Python<'_>,
+        key: String,
+        buffer_ptr: u64,
+        size: u64,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> i32 {
+        let config = config_of(config);
+        self.with(py, |e| e.as_i32(), |c| {
+            code(c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, true).remove(0))
+        })
+    }
+
+    /// Zero-copy puts; per key 0 or a negative code.
+    #[pyo3(signature = (keys, buffer_ptrs, sizes, config = None))]
+    fn batch_put_from(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        buffer_ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> Vec<i32> {
+        let config = config_of(config);
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32(); n], |c| {
+            codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, false))
+        })
+    }
+
+    /// As `batch_put_from`, replacing existing values.
+    #[pyo3(signature = (keys, buffer_ptrs, sizes, config = None))]
+    fn batch_upsert_from(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        buffer_ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> Vec<i32> {
+        let config = config_of(config);
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32(); n], |c| {
+            codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, true))
+        })
+    }
+
+    /// Puts where each object is the concatenation of its buffers.
+    #[pyo3(signature = (keys, all_buffer_ptrs, all_sizes, config = None))]
+    fn batch_put_from_multi_buffers(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> Vec<i32> {
+        let config = config_of(config);
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32(); n], |c| {
+            codes(c.batch_put_from_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes, &config, false))
+        })
+    }
+
+    /// As `batch_put_from_multi_buffers`, replacing existing values.
+    #[pyo3(signature = (keys, all_buffer_ptrs, all_sizes, config = None))]
+    fn batch_upsert_from_multi_buffers(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> Vec<i32> {
+        let config = config_of(config);
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32(); n], |c| {
+            codes(c.batch_put_from_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes, &config, true))
+        })
+    }
+
+    // --------------------------------------------------------------- reads
+
+    /// The whole object as `bytes`; empty bytes when missing or on error.
+    fn get<'py>(&self, py: Python<'py>, key: String) -> Bound<'py, PyBytes> {
+        let value = self.with(py, |_| Vec::new(), |c| c.get(&key).unwrap_or_default());
+        PyBytes::new(py, &value)
+    }
+
+    /// Objects as `bytes` (empty for missing ones); as long as `keys`.
+    fn get_batch<'py>(&self, py: Python<'py>, keys: Vec<String>) -> Vec<Bound<'py, PyBytes>> {
+        let n = keys.len();
+        let values = self.with(
+            py,
+            |_| vec![Vec::new(); n],
+            |c| {
+                c.batch_get(&keys)
+                    .into_iter()
+                    .map(|r| r.unwrap_or_default())
+                    .collect()
+            },
+        );
+        values.iter().map(|v| PyBytes::new(py, v)).collect()
+    }
+
+    /// The object in a `BufferHandle`, or `None`.
+    fn get_buffer(&self, py: Python<'_>, key: String) -> Option<BufferHandle> {
+        self.with(py, |_| None, |c| c.get(&key).ok()).map(BufferHandle::new)
+    }
+
+    /// Objects in `BufferHandle`s (`None` for missing ones); as long as `keys`.
+    fn batch_get_buffer(&self, py: Python<'_>, keys: Vec<String>) -> Vec<Option<BufferHandle>> {
+        let n = keys.len();
+        let values = self.with(
+            py,
+            |_| vec![None; n],
+            |c| c.batch_get(&keys).into_iter().map(|r| r.ok()).collect(),
+        );
+        values.into_iter().map(|v| v.map(BufferHandle::new)).collect()
+    }
+
+    /// Reads the object into registered memory: its size, or a negative code
+    /// (-600 when the buffer is too small, -704 when missing).
+    fn get_into(&self, py: Python<'_>, key: String, buffer_ptr: u64, size: u64) -> i64 {
+        self.with(py, |e| e.as_i32() as i64, |c| {
+            sizes_or_codes(vec![c.get_into(&key, buffer_ptr, size)]).remove(0)
+        })
+    }
+
+    /// Reads objects into registered memory; per key its size or a negative code.
+    fn batch_get_into(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        buffer_ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+    ) -> Vec<i64> {
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32() as i64; n], |c| {
+            sizes_or_codes(c.batch_get_into(&keys, &buffer_ptrs, &sizes))
+        })
+    }
+
+    /// Reads objects scattered over several registered buffers each.
+    #[pyo3(signature = (keys, all_buffer_ptrs, all_sizes, prefer_alloc_in_same_node = false))]
+    fn batch_get_into_multi_buffers(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+        prefer_alloc_in_same_node: bool,
+    ) -> Vec<i64> {
+        let _ = prefer_alloc_in_same_node;
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32() as i64; n], |c| {
+            sizes_or_codes(c.batch_get_into_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes))
+        })
+    }
+
+    // ------------------------------------------------------------ metadata
+
+    /// 1 when the object exists, 0 when not, negative on error.
+    fn is_exist(&self, py: Python<'_>, key: String) -> i32 {
+        self.with(py, |e| e.as_i32(), |c| match c.is_exist(&key) {
+            Ok(b) => b as i32,
+            Err(e) => e.as_i32(),
+        })
+    }
+
+    /// Per key 1 / 0 / negative; as long as `keys`.
+    fn batch_is_exist(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32(); n], |c| {
+            c.batch_is_exist(&keys)
+                .into_iter()
+                .map(|r| match r {
+                    Ok(b) => b as i32,
+                    Err(e) => e.as_i32(),
+                })
+                .collect()
+        })
+    }
+
+    /// The object's size, or a negative code.
+    fn get_size(&self, py: Python<'_>, key: String) -> i64 {
+        self.with(py, |e| e.as_i32() as i64, |c| match c.get_size(&key) {
+            Ok(n) => n as i64,
+            Err(e) => e.as_i32() as i64,
+        })
+    }
+
+    /// Where the object's replicas are.
+    fn get_replica_desc(&self, py: Python<'_>, key: String) -> Vec<ReplicaDescriptor> {
+        self.with(py, |_| Vec::new(), |c| {
+            c.batch_get_replicas(&[key])
+                .remove(0)
+                .map(|l| l.replicas.iter().map(ReplicaDescriptor::from).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Key → replica descriptors, for the keys that exist.
+    fn batch_get_replica_desc<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let found: Vec<(String, Vec<ReplicaDescriptor>)> = self.with(py, |_| Vec::new(), |c| {
+            let lists = c.batch_get_replicas(&keys);
+            keys.iter()
+                .zip(lists)
+                .filter_map(|(k, r)| {
+                    r.ok().map(|l| {
+                        (k.clone(), l.replicas.iter().map(ReplicaDescriptor::from).collect())
+                    })
+                })
+                .collect()
+        });
+        let dict = PyDict::new(py);
+        for (k, v) in found {
+            dict.set_item(k, v)?;
+        }
+        Ok(dict)
+    }
+
+    /// Removes an object: 0 or a negative code (-706 while it is being read,
+    /// unless `force`).
+    #[pyo3(signature = (key, force = false))]
+    fn remove(&self, py: Python<'_>, key: String, force: bool) -> i32 {
+        self.with(py, |e| e.as_i32(), |c| code(c.remove(&key, force)))
+    }
+
+    /// Removes objects; per key 0 or a negative code.
+    #[pyo3(signature = (keys, force = false))]
+    fn batch_remove(&self, py: Python<'_>, keys: Vec<String>, force: bool) -> Vec<i32> {
+        let n = keys.len();
+        self.with(py, |e| vec![e.as_i32(); n], |c| codes(c.batch_remove(&keys, force)))
+    }
+
+    /// Removes the objects whose key matches: how many, or a negative code.
+    #[pyo3(signature = (regex_pattern, force = false))]
+    fn remove_by_regex(&self, py: Python<'_>, regex_pattern: String, force: bool) -> i64 {
+        self.with(py, |e| e.as_i32() as i64, |c| match c.remove_by_regex(&regex_pattern, force) {
+            Ok(n) => n as i64,
+            Err(e) => e.as_i32() as i64,
+        })
+    }
+
+    /// Removes every object in the cluster: how many, or a negative code.
+    #[pyo3(signature = (force = false))]
+    fn remove_all(&self, py: Python<'_>, force: bool) -> i64 {
+        self.with(py, |e| e.as_i32() as i64, |c| match c.remove_all(force) {
+            Ok(n) => n as i64,
+            Err(e) => e.as_i32() as i64,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        match self.connected() {
+            Some(c) if c.background.is_some() => "MooncakeDistributedStore(in-process client)".into(),
+            Some(_) => "MooncakeDistributedStore(dummy client)".into(),
+            None => "MooncakeDistributedStore(not set up)".into(),
+        }
+    }
+}
+
+fn first_error(results: Vec<i32>) -> i32 {
+    results.into_iter().find(|&r| r < 0).unwrap_or(0)
+}
+
+impl MooncakeDistributedStore {
+    fn put_values(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        values: &[Bound<'_, PyAny>],
+        config: Option<PyRef<'_, ReplicateConfig>>,
+        upsert: bool,
+    ) -> PyResult<Vec<i32>> {
+        if keys.len() != values.len() {
+            return Ok(vec![ErrorCode::InvalidParams.as_i32(); keys.len()]);
+        }
+        let views = views(values)?;
+        let config = config_of(config);
+        let n = keys.len();
+        Ok(self.with(py, |e| vec![e.as_i32(); n], |c| {
+            let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
+            codes(c.batch_put(&keys, &slices, &config, upsert))
+        }))
+    }
+
+    fn parts(
+        &self,
+        py: Python<'_>,
+        key: String,
+        parts: &Bound<'_, PyTuple>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+        upsert: bool,
+    ) -> PyResult<i32> {
+        let items: Vec<Bound<'_, PyAny>> = parts.iter().collect();
+        let views = views(&items)?;
+        let config = config_of(config);
+        Ok(self.with(py, |e| e.as_i32(), |c| {
+            let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
+            if upsert {
+                code(c.upsert_parts(&key, &slices, &config))
+            } else {
+                code(c.put_parts(&key, &slices, &config))
+            }
+        }))
+    }
+}

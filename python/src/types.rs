@@ -1,0 +1,278 @@
+//! The small classes of `mooncake.store`: `ReplicateConfig`, `SoftPinAction`,
+//! `ReplicaDescriptor`, `BufferHandle` and `MooncakeHostMemAllocator`, with
+//! upstream's names, attributes and return conventions.
+
+use std::os::raw::c_int;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+use mooncake_dummyclient::HostMemAllocator;
+use mooncake_proto::{ReplicaDesc, ReplicaStatus};
+
+/// What an upsert does with an existing soft pin (upstream's values).
+#[pyclass(eq, eq_int, module = "mooncake.store", from_py_object)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SoftPinAction {
+    /// Keep the object's soft pin as it is.
+    #[default]
+    PRESERVE = 0,
+    /// Soft-pin the object.
+    ENABLE = 1,
+    /// Remove the soft pin.
+    DISABLE = 2,
+}
+
+impl From<SoftPinAction> for mooncake_proto::SoftPinAction {
+    fn from(a: SoftPinAction) -> Self {
+        match a {
+            SoftPinAction::PRESERVE => mooncake_proto::SoftPinAction::Preserve,
+            SoftPinAction::ENABLE => mooncake_proto::SoftPinAction::Enable,
+            SoftPinAction::DISABLE => mooncake_proto::SoftPinAction::Disable,
+        }
+    }
+}
+
+/// How an object is stored: `replica_num` copies on distinct segments, pins,
+/// preferred segments. Every attribute is readable and writable, and visible on the
+/// class itself (`hasattr(ReplicateConfig, "group_ids")` is true: SGLang probes it).
+#[pyclass(module = "mooncake.store", from_py_object)]
+#[derive(Debug, Clone)]
+pub struct ReplicateConfig {
+    /// Number of memory replicas.
+    #[pyo3(get, set)]
+    pub replica_num: usize,
+    /// Soft-pin the object.
+    #[pyo3(get, set)]
+    pub with_soft_pin: bool,
+    /// Soft-pin lifetime in ms (`None`: the master's default).
+    #[pyo3(get, set)]
+    pub soft_pin_ttl_ms: Option<u64>,
+    /// Soft-pin handling of upserts.
+    #[pyo3(get, set)]
+    pub soft_pin_action: SoftPinAction,
+    /// Never evict.
+    #[pyo3(get, set)]
+    pub with_hard_pin: bool,
+    /// Segment to place the first replica on (deprecated single form).
+    #[pyo3(get, set)]
+    pub preferred_segment: String,
+    /// Segments to try first, in order.
+    #[pyo3(get, set)]
+    pub preferred_segments: Vec<String>,
+    /// Prefer this host's segment.
+    #[pyo3(get, set)]
+    pub prefer_alloc_in_same_node: bool,
+    /// One group id per key of a batch (accepted; SGLang's group semantics).
+    #[pyo3(get, set)]
+    pub group_ids: Vec<String>,
+}
+
+impl Default for ReplicateConfig {
+    fn default() -> Self {
+        ReplicateConfig {
+            replica_num: 1,
+            with_soft_pin: false,
+            soft_pin_ttl_ms: None,
+            soft_pin_action: SoftPinAction::PRESERVE,
+            with_hard_pin: false,
+            preferred_segment: String::new(),
+            preferred_segments: Vec::new(),
+            prefer_alloc_in_same_node: false,
+            group_ids: Vec::new(),
+        }
+    }
+}
+
+#[pymethods]
+impl ReplicateConfig {
+    #[new]
+    fn py_new() -> Self {
+        Self::default()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ReplicateConfig(replica_num={}, with_soft_pin={}, with_hard_pin={}, preferred_segments={:?}, prefer_alloc_in_same_node={})",
+            self.replica_num,
+            self.with_soft_pin,
+            self.with_hard_pin,
+            self.segments(),
+            self.prefer_alloc_in_same_node
+        )
+    }
+}
+
+impl ReplicateConfig {
+    fn segments(&self) -> Vec<String> {
+        if !self.preferred_segments.is_empty() {
+            self.preferred_segments.clone()
+        } else if !self.preferred_segment.is_empty() {
+            vec![self.preferred_segment.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The wire form.
+    pub fn to_proto(&self) -> mooncake_proto::ReplicateConfig {
+        mooncake_proto::ReplicateConfig {
+            replica_num: self.replica_num.min(u32::MAX as usize) as u32,
+            with_soft_pin: self.with_soft_pin,
+            soft_pin_ttl_ms: self.soft_pin_ttl_ms,
+            soft_pin_action: self.soft_pin_action.into(),
+            with_hard_pin: self.with_hard_pin,
+            preferred_segments: self.segments(),
+            prefer_alloc_in_same_node: self.prefer_alloc_in_same_node,
+            group_ids: self.group_ids.clone(),
+        }
+    }
+}
+
+/// Where one replica of an object lives. Memory replicas only in this build.
+#[pyclass(module = "mooncake.store", get_all, skip_from_py_object)]
+#[derive(Debug, Clone)]
+pub struct ReplicaDescriptor {
+    /// Name of the segment holding the bytes.
+    pub segment_name: String,
+    /// Transfer endpoint of the segment's owner (`host:port`).
+    pub transport_endpoint: String,
+    /// Address of the bytes in the owner's segment (upstream's `buffer_address`).
+    pub buffer_address: u64,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Replica state (`"COMPLETE"`, ...).
+    pub status: String,
+}
+
+impl From<&ReplicaDesc> for ReplicaDescriptor {
+    fn from(r: &ReplicaDesc) -> Self {
+        ReplicaDescriptor {
+            segment_name: r.segment_name.clone(),
+            transport_endpoint: r.transport_endpoint.clone(),
+            buffer_address: r.buffer_address,
+            size: r.size,
+            status: match r.status {
+                ReplicaStatus::Complete => "COMPLETE".into(),
+                other => format!("{other:?}").to_ascii_uppercase(),
+            },
+        }
+    }
+}
+
+#[pymethods]
+impl ReplicaDescriptor {
+    /// True: every replica here is in memory.
+    fn is_memory_replica(&self) -> bool {
+        true
+    }
+    /// False: no disk tier in this build.
+    fn is_disk_replica(&self) -> bool {
+        false
+    }
+    /// False: no local-disk tier in this build.
+    fn is_local_disk_replica(&self) -> bool {
+        false
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "ReplicaDescriptor(memory, segment={:?}, endpoint={:?}, address={:#x}, size={}, status={})",
+            self.segment_name,
+            self.transport_endpoint,
+            self.buffer_address,
+            self.size,
+            self.status
+        )
+    }
+}
+
+/// An object's bytes owned by Python: supports the buffer protocol (`memoryview`,
+/// `bytes(h)`, numpy), `len()`, `ptr()` and `size()`.
+#[pyclass(module = "mooncake.store", frozen, skip_from_py_object)]
+pub struct BufferHandle {
+    data: Box<[u8]>,
+}
+
+impl BufferHandle {
+    /// Takes ownership of `data`.
+    pub fn new(data: Vec<u8>) -> Self {
+        BufferHandle {
+            data: data.into_boxed_slice(),
+        }
+    }
+}
+
+#[pymethods]
+impl BufferHandle {
+    /// Address of the first byte (valid while this handle lives).
+    fn ptr(&self) -> u64 {
+        self.data.as_ptr() as u64
+    }
+    /// Size in bytes.
+    fn size(&self) -> usize {
+        self.data.len()
+    }
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+    fn __repr__(&self) -> String {
+        format!("BufferHandle(size={})", self.data.len())
+    }
+
+    /// Buffer protocol: a read-only view of the bytes.
+    ///
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let data = &slf.get().data;
+        // SAFETY: `view` is CPython's to fill; the bytes live in a boxed slice that is
+        // never resized and is kept alive by the reference to `slf` the view holds
+        // (`PyBuffer_FillInfo` takes it); the view is read-only.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                data.as_ptr() as *mut std::os::raw::c_void,
+                data.len() as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+}
+
+/// Shareable host memory (memfd, `MAP_SHARED`, prefaulted; huge pages with
+/// `MC_STORE_USE_HUGEPAGE=1`), usable before any setup. Memory from here can be
+/// registered with a store in dummy mode: the real client maps it.
+#[pyclass(module = "mooncake.store")]
+#[derive(Default)]
+pub struct MooncakeHostMemAllocator;
+
+#[pymethods]
+impl MooncakeHostMemAllocator {
+    #[new]
+    fn py_new() -> Self {
+        MooncakeHostMemAllocator
+    }
+
+    /// Allocates `size` bytes; the address, or 0 when it cannot.
+    fn alloc(&self, py: Python<'_>, size: u64) -> u64 {
+        py.detach(|| HostMemAllocator::new().alloc(size).unwrap_or(0))
+    }
+
+    /// Frees an allocation by address: 0, or -600 for an unknown address.
+    fn free(&self, py: Python<'_>, ptr: u64) -> i32 {
+        py.detach(|| match HostMemAllocator::new().free(ptr) {
+            Ok(()) => 0,
+            Err(e) => e.as_i32(),
+        })
+    }
+}
