@@ -5,7 +5,8 @@ client in this process) and serves a small HTTP API for people and tools:
 - ``PUT /api/put`` with JSON ``{"key": ..., "value": "<text>"}``
 - ``GET /api/get/<key>`` → the bytes (404 when missing)
 - ``GET /api/exist/<key>`` → ``{"exists": true|false}``
-- ``DELETE /api/remove/<key>``, ``DELETE /api/remove_all``
+- ``DELETE /api/remove/<key>``, ``DELETE /api/remove_all`` (forced: an operator's
+  delete does not wait for the read leases of recent gets to run out)
 - ``GET /health``
 
 Settings come from the JSON file, else from ``MOONCAKE_*`` environment variables;
@@ -110,12 +111,12 @@ def make_handler(store):
 
         def do_DELETE(self):
             if self.path == "/api/remove_all":
-                n = store.remove_all()
+                n = store.remove_all(force=True)
                 if n < 0:
                     return self._reply(500, {"error": f"remove_all failed ({n})"})
                 return self._reply(200, {"status": f"success removed {n} keys"})
             if self.path.startswith("/api/remove/"):
-                rc = store.remove(self._key("/api/remove/"))
+                rc = store.remove(self._key("/api/remove/"), force=True)
                 if rc != 0:
                     return self._reply(500, {"error": f"remove failed ({rc})"})
                 return self._reply(200, {"status": "success"})

@@ -174,8 +174,13 @@ impl SetupArgs {
         let (host, port) = self.host_and_port();
         let wildcard = host.is_empty() || host == "0.0.0.0" || host == "::";
         let mut config = RealClientConfig::new(0);
+        let routed = advertise_host(&self.master_server_addr);
         config.host = if wildcard {
-            advertise_host(&self.master_server_addr)
+            routed
+        } else if host == "localhost" && routed != "127.0.0.1" {
+            // The engines' default: with a master on another host, "localhost"
+            // would tell peers to connect to themselves.
+            routed
         } else {
             host.clone()
         };

@@ -1,0 +1,301 @@
+"""Every method of ``MooncakeDistributedStore`` with its return conventions and
+error paths, in both modes (dummy client and in-process client)."""
+
+import ctypes
+import threading
+import uuid
+
+import pytest
+
+from mooncake.store import (
+    BufferHandle,
+    MooncakeDistributedStore,
+    MooncakeHostMemAllocator,
+    ReplicaDescriptor,
+    ReplicateConfig,
+    SoftPinAction,
+    error_name,
+)
+
+INVALID_PARAMS = -600
+OBJECT_NOT_FOUND = -704
+NOT_SET_UP = -1010
+MB = 1 << 20
+
+
+def uniq(prefix="k"):
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def host_buffer(store):
+    """1 MiB of shareable memory registered with the store; (address, allocator)."""
+    alloc = MooncakeHostMemAllocator()
+    addr = alloc.alloc(MB)
+    assert addr != 0
+    assert store.register_buffer(addr, MB) == 0
+    yield addr
+    store.unregister_buffer(addr)
+    alloc.free(addr)
+
+
+def write(addr, data):
+    ctypes.memmove(addr, data, len(data))
+
+
+def read(addr, n):
+    return ctypes.string_at(addr, n)
+
+
+def test_module_surface():
+    assert hasattr(ReplicateConfig, "group_ids")
+    cfg = ReplicateConfig()
+    assert cfg.replica_num == 1 and cfg.group_ids == [] and cfg.preferred_segment == ""
+    cfg.replica_num = 2
+    cfg.preferred_segments = ["a", "b"]
+    cfg.group_ids = ["g1"]
+    cfg.soft_pin_action = SoftPinAction.ENABLE
+    cfg.with_soft_pin = True
+    assert (cfg.replica_num, cfg.preferred_segments, cfg.group_ids) == (2, ["a", "b"], ["g1"])
+    assert int(SoftPinAction.PRESERVE) == 0 and int(SoftPinAction.DISABLE) == 2
+    assert error_name(-704) == "OBJECT_NOT_FOUND" and error_name(0) == "OK"
+    assert "ReplicaDescriptor" in repr(ReplicaDescriptor) and BufferHandle is not None
+
+
+def test_allocator_works_before_any_setup():
+    alloc = MooncakeHostMemAllocator()
+    addr = alloc.alloc(2 * MB)
+    assert addr != 0
+    write(addr + MB, b"hello")
+    assert read(addr + MB, 5) == b"hello"
+    assert alloc.free(addr) == 0
+    assert alloc.free(addr) == INVALID_PARAMS
+    assert alloc.alloc(0) == 0
+
+
+def test_put_get_exist_size_remove(store):
+    k = uniq()
+    assert store.is_exist(k) == 0
+    assert store.get(k) == b""
+    assert store.get_buffer(k) is None
+    assert store.get_size(k) == OBJECT_NOT_FOUND
+    assert store.put(k, b"first value") == 0
+    assert store.is_exist(k) == 1
+    assert store.get(k) == b"first value"
+    assert store.get_size(k) == len(b"first value")
+    # An existing key keeps its value (engines rely on it); upsert replaces it.
+    assert store.put(k, b"second") == 0
+    assert store.get(k) == b"first value"
+    assert store.upsert(k, b"replaced") == 0
+    assert store.get(k) == b"replaced"
+    # bytearray, memoryview: any bytes-like value.
+    k2 = uniq()
+    assert store.put(k2, memoryview(bytearray(b"xyz" * 1000))) == 0
+    assert store.get(k2) == b"xyz" * 1000
+    assert store.remove(k, force=True) == 0
+    assert store.is_exist(k) == 0
+    assert store.remove(k) == OBJECT_NOT_FOUND
+    assert store.get_hostname() != ""
+    assert store.health_check() == 0
+
+
+def test_bad_values_and_keys(store):
+    with pytest.raises(TypeError):
+        store.put(uniq(), "a str is not bytes")
+    assert store.put(uniq(), b"") == INVALID_PARAMS
+    assert store.put("x" * 5000, b"too long a key") < 0
+    assert store.put("", b"empty key") < 0
+
+
+def test_buffer_calls_and_error_codes(store, host_buffer):
+    a = host_buffer
+    keys = [uniq() for _ in range(3)]
+    for i, k in enumerate(keys):
+        write(a + i * 4096, bytes([65 + i]) * 4096)
+    assert store.batch_put_from(keys, [a, a + 4096, a + 8192], [4096, 4096, 4096]) == [0, 0, 0]
+    assert store.batch_is_exist(keys + [uniq()]) == [1, 1, 1, 0]
+    dst = a + 256 * 1024
+    got = store.batch_get_into(keys, [dst, dst + 8192, dst + 16384], [8192, 8192, 8192])
+    assert got == [4096, 4096, 4096]  # bytes read; buffers may be larger
+    assert read(dst + 8192, 4096) == b"B" * 4096
+    # too small → -600, missing → -704, per key, list as long as the keys
+    assert store.batch_get_into([keys[0], uniq()], [dst, dst], [100, 4096]) == [INVALID_PARAMS, OBJECT_NOT_FOUND]
+    assert store.get_into(keys[1], dst, 4096) == 4096
+    assert store.get_into(keys[1], dst, 10) == INVALID_PARAMS
+    # mismatched lists: every key fails, nothing raises
+    assert store.batch_put_from([uniq(), uniq()], [a], [1, 2]) == [INVALID_PARAMS] * 2
+    assert store.batch_get_into([uniq(), uniq()], [a, a], [1]) == [INVALID_PARAMS] * 2
+    # put_from / upsert_from
+    k = uniq()
+    assert store.put_from(k, a, 1000) == 0
+    write(a, b"Z" * 1000)
+    assert store.upsert_from(k, a, 1000) == 0
+    assert store.get(k) == b"Z" * 1000
+    assert store.batch_upsert_from([k], [a + 4096], [10]) == [0]
+    assert store.get(k) == b"B" * 10
+
+
+def test_unregistered_pointers(store):
+    junk = ctypes.create_string_buffer(4096)
+    addr = ctypes.addressof(junk)
+    if store.mode == "dummy":
+        # The real client cannot map plain process memory: a clear code, no crash.
+        assert store.register_buffer(addr, 4096) == INVALID_PARAMS
+        assert store.batch_put_from([uniq()], [addr], [4096]) == [INVALID_PARAMS]
+        assert store.batch_get_into([uniq()], [addr], [4096]) == [INVALID_PARAMS]
+    else:
+        # In-process any memory of this process can be registered (LMCache's pool).
+        assert store.register_buffer(addr, 4096) == 0
+        k = uniq()
+        ctypes.memmove(addr, b"P" * 4096, 4096)
+        assert store.put_from(k, addr, 4096) == 0
+        assert store.unregister_buffer(addr) == 0
+        assert store.get(k) == b"P" * 4096
+    # never-registered addresses in either mode
+    assert store.put_from(uniq(), 0x1000, 4096) == INVALID_PARAMS
+    assert store.register_buffer(0, 4096) == INVALID_PARAMS
+    assert store.register_buffer(addr, 0) == INVALID_PARAMS
+    assert store.unregister_buffer(0x1234) == INVALID_PARAMS
+
+
+def test_multi_buffers(store, host_buffer):
+    a = host_buffer
+    write(a, b"1" * 100)
+    write(a + 1000, b"2" * 200)
+    write(a + 3000, b"3" * 300)
+    keys = [uniq(), uniq()]
+    assert store.batch_put_from_multi_buffers(
+        keys, [[a, a + 1000], [a + 3000]], [[100, 200], [300]]) == [0, 0]
+    assert store.get(keys[0]) == b"1" * 100 + b"2" * 200
+    d = a + 500 * 1024
+    assert store.batch_get_into_multi_buffers(
+        keys, [[d, d + 4096], [d + 8192]], [[150, 150], [300]]) == [300, 300]
+    assert read(d, 150) + read(d + 4096, 150) == b"1" * 100 + b"2" * 200
+    assert store.batch_get_into_multi_buffers([keys[0]], [[d]], [[10]], True) == [INVALID_PARAMS]
+    assert store.batch_upsert_from_multi_buffers([keys[1]], [[a]], [[100]], ReplicateConfig()) == [0]
+    assert store.get(keys[1]) == b"1" * 100
+
+
+def test_parts_batches_buffers(store):
+    k = uniq()
+    assert store.put_parts(k, b"meta:", bytearray(b"payload"), memoryview(b"!")) == 0
+    assert store.get(k) == b"meta:payload!"
+    assert store.upsert_parts(k, b"new", config=ReplicateConfig()) == 0
+    assert store.get(k) == b"new"
+    keys = [uniq() for _ in range(4)]
+    values = [bytes([i]) * (i + 1) * 100 for i in range(4)]
+    assert store.put_batch(keys, values) == 0
+    assert store.get_batch(keys + [uniq()]) == values + [b""]
+    assert store.upsert_batch(keys[:1], [b"u"]) == 0
+    assert store.get(keys[0]) == b"u"
+    assert store.put_batch([uniq()], [b"a", b"b"]) == INVALID_PARAMS
+    handles = store.batch_get_buffer([keys[1], uniq(), keys[2]])
+    assert len(handles) == 3 and handles[1] is None
+    assert len(handles[0]) == 200 and bytes(memoryview(handles[0])) == values[1]
+    assert handles[2].size() == 300 and handles[2].ptr() != 0
+    one = store.get_buffer(keys[3])
+    assert bytes(one) == values[3]
+
+
+def test_remove_family(store):
+    tag = uuid.uuid4().hex
+    keys = [f"rm-{tag}-{i}" for i in range(5)]
+    assert store.put_batch(keys, [b"v"] * 5) == 0
+    assert store.batch_remove(keys[:2] + [uniq()], force=True) == [0, 0, OBJECT_NOT_FOUND]
+    assert store.remove_by_regex(f"^rm-{tag}-[34]$", force=True) == 2
+    assert store.batch_is_exist(keys) == [0, 0, 1, 0, 0]
+    assert store.remove_by_regex("([", force=True) == INVALID_PARAMS
+    assert store.remove_all(force=True) >= 1
+    assert store.is_exist(keys[2]) == 0
+
+
+def test_replica_descriptors(store):
+    k = uniq()
+    assert store.put(k, b"x" * 4096) == 0
+    descs = store.batch_get_replica_desc([k, uniq()])
+    assert list(descs) == [k]
+    (d,) = descs[k]
+    assert d.is_memory_replica() and not d.is_disk_replica() and not d.is_local_disk_replica()
+    assert d.size == 4096 and d.status == "COMPLETE" and d.transport_endpoint
+    assert store.get_replica_desc(k)[0].segment_name == d.segment_name
+    assert store.get_replica_desc(uniq()) == []
+
+
+def test_preferred_segment_is_honoured(store):
+    cfg = ReplicateConfig()
+    cfg.preferred_segment = store.get_hostname()
+    k = uniq()
+    assert store.put(k, b"local please", cfg) == 0
+    assert store.get_replica_desc(k)[0].segment_name == store.get_hostname()
+
+
+def test_alloc_from_mem_pool(store):
+    addr = store.alloc_from_mem_pool(64 * 1024)
+    assert addr != 0
+    write(addr, b"M" * 64 * 1024)
+    k = uniq()
+    assert store.put_from(k, addr, 64 * 1024) == 0
+    assert store.get(k) == b"M" * 64 * 1024
+
+
+def test_many_threads_share_one_store(store, host_buffer):
+    errors = []
+
+    def worker(t):
+        try:
+            base = host_buffer + t * 64 * 1024
+            for i in range(20):
+                keys = [f"thr-{t}-{i}-{j}-{uuid.uuid4().hex}" for j in range(8)]
+                for j in range(8):
+                    write(base + j * 4096, bytes([t * 16 + j]) * 4096)
+                assert store.batch_put_from(keys, [base + j * 4096 for j in range(8)], [4096] * 8) == [0] * 8
+                assert store.batch_is_exist(keys) == [1] * 8
+                dst = host_buffer + 512 * 1024 + t * 64 * 1024
+                assert store.batch_get_into(keys, [dst + j * 4096 for j in range(8)], [4096] * 8) == [4096] * 8
+                for j in range(8):
+                    assert read(dst + j * 4096, 4096) == bytes([t * 16 + j]) * 4096
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+
+
+def test_calls_before_setup_and_after_close(master):
+    s = MooncakeDistributedStore()
+    assert s.health_check() == 1
+    assert s.put("k", b"v") == NOT_SET_UP
+    assert s.get("k") == b""
+    assert s.batch_is_exist(["a", "b", "c"]) == [NOT_SET_UP] * 3
+    assert s.batch_get_into(["a", "b"], [1, 2], [3, 4]) == [NOT_SET_UP] * 2
+    assert s.batch_get_buffer(["a"]) == [None]
+    assert s.get_hostname() == ""
+    assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 0, "tcp", "", master.address) == 0
+    k = uniq()
+    assert s.put(k, b"v") == 0
+    assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 0, "tcp", "", master.address) == INVALID_PARAMS
+    assert s.close() == 0
+    assert s.close() == 0
+    assert s.put(k, b"v") == NOT_SET_UP
+    assert s.remove_all() == NOT_SET_UP
+    assert s.health_check() == 1
+
+
+def test_setup_failures_are_codes_not_crashes(master):
+    s = MooncakeDistributedStore()
+    with pytest.raises(TypeError):
+        s.setup("localhost", "P2PHANDSHAKE")  # neither 7 arguments nor a dict
+    assert s.setup("localhost", "P2PHANDSHAKE", 0, 0, "rdma", "", master.address) < 0
+    assert s.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", f"127.0.0.1:{_closed_port()}") < 0
+    assert s.setup_dummy(0, 0, f"127.0.0.1:{_closed_port()}") < 0
+    assert s.setup_dummy(0, 0, "127.0.0.1:notaport") == INVALID_PARAMS
+    assert s.health_check() == 1
+
+
+def _closed_port():
+    from conftest import free_port
+    return free_port()
