@@ -46,3 +46,16 @@ cargo build --workspace --bins
 
 echo "== cargo test"
 cargo test --workspace --all-targets
+
+echo "== Python package (wheel built from this checkout) and its tests"
+PYTHON="${PYTHON:-python3}"
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  apt_install python3 python3-venv
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv || { apt_install python3-venv && "$PYTHON" -m venv .venv; }
+fi
+.venv/bin/python -m pip install -q --upgrade pip maturin pytest
+# Exactly what a user runs on a new machine.
+.venv/bin/python -m pip install -q --force-reinstall --no-deps ./python
+(cd python/tests && ../../.venv/bin/python -m pytest -q -rs)
