@@ -264,6 +264,47 @@ impl Drop for Staging<'_> {
     }
 }
 
+/// Whether `[addr, addr + len)` is covered by mappings of this process that are
+/// both readable and writable (from `/proc/self/maps`).
+fn process_memory_is_accessible(addr: u64, len: u64) -> bool {
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    let mut ranges: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (lo, hi) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            if !perms.starts_with("rw") {
+                return None;
+            }
+            Some((
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+            ))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut covered = addr;
+    for (lo, hi) in ranges {
+        if hi <= covered {
+            continue;
+        }
+        if lo > covered {
+            return false;
+        }
+        covered = hi;
+        if covered >= end {
+            return true;
+        }
+    }
+    false
+}
+
 /// Ring layout: requests up to 32 KiB, answers up to 64 KiB (a 256-key batch fits);
 /// anything larger goes over the socket.
 const RING_SHAPE: RingShape = RingShape {
@@ -528,7 +569,15 @@ impl DummyClient {
                 );
                 return Err(ErrorCode::InvalidParams);
             }
-            // The real client lives in this process: it needs no mapping.
+            // The real client lives in this process: it needs no mapping. The range
+            // must be ordinary readable and writable memory: a device (GPU) pointer
+            // or a stray address would fault on the first copy.
+            if !process_memory_is_accessible(addr, len) {
+                tracing::warn!(
+                    "register_buffer({addr:#x}, {len}): not readable and writable host memory of this process"
+                );
+                return Err(ErrorCode::InvalidParams);
+            }
             let mut regs = self.shared.registrations.lock();
             if !regs.iter().any(|r| r.addr == addr && r.len == len) {
                 regs.push(Registration {
@@ -1201,5 +1250,22 @@ impl DummyClient {
     pub fn remove_all(&self, force: bool) -> MResult<u64> {
         let conn = self.conn()?;
         self.call(&conn, conn.rpc.remove_all(ctx(CALL_TIMEOUT), force))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_memory_check_accepts_heap_and_refuses_holes() {
+        let v = vec![7u8; 1 << 20];
+        let addr = v.as_ptr() as u64;
+        assert!(super::process_memory_is_accessible(addr, v.len() as u64));
+        assert!(!super::process_memory_is_accessible(0x1000, 4096));
+        assert!(!super::process_memory_is_accessible(u64::MAX - 10, 100));
+        static READ_ONLY: [u8; 4] = *b"text";
+        assert!(!super::process_memory_is_accessible(
+            READ_ONLY.as_ptr() as u64,
+            4
+        ));
     }
 }

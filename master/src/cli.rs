@@ -282,7 +282,10 @@ where
                 .await
                 .with_context(|| format!("cannot bind the HTTP metadata server to {addr}"))?;
             let bound = listener.local_addr()?;
-            tracing::info!("HTTP metadata server started on port {} ({bound})", bound.port());
+            tracing::info!(
+                "HTTP metadata server started on port {} ({bound})",
+                bound.port()
+            );
             let shutdown = shutdown_on_signals();
             let router = crate::http::metadata_router(Default::default());
             axum::serve(listener, router)

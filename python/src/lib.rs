@@ -37,9 +37,17 @@ pub(crate) fn init_library_logging() {
 }
 
 /// Runs a command line with the GIL released; returns its exit status.
-fn run_command(py: Python<'_>, main: fn(Vec<String>) -> std::process::ExitCode, argv: Vec<String>) -> i32 {
+fn run_command(
+    py: Python<'_>,
+    main: fn(Vec<String>) -> std::process::ExitCode,
+    argv: Vec<String>,
+) -> i32 {
     let code = py.detach(move || main(argv));
-    if code == std::process::ExitCode::SUCCESS { 0 } else { 1 }
+    if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    }
 }
 
 /// `mooncake_master` with these arguments (`argv[0]` is the program name).

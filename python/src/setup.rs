@@ -163,9 +163,12 @@ impl SetupArgs {
     /// The in-process real client's configuration; an error message for settings
     /// this build cannot honour.
     pub fn client_config(&self) -> Result<RealClientConfig, String> {
-        let protocol: Protocol = self.protocol.trim().to_ascii_lowercase().parse().map_err(
-            |e: String| format!("protocol {:?}: {e}", self.protocol),
-        )?;
+        let protocol: Protocol = self
+            .protocol
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e: String| format!("protocol {:?}: {e}", self.protocol))?;
         if protocol == Protocol::Rdma {
             return Err(
                 "protocol \"rdma\": this build has no RDMA transport yet; use \"tcp\"".into(),
@@ -257,13 +260,28 @@ mod tests {
 
     #[test]
     fn local_hostname_may_carry_the_transfer_port() {
-        assert_eq!(args("node1:17000").host_and_port(), ("node1".into(), Some(17000)));
-        assert_eq!(args("[::1]:17000").host_and_port(), ("::1".into(), Some(17000)));
-        assert_eq!(args("localhost").host_and_port(), ("localhost".into(), None));
+        assert_eq!(
+            args("node1:17000").host_and_port(),
+            ("node1".into(), Some(17000))
+        );
+        assert_eq!(
+            args("[::1]:17000").host_and_port(),
+            ("::1".into(), Some(17000))
+        );
+        assert_eq!(
+            args("localhost").host_and_port(),
+            ("localhost".into(), None)
+        );
         let c = args("10.1.2.3:17000").client_config().unwrap();
-        assert_eq!((c.host.as_str(), c.bind_host.as_str(), c.transfer_port), ("10.1.2.3", "10.1.2.3", 17000));
+        assert_eq!(
+            (c.host.as_str(), c.bind_host.as_str(), c.transfer_port),
+            ("10.1.2.3", "10.1.2.3", 17000)
+        );
         let c = args("localhost").client_config().unwrap();
-        assert_eq!((c.host.as_str(), c.bind_host.as_str()), ("localhost", "0.0.0.0"));
+        assert_eq!(
+            (c.host.as_str(), c.bind_host.as_str()),
+            ("localhost", "0.0.0.0")
+        );
     }
 
     #[test]
@@ -277,8 +295,14 @@ mod tests {
 
     #[test]
     fn dummy_socket_follows_the_port() {
-        assert_eq!(dummy_socket("127.0.0.1:50052").unwrap(), default_socket_path(50052));
-        assert_eq!(dummy_socket("/tmp/x.sock").unwrap(), PathBuf::from("/tmp/x.sock"));
+        assert_eq!(
+            dummy_socket("127.0.0.1:50052").unwrap(),
+            default_socket_path(50052)
+        );
+        assert_eq!(
+            dummy_socket("/tmp/x.sock").unwrap(),
+            PathBuf::from("/tmp/x.sock")
+        );
         assert!(dummy_socket("127.0.0.1:http").is_err());
     }
 }

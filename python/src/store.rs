@@ -20,6 +20,11 @@ use crate::pybuf::ByteView;
 use crate::setup::{SetupArgs, dummy_socket, size_from_py};
 use crate::types::{BufferHandle, ReplicaDescriptor, ReplicateConfig};
 
+thread_local! {
+    /// Per-thread landing buffer of `get` for objects up to its size.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 << 10]);
+}
+
 /// How long `setup` waits for the master before giving up.
 const MASTER_WAIT: Duration = Duration::from_secs(5);
 /// Code of calls made before `setup` or after `close` (upstream crashes instead).
@@ -139,8 +144,8 @@ impl MooncakeDistributedStore {
         let token = config.cluster_token.clone();
         let hostname = (args.global_segment_size == 0).then(|| args.display_host());
         let started = py.detach(move || -> Result<Connected, String> {
-            let background = BackgroundClient::start(config, 2, MASTER_WAIT)
-                .map_err(|e| format!("{e:#}"))?;
+            let background =
+                BackgroundClient::start(config, 2, MASTER_WAIT).map_err(|e| format!("{e:#}"))?;
             let dummy = DummyClient::connect_in_process(background.socket(), &token)
                 .map_err(|e| e.to_string())?;
             Ok(Connected {
@@ -218,10 +223,13 @@ impl MooncakeDistributedStore {
                 "setup() missing required argument '{what}' (pass 7 positional arguments or one dict)"
             ))
         };
-        let global_segment_size = global_segment_size.ok_or_else(|| missing("global_segment_size"))?;
+        let global_segment_size =
+            global_segment_size.ok_or_else(|| missing("global_segment_size"))?;
         let local_buffer_size = local_buffer_size.ok_or_else(|| missing("local_buffer_size"))?;
         if engine.is_some_and(|e| !e.is_none()) {
-            tracing::warn!("setup: the `engine` argument is ignored (this store has its own transfer engine)");
+            tracing::warn!(
+                "setup: the `engine` argument is ignored (this store has its own transfer engine)"
+            );
         }
         let args = SetupArgs {
             local_hostname: local_hostname.extract::<String>().map_err(|_| {
@@ -319,12 +327,20 @@ impl MooncakeDistributedStore {
 
     /// Makes `[buffer_ptr, buffer_ptr + size)` usable by the zero-copy calls.
     fn register_buffer(&self, py: Python<'_>, buffer_ptr: u64, size: u64) -> i32 {
-        self.with(py, |e| e.as_i32(), |c| code(c.register_buffer(buffer_ptr, size)))
+        self.with(
+            py,
+            |e| e.as_i32(),
+            |c| code(c.register_buffer(buffer_ptr, size)),
+        )
     }
 
     /// Undoes `register_buffer`.
     fn unregister_buffer(&self, py: Python<'_>, buffer_ptr: u64) -> i32 {
-        self.with(py, |e| e.as_i32(), |c| code(c.unregister_buffer(buffer_ptr)))
+        self.with(
+            py,
+            |e| e.as_i32(),
+            |c| code(c.unregister_buffer(buffer_ptr)),
+        )
     }
 
     /// Registered shareable memory for the zero-copy calls; 0 on failure. Freed on close.
@@ -406,7 +422,9 @@ impl MooncakeDistributedStore {
         values: Vec<Bound<'_, PyAny>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
-        Ok(first_error(self.put_values(py, keys, &values, config, false)?))
+        Ok(first_error(
+            self.put_values(py, keys, &values, config, false)?,
+        ))
     }
 
     /// As `put_batch`, replacing existing values.
@@ -418,7 +436,9 @@ impl MooncakeDistributedStore {
         values: Vec<Bound<'_, PyAny>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
-        Ok(first_error(self.put_values(py, keys, &values, config, true)?))
+        Ok(first_error(
+            self.put_values(py, keys, &values, config, true)?,
+        ))
     }
 
     /// Zero-copy put of `size` bytes at `buffer_ptr` (registered memory).
@@ -432,9 +452,16 @@ impl MooncakeDistributedStore {
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
         let config = config_of(config);
-        self.with(py, |e| e.as_i32(), |c| {
-            code(c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, false).remove(0))
-        })
+        self.with(
+            py,
+            |e| e.as_i32(),
+            |c| {
+                code(
+                    c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, false)
+                        .remove(0),
+                )
+            },
+        )
     }
 
     /// As `put_from`, replacing an existing value.
@@ -448,9 +475,16 @@ impl MooncakeDistributedStore {
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
         let config = config_of(config);
-        self.with(py, |e| e.as_i32(), |c| {
-            code(c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, true).remove(0))
-        })
+        self.with(
+            py,
+            |e| e.as_i32(),
+            |c| {
+                code(
+                    c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, true)
+                        .remove(0),
+                )
+            },
+        )
     }
 
     /// Zero-copy puts; per key 0 or a negative code.
@@ -465,9 +499,11 @@ impl MooncakeDistributedStore {
     ) -> Vec<i32> {
         let config = config_of(config);
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32(); n], |c| {
-            codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, false))
-        })
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, false)),
+        )
     }
 
     /// As `batch_put_from`, replacing existing values.
@@ -482,9 +518,11 @@ impl MooncakeDistributedStore {
     ) -> Vec<i32> {
         let config = config_of(config);
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32(); n], |c| {
-            codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, true))
-        })
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, true)),
+        )
     }
 
     /// Puts where each object is the concatenation of its buffers.
@@ -499,9 +537,19 @@ impl MooncakeDistributedStore {
     ) -> Vec<i32> {
         let config = config_of(config);
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32(); n], |c| {
-            codes(c.batch_put_from_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes, &config, false))
-        })
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| {
+                codes(c.batch_put_from_multi_buffers(
+                    &keys,
+                    &all_buffer_ptrs,
+                    &all_sizes,
+                    &config,
+                    false,
+                ))
+            },
+        )
     }
 
     /// As `batch_put_from_multi_buffers`, replacing existing values.
@@ -516,17 +564,63 @@ impl MooncakeDistributedStore {
     ) -> Vec<i32> {
         let config = config_of(config);
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32(); n], |c| {
-            codes(c.batch_put_from_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes, &config, true))
-        })
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| {
+                codes(c.batch_put_from_multi_buffers(
+                    &keys,
+                    &all_buffer_ptrs,
+                    &all_sizes,
+                    &config,
+                    true,
+                ))
+            },
+        )
     }
 
     // --------------------------------------------------------------- reads
 
     /// The whole object as `bytes`; empty bytes when missing or on error.
     fn get<'py>(&self, py: Python<'py>, key: String) -> Bound<'py, PyBytes> {
-        let value = self.with(py, |_| Vec::new(), |c| c.get(&key).unwrap_or_default());
-        PyBytes::new(py, &value)
+        let empty = || PyBytes::new(py, &[]);
+        let Some(c) = self.connected() else {
+            return empty();
+        };
+        // Small objects: one call into this thread's scratch buffer, then one copy.
+        let small = py.detach(|| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut dst = [&mut scratch[..]];
+                c.dummy
+                    .batch_get_into_slices(std::slice::from_ref(&key), &mut dst)
+                    .remove(0)
+            })
+        });
+        match small {
+            Ok(n) => {
+                return SCRATCH.with_borrow(|scratch| PyBytes::new(py, &scratch[..n as usize]));
+            }
+            Err(ErrorCode::InvalidParams) => {}
+            Err(_) => return empty(),
+        }
+        // Large ones are read straight into the new bytes object: a fresh buffer
+        // for them would cost a page fault per 4 KiB, more than the copy itself.
+        let Ok(size) = py.detach(|| c.dummy.get_size(&key)) else {
+            return empty();
+        };
+        PyBytes::new_with(py, size as usize, |buf| {
+            let got = py.detach(|| {
+                let mut dst = [buf];
+                c.dummy
+                    .batch_get_into_slices(std::slice::from_ref(&key), &mut dst)
+                    .remove(0)
+            });
+            match got {
+                Ok(n) if n == size => Ok(()),
+                _ => Err(PyTypeError::new_err("object changed while read")),
+            }
+        })
+        .unwrap_or_else(|_| PyBytes::new(py, &py.detach(|| c.dummy.get(&key).unwrap_or_default())))
     }
 
     /// Objects as `bytes` (empty for missing ones); as long as `keys`.
@@ -547,7 +641,8 @@ impl MooncakeDistributedStore {
 
     /// The object in a `BufferHandle`, or `None`.
     fn get_buffer(&self, py: Python<'_>, key: String) -> Option<BufferHandle> {
-        self.with(py, |_| None, |c| c.get(&key).ok()).map(BufferHandle::new)
+        self.with(py, |_| None, |c| c.get(&key).ok())
+            .map(BufferHandle::new)
     }
 
     /// Objects in `BufferHandle`s (`None` for missing ones); as long as `keys`.
@@ -558,15 +653,20 @@ impl MooncakeDistributedStore {
             |_| vec![None; n],
             |c| c.batch_get(&keys).into_iter().map(|r| r.ok()).collect(),
         );
-        values.into_iter().map(|v| v.map(BufferHandle::new)).collect()
+        values
+            .into_iter()
+            .map(|v| v.map(BufferHandle::new))
+            .collect()
     }
 
     /// Reads the object into registered memory: its size, or a negative code
     /// (-600 when the buffer is too small, -704 when missing).
     fn get_into(&self, py: Python<'_>, key: String, buffer_ptr: u64, size: u64) -> i64 {
-        self.with(py, |e| e.as_i32() as i64, |c| {
-            sizes_or_codes(vec![c.get_into(&key, buffer_ptr, size)]).remove(0)
-        })
+        self.with(
+            py,
+            |e| e.as_i32() as i64,
+            |c| sizes_or_codes(vec![c.get_into(&key, buffer_ptr, size)]).remove(0),
+        )
     }
 
     /// Reads objects into registered memory; per key its size or a negative code.
@@ -578,9 +678,11 @@ impl MooncakeDistributedStore {
         sizes: Vec<u64>,
     ) -> Vec<i64> {
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32() as i64; n], |c| {
-            sizes_or_codes(c.batch_get_into(&keys, &buffer_ptrs, &sizes))
-        })
+        self.with(
+            py,
+            |e| vec![e.as_i32() as i64; n],
+            |c| sizes_or_codes(c.batch_get_into(&keys, &buffer_ptrs, &sizes)),
+        )
     }
 
     /// Reads objects scattered over several registered buffers each.
@@ -595,51 +697,69 @@ impl MooncakeDistributedStore {
     ) -> Vec<i64> {
         let _ = prefer_alloc_in_same_node;
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32() as i64; n], |c| {
-            sizes_or_codes(c.batch_get_into_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes))
-        })
+        self.with(
+            py,
+            |e| vec![e.as_i32() as i64; n],
+            |c| sizes_or_codes(c.batch_get_into_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes)),
+        )
     }
 
     // ------------------------------------------------------------ metadata
 
     /// 1 when the object exists, 0 when not, negative on error.
     fn is_exist(&self, py: Python<'_>, key: String) -> i32 {
-        self.with(py, |e| e.as_i32(), |c| match c.is_exist(&key) {
-            Ok(b) => b as i32,
-            Err(e) => e.as_i32(),
-        })
+        self.with(
+            py,
+            |e| e.as_i32(),
+            |c| match c.is_exist(&key) {
+                Ok(b) => b as i32,
+                Err(e) => e.as_i32(),
+            },
+        )
     }
 
     /// Per key 1 / 0 / negative; as long as `keys`.
     fn batch_is_exist(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32(); n], |c| {
-            c.batch_is_exist(&keys)
-                .into_iter()
-                .map(|r| match r {
-                    Ok(b) => b as i32,
-                    Err(e) => e.as_i32(),
-                })
-                .collect()
-        })
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| {
+                c.batch_is_exist(&keys)
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(b) => b as i32,
+                        Err(e) => e.as_i32(),
+                    })
+                    .collect()
+            },
+        )
     }
 
     /// The object's size, or a negative code.
     fn get_size(&self, py: Python<'_>, key: String) -> i64 {
-        self.with(py, |e| e.as_i32() as i64, |c| match c.get_size(&key) {
-            Ok(n) => n as i64,
-            Err(e) => e.as_i32() as i64,
-        })
+        self.with(
+            py,
+            |e| e.as_i32() as i64,
+            |c| match c.get_size(&key) {
+                Ok(n) => n as i64,
+                Err(e) => e.as_i32() as i64,
+            },
+        )
     }
 
     /// Where the object's replicas are.
     fn get_replica_desc(&self, py: Python<'_>, key: String) -> Vec<ReplicaDescriptor> {
-        self.with(py, |_| Vec::new(), |c| {
-            c.batch_get_replicas(&[key])
-                .remove(0)
-                .map(|l| l.replicas.iter().map(ReplicaDescriptor::from).collect())
-                .unwrap_or_default()
-        })
+        self.with(
+            py,
+            |_| Vec::new(),
+            |c| {
+                c.batch_get_replicas(&[key])
+                    .remove(0)
+                    .map(|l| l.replicas.iter().map(ReplicaDescriptor::from).collect())
+                    .unwrap_or_default()
+            },
+        )
     }
 
     /// Key → replica descriptors, for the keys that exist.
@@ -648,17 +768,24 @@ impl MooncakeDistributedStore {
         py: Python<'py>,
         keys: Vec<String>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let found: Vec<(String, Vec<ReplicaDescriptor>)> = self.with(py, |_| Vec::new(), |c| {
-            let lists = c.batch_get_replicas(&keys);
-            keys.iter()
-                .zip(lists)
-                .filter_map(|(k, r)| {
-                    r.ok().map(|l| {
-                        (k.clone(), l.replicas.iter().map(ReplicaDescriptor::from).collect())
+        let found: Vec<(String, Vec<ReplicaDescriptor>)> = self.with(
+            py,
+            |_| Vec::new(),
+            |c| {
+                let lists = c.batch_get_replicas(&keys);
+                keys.iter()
+                    .zip(lists)
+                    .filter_map(|(k, r)| {
+                        r.ok().map(|l| {
+                            (
+                                k.clone(),
+                                l.replicas.iter().map(ReplicaDescriptor::from).collect(),
+                            )
+                        })
                     })
-                })
-                .collect()
-        });
+                    .collect()
+            },
+        );
         let dict = PyDict::new(py);
         for (k, v) in found {
             dict.set_item(k, v)?;
@@ -677,30 +804,44 @@ impl MooncakeDistributedStore {
     #[pyo3(signature = (keys, force = false))]
     fn batch_remove(&self, py: Python<'_>, keys: Vec<String>, force: bool) -> Vec<i32> {
         let n = keys.len();
-        self.with(py, |e| vec![e.as_i32(); n], |c| codes(c.batch_remove(&keys, force)))
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_remove(&keys, force)),
+        )
     }
 
     /// Removes the objects whose key matches: how many, or a negative code.
     #[pyo3(signature = (regex_pattern, force = false))]
     fn remove_by_regex(&self, py: Python<'_>, regex_pattern: String, force: bool) -> i64 {
-        self.with(py, |e| e.as_i32() as i64, |c| match c.remove_by_regex(&regex_pattern, force) {
-            Ok(n) => n as i64,
-            Err(e) => e.as_i32() as i64,
-        })
+        self.with(
+            py,
+            |e| e.as_i32() as i64,
+            |c| match c.remove_by_regex(&regex_pattern, force) {
+                Ok(n) => n as i64,
+                Err(e) => e.as_i32() as i64,
+            },
+        )
     }
 
     /// Removes every object in the cluster: how many, or a negative code.
     #[pyo3(signature = (force = false))]
     fn remove_all(&self, py: Python<'_>, force: bool) -> i64 {
-        self.with(py, |e| e.as_i32() as i64, |c| match c.remove_all(force) {
-            Ok(n) => n as i64,
-            Err(e) => e.as_i32() as i64,
-        })
+        self.with(
+            py,
+            |e| e.as_i32() as i64,
+            |c| match c.remove_all(force) {
+                Ok(n) => n as i64,
+                Err(e) => e.as_i32() as i64,
+            },
+        )
     }
 
     fn __repr__(&self) -> String {
         match self.connected() {
-            Some(c) if c.background.is_some() => "MooncakeDistributedStore(in-process client)".into(),
+            Some(c) if c.background.is_some() => {
+                "MooncakeDistributedStore(in-process client)".into()
+            }
             Some(_) => "MooncakeDistributedStore(dummy client)".into(),
             None => "MooncakeDistributedStore(not set up)".into(),
         }
@@ -726,10 +867,14 @@ impl MooncakeDistributedStore {
         let views = views(values)?;
         let config = config_of(config);
         let n = keys.len();
-        Ok(self.with(py, |e| vec![e.as_i32(); n], |c| {
-            let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
-            codes(c.batch_put(&keys, &slices, &config, upsert))
-        }))
+        Ok(self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| {
+                let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
+                codes(c.batch_put(&keys, &slices, &config, upsert))
+            },
+        ))
     }
 
     fn parts(
@@ -743,13 +888,17 @@ impl MooncakeDistributedStore {
         let items: Vec<Bound<'_, PyAny>> = parts.iter().collect();
         let views = views(&items)?;
         let config = config_of(config);
-        Ok(self.with(py, |e| e.as_i32(), |c| {
-            let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
-            if upsert {
-                code(c.upsert_parts(&key, &slices, &config))
-            } else {
-                code(c.put_parts(&key, &slices, &config))
-            }
-        }))
+        Ok(self.with(
+            py,
+            |e| e.as_i32(),
+            |c| {
+                let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
+                if upsert {
+                    code(c.upsert_parts(&key, &slices, &config))
+                } else {
+                    code(c.put_parts(&key, &slices, &config))
+                }
+            },
+        ))
     }
 }

@@ -177,11 +177,7 @@ impl ReplicaDescriptor {
     fn __repr__(&self) -> String {
         format!(
             "ReplicaDescriptor(memory, segment={:?}, endpoint={:?}, address={:#x}, size={}, status={})",
-            self.segment_name,
-            self.transport_endpoint,
-            self.buffer_address,
-            self.size,
-            self.status
+            self.segment_name, self.transport_endpoint, self.buffer_address, self.size, self.status
         )
     }
 }

@@ -99,12 +99,9 @@ impl RealClient {
                     (region, p.segment.id)
                 }
                 None if config.ephemeral_segment => {
-                    let region = Region::anonymous(
-                        "mooncake-segment",
-                        config.global_segment_size,
-                        &options,
-                    )
-                    .context("cannot create the segment")?;
+                    let region =
+                        Region::anonymous("mooncake-segment", config.global_segment_size, &options)
+                            .context("cannot create the segment")?;
                     (region, Uuid::new_v4())
                 }
                 None => {

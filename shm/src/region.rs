@@ -413,7 +413,12 @@ impl Region {
     ///
     /// # Safety
     /// `[src, src + len)` must be readable memory of this process for the whole call.
-    pub unsafe fn write_from_raw(&self, offset: u64, src: *const u8, len: u64) -> Result<(), ShmError> {
+    pub unsafe fn write_from_raw(
+        &self,
+        offset: u64,
+        src: *const u8,
+        len: u64,
+    ) -> Result<(), ShmError> {
         self.check(offset, len)?;
         // SAFETY: the destination was bounds-checked against the live mapping; the
         // caller vouches for the source; `ptr::copy` tolerates overlap.
@@ -426,7 +431,12 @@ impl Region {
     /// # Safety
     /// `[dst, dst + len)` must be writable memory of this process that nothing else
     /// reads or writes during the call.
-    pub unsafe fn read_into_raw(&self, offset: u64, dst: *mut u8, len: u64) -> Result<(), ShmError> {
+    pub unsafe fn read_into_raw(
+        &self,
+        offset: u64,
+        dst: *mut u8,
+        len: u64,
+    ) -> Result<(), ShmError> {
         self.check(offset, len)?;
         // SAFETY: the source was bounds-checked against the live mapping; the caller
         // vouches for the destination.

@@ -1,0 +1,119 @@
+"""Benchmark of ``mooncake.store`` from Python (one caller thread).
+
+Modes: ``dummy`` (setup_dummy against a running ``mooncake_client``) and
+``in_process`` (setup: a full client in this process). For 4 KiB, 64 KiB, 1 MiB and
+16 MiB objects: put/get of bytes, put_from/get_into (registered memory), batches
+(batch_put_from / batch_get_into), and memcpy (ctypes.memmove between two buffers of
+the same allocator) measured in the same run; plus is_exist and batch_is_exist(128).
+Each figure is the median of ``--rounds`` rounds; latencies are per-call medians.
+"""
+
+import argparse
+import ctypes
+import statistics
+import time
+import uuid
+
+from mooncake.store import MooncakeDistributedStore, MooncakeHostMemAllocator
+
+KIB, MIB = 1 << 10, 1 << 20
+SIZES = [4 * KIB, 64 * KIB, MIB, 16 * MIB]
+
+
+def label(n):
+    return f"{n // MIB} MiB" if n >= MIB else f"{n // KIB} KiB"
+
+
+def per_call(fn, count):
+    """Median seconds per call of ``fn(i)`` over ``count`` calls."""
+    lat = []
+    for i in range(count):
+        t = time.perf_counter()
+        fn(i)
+        lat.append(time.perf_counter() - t)
+    return statistics.median(lat)
+
+
+def bench_size(store, size, buf_a, buf_b, rounds):
+    count = max(8, min(300, (256 * MIB) // size))
+    batch = 64 if size < 16 * MIB else 8
+    payload = bytes(range(256)) * (size // 256)
+    ctypes.memmove(buf_a, payload, size)
+    out = {}
+    for name in ["memcpy", "put", "get", "put_from", "get_into", "batch_put_from", "batch_get_into"]:
+        out[name] = []
+    for _ in range(rounds):
+        keys = [f"b-{uuid.uuid4().hex}" for _ in range(count)]
+        out["memcpy"].append(per_call(lambda i: ctypes.memmove(buf_b, buf_a, size), count))
+        out["put"].append(per_call(lambda i: store.put(keys[i], payload), count))
+        out["get"].append(per_call(lambda i: store.get(keys[i]), count))
+        store.remove_all(force=True)
+        out["put_from"].append(per_call(lambda i: store.put_from(keys[i], buf_a, size), count))
+        out["get_into"].append(per_call(lambda i: store.get_into(keys[i], buf_b, size), count))
+        store.remove_all(force=True)
+        nb = max(1, count // batch)
+        bkeys = [[f"bb-{uuid.uuid4().hex}" for _ in range(batch)] for _ in range(nb)]
+        # a batch reads from / writes to `batch` consecutive slots of the buffers
+        ptrs = [buf_a + (j % 4) * size for j in range(batch)]
+        dsts = [buf_b + (j % 4) * size for j in range(batch)]
+        sizes = [size] * batch
+        out["batch_put_from"].append(
+            per_call(lambda i: store.batch_put_from(bkeys[i], ptrs, sizes), nb) / batch)
+        out["batch_get_into"].append(
+            per_call(lambda i: store.batch_get_into(bkeys[i], dsts, sizes), nb) / batch)
+        store.remove_all(force=True)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def bench_exist(store, rounds):
+    keys = [f"e-{uuid.uuid4().hex}" for _ in range(128)]
+    store.put_batch(keys, [b"x"] * 128)
+    single, batched = [], []
+    for _ in range(rounds):
+        single.append(per_call(lambda i: store.is_exist(keys[i % 128]), 2000))
+        batched.append(per_call(lambda i: store.batch_is_exist(keys), 500))
+    store.remove_all(force=True)
+    return 1 / statistics.median(single), 128 / statistics.median(batched)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--mode", choices=["dummy", "in_process"], required=True)
+    p.add_argument("--client", default="127.0.0.1:50052", help="real client (dummy mode)")
+    p.add_argument("--master", default="127.0.0.1:50051", help="master (in_process mode)")
+    p.add_argument("--segment", default="2GB", help="segment of the in-process client")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+
+    alloc = MooncakeHostMemAllocator()
+    span = 4 * 16 * MIB
+    buf_a, buf_b = alloc.alloc(span), alloc.alloc(span)
+    store = MooncakeDistributedStore()
+    if args.mode == "dummy":
+        rc = store.setup_dummy(2 * span, 16 * MIB, args.client)
+    else:
+        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", args.segment, 16 * MIB, "tcp", "", args.master)
+    assert rc == 0, f"setup failed: {rc}"
+    assert store.register_buffer(buf_a, span) == 0 and store.register_buffer(buf_b, span) == 0
+
+    print(f"## mooncake.store, {args.mode} mode (median of {args.rounds} rounds)\n")
+    print("| size | memcpy GB/s | put p50 | get p50 | put_from p50 | get_into p50 | "
+          "put_from GB/s (% memcpy) | get_into GB/s (% memcpy) | batch_put_from GB/s | batch_get_into GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for size in SIZES:
+        r = bench_size(store, size, buf_a, buf_b, args.rounds)
+        gbs = {k: size / v / 1e9 for k, v in r.items()}
+        us = {k: v * 1e6 for k, v in r.items()}
+        m = gbs["memcpy"]
+        print(f"| {label(size)} | {m:.2f} | {us['put']:.1f} µs | {us['get']:.1f} µs | "
+              f"{us['put_from']:.1f} µs | {us['get_into']:.1f} µs | "
+              f"{gbs['put_from']:.2f} ({100 * gbs['put_from'] / m:.0f}%) | "
+              f"{gbs['get_into']:.2f} ({100 * gbs['get_into'] / m:.0f}%) | "
+              f"{gbs['batch_put_from']:.2f} | {gbs['batch_get_into']:.2f} |", flush=True)
+    exist, batch_exist = bench_exist(store, args.rounds)
+    print(f"\nis_exist: {exist / 1e3:.1f} k ops/s; batch_is_exist(128): {batch_exist / 1e6:.2f} M keys/s")
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
