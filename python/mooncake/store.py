@@ -26,6 +26,7 @@ from mooncake._native import MooncakeDistributedStore as _NativeStore
 __all__ = [
     "BufferHandle",
     "MooncakeDistributedStore",
+    "MooncakeDistributedStoreAsync",
     "MooncakeHostMemAllocator",
     "ReplicaDescriptor",
     "ReplicateConfig",
@@ -122,3 +123,12 @@ class MooncakeDistributedStore(_NativeStore):
         def batch_get_tensor(self, keys):
             """Tensors (None for missing ones); as long as ``keys``."""
             return [_decode_tensor(b) for b in self.batch_get_buffer(keys)]
+
+
+def __getattr__(name):
+    # Lazily, to avoid a circular import: ``mooncake.async_store`` subclasses ours.
+    if name == "MooncakeDistributedStoreAsync":
+        from mooncake.async_store import MooncakeDistributedStoreAsync
+
+        return MooncakeDistributedStoreAsync
+    raise AttributeError(f"module 'mooncake.store' has no attribute {name!r}")
