@@ -299,3 +299,16 @@ def test_setup_failures_are_codes_not_crashes(master):
 def _closed_port():
     from conftest import free_port
     return free_port()
+
+
+def test_duplicate_keys_in_one_batch(store, host_buffer):
+    a = host_buffer
+    write(a, b"A" * 4096)
+    write(a + 4096, b"B" * 4096)
+    k = uniq()
+    # Both entries succeed and one whole value wins: never a mix of the two.
+    assert store.batch_put_from([k, k, uniq()], [a, a + 4096, a], [4096] * 3) == [0, 0, 0]
+    assert store.get(k) in (b"A" * 4096, b"B" * 4096)
+    d = a + 64 * 1024
+    assert store.batch_get_into([k, k], [d, d + 4096], [4096, 4096]) == [4096, 4096]
+    assert read(d, 4096) == read(d + 4096, 4096)
