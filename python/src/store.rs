@@ -451,17 +451,8 @@ impl MooncakeDistributedStore {
         size: u64,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
-        let config = config_of(config);
-        self.with(
-            py,
-            |e| e.as_i32(),
-            |c| {
-                code(
-                    c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, false)
-                        .remove(0),
-                )
-            },
-        )
+        self.put_registered(py, vec![key], vec![buffer_ptr], vec![size], config, false)
+            .remove(0)
     }
 
     /// As `put_from`, replacing an existing value.
@@ -474,17 +465,8 @@ impl MooncakeDistributedStore {
         size: u64,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
-        let config = config_of(config);
-        self.with(
-            py,
-            |e| e.as_i32(),
-            |c| {
-                code(
-                    c.batch_put_from(&[key], &[buffer_ptr], &[size], &config, true)
-                        .remove(0),
-                )
-            },
-        )
+        self.put_registered(py, vec![key], vec![buffer_ptr], vec![size], config, true)
+            .remove(0)
     }
 
     /// Zero-copy puts; per key 0 or a negative code.
@@ -497,13 +479,7 @@ impl MooncakeDistributedStore {
         sizes: Vec<u64>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
-        let config = config_of(config);
-        let n = keys.len();
-        self.with(
-            py,
-            |e| vec![e.as_i32(); n],
-            |c| codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, false)),
-        )
+        self.put_registered(py, keys, buffer_ptrs, sizes, config, false)
     }
 
     /// As `batch_put_from`, replacing existing values.
@@ -516,13 +492,7 @@ impl MooncakeDistributedStore {
         sizes: Vec<u64>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
-        let config = config_of(config);
-        let n = keys.len();
-        self.with(
-            py,
-            |e| vec![e.as_i32(); n],
-            |c| codes(c.batch_put_from(&keys, &buffer_ptrs, &sizes, &config, true)),
-        )
+        self.put_registered(py, keys, buffer_ptrs, sizes, config, true)
     }
 
     /// Puts where each object is the concatenation of its buffers.
@@ -535,21 +505,7 @@ impl MooncakeDistributedStore {
         all_sizes: Vec<Vec<u64>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
-        let config = config_of(config);
-        let n = keys.len();
-        self.with(
-            py,
-            |e| vec![e.as_i32(); n],
-            |c| {
-                codes(c.batch_put_from_multi_buffers(
-                    &keys,
-                    &all_buffer_ptrs,
-                    &all_sizes,
-                    &config,
-                    false,
-                ))
-            },
-        )
+        self.put_scattered(py, keys, all_buffer_ptrs, all_sizes, config, false)
     }
 
     /// As `batch_put_from_multi_buffers`, replacing existing values.
@@ -562,21 +518,7 @@ impl MooncakeDistributedStore {
         all_sizes: Vec<Vec<u64>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
-        let config = config_of(config);
-        let n = keys.len();
-        self.with(
-            py,
-            |e| vec![e.as_i32(); n],
-            |c| {
-                codes(c.batch_put_from_multi_buffers(
-                    &keys,
-                    &all_buffer_ptrs,
-                    &all_sizes,
-                    &config,
-                    true,
-                ))
-            },
-        )
+        self.put_scattered(py, keys, all_buffer_ptrs, all_sizes, config, true)
     }
 
     // --------------------------------------------------------------- reads
@@ -853,6 +795,44 @@ fn first_error(results: Vec<i32>) -> i32 {
 }
 
 impl MooncakeDistributedStore {
+    /// The zero-copy put family: per key 0 or a negative code.
+    fn put_registered(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+        upsert: bool,
+    ) -> Vec<i32> {
+        let config = config_of(config);
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_put_from(&keys, &ptrs, &sizes, &config, upsert)),
+        )
+    }
+
+    /// The scatter-gather put family: per key 0 or a negative code.
+    fn put_scattered(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        ptrs: Vec<Vec<u64>>,
+        sizes: Vec<Vec<u64>>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+        upsert: bool,
+    ) -> Vec<i32> {
+        let config = config_of(config);
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_put_from_multi_buffers(&keys, &ptrs, &sizes, &config, upsert)),
+        )
+    }
+
     fn put_values(
         &self,
         py: Python<'_>,
