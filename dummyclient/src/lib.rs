@@ -13,12 +13,18 @@
 //! # Layout
 //!
 //! - [`hostmem`]: [`HostMemAllocator`], shareable host memory.
+//! - `ranges`: ranged and session reads and writes (`batch_put_session_*`,
+//!   `batch_get_session_*`, `get_into_ranges`).
 //! - this file: [`DummyClient`] and [`DummyError`].
 
 pub mod hostmem;
+mod ranges;
+
+pub use ranges::RangeResults;
 
 pub use hostmem::HostMemAllocator;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use mooncake_ipc::IpcClient;
 use mooncake_ipc::client::control_transport;
 use mooncake_proto::realclient::{
-    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient, RingRequest,
-    RingResponse,
+    BufRef, GetOutcome, PutCompletion, RealClientInfo,
+    RealClientServiceClient, RingRequest, RingResponse,
 };
 use mooncake_proto::*;
 use mooncake_shm::callring::RingShape;
@@ -264,6 +270,35 @@ impl Drop for Staging<'_> {
     }
 }
 
+/// A write opened by `batch_put_session_start`: space reserved, bytes written
+/// range by range, made readable by `batch_put_session_end`.
+#[derive(Clone)]
+struct PutSession {
+    /// The IPC session it was opened on: a reconnect ends it.
+    ipc_session: u64,
+    replicas: Vec<ReplicaDesc>,
+    size: u64,
+    local_failed: bool,
+}
+
+/// A read opened by `batch_get_session_start`: the replicas and the lease that
+/// later range reads use without asking the master again.
+#[derive(Clone)]
+struct GetSession {
+    ipc_session: u64,
+    list: ReplicaList,
+    granted: Instant,
+}
+
+impl GetSession {
+    /// Milliseconds left on the lease (0 once it ran out).
+    fn lease_left_ms(&self) -> u64 {
+        self.list
+            .lease_ttl_ms
+            .saturating_sub(self.granted.elapsed().as_millis() as u64)
+    }
+}
+
 /// Whether `[addr, addr + len)` is covered by mappings of this process that are
 /// both readable and writable (from `/proc/self/maps`).
 fn process_memory_is_accessible(addr: u64, len: u64) -> bool {
@@ -431,6 +466,10 @@ pub struct DummyClient {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// Writes opened by `batch_put_session_start`, by key.
+    put_sessions: Mutex<HashMap<String, PutSession>>,
+    /// Reads opened by `batch_get_session_start`, by key.
+    get_sessions: Mutex<HashMap<String, GetSession>>,
     /// The real client runs in this process, so any memory of it can be registered.
     process_memory: bool,
 }
@@ -481,6 +520,8 @@ impl DummyClient {
             runtime,
             shared,
             stop,
+            put_sessions: Mutex::new(HashMap::new()),
+            get_sessions: Mutex::new(HashMap::new()),
             process_memory,
         })
     }

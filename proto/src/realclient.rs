@@ -54,6 +54,30 @@ pub enum GetOutcome {
     Remote(ReplicaList),
 }
 
+/// One range of an object and the dummy memory it moves from or to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRef {
+    /// First byte of the range inside the object.
+    pub object_offset: u64,
+    /// The dummy's registered memory (its length is the range's length).
+    pub buf: BufRef,
+}
+
+/// The ranges of one object for [`RealClientService::transfer_ranges`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeTransfer {
+    /// The object.
+    pub key: String,
+    /// Reads: the readable replicas the dummy obtained with its lease, tried in
+    /// turn. Ignored for writes, which go to the replicas of the real client's
+    /// own pending write of `key`.
+    pub replicas: Vec<ReplicaDesc>,
+    /// Reads: milliseconds left on the dummy's lease; nothing is read past it.
+    pub lease_left_ms: u64,
+    /// The ranges.
+    pub ranges: Vec<RangeRef>,
+}
+
 /// A call on the shared-memory fast path (a `CallRing` the dummy created and
 /// attached with [`RealClientService::attach_ring`]); postcard-encoded. Same
 /// semantics as the RPC of the same name.
@@ -127,6 +151,12 @@ pub trait RealClientService {
     /// Serves a `CallRing` the dummy created in memory it registered at
     /// `client_base`: later calls may go through it instead of this socket.
     async fn attach_ring(client_base: u64) -> MResult<()>;
+    /// Moves ranges of objects between the dummy's registered memory and the
+    /// replicas on other hosts (replicas in the local segment are the dummy's to
+    /// copy). `write`: into a write started with `put_start` and not yet completed;
+    /// a later `put_complete` without sources then ends it, dropping replicas
+    /// whose range writes failed. Per item the bytes moved, or an error.
+    async fn transfer_ranges(write: bool, items: Vec<RangeTransfer>) -> Vec<MResult<u64>>;
     /// Abandons writes.
     async fn put_revoke(keys: Vec<String>) -> Vec<MResult<()>>;
     /// Readable replicas, with a read lease.

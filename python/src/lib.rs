@@ -13,7 +13,7 @@
 //!
 //! - [`store`] holds `MooncakeDistributedStore`.
 //! - [`setup`] parses the arguments of `setup(...)`, `setup(dict)` and `setup_dummy(...)`.
-//! - [`types`] holds `ReplicateConfig`, `SoftPinAction`, `ReplicaDescriptor`,
+//! - [`types`] holds `ReplicateConfig`, the enums, `ReplicaDescriptor`,
 //!   `BufferHandle` and `MooncakeHostMemAllocator`.
 //! - [`pybuf`] reads bytes-like Python values in place.
 
@@ -84,6 +84,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::ReplicateConfig>()?;
     m.add_class::<types::SoftPinAction>()?;
     m.add_class::<types::ReplicaDescriptor>()?;
+    m.add_class::<types::MemoryDescriptor>()?;
+    m.add_class::<types::BufferDescriptor>()?;
+    m.add_class::<types::ObjectDataType>()?;
+    m.add_class::<types::ReplicaStatus>()?;
+    m.add_class::<types::TaskType>()?;
+    m.add_class::<types::TaskStatus>()?;
     m.add_class::<types::BufferHandle>()?;
     m.add_class::<types::MooncakeHostMemAllocator>()?;
     m.add_function(wrap_pyfunction!(master_main, m)?)?;

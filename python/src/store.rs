@@ -12,7 +12,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use mooncake_dummyclient::{DummyClient, HostMemAllocator};
+use mooncake_dummyclient::{DummyClient, HostMemAllocator, RangeResults};
 use mooncake_proto::{ErrorCode, MResult};
 use mooncake_realclient::background::BackgroundClient;
 
@@ -776,6 +776,184 @@ impl MooncakeDistributedStore {
                 Ok(n) => n as i64,
                 Err(e) => e.as_i32() as i64,
             },
+        )
+    }
+
+    // ------------------------------------------------- ranged and sessions
+
+    /// Puts the metadata bytes followed by the data bytes as one object (both
+    /// registered memory): 0 or a negative code.
+    #[pyo3(signature = (key, buffer_ptr, metadata_buffer_ptr, size, metadata_size, config = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn put_from_with_metadata(
+        &self,
+        py: Python<'_>,
+        key: String,
+        buffer_ptr: u64,
+        metadata_buffer_ptr: u64,
+        size: u64,
+        metadata_size: u64,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> i32 {
+        let (ptrs, sizes): (Vec<u64>, Vec<u64>) = [(metadata_buffer_ptr, metadata_size), (buffer_ptr, size)]
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .unzip();
+        self.put_scattered(py, vec![key], vec![ptrs], vec![sizes], config, false)
+            .remove(0)
+    }
+
+    /// Reads ranges of objects into registered buffers: for buffer `b`, key
+    /// `k`, range `r`, `all_sizes[b][k][r]` bytes at `all_src_offsets[b][k][r]`
+    /// of `all_keys[b][k]` into `buffer_ptrs[b] + all_dst_offsets[b][k][r]`.
+    /// Results nest the same way: bytes read per range, or a negative code.
+    fn get_into_ranges(
+        &self,
+        py: Python<'_>,
+        buffer_ptrs: Vec<u64>,
+        all_keys: Vec<Vec<String>>,
+        all_dst_offsets: Vec<Vec<Vec<u64>>>,
+        all_src_offsets: Vec<Vec<Vec<u64>>>,
+        all_sizes: Vec<Vec<Vec<u64>>>,
+    ) -> Vec<Vec<Vec<i64>>> {
+        let nested = |c: &DummyClient| {
+            c.get_into_ranges(
+                &buffer_ptrs,
+                &all_keys,
+                &all_dst_offsets,
+                &all_src_offsets,
+                &all_sizes,
+            )
+        };
+        let convert = |r: Vec<RangeResults>| -> Vec<Vec<Vec<i64>>> {
+            r.into_iter()
+                .map(|keys| keys.into_iter().map(sizes_or_codes).collect())
+                .collect()
+        };
+        match self.connected() {
+            Some(c) => convert(py.detach(|| nested(&c.dummy))),
+            None => all_keys
+                .iter()
+                .enumerate()
+                .map(|(b, keys)| {
+                    (0..keys.len())
+                        .map(|k| {
+                            let n = all_sizes.get(b).and_then(|s| s.get(k)).map_or(0, Vec::len);
+                            vec![NOT_READY.as_i32() as i64; n]
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// Opens reads: replicas and a read lease fetched once for later
+    /// `batch_get_into_multi_buffer_ranges` calls. Per key 0 or a negative code.
+    fn batch_get_session_start(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_get_session_start(&keys)),
+        )
+    }
+
+    /// Reads ranges of objects with open get sessions: for key `i`,
+    /// `all_sizes[i][j]` bytes at `all_src_offsets[i][j]` into
+    /// `all_buffer_ptrs[i][j]`. Per key the bytes read or a negative code (-707
+    /// once the session's lease ran out).
+    fn batch_get_into_multi_buffer_ranges(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+        all_src_offsets: Vec<Vec<u64>>,
+    ) -> Vec<i64> {
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32() as i64; n],
+            |c| {
+                sizes_or_codes(c.batch_get_into_multi_buffer_ranges(
+                    &keys,
+                    &all_buffer_ptrs,
+                    &all_sizes,
+                    &all_src_offsets,
+                ))
+            },
+        )
+    }
+
+    /// Closes get sessions: 0.
+    fn batch_get_session_end(&self, py: Python<'_>, keys: Vec<String>) -> i32 {
+        self.with(py, |e| e.as_i32(), |c| code(c.batch_get_session_end(&keys)))
+    }
+
+    /// Opens writes: space reserved for `sizes[i]` bytes, filled by
+    /// `batch_put_from_multi_buffer_ranges`, readable after
+    /// `batch_put_session_end`. Per key 0 or a negative code (-705 when the key
+    /// exists).
+    #[pyo3(signature = (keys, sizes, config = None))]
+    fn batch_put_session_start(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> Vec<i32> {
+        let config = config_of(config);
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_put_session_start(&keys, &sizes, &config)),
+        )
+    }
+
+    /// Writes ranges into open put sessions: for key `i`, `all_sizes[i][j]`
+    /// bytes from `all_buffer_ptrs[i][j]` at `all_dst_offsets[i][j]` in the
+    /// object. Per key the bytes written or a negative code.
+    fn batch_put_from_multi_buffer_ranges(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+        all_dst_offsets: Vec<Vec<u64>>,
+    ) -> Vec<i64> {
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32() as i64; n],
+            |c| {
+                sizes_or_codes(c.batch_put_from_multi_buffer_ranges(
+                    &keys,
+                    &all_buffer_ptrs,
+                    &all_sizes,
+                    &all_dst_offsets,
+                ))
+            },
+        )
+    }
+
+    /// Makes put sessions readable; per key 0 or a negative code.
+    fn batch_put_session_end(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_put_session_end(&keys)),
+        )
+    }
+
+    /// Abandons put sessions; per key 0 or a negative code.
+    fn batch_put_session_revoke(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+        let n = keys.len();
+        self.with(
+            py,
+            |e| vec![e.as_i32(); n],
+            |c| codes(c.batch_put_session_revoke(&keys)),
         )
     }
 

@@ -1,6 +1,8 @@
-//! The small classes of `mooncake.store`: `ReplicateConfig`, `SoftPinAction`,
-//! `ReplicaDescriptor`, `BufferHandle` and `MooncakeHostMemAllocator`, with
-//! upstream's names, attributes and return conventions.
+//! The small classes of `mooncake.store`: `ReplicateConfig`, the enums
+//! (`SoftPinAction`, `ObjectDataType`, `ReplicaStatus`, `TaskType`, `TaskStatus`),
+//! `ReplicaDescriptor` with its `MemoryDescriptor` / `Descriptor`, `BufferHandle`
+//! and `MooncakeHostMemAllocator`, with upstream's names, values, attributes and
+//! return conventions.
 
 use std::os::raw::c_int;
 
@@ -8,7 +10,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 
 use mooncake_dummyclient::HostMemAllocator;
-use mooncake_proto::{ReplicaDesc, ReplicaStatus};
+use mooncake_proto::ReplicaDesc;
 
 /// What an upsert does with an existing soft pin (upstream's values).
 #[pyclass(eq, eq_int, module = "mooncake.store", from_py_object)]
@@ -32,6 +34,91 @@ impl From<SoftPinAction> for mooncake_proto::SoftPinAction {
         }
     }
 }
+
+/// What an object holds (upstream's `ObjectDataType`, same names and values):
+/// a placement and accounting hint.
+#[pyclass(eq, eq_int, module = "mooncake.store", from_py_object)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[allow(missing_docs, non_camel_case_types)]
+pub enum ObjectDataType {
+    #[default]
+    UNKNOWN = 0,
+    KVCACHE = 1,
+    TENSOR = 2,
+    WEIGHT = 3,
+    SAMPLE = 4,
+    ACTIVATION = 5,
+    GRADIENT = 6,
+    OPTIMIZER_STATE = 7,
+    METADATA = 8,
+}
+
+/// State of a replica (upstream's `ReplicaStatus`, same names and values).
+#[pyclass(eq, eq_int, module = "mooncake.store", from_py_object)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs, non_camel_case_types)]
+pub enum ReplicaStatus {
+    UNDEFINED = 0,
+    INITIALIZED = 1,
+    PROCESSING = 2,
+    COMPLETE = 3,
+    REMOVED = 4,
+    FAILED = 5,
+}
+
+impl From<mooncake_proto::ReplicaStatus> for ReplicaStatus {
+    fn from(s: mooncake_proto::ReplicaStatus) -> Self {
+        use mooncake_proto::ReplicaStatus as P;
+        match s {
+            P::Undefined => ReplicaStatus::UNDEFINED,
+            P::Initialized => ReplicaStatus::INITIALIZED,
+            P::Processing => ReplicaStatus::PROCESSING,
+            P::Complete => ReplicaStatus::COMPLETE,
+            P::Removed => ReplicaStatus::REMOVED,
+            P::Failed => ReplicaStatus::FAILED,
+        }
+    }
+}
+
+/// Kind of a replica task (upstream's `TaskType`).
+#[pyclass(eq, eq_int, module = "mooncake.store", from_py_object)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs, non_camel_case_types)]
+pub enum TaskType {
+    REPLICA_COPY = 0,
+    REPLICA_MOVE = 1,
+}
+
+/// State of a replica task (upstream's `TaskStatus`).
+#[pyclass(eq, eq_int, module = "mooncake.store", from_py_object)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs, non_camel_case_types)]
+pub enum TaskStatus {
+    PENDING = 0,
+    PROCESSING = 1,
+    SUCCESS = 2,
+    FAILED = 3,
+}
+
+/// `name` and `value` as on upstream's pybind11 enums.
+macro_rules! enum_name_value {
+    ($($t:ty),*) => {$(
+        #[pymethods]
+        impl $t {
+            /// The member's name.
+            #[getter]
+            fn name(&self) -> String {
+                format!("{self:?}")
+            }
+            /// The member's integer value.
+            #[getter]
+            fn value(&self) -> i64 {
+                *self as i64
+            }
+        }
+    )*};
+}
+enum_name_value!(SoftPinAction, ObjectDataType, ReplicaStatus, TaskType, TaskStatus);
 
 /// How an object is stored: `replica_num` copies on distinct segments, pins,
 /// preferred segments. Every attribute is readable and writable, and visible on the
@@ -66,6 +153,15 @@ pub struct ReplicateConfig {
     /// One group id per key of a batch (accepted; SGLang's group semantics).
     #[pyo3(get, set)]
     pub group_ids: Vec<String>,
+    /// What the object holds (a hint; recorded by upstream, accepted here).
+    #[pyo3(get, set)]
+    pub data_type: ObjectDataType,
+    /// NVMe-oF replicas (accepted; no such tier in this build).
+    #[pyo3(get, set)]
+    pub nof_replica_num: usize,
+    /// DFS replicas (accepted; no such tier in this build).
+    #[pyo3(get, set)]
+    pub dfs_replica_num: usize,
 }
 
 impl Default for ReplicateConfig {
@@ -80,6 +176,9 @@ impl Default for ReplicateConfig {
             preferred_segments: Vec::new(),
             prefer_alloc_in_same_node: false,
             group_ids: Vec::new(),
+            data_type: ObjectDataType::UNKNOWN,
+            nof_replica_num: 0,
+            dfs_replica_num: 0,
         }
     }
 }
@@ -93,13 +192,18 @@ impl ReplicateConfig {
 
     fn __repr__(&self) -> String {
         format!(
-            "ReplicateConfig(replica_num={}, with_soft_pin={}, with_hard_pin={}, preferred_segments={:?}, prefer_alloc_in_same_node={})",
+            "ReplicateConfig(replica_num={}, with_soft_pin={}, with_hard_pin={}, preferred_segments={:?}, prefer_alloc_in_same_node={}, data_type={:?})",
             self.replica_num,
             self.with_soft_pin,
             self.with_hard_pin,
             self.segments(),
-            self.prefer_alloc_in_same_node
+            self.prefer_alloc_in_same_node,
+            self.data_type
         )
+    }
+
+    fn __str__(&self) -> String {
+        self.__repr__()
     }
 }
 
@@ -129,7 +233,45 @@ impl ReplicateConfig {
     }
 }
 
+/// Upstream's `AllocatedBuffer::Descriptor` (exported as `Descriptor`): where a
+/// memory replica's bytes are.
+#[pyclass(name = "Descriptor", module = "mooncake.store", get_all, set_all, from_py_object)]
+#[derive(Debug, Clone, Default)]
+pub struct BufferDescriptor {
+    /// Object size in bytes.
+    pub size: u64,
+    /// Address of the bytes in the owner's segment.
+    pub buffer_address: u64,
+    /// Transfer endpoint of the segment's owner (`host:port`).
+    pub transport_endpoint: String,
+}
+
+#[pymethods]
+impl BufferDescriptor {
+    #[new]
+    fn py_new() -> Self {
+        Self::default()
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "<Descriptor size={} buffer_address={} transport_endpoint={}>",
+            self.size, self.buffer_address, self.transport_endpoint
+        )
+    }
+}
+
+/// Upstream's `MemoryDescriptor`: a memory replica's buffer.
+#[pyclass(module = "mooncake.store", get_all, from_py_object)]
+#[derive(Debug, Clone)]
+pub struct MemoryDescriptor {
+    /// The buffer.
+    pub buffer_descriptor: BufferDescriptor,
+}
+
 /// Where one replica of an object lives. Memory replicas only in this build.
+/// Upstream's shape (`status`, `is_memory_replica()`, `get_memory_descriptor()
+/// .buffer_descriptor.{buffer_address, size, transport_endpoint}`), plus the
+/// same facts as flat attributes.
 #[pyclass(module = "mooncake.store", get_all, skip_from_py_object)]
 #[derive(Debug, Clone)]
 pub struct ReplicaDescriptor {
@@ -141,8 +283,8 @@ pub struct ReplicaDescriptor {
     pub buffer_address: u64,
     /// Object size in bytes.
     pub size: u64,
-    /// Replica state (`"COMPLETE"`, ...).
-    pub status: String,
+    /// Replica state.
+    pub status: ReplicaStatus,
 }
 
 impl From<&ReplicaDesc> for ReplicaDescriptor {
@@ -152,10 +294,7 @@ impl From<&ReplicaDesc> for ReplicaDescriptor {
             transport_endpoint: r.transport_endpoint.clone(),
             buffer_address: r.buffer_address,
             size: r.size,
-            status: match r.status {
-                ReplicaStatus::Complete => "COMPLETE".into(),
-                other => format!("{other:?}").to_ascii_uppercase(),
-            },
+            status: r.status.into(),
         }
     }
 }
@@ -174,9 +313,19 @@ impl ReplicaDescriptor {
     fn is_local_disk_replica(&self) -> bool {
         false
     }
+    /// The memory replica's buffer.
+    fn get_memory_descriptor(&self) -> MemoryDescriptor {
+        MemoryDescriptor {
+            buffer_descriptor: BufferDescriptor {
+                size: self.size,
+                buffer_address: self.buffer_address,
+                transport_endpoint: self.transport_endpoint.clone(),
+            },
+        }
+    }
     fn __repr__(&self) -> String {
         format!(
-            "ReplicaDescriptor(memory, segment={:?}, endpoint={:?}, address={:#x}, size={}, status={})",
+            "ReplicaDescriptor(memory, segment={:?}, endpoint={:?}, address={:#x}, size={}, status={:?})",
             self.segment_name, self.transport_endpoint, self.buffer_address, self.size, self.status
         )
     }

@@ -27,12 +27,21 @@ use crate::metrics::ClientMetrics;
 use crate::transfer::tcp::{TcpTransport, TransferServer};
 use crate::transfer::{Direction, LocalSpan, TransferJob, Transport};
 use mooncake_ipc::{Session, Translation};
-use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion};
+use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfer};
 
 /// Inventory entries per `remount_segment` chunk.
 const REMOUNT_CHUNK: usize = 100_000;
 /// Writes started but never ended are forgotten after this.
 const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
+
+/// A write started for a dummy and not yet ended.
+struct PendingWrite {
+    started: Instant,
+    replicas: Vec<ReplicaDesc>,
+    /// Set once ranges were written to the remote replicas with
+    /// `transfer_ranges`: the segments whose range writes failed.
+    ranged_failures: Option<Vec<SegmentId>>,
+}
 
 /// The real client.
 pub struct RealClient {
@@ -43,7 +52,7 @@ pub struct RealClient {
     /// The embedded master, when this process runs one.
     local_master: Option<mooncake_master::rpc::MasterRpc>,
     inventory: Mutex<Inventory>,
-    pending: Mutex<HashMap<String, (Instant, Vec<ReplicaDesc>)>>,
+    pending: Mutex<HashMap<String, PendingWrite>>,
     healthy: AtomicBool,
     transport: Arc<dyn Transport>,
     transfer_server: Option<Arc<TransferServer>>,
@@ -342,7 +351,7 @@ impl RealClient {
             let now = Instant::now();
             self.pending
                 .lock()
-                .retain(|_, (t, _)| now.duration_since(*t) < PENDING_WRITE_TTL);
+                .retain(|_, w| now.duration_since(w.started) < PENDING_WRITE_TTL);
         }
     }
 
@@ -437,7 +446,14 @@ impl RealClient {
         let mut pending = self.pending.lock();
         for (k, r) in keys.iter().zip(&results) {
             if let Ok(descs) = r {
-                pending.insert(k.clone(), (now, descs.clone()));
+                pending.insert(
+                    k.clone(),
+                    PendingWrite {
+                        started: now,
+                        replicas: descs.clone(),
+                        ranged_failures: None,
+                    },
+                );
             }
         }
         results
@@ -454,7 +470,7 @@ impl RealClient {
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for (k, r) in keys.iter().zip(&results) {
-            let Some((_, descs)) = pending.remove(k) else {
+            let Some(PendingWrite { replicas: descs, .. }) = pending.remove(k) else {
                 continue;
             };
             if r.is_ok() {
@@ -484,15 +500,21 @@ impl RealClient {
         let mut failed: Vec<Vec<SegmentId>> = vec![Vec::new(); items.len()];
         let mut overrides: Vec<Option<ErrorCode>> = vec![None; items.len()];
         let mut replicas: Vec<Vec<ReplicaDesc>> = Vec::with_capacity(items.len());
+        // Per item: the remote replicas were already written by `transfer_ranges`.
+        let mut ranged: Vec<bool> = Vec::with_capacity(items.len());
         {
             let pending = self.pending.lock();
-            for item in &items {
-                replicas.push(
-                    pending
-                        .get(&item.key)
-                        .map(|(_, d)| d.clone())
-                        .unwrap_or_default(),
-                );
+            for (i, item) in items.iter().enumerate() {
+                let w = pending.get(&item.key);
+                replicas.push(w.map(|w| w.replicas.clone()).unwrap_or_default());
+                let done = match w.and_then(|w| w.ranged_failures.as_ref()) {
+                    Some(fails) if item.sources.is_empty() => {
+                        failed[i].extend(fails.iter().copied());
+                        true
+                    }
+                    _ => false,
+                };
+                ranged.push(done);
             }
         }
         // Jobs, and for each the (item, replica segment) it belongs to.
@@ -505,6 +527,9 @@ impl RealClient {
                     if item.local_failed {
                         failed[i].push(r.segment_id);
                     }
+                    continue;
+                }
+                if ranged[i] {
                     continue;
                 }
                 let spans = match translate_all(session, &item.sources, r.size) {
@@ -547,7 +572,7 @@ impl RealClient {
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for (i, k) in keys.iter().enumerate() {
-            let descs = pending.remove(k).map(|(_, d)| d).unwrap_or_default();
+            let descs = pending.remove(k).map(|w| w.replicas).unwrap_or_default();
             if results[i].is_ok() {
                 for d in descs {
                     if Some(d.segment_id) == own && !failed[i].contains(&d.segment_id) {
@@ -649,6 +674,183 @@ impl RealClient {
                         "replica {} of a key failed ({e}); trying the next",
                         attempt - 1
                     );
+                    retry.push(item);
+                } else {
+                    out[item.0] = Err(e);
+                }
+            }
+            wanted = retry;
+        }
+        out
+    }
+
+    /// Moves object ranges between a dummy's registered memory and the remote
+    /// replicas (see [`RealClientService::transfer_ranges`]).
+    ///
+    /// [`RealClientService::transfer_ranges`]: mooncake_proto::realclient::RealClientService::transfer_ranges
+    pub async fn transfer_ranges(
+        &self,
+        write: bool,
+        items: Vec<RangeTransfer>,
+        session: Option<&Arc<Session>>,
+    ) -> Vec<MResult<u64>> {
+        let started = Instant::now();
+        let own = self.segment().map(|d| d.id);
+        let mut out: Vec<MResult<u64>> = Vec::with_capacity(items.len());
+        // Per item to transfer: its remote replicas (tried in turn for reads, all
+        // written for writes), its ranges, and its deadline.
+        let mut wanted: Vec<(usize, Vec<ReplicaDesc>, Vec<(u64, Translation)>, Instant)> =
+            Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let replicas = if write {
+                match self.pending.lock().get(&item.key) {
+                    Some(w) => w.replicas.clone(),
+                    None => {
+                        out.push(Err(ErrorCode::InvalidParams));
+                        continue;
+                    }
+                }
+            } else {
+                item.replicas
+            };
+            let size = replicas.first().map_or(0, |r| r.size);
+            let remote: Vec<ReplicaDesc> = replicas
+                .into_iter()
+                .filter(|r| Some(r.segment_id) != own && r.size == size)
+                .collect();
+            let mut spans = Vec::with_capacity(item.ranges.len());
+            let mut total = 0u64;
+            let mut bad = None;
+            for range in &item.ranges {
+                let inside = range
+                    .object_offset
+                    .checked_add(range.buf.len)
+                    .is_some_and(|end| end <= size);
+                if !inside || range.buf.len == 0 {
+                    bad = Some(ErrorCode::InvalidParams);
+                    break;
+                }
+                match session.map(|s| s.translate(range.buf.addr, range.buf.len)) {
+                    Some(Ok(t)) => spans.push((range.object_offset, t)),
+                    _ => {
+                        bad = Some(ErrorCode::InvalidParams);
+                        break;
+                    }
+                }
+                total += range.buf.len;
+            }
+            if let Some(e) = bad {
+                out.push(Err(e));
+                continue;
+            }
+            if remote.is_empty() {
+                // Writes: nothing remote to write. Reads: the dummy should have
+                // copied from the local replica itself.
+                out.push(if write {
+                    Ok(total)
+                } else {
+                    Err(ErrorCode::TransferFail)
+                });
+                continue;
+            }
+            let deadline = if write {
+                started + self.config.transfer_timeout
+            } else {
+                started + Duration::from_millis(item.lease_left_ms.saturating_sub(50))
+            };
+            out.push(Ok(total));
+            wanted.push((i, remote, spans, deadline));
+            keys.push(item.key);
+        }
+        let direction = if write {
+            Direction::Write
+        } else {
+            Direction::Read
+        };
+        let job = |r: &ReplicaDesc, off: u64, t: &Translation| TransferJob {
+            direction,
+            endpoint: r.transport_endpoint.clone(),
+            segment_id: r.segment_id,
+            remote_offset: r.offset + off,
+            local: LocalSpan {
+                region: t.region_arc().clone(),
+                offset: t.offset(),
+                len: t.len(),
+            },
+        };
+        if write {
+            let mut jobs = Vec::new();
+            let mut owners: Vec<(usize, SegmentId)> = Vec::new();
+            let deadline = wanted.iter().map(|w| w.3).max().unwrap_or(started);
+            for (w, (_, remote, spans, _)) in wanted.iter().enumerate() {
+                for r in remote {
+                    for (off, t) in spans {
+                        jobs.push(job(r, *off, t));
+                        owners.push((w, r.segment_id));
+                    }
+                }
+            }
+            let results = self.transfer(jobs, deadline).await;
+            let mut failures: Vec<Vec<SegmentId>> = vec![Vec::new(); wanted.len()];
+            let mut bytes = 0;
+            for ((r, n), (w, seg)) in results.into_iter().zip(owners) {
+                match r {
+                    Ok(()) => bytes += n,
+                    Err(e) => {
+                        if !failures[w].contains(&seg) {
+                            tracing::warn!(key = %keys[w], segment = %seg, "range write failed: {e}");
+                            failures[w].push(seg);
+                        }
+                    }
+                }
+            }
+            self.metrics.add_transfer_bytes(0, bytes);
+            let mut pending = self.pending.lock();
+            for (w, (i, remote, _, _)) in wanted.iter().enumerate() {
+                // A write revoked meanwhile has nothing left to record.
+                let Some(entry) = pending.get_mut(&keys[w]) else {
+                    continue;
+                };
+                let recorded = entry.ranged_failures.get_or_insert_with(Vec::new);
+                for seg in &failures[w] {
+                    if !recorded.contains(seg) {
+                        recorded.push(*seg);
+                    }
+                }
+                let has_local = entry.replicas.iter().any(|d| Some(d.segment_id) == own);
+                if !has_local && failures[w].len() == remote.len() {
+                    out[*i] = Err(ErrorCode::TransferFail);
+                }
+            }
+            return out;
+        }
+        let mut attempt = 0;
+        while !wanted.is_empty() {
+            let mut jobs = Vec::new();
+            let mut owners = Vec::new();
+            let deadline = wanted.iter().map(|w| w.3).min().unwrap_or(started);
+            for (w, (_, remote, spans, _)) in wanted.iter().enumerate() {
+                for (off, t) in spans {
+                    jobs.push(job(&remote[attempt], *off, t));
+                    owners.push(w);
+                }
+            }
+            let results = self.transfer(jobs, deadline).await;
+            let mut errors: Vec<Option<ErrorCode>> = vec![None; wanted.len()];
+            let mut bytes = 0;
+            for ((r, n), w) in results.into_iter().zip(owners) {
+                match r {
+                    Ok(()) => bytes += n,
+                    Err(e) => errors[w] = errors[w].or(Some(e)),
+                }
+            }
+            self.metrics.add_transfer_bytes(bytes, 0);
+            attempt += 1;
+            let mut retry = Vec::new();
+            for (w, item) in wanted.into_iter().enumerate() {
+                let Some(e) = errors[w] else { continue };
+                if e != ErrorCode::LeaseExpired && attempt < item.1.len() {
                     retry.push(item);
                 } else {
                     out[item.0] = Err(e);

@@ -20,9 +20,10 @@ pub enum Op {
     Remove,
     RemoveByRegex,
     RemoveAll,
+    TransferRanges,
 }
 
-const OPS: [(Op, &str); 11] = [
+const OPS: [(Op, &str); 12] = [
     (Op::PutStart, "put_start"),
     (Op::PutComplete, "put_complete"),
     (Op::PutEnd, "put_end"),
@@ -34,6 +35,7 @@ const OPS: [(Op, &str); 11] = [
     (Op::Remove, "remove"),
     (Op::RemoveByRegex, "remove_by_regex"),
     (Op::RemoveAll, "remove_all"),
+    (Op::TransferRanges, "transfer_ranges"),
 ];
 
 /// Upper bounds of the latency buckets, in microseconds.

@@ -8,7 +8,7 @@ use tarpc::context::Context;
 
 use mooncake_ipc::Session;
 use mooncake_proto::realclient::{
-    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientService,
+    BufRef, GetOutcome, PutCompletion, RangeTransfer, RealClientInfo, RealClientService,
 };
 use mooncake_proto::*;
 use mooncake_shm::CallRing;
@@ -153,6 +153,27 @@ impl RealClientService for Handler {
         let runtime = tokio::runtime::Handle::current();
         crate::fastpath::serve(self.clone(), ring, session, runtime)
             .map_err(|_| ErrorCode::InternalError)
+    }
+
+    async fn transfer_ranges(
+        self,
+        _: Context,
+        write: bool,
+        items: Vec<RangeTransfer>,
+    ) -> Vec<MResult<u64>> {
+        let t = Instant::now();
+        let r = self
+            .client
+            .transfer_ranges(write, items, self.session.as_ref())
+            .await;
+        let bytes: u64 = r.iter().filter_map(|o| o.as_ref().ok()).sum();
+        if write {
+            self.client.metrics.add_object_bytes(bytes, 0);
+        } else {
+            self.client.metrics.add_object_bytes(0, bytes);
+        }
+        self.record(Op::TransferRanges, t, &r);
+        r
     }
 
     async fn put_revoke(self, _: Context, keys: Vec<String>) -> Vec<MResult<()>> {
