@@ -681,6 +681,11 @@ impl DummyClient {
         Ok(())
     }
 
+    /// Whether `[addr, addr + len)` lies inside one registered buffer.
+    pub fn is_registered(&self, addr: u64, len: u64) -> bool {
+        self.resolve(addr, len).is_ok()
+    }
+
     /// The registered span holding `[addr, addr + len)`.
     fn resolve(&self, addr: u64, len: u64) -> MResult<Span> {
         let regs = self.shared.registrations.lock();

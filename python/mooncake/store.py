@@ -2,127 +2,278 @@
 
 Store failures never raise: calls return upstream's negative error codes (result
 lists as long as the key lists), ``get`` returns empty bytes and the tensor
-getters ``None``. The GIL is released inside every call.
+getters ``None``. The GIL is released inside every native call.
 
-Tensor helpers (``put_tensor`` / ``get_tensor`` / ``batch_put_tensor`` /
-``batch_get_tensor``) exist when ``torch`` is importable. A tensor is stored as an
-80-byte header followed by its bytes in C order (see docs/PYTHON.md):
-``b"MCT1"``, dtype code (u32), ndim (u32), reserved (u32), then 8 dims (u64),
-all little-endian.
+Tensor APIs (``put_tensor`` / ``get_tensor`` and their batch, ``_from`` /
+``_into``, ``upsert_`` / ``pub_``, tensor-parallel and safetensors forms) take
+``torch.Tensor`` (or numpy arrays) and return torch tensors when torch imports,
+numpy arrays otherwise. A tensor is stored as an 80-byte header followed by its
+bytes in C order (``mooncake._tensor``, docs/PYTHON.md).
 """
 
-import struct
+import ctypes
+import logging
+import os
 
+from mooncake import _tensor
 from mooncake._native import (  # noqa: F401
     BufferHandle,
+    Descriptor,
+    MemoryDescriptor,
     MooncakeHostMemAllocator,
+    ObjectDataType,
     ReplicaDescriptor,
+    ReplicaStatus,
     ReplicateConfig,
     SoftPinAction,
+    TaskStatus,
+    TaskType,
     error_name,
 )
 from mooncake._native import MooncakeDistributedStore as _NativeStore
+from mooncake.buffer_pool import BufferLease, BufferPool  # noqa: F401
 
 __all__ = [
     "BufferHandle",
+    "BufferLease",
+    "BufferPool",
+    "Descriptor",
+    "MemoryDescriptor",
     "MooncakeDistributedStore",
     "MooncakeDistributedStoreAsync",
     "MooncakeHostMemAllocator",
+    "ObjectDataType",
     "ReplicaDescriptor",
+    "ReplicaStatus",
     "ReplicateConfig",
     "SoftPinAction",
+    "TaskStatus",
+    "TaskType",
     "error_name",
 ]
 
-try:  # torch is optional: the tensor helpers exist only with it
-    import torch as _torch
-except Exception:  # pragma: no cover - depends on the environment
-    _torch = None
-
-_TENSOR_MAGIC = b"MCT1"
-_TENSOR_HEADER = struct.Struct("<4sIII8Q")
-_MAX_DIMS = 8
+_log = logging.getLogger("mooncake.store")
 _INVALID_PARAMS = -600
-
-_DTYPE_NAMES = [
-    "float32", "float64", "float16", "bfloat16", "int8", "uint8", "int16",
-    "int32", "int64", "bool", "float8_e4m3fn", "float8_e5m2", "complex64",
-    "complex128", "uint16", "uint32", "uint64",
-]
+_OBJECT_NOT_FOUND = -704
+_FILE_NOT_FOUND = -1100
+_FILE_WRITE_FAIL = -1102
 
 
-def _dtype_tables():
-    to_code, from_code = {}, {}
-    for code, name in enumerate(_DTYPE_NAMES):
-        dtype = getattr(_torch, name, None)
-        if dtype is not None:
-            to_code[dtype] = code
-            from_code[code] = dtype
-    return to_code, from_code
+def _tp_key(key, rank):
+    return f"{key}_tp_{rank}"
 
 
-def _encode_tensor(tensor):
-    """Header and payload of a tensor, or None for one this format cannot hold."""
-    to_code, _ = _dtype_tables()
-    if not isinstance(tensor, _torch.Tensor) or tensor.dtype not in to_code:
-        return None
-    if tensor.dim() > _MAX_DIMS:
-        return None
-    t = tensor.detach().to("cpu").contiguous()
-    dims = list(t.shape) + [0] * (_MAX_DIMS - t.dim())
-    header = _TENSOR_HEADER.pack(_TENSOR_MAGIC, to_code[t.dtype], t.dim(), 0, *dims)
-    payload = t.reshape(-1).view(_torch.uint8).numpy() if t.numel() else b""
-    return header, payload
+def _view(ptr, size):
+    """A writable memoryview of ``size`` bytes at ``ptr`` (registered memory)."""
+    return memoryview((ctypes.c_char * size).from_address(ptr)).cast("B")
 
 
-def _decode_tensor(data):
-    """The tensor stored in ``data`` (bytes-like), or None."""
-    _, from_code = _dtype_tables()
-    if data is None or len(data) < _TENSOR_HEADER.size:
-        return None
-    magic, code, ndim, _, *dims = _TENSOR_HEADER.unpack_from(data, 0)
-    if magic != _TENSOR_MAGIC or code not in from_code or ndim > _MAX_DIMS:
-        return None
-    dtype = from_code[code]
-    shape = dims[:ndim]
-    body = bytearray(memoryview(data)[_TENSOR_HEADER.size:])
-    count = 1
-    for d in shape:
-        count *= d
-    itemsize = _torch.empty((), dtype=dtype).element_size()
-    if len(body) != count * itemsize:
-        return None
-    if count == 0:
-        return _torch.empty(shape, dtype=dtype)
-    return _torch.frombuffer(body, dtype=_torch.uint8).view(dtype).reshape(shape)
+def _first_error(results):
+    return next((r for r in results if r < 0), 0)
 
 
 class MooncakeDistributedStore(_NativeStore):
     """The distributed store. ``setup(...)`` runs a full client in this process;
     ``setup_dummy(...)`` connects to the host's ``mooncake_client``."""
 
-    if _torch is not None:
+    def init_all(self, protocol, device_name, mount_segment_size=16 * 1024 * 1024):
+        """Upstream's one-call setup: a client in this process contributing
+        ``mount_segment_size`` bytes, with the master from ``MOONCAKE_MASTER``
+        (default ``127.0.0.1:50051``). 0 or a negative code (-600 when already
+        set up)."""
+        master = os.environ.get("MOONCAKE_MASTER", "127.0.0.1:50051")
+        return self.setup(
+            "localhost", "P2PHANDSHAKE", mount_segment_size, 16 * 1024 * 1024,
+            protocol, device_name, master,
+        )
 
-        def put_tensor(self, key, tensor, config=None):
-            """Stores a tensor (copied to CPU); 0 or a negative code."""
-            encoded = _encode_tensor(tensor)
-            if encoded is None:
-                return _INVALID_PARAMS
-            return self.put_parts(key, *encoded, config=config)
+    # ------------------------------------------------------------ tensors
 
-        def get_tensor(self, key):
-            """The tensor stored under ``key`` (on CPU), or None."""
-            return _decode_tensor(self.get_buffer(key))
+    def _put_tensors(self, keys, tensors, config, upsert):
+        if len(keys) != len(tensors):
+            return [_INVALID_PARAMS] * len(keys)
+        encoded = [_tensor.encode(t) for t in tensors]
+        results = [_INVALID_PARAMS] * len(keys)
+        put = self.upsert_parts if upsert else self.put_parts
+        for i, (k, e) in enumerate(zip(keys, encoded)):
+            if e is None:
+                _log.error("put_tensor(%r): not a tensor of a supported dtype and <= 8 dims", k)
+                continue
+            results[i] = put(k, *e, config=config)
+        return results
 
-        def batch_put_tensor(self, keys, tensors, config=None):
-            """Stores tensors; per key 0 or a negative code."""
-            if len(keys) != len(tensors):
-                return [_INVALID_PARAMS] * len(keys)
-            return [self.put_tensor(k, t, config) for k, t in zip(keys, tensors)]
+    def put_tensor(self, key, tensor, config=None):
+        """Stores a tensor (copied to host memory); 0 or a negative code."""
+        return self._put_tensors([key], [tensor], config, False)[0]
 
-        def batch_get_tensor(self, keys):
-            """Tensors (None for missing ones); as long as ``keys``."""
-            return [_decode_tensor(b) for b in self.batch_get_buffer(keys)]
+    def upsert_tensor(self, key, tensor, config=None):
+        """As ``put_tensor``, replacing an existing value."""
+        return self._put_tensors([key], [tensor], config, True)[0]
+
+    def pub_tensor(self, key, tensor, config=None):
+        """Publishes a tensor with a replication config (``put_tensor``)."""
+        return self._put_tensors([key], [tensor], config, False)[0]
+
+    def batch_put_tensor(self, keys, tensors, config=None):
+        """Stores tensors; per key 0 or a negative code."""
+        return self._put_tensors(list(keys), list(tensors), config, False)
+
+    def batch_upsert_tensor(self, keys, tensors, config=None):
+        """As ``batch_put_tensor``, replacing existing values."""
+        return self._put_tensors(list(keys), list(tensors), config, True)
+
+    def batch_pub_tensor(self, keys, tensors, config=None):
+        """Publishes tensors; per key 0 or a negative code."""
+        return self._put_tensors(list(keys), list(tensors), config, False)
+
+    def get_tensor(self, key):
+        """The tensor stored under ``key`` (on CPU), or None."""
+        return _tensor.decode(self.get_buffer(key))
+
+    def batch_get_tensor(self, keys):
+        """Tensors (None for missing ones); as long as ``keys``."""
+        return [_tensor.decode(b) for b in self.batch_get_buffer(list(keys))]
+
+    def _check_encoded(self, ptr, size):
+        if size < _tensor.HEADER.size:
+            return False
+        parsed = _tensor.parse_header(_view(ptr, _tensor.HEADER.size))
+        return parsed is not None and _tensor.HEADER.size + parsed[2] == size
+
+    def put_tensor_from(self, key, buffer_ptr, size, config=None):
+        """Stores an encoded tensor (header and bytes, as ``get_tensor_into``
+        leaves them) from registered memory, zero-copy; 0 or a negative code."""
+        return self.batch_put_tensor_from([key], [buffer_ptr], [size], config)[0]
+
+    def upsert_tensor_from(self, key, buffer_ptr, size, config=None):
+        """As ``put_tensor_from``, replacing an existing value."""
+        return self.batch_upsert_tensor_from([key], [buffer_ptr], [size], config)[0]
+
+    def _tensors_from(self, keys, ptrs, sizes, config, upsert):
+        if not (len(keys) == len(ptrs) == len(sizes)):
+            return [_INVALID_PARAMS] * len(keys)
+        ok = [self._registered(p, n) and self._check_encoded(p, n) for p, n in zip(ptrs, sizes)]
+        idx = [i for i, good in enumerate(ok) if good]
+        results = [_INVALID_PARAMS] * len(keys)
+        if idx:
+            put = self.batch_upsert_from if upsert else self.batch_put_from
+            done = put([keys[i] for i in idx], [ptrs[i] for i in idx], [sizes[i] for i in idx], config)
+            for i, r in zip(idx, done):
+                results[i] = r
+        return results
+
+    def batch_put_tensor_from(self, keys, buffer_ptrs, sizes, config=None):
+        """Batch ``put_tensor_from``; per key 0 or a negative code."""
+        return self._tensors_from(list(keys), list(buffer_ptrs), list(sizes), config, False)
+
+    def batch_upsert_tensor_from(self, keys, buffer_ptrs, sizes, config=None):
+        """Batch ``upsert_tensor_from``."""
+        return self._tensors_from(list(keys), list(buffer_ptrs), list(sizes), config, True)
+
+    def _registered(self, ptr, size):
+        # The native calls check registration; reading the header first must
+        # not touch memory that was never registered.
+        return self._is_registered(ptr, size)
+
+    def get_tensor_into(self, key, buffer_ptr, size):
+        """Reads the tensor into registered memory and returns a tensor viewing
+        it (no copy; valid while the buffer is), or None."""
+        return self.batch_get_tensor_into([key], [buffer_ptr], [size])[0]
+
+    def batch_get_tensor_into(self, keys, buffer_ptrs, sizes):
+        """Batch ``get_tensor_into``; None for keys that failed."""
+        keys, ptrs, sizes = list(keys), list(buffer_ptrs), list(sizes)
+        if not (len(keys) == len(ptrs) == len(sizes)):
+            return [None] * len(keys)
+        out = []
+        for n, p in zip(self.batch_get_into(keys, ptrs, sizes), ptrs):
+            out.append(_tensor.decode(_view(p, n), copy=False) if n > 0 else None)
+        return out
+
+    # ------------------------------------------------- tensor parallelism
+
+    def _tp_put(self, keys, tensors, tp_size, split_dim, config, upsert=False):
+        if len(keys) != len(tensors):
+            return [_INVALID_PARAMS] * len(keys)
+        if tp_size <= 1:
+            return self._put_tensors(keys, tensors, config, upsert)
+        results = []
+        for key, t in zip(keys, tensors):
+            shards = _tensor.split(t, tp_size, split_dim) if _tensor.is_tensor(t) else None
+            if shards is None:
+                _log.error("put_tensor_with_tp(%r): cannot split into %d shards on dim %d", key, tp_size, split_dim)
+                results.append(_INVALID_PARAMS)
+                continue
+            shard_keys = [_tp_key(key, r) for r in range(tp_size)]
+            results.append(_first_error(self._put_tensors(shard_keys, shards, config, upsert)))
+        return results
+
+    def put_tensor_with_tp(self, key, tensor, tp_rank=0, tp_size=1, split_dim=0, config=None):
+        """Cuts the tensor into ``tp_size`` shards along ``split_dim`` and stores
+        shard ``r`` as ``<key>_tp_<r>`` (all of them; ``tp_rank`` is not needed to
+        write). 0 or the first negative code."""
+        return self._tp_put([key], [tensor], tp_size, split_dim, config)[0]
+
+    def pub_tensor_with_tp(self, key, tensor, config=None, tp_rank=0, tp_size=1, split_dim=0):
+        """``put_tensor_with_tp`` with a replication config first."""
+        return self._tp_put([key], [tensor], tp_size, split_dim, config)[0]
+
+    def batch_put_tensor_with_tp(self, base_keys, tensors, tp_rank=0, tp_size=1, split_dim=0, config=None):
+        """Batch ``put_tensor_with_tp``; per key 0 or a negative code."""
+        return self._tp_put(list(base_keys), list(tensors), tp_size, split_dim, config)
+
+    def batch_pub_tensor_with_tp(self, base_keys, tensors, config=None, tp_rank=0, tp_size=1, split_dim=0):
+        """Batch ``pub_tensor_with_tp``."""
+        return self._tp_put(list(base_keys), list(tensors), tp_size, split_dim, config)
+
+    def get_tensor_with_tp(self, key, tp_rank=0, tp_size=1, split_dim=0):
+        """This rank's shard (``<key>_tp_<tp_rank>``; the whole tensor when
+        ``tp_size`` <= 1), or None."""
+        return self.get_tensor(key if tp_size <= 1 else _tp_key(key, tp_rank))
+
+    def batch_get_tensor_with_tp(self, base_keys, tp_rank=0, tp_size=1, split_dim=0):
+        """This rank's shards of several tensors; None for missing ones."""
+        keys = list(base_keys) if tp_size <= 1 else [_tp_key(k, tp_rank) for k in base_keys]
+        return self.batch_get_tensor(keys)
+
+    def get_tensor_with_tp_into(self, key, buffer_ptr, size, tp_rank=0, tp_size=1, split_dim=0):
+        """``get_tensor_with_tp`` into registered memory (a view of it), or None."""
+        return self.get_tensor_into(key if tp_size <= 1 else _tp_key(key, tp_rank), buffer_ptr, size)
+
+    def batch_get_tensor_with_tp_into(self, base_keys, buffer_ptrs, sizes, tp_rank=0, tp_size=1):
+        """Batch ``get_tensor_with_tp_into``."""
+        keys = list(base_keys) if tp_size <= 1 else [_tp_key(k, tp_rank) for k in base_keys]
+        return self.batch_get_tensor_into(keys, buffer_ptrs, sizes)
+
+    # ---------------------------------------------------------- safetensors
+
+    def save_tensor_to_safetensor(self, key, file_name=None):
+        """Writes the tensor under ``key`` to a safetensors file (default: a file
+        named ``key``), as one tensor named ``key``. 0 or a negative code (-704
+        when the key is missing or not a tensor, -1102 when the file cannot be
+        written)."""
+        t = self.get_tensor(key)
+        if t is None:
+            return _OBJECT_NOT_FOUND
+        try:
+            ok = _tensor.save_safetensors(file_name or key, {key: t})
+        except OSError as e:
+            _log.error("save_tensor_to_safetensor(%r): %s", key, e)
+            return _FILE_WRITE_FAIL
+        return 0 if ok else _INVALID_PARAMS
+
+    def load_tensor_from_safetensor(self, key, file_name=None, config=None):
+        """Reads a tensor from a safetensors file (the one named ``key``, else the
+        first; default file: ``key``), stores it under ``key`` and returns it;
+        None when the file cannot be read or the store refuses the tensor."""
+        try:
+            t = _tensor.load_safetensors(file_name or key, key)
+        except (OSError, ValueError) as e:
+            _log.error("load_tensor_from_safetensor(%r): %s", key, e)
+            return None
+        if t is None or self.upsert_tensor(key, t, config) != 0:
+            return None
+        return t
 
 
 def __getattr__(name):

@@ -360,6 +360,24 @@ impl MooncakeDistributedStore {
         })
     }
 
+    /// Gives back memory from `alloc_from_mem_pool` before close (used by
+    /// `BufferPool`): 0, or -600 for an address it did not hand out.
+    fn _free_mem_pool(&self, py: Python<'_>, ptr: u64) -> i32 {
+        let Some(c) = self.connected() else {
+            return NOT_READY.as_i32();
+        };
+        py.detach(|| {
+            let mut pool = c.pool.lock();
+            let Some(at) = pool.iter().position(|&a| a == ptr) else {
+                return ErrorCode::InvalidParams.as_i32();
+            };
+            pool.swap_remove(at);
+            drop(pool);
+            let _ = c.dummy.unregister_buffer(ptr);
+            code(HostMemAllocator::new().free(ptr))
+        })
+    }
+
     // -------------------------------------------------------------- writes
 
     /// Stores a copy of a bytes-like `value`; 0, or a negative code. A key that
@@ -777,6 +795,12 @@ impl MooncakeDistributedStore {
                 Err(e) => e.as_i32() as i64,
             },
         )
+    }
+
+    /// Whether `[buffer_ptr, buffer_ptr + size)` lies in registered memory
+    /// (used by the Python tensor helpers before they read a header there).
+    fn _is_registered(&self, py: Python<'_>, buffer_ptr: u64, size: u64) -> bool {
+        self.with(py, |_| false, |c| c.is_registered(buffer_ptr, size))
     }
 
     // ------------------------------------------------- ranged and sessions
