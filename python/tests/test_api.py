@@ -216,7 +216,7 @@ def test_replica_descriptors(store):
     assert list(descs) == [k]
     (d,) = descs[k]
     assert d.is_memory_replica() and not d.is_disk_replica() and not d.is_local_disk_replica()
-    assert d.size == 4096 and d.status == "COMPLETE" and d.transport_endpoint
+    assert d.size == 4096 and d.status.name == "COMPLETE" and d.transport_endpoint
     assert store.get_replica_desc(k)[0].segment_name == d.segment_name
     assert store.get_replica_desc(uniq()) == []
 
