@@ -70,8 +70,9 @@ def raw(obj):
         name = obj.dtype.name
         if name not in _CODES:
             return None
-        a = _np.ascontiguousarray(obj)
-        return name, tuple(a.shape), a.reshape(-1).view(_np.uint8)
+        # (ascontiguousarray would turn a 0-d array into a 1-d one)
+        a = _np.ascontiguousarray(obj).reshape(-1)
+        return name, tuple(obj.shape), a.view(_np.uint8)
     return None
 
 
