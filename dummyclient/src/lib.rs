@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use mooncake_ipc::IpcClient;
 use mooncake_ipc::client::control_transport;
 use mooncake_proto::realclient::{
-    BufRef, GetOutcome, PutCompletion, RealClientInfo,
-    RealClientServiceClient, RingRequest, RingResponse,
+    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient, RingRequest,
+    RingResponse,
 };
 use mooncake_proto::*;
 use mooncake_shm::callring::RingShape;
@@ -1280,6 +1280,18 @@ impl DummyClient {
     /// Removes one object.
     pub fn remove(&self, key: &str, force: bool) -> MResult<()> {
         self.batch_remove(&[key.to_string()], force).remove(0)
+    }
+
+    /// Drops the real client's replicas of `keys` (on its segment named
+    /// `segment_name`, or all when empty) whose objects no reader holds; the keys
+    /// cleared.
+    pub fn batch_replica_clear(&self, keys: &[String], segment_name: &str) -> MResult<Vec<String>> {
+        let conn = self.conn()?;
+        self.call(
+            &conn,
+            conn.rpc
+                .replica_clear(ctx(CALL_TIMEOUT), keys.to_vec(), segment_name.to_string()),
+        )?
     }
 
     /// Removes objects whose key matches.

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use mooncake_proto::realclient::{BufRef, PutCompletion, RangeRef, RangeTransfer, RingRequest, RingResponse};
+use mooncake_proto::realclient::{
+    BufRef, PutCompletion, RangeRef, RangeTransfer, RingRequest, RingResponse,
+};
 use mooncake_proto::*;
 
 use crate::{CALL_TIMEOUT, Conn, DummyClient, GetSession, PutSession, Span, Staging, ctx};
@@ -111,8 +113,7 @@ impl DummyClient {
             n,
             self.call(
                 conn,
-                conn.rpc
-                    .transfer_ranges(ctx(CALL_TIMEOUT), write, request),
+                conn.rpc.transfer_ranges(ctx(CALL_TIMEOUT), write, request),
             ),
         );
         for (i, p) in prepared.into_iter().enumerate() {
@@ -280,16 +281,11 @@ impl DummyClient {
             let moved = self.transfer_remote(&conn, true, items);
             for ((i, ..), m) in remote.iter().zip(moved) {
                 // The local replica alone keeps the key readable.
-                let has_local = self
-                    .put_sessions
-                    .lock()
-                    .get(&keys[*i])
-                    .is_some_and(|s| {
-                        !s.local_failed
-                            && local.is_some_and(|(_, id)| {
-                                s.replicas.iter().any(|r| r.segment_id == id)
-                            })
-                    });
+                let has_local = self.put_sessions.lock().get(&keys[*i]).is_some_and(|s| {
+                    !s.local_failed
+                        && local
+                            .is_some_and(|(_, id)| s.replicas.iter().any(|r| r.segment_id == id))
+                });
                 if m.is_err() && !has_local {
                     results[*i] = m;
                 }
@@ -563,10 +559,8 @@ impl DummyClient {
     ) -> Vec<RangeResults> {
         let b = buffers.len();
         // Shape errors answer each range of the offending buffer or key.
-        let shape_ok = keys.len() == b
-            && dst_offsets.len() == b
-            && src_offsets.len() == b
-            && sizes.len() == b;
+        let shape_ok =
+            keys.len() == b && dst_offsets.len() == b && src_offsets.len() == b && sizes.len() == b;
         let fail = |code: ErrorCode| -> Vec<RangeResults> {
             (0..keys.len())
                 .map(|bi| {
@@ -574,7 +568,8 @@ impl DummyClient {
                         .iter()
                         .enumerate()
                         .map(|(ki, _)| {
-                            let ranges = sizes.get(bi).and_then(|s| s.get(ki)).map_or(0, |s| s.len());
+                            let ranges =
+                                sizes.get(bi).and_then(|s| s.get(ki)).map_or(0, |s| s.len());
                             vec![Err(code); ranges]
                         })
                         .collect()
@@ -617,7 +612,11 @@ impl DummyClient {
                     }
                     let addrs = d
                         .iter()
-                        .map(|off| buffers[bi].checked_add(*off).ok_or(ErrorCode::InvalidParams))
+                        .map(|off| {
+                            buffers[bi]
+                                .checked_add(*off)
+                                .ok_or(ErrorCode::InvalidParams)
+                        })
                         .collect::<MResult<Vec<u64>>>()?;
                     let list = lists[key].clone()?;
                     let ranges = self.ranges(&addrs, n, s, list.size)?;

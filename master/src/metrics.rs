@@ -47,6 +47,7 @@ ops! {
     BatchGetReplicaList => "batch_get_replica_list", true;
     BatchExistKey => "batch_exist_key", true;
     BatchRemove => "batch_remove", true;
+    BatchReplicaClear => "batch_replica_clear", true;
 }
 
 /// Latency bucket upper bounds, in seconds.

@@ -272,6 +272,18 @@ impl Master for MasterRpc {
         })
     }
 
+    async fn batch_replica_clear(
+        self,
+        _: Context,
+        keys: Vec<String>,
+        client_id: ClientId,
+        segment_name: String,
+    ) -> MResult<Vec<String>> {
+        self.timed(Op::BatchReplicaClear, |s| {
+            Ok(s.batch_replica_clear(&keys, client_id, &segment_name))
+        })
+    }
+
     async fn mount_segment(
         self,
         _: Context,

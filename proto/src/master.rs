@@ -97,6 +97,15 @@ pub trait Master {
     /// Batch form of `remove`.
     async fn batch_remove(keys: Vec<String>, force: bool) -> Vec<MResult<()>>;
 
+    /// Drops the replicas `client_id` holds of `keys` (on its segment named
+    /// `segment_name`, or all its segments when empty) for objects without a
+    /// read lease, pin or replacement in flight; returns the keys cleared.
+    async fn batch_replica_clear(
+        keys: Vec<String>,
+        client_id: ClientId,
+        segment_name: String,
+    ) -> MResult<Vec<String>>;
+
     /// Adds a segment to the pool. Idempotent for the same id and size.
     async fn mount_segment(client_id: ClientId, segment: SegmentDesc) -> MResult<()>;
     /// Re-registers segments after the master forgot the client, with the objects

@@ -157,6 +157,10 @@ pub trait RealClientService {
     /// a later `put_complete` without sources then ends it, dropping replicas
     /// whose range writes failed. Per item the bytes moved, or an error.
     async fn transfer_ranges(write: bool, items: Vec<RangeTransfer>) -> Vec<MResult<u64>>;
+    /// Drops this real client's replicas of `keys` (on its segment named
+    /// `segment_name`, or all when empty) whose objects no reader holds; returns
+    /// the keys cleared.
+    async fn replica_clear(keys: Vec<String>, segment_name: String) -> MResult<Vec<String>>;
     /// Abandons writes.
     async fn put_revoke(keys: Vec<String>) -> Vec<MResult<()>>;
     /// Readable replicas, with a read lease.

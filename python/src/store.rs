@@ -771,6 +771,26 @@ impl MooncakeDistributedStore {
         )
     }
 
+    /// Drops this client's replicas of `keys` (on its segment named
+    /// `segment_name`, or all of them when empty) for objects no reader holds a
+    /// lease on; returns the keys cleared (empty on error).
+    #[pyo3(signature = (keys, segment_name = String::new()))]
+    fn batch_replica_clear(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        segment_name: String,
+    ) -> Vec<String> {
+        self.with(
+            py,
+            |_| Vec::new(),
+            |c| {
+                c.batch_replica_clear(&keys, &segment_name)
+                    .unwrap_or_default()
+            },
+        )
+    }
+
     /// Removes the objects whose key matches: how many, or a negative code.
     #[pyo3(signature = (regex_pattern, force = false))]
     fn remove_by_regex(&self, py: Python<'_>, regex_pattern: String, force: bool) -> i64 {
@@ -819,10 +839,11 @@ impl MooncakeDistributedStore {
         metadata_size: u64,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
-        let (ptrs, sizes): (Vec<u64>, Vec<u64>) = [(metadata_buffer_ptr, metadata_size), (buffer_ptr, size)]
-            .into_iter()
-            .filter(|&(_, n)| n > 0)
-            .unzip();
+        let (ptrs, sizes): (Vec<u64>, Vec<u64>) =
+            [(metadata_buffer_ptr, metadata_size), (buffer_ptr, size)]
+                .into_iter()
+                .filter(|&(_, n)| n > 0)
+                .unzip();
         self.put_scattered(py, vec![key], vec![ptrs], vec![sizes], config, false)
             .remove(0)
     }

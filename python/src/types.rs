@@ -118,7 +118,13 @@ macro_rules! enum_name_value {
         }
     )*};
 }
-enum_name_value!(SoftPinAction, ObjectDataType, ReplicaStatus, TaskType, TaskStatus);
+enum_name_value!(
+    SoftPinAction,
+    ObjectDataType,
+    ReplicaStatus,
+    TaskType,
+    TaskStatus
+);
 
 /// How an object is stored: `replica_num` copies on distinct segments, pins,
 /// preferred segments. Every attribute is readable and writable, and visible on the
@@ -235,7 +241,13 @@ impl ReplicateConfig {
 
 /// Upstream's `AllocatedBuffer::Descriptor` (exported as `Descriptor`): where a
 /// memory replica's bytes are.
-#[pyclass(name = "Descriptor", module = "mooncake.store", get_all, set_all, from_py_object)]
+#[pyclass(
+    name = "Descriptor",
+    module = "mooncake.store",
+    get_all,
+    set_all,
+    from_py_object
+)]
 #[derive(Debug, Clone, Default)]
 pub struct BufferDescriptor {
     /// Object size in bytes.

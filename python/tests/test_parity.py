@@ -403,3 +403,15 @@ def test_new_methods_before_setup_and_async_forms():
                  "put_from_with_metadata", "init_all", "put_tensor_with_tp",
                  "save_tensor_to_safetensor"):
         assert callable(getattr(MooncakeDistributedStoreAsync, f"async_{name}")), name
+
+
+def test_batch_replica_clear_drops_this_clients_unread_replicas(store):
+    here = ReplicateConfig()
+    here.preferred_segment = store.get_hostname()
+    cold, read_now = uniq(), uniq()
+    assert store.put(cold, b"c" * 100, here) == 0 and store.put(read_now, b"r" * 100, here) == 0
+    assert store.get(read_now) == b"r" * 100  # a reader's lease protects it
+    assert store.batch_replica_clear([cold, read_now, uniq()]) == [cold]
+    assert store.is_exist(cold) == 0 and store.is_exist(read_now) == 1
+    assert store.batch_replica_clear([read_now], "no-such-segment") == []
+    assert MooncakeDistributedStore().batch_replica_clear([cold]) == []

@@ -470,7 +470,10 @@ impl RealClient {
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for (k, r) in keys.iter().zip(&results) {
-            let Some(PendingWrite { replicas: descs, .. }) = pending.remove(k) else {
+            let Some(PendingWrite {
+                replicas: descs, ..
+            }) = pending.remove(k)
+            else {
                 continue;
             };
             if r.is_ok() {
@@ -918,6 +921,17 @@ impl RealClient {
             n,
             async { self.master()?.batch_remove(keys, force).await }.await,
         )
+    }
+
+    /// Drops this client's replicas of `keys`; the keys cleared.
+    pub async fn replica_clear(
+        &self,
+        keys: Vec<String>,
+        segment_name: String,
+    ) -> MResult<Vec<String>> {
+        self.master()?
+            .batch_replica_clear(keys, self.client_id, segment_name)
+            .await?
     }
 
     /// Removes by regex.

@@ -75,4 +75,6 @@ forward! {
     fn remove_by_regex(pattern: String, force: bool) -> MResult<u64>;
     /// `remove_all`.
     fn remove_all(force: bool) -> MResult<u64>;
+    /// `batch_replica_clear`.
+    fn batch_replica_clear(keys: Vec<String>, client_id: ClientId, segment_name: String) -> MResult<Vec<String>>;
 }

@@ -176,6 +176,15 @@ impl RealClientService for Handler {
         r
     }
 
+    async fn replica_clear(
+        self,
+        _: Context,
+        keys: Vec<String>,
+        segment_name: String,
+    ) -> MResult<Vec<String>> {
+        self.client.replica_clear(keys, segment_name).await
+    }
+
     async fn put_revoke(self, _: Context, keys: Vec<String>) -> Vec<MResult<()>> {
         let t = Instant::now();
         let r = self.client.put_revoke(keys).await;

@@ -666,6 +666,66 @@ impl MasterService {
         }
     }
 
+    /// Drops the replicas `client` holds of `keys` (on its segment named
+    /// `segment_name`, or on all its segments when empty), for objects no reader
+    /// holds a lease on and that are not pinned or being replaced; objects left
+    /// without replicas disappear. Returns the keys cleared.
+    pub fn batch_replica_clear(
+        &self,
+        keys: &[String],
+        client: ClientId,
+        segment_name: &str,
+    ) -> Vec<String> {
+        let now = self.now_ms();
+        let slots: Vec<u32> = self
+            .segments
+            .read()
+            .iter()
+            .filter(|s| {
+                s.owner == client && (segment_name.is_empty() || s.desc.name == segment_name)
+            })
+            .map(|s| s.slot)
+            .collect();
+        let mut cleared = Vec::new();
+        if slots.is_empty() {
+            return cleared;
+        }
+        for key in keys {
+            if self.validate_key(key).is_err() || cleared.contains(key) {
+                continue;
+            }
+            let hash = self.hash(key);
+            let mut shard = self.shard(hash).lock();
+            let Some(o) = shard.get_mut(hash, key) else {
+                continue;
+            };
+            if o.leased(now) || o.hard_pinned() || o.flags & FLAG_PENDING_UPSERT != 0 {
+                continue;
+            }
+            let mine: Vec<Placement> = o
+                .replicas
+                .as_slice()
+                .iter()
+                .copied()
+                .filter(|p| slots.contains(&p.segment))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let (size, version) = (o.size, o.version);
+            for p in &mine {
+                o.replicas.drop_segment(p.segment);
+            }
+            if o.replicas.as_slice().is_empty() {
+                shard.remove(hash, key);
+            }
+            let segs = self.segments.read();
+            self.release_now(&segs, &mine, size, version);
+            cleared.push(key.clone());
+        }
+        cleared
+    }
+
     fn remove_matching(&self, force: bool, matches: impl Fn(&str) -> bool) -> u64 {
         let now = self.now_ms();
         let mut count = 0;

@@ -739,3 +739,48 @@ async fn failed_replicas_are_dropped_at_put_end_and_their_space_comes_back_later
         "10.0.0.9:4000"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn replica_clear_drops_only_the_callers_unleased_replicas() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    m.mount_segment(a, segment("a1", "h1", 64 * MIB)).unwrap();
+    m.mount_segment(a, segment("a2", "h1", 64 * MIB)).unwrap();
+    m.mount_segment(b, segment("b1", "h2", 64 * MIB)).unwrap();
+    let two = ReplicateConfig::default().with_replica_num(2);
+    let mut on_a = ReplicateConfig::default();
+    on_a.preferred_segments = vec!["a1".into()];
+    put_with(&m, a, "shared", 4096, &two).unwrap();
+    put_with(&m, a, "mine", 4096, &on_a).unwrap();
+    let mut on_b = ReplicateConfig::default();
+    on_b.preferred_segments = vec!["b1".into()];
+    put_with(&m, b, "theirs", 4096, &on_b).unwrap();
+    put_with(&m, a, "leased", 4096, &on_a).unwrap();
+    let used_before = m.get_replica_list("leased").unwrap(); // grants a lease
+    assert_eq!(used_before.replicas.len(), 1);
+    let keys: Vec<String> = ["shared", "mine", "theirs", "leased", "missing"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // Another segment name of the client clears nothing it does not hold there.
+    assert_eq!(
+        m.batch_replica_clear(&["mine".to_string()], a, "a2"),
+        Vec::<String>::new()
+    );
+    let cleared = m.batch_replica_clear(&keys, a, "");
+    assert_eq!(cleared, vec!["shared".to_string(), "mine".to_string()]);
+    // "shared" keeps its replica on b's segment; "mine" is gone; others untouched.
+    let shared = m.get_replica_list("shared").unwrap();
+    assert!(shared.replicas.iter().all(|r| r.segment_name == "b1"));
+    assert_eq!(m.exist_key("mine"), Ok(false));
+    assert_eq!(m.exist_key("theirs"), Ok(true));
+    assert_eq!(m.exist_key("leased"), Ok(true));
+    // An unknown client clears nothing.
+    assert!(m.batch_replica_clear(&keys, Uuid::new_v4(), "").is_empty());
+    // Once the lease ran out, the leased object can be cleared too.
+    advance(Duration::from_secs(11)).await;
+    assert_eq!(
+        m.batch_replica_clear(&keys, a, "a1"),
+        vec!["leased".to_string()]
+    );
+}
