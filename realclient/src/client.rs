@@ -34,6 +34,10 @@ const REMOUNT_CHUNK: usize = 100_000;
 /// Writes started but never ended are forgotten after this.
 const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
 
+/// One object of a `transfer_ranges` call: its index in the call, its remote
+/// replicas, its ranges (object offset, dummy memory) and its deadline.
+type RangeWork = (usize, Vec<ReplicaDesc>, Vec<(u64, Translation)>, Instant);
+
 /// A write started for a dummy and not yet ended.
 struct PendingWrite {
     started: Instant,
@@ -702,8 +706,7 @@ impl RealClient {
         let mut out: Vec<MResult<u64>> = Vec::with_capacity(items.len());
         // Per item to transfer: its remote replicas (tried in turn for reads, all
         // written for writes), its ranges, and its deadline.
-        let mut wanted: Vec<(usize, Vec<ReplicaDesc>, Vec<(u64, Translation)>, Instant)> =
-            Vec::new();
+        let mut wanted: Vec<RangeWork> = Vec::new();
         let mut keys: Vec<String> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             let replicas = if write {

@@ -748,12 +748,16 @@ async fn replica_clear_drops_only_the_callers_unleased_replicas() {
     m.mount_segment(a, segment("a2", "h1", 64 * MIB)).unwrap();
     m.mount_segment(b, segment("b1", "h2", 64 * MIB)).unwrap();
     let two = ReplicateConfig::default().with_replica_num(2);
-    let mut on_a = ReplicateConfig::default();
-    on_a.preferred_segments = vec!["a1".into()];
+    let on_a = ReplicateConfig {
+        preferred_segments: vec!["a1".into()],
+        ..Default::default()
+    };
     put_with(&m, a, "shared", 4096, &two).unwrap();
     put_with(&m, a, "mine", 4096, &on_a).unwrap();
-    let mut on_b = ReplicateConfig::default();
-    on_b.preferred_segments = vec!["b1".into()];
+    let on_b = ReplicateConfig {
+        preferred_segments: vec!["b1".into()],
+        ..Default::default()
+    };
     put_with(&m, b, "theirs", 4096, &on_b).unwrap();
     put_with(&m, a, "leased", 4096, &on_a).unwrap();
     let used_before = m.get_replica_list("leased").unwrap(); // grants a lease
