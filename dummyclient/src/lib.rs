@@ -842,35 +842,7 @@ impl DummyClient {
             .iter()
             .map(|&i| srcs[i].as_ref().map_or(0, |s| s.len()))
             .collect();
-        let request = RingRequest::PutStart {
-            keys: req_keys,
-            sizes,
-            config: config.clone(),
-            upsert,
-        };
-        let started = match self.ring_call(&conn, &request) {
-            Some(Ok(RingResponse::Started(v))) => per_key(valid.len(), Ok(v)),
-            Some(Err(e)) => vec![Err(e); valid.len()],
-            _ => {
-                let RingRequest::PutStart {
-                    keys,
-                    sizes,
-                    config,
-                    upsert,
-                } = request
-                else {
-                    unreachable!("built above")
-                };
-                per_key(
-                    valid.len(),
-                    self.call(
-                        &conn,
-                        conn.rpc
-                            .put_start(ctx(CALL_TIMEOUT), keys, sizes, config, upsert),
-                    ),
-                )
-            }
-        };
+        let started = self.start_puts(&conn, req_keys, sizes, config, upsert);
         let local = conn.local_segment();
         let mut completions: Vec<(usize, PutCompletion)> = Vec::new();
         let mut to_stage: Vec<usize> = Vec::new();
@@ -956,9 +928,61 @@ impl DummyClient {
             }
         }
         let items: Vec<PutCompletion> = completions.iter().map(|(_, c)| c.clone()).collect();
+        let ended = self.complete_puts(&conn, items);
+        drop(staging);
+        for ((i, _), r) in completions.iter().zip(ended) {
+            results[*i] = r;
+        }
+        results
+    }
+
+    /// `put_start` through the call ring, or the socket when the ring cannot
+    /// carry it; one result per key.
+    fn start_puts(
+        &self,
+        conn: &Conn,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        let n = keys.len();
+        let request = RingRequest::PutStart {
+            keys,
+            sizes,
+            config: config.clone(),
+            upsert,
+        };
+        match self.ring_call(conn, &request) {
+            Some(Ok(RingResponse::Started(v))) => per_key(n, Ok(v)),
+            Some(Err(e)) => vec![Err(e); n],
+            _ => {
+                let RingRequest::PutStart {
+                    keys,
+                    sizes,
+                    config,
+                    upsert,
+                } = request
+                else {
+                    unreachable!("built above")
+                };
+                per_key(
+                    n,
+                    self.call(
+                        conn,
+                        conn.rpc
+                            .put_start(ctx(CALL_TIMEOUT), keys, sizes, config, upsert),
+                    ),
+                )
+            }
+        }
+    }
+
+    /// `put_complete` through the call ring, or the socket; one result per item.
+    fn complete_puts(&self, conn: &Conn, items: Vec<PutCompletion>) -> Vec<MResult<()>> {
         let n = items.len();
         let request = RingRequest::PutComplete(items);
-        let ended = match self.ring_call(&conn, &request) {
+        match self.ring_call(conn, &request) {
             Some(Ok(RingResponse::Units(v))) => per_key(n, Ok(v)),
             Some(Err(e)) => vec![Err(e); n],
             _ => {
@@ -967,15 +991,10 @@ impl DummyClient {
                 };
                 per_key(
                     n,
-                    self.call(&conn, conn.rpc.put_complete(ctx(CALL_TIMEOUT), items)),
+                    self.call(conn, conn.rpc.put_complete(ctx(CALL_TIMEOUT), items)),
                 )
             }
-        };
-        drop(staging);
-        for ((i, _), r) in completions.iter().zip(ended) {
-            results[*i] = r;
         }
-        results
     }
 
     // ------------------------------------------------------------- reads

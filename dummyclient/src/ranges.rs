@@ -11,11 +11,10 @@
 //! temporary shared buffer for memory the real client cannot map.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use mooncake_proto::realclient::{
-    BufRef, PutCompletion, RangeRef, RangeTransfer, RingRequest, RingResponse,
-};
+use mooncake_proto::realclient::{BufRef, PutCompletion, RangeRef, RangeTransfer};
 use mooncake_proto::*;
 
 use crate::{CALL_TIMEOUT, Conn, DummyClient, GetSession, PutSession, Span, Staging, ctx};
@@ -47,6 +46,21 @@ impl DummyClient {
             out.push((off, self.resolve(a, n)?));
         }
         Ok(out)
+    }
+
+    /// The connection for a per-key ranged call whose lists must all have `n`
+    /// entries; else the answer to give at once.
+    fn ranged_call(
+        &self,
+        n: usize,
+        addrs: &[Vec<u64>],
+        sizes: &[Vec<u64>],
+        offsets: &[Vec<u64>],
+    ) -> Result<Arc<Conn>, Vec<MResult<u64>>> {
+        if addrs.len() != n || sizes.len() != n || offsets.len() != n {
+            return Err(invalid(n));
+        }
+        self.conn().map_err(|e| vec![Err(e); n])
     }
 
     /// Sends ranges to the real client for the remote replicas. Spans of
@@ -167,29 +181,7 @@ impl DummyClient {
         };
         let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
         let req_sizes: Vec<u64> = valid.iter().map(|&i| sizes[i]).collect();
-        let request = RingRequest::PutStart {
-            keys: req_keys.clone(),
-            sizes: req_sizes.clone(),
-            config: config.clone(),
-            upsert: false,
-        };
-        let started = match self.ring_call(&conn, &request) {
-            Some(Ok(RingResponse::Started(v))) => per_key(valid.len(), Ok(v)),
-            Some(Err(e)) => vec![Err(e); valid.len()],
-            _ => per_key(
-                valid.len(),
-                self.call(
-                    &conn,
-                    conn.rpc.put_start(
-                        ctx(CALL_TIMEOUT),
-                        req_keys,
-                        req_sizes,
-                        config.clone(),
-                        false,
-                    ),
-                ),
-            ),
-        };
+        let started = self.start_puts(&conn, req_keys, req_sizes, config, false);
         let ipc_session = conn.ipc.session();
         let mut open = self.put_sessions.lock();
         for (&i, r) in valid.iter().zip(started) {
@@ -220,12 +212,9 @@ impl DummyClient {
         offsets: &[Vec<u64>],
     ) -> Vec<MResult<u64>> {
         let n = keys.len();
-        if addrs.len() != n || sizes.len() != n || offsets.len() != n {
-            return invalid(n);
-        }
-        let conn = match self.conn() {
+        let conn = match self.ranged_call(n, addrs, sizes, offsets) {
             Ok(c) => c,
-            Err(e) => return vec![Err(e); n],
+            Err(early) => return early,
         };
         let ipc_session = conn.ipc.session();
         let mut results: Vec<MResult<u64>> = invalid(n);
@@ -324,21 +313,7 @@ impl DummyClient {
             }
         }
         if !items.is_empty() {
-            let m = items.len();
-            let request = RingRequest::PutComplete(items);
-            let ended = match self.ring_call(&conn, &request) {
-                Some(Ok(RingResponse::Units(v))) => per_key(m, Ok(v)),
-                Some(Err(e)) => vec![Err(e); m],
-                _ => {
-                    let RingRequest::PutComplete(items) = request else {
-                        unreachable!("built above")
-                    };
-                    per_key(
-                        m,
-                        self.call(&conn, conn.rpc.put_complete(ctx(CALL_TIMEOUT), items)),
-                    )
-                }
-            };
+            let ended = self.complete_puts(&conn, items);
             for (i, r) in owners.into_iter().zip(ended) {
                 results[i] = r;
             }
@@ -432,12 +407,9 @@ impl DummyClient {
         offsets: &[Vec<u64>],
     ) -> Vec<MResult<u64>> {
         let n = keys.len();
-        if addrs.len() != n || sizes.len() != n || offsets.len() != n {
-            return invalid(n);
-        }
-        let conn = match self.conn() {
+        let conn = match self.ranged_call(n, addrs, sizes, offsets) {
             Ok(c) => c,
-            Err(e) => return vec![Err(e); n],
+            Err(early) => return early,
         };
         let mut work = Vec::with_capacity(n);
         for i in 0..n {

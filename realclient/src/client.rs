@@ -34,9 +34,12 @@ const REMOUNT_CHUNK: usize = 100_000;
 /// Writes started but never ended are forgotten after this.
 const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
 
+/// Ranges of one object: (offset in the object, the dummy's memory).
+type Ranges = Vec<(u64, Translation)>;
+
 /// One object of a `transfer_ranges` call: its index in the call, its remote
-/// replicas, its ranges (object offset, dummy memory) and its deadline.
-type RangeWork = (usize, Vec<ReplicaDesc>, Vec<(u64, Translation)>, Instant);
+/// replicas, its ranges and its deadline.
+type RangeWork = (usize, Vec<ReplicaDesc>, Ranges, Instant);
 
 /// A write started for a dummy and not yet ended.
 struct PendingWrite {
@@ -646,47 +649,32 @@ impl RealClient {
                 Err(e) => out.push(Err(e)),
             }
         }
-        let mut attempt = 0;
-        while !wanted.is_empty() {
-            let mut jobs = Vec::new();
-            let mut owners = Vec::new();
-            let mut lease_ms = u64::MAX;
-            for (w, (_, list, spans)) in wanted.iter().enumerate() {
-                let r = &list.replicas[attempt];
-                lease_ms = lease_ms.min(list.lease_ttl_ms);
-                for job in replica_jobs(Direction::Read, r, spans) {
-                    jobs.push(job);
-                    owners.push(w);
-                }
+        // Leave a margin: bytes must be in place before the lease can lapse.
+        let lease_ms = wanted.iter().map(|w| w.1.lease_ttl_ms).min().unwrap_or(0);
+        let deadline = started + Duration::from_millis(lease_ms.saturating_sub(50));
+        let owners: Vec<usize> = wanted.iter().map(|w| w.0).collect();
+        let reads = wanted
+            .into_iter()
+            .map(|(_, list, spans)| {
+                let mut at = 0;
+                let ranges = spans
+                    .into_iter()
+                    .map(|t| {
+                        let off = at;
+                        at += t.len();
+                        (off, t)
+                    })
+                    .collect();
+                (list.replicas, ranges)
+            })
+            .collect();
+        for (i, r) in owners
+            .into_iter()
+            .zip(self.read_with_fallback(reads, deadline).await)
+        {
+            if let Err(e) = r {
+                out[i] = Err(e);
             }
-            // Leave a margin: bytes must be in place before the lease can lapse.
-            let deadline = started + Duration::from_millis(lease_ms.saturating_sub(50));
-            let results = self.transfer(jobs, deadline).await;
-            let mut errors: Vec<Option<ErrorCode>> = vec![None; wanted.len()];
-            let mut bytes = 0;
-            for ((r, n), w) in results.into_iter().zip(owners) {
-                match r {
-                    Ok(()) => bytes += n,
-                    Err(e) => errors[w] = errors[w].or(Some(e)),
-                }
-            }
-            self.metrics.add_transfer_bytes(bytes, 0);
-            attempt += 1;
-            let mut retry = Vec::new();
-            for (w, item) in wanted.into_iter().enumerate() {
-                let Some(e) = errors[w] else { continue };
-                let more = attempt < item.1.replicas.len();
-                if e != ErrorCode::LeaseExpired && more {
-                    tracing::debug!(
-                        "replica {} of a key failed ({e}); trying the next",
-                        attempt - 1
-                    );
-                    retry.push(item);
-                } else {
-                    out[item.0] = Err(e);
-                }
-            }
-            wanted = retry;
         }
         out
     }
@@ -769,22 +757,6 @@ impl RealClient {
             wanted.push((i, remote, spans, deadline));
             keys.push(item.key);
         }
-        let direction = if write {
-            Direction::Write
-        } else {
-            Direction::Read
-        };
-        let job = |r: &ReplicaDesc, off: u64, t: &Translation| TransferJob {
-            direction,
-            endpoint: r.transport_endpoint.clone(),
-            segment_id: r.segment_id,
-            remote_offset: r.offset + off,
-            local: LocalSpan {
-                region: t.region_arc().clone(),
-                offset: t.offset(),
-                len: t.len(),
-            },
-        };
         if write {
             let mut jobs = Vec::new();
             let mut owners: Vec<(usize, SegmentId)> = Vec::new();
@@ -792,7 +764,7 @@ impl RealClient {
             for (w, (_, remote, spans, _)) in wanted.iter().enumerate() {
                 for r in remote {
                     for (off, t) in spans {
-                        jobs.push(job(r, *off, t));
+                        jobs.push(range_job(Direction::Write, r, *off, t));
                         owners.push((w, r.segment_id));
                     }
                 }
@@ -831,40 +803,79 @@ impl RealClient {
             }
             return out;
         }
+        let deadline = wanted.iter().map(|w| w.3).min().unwrap_or(started);
+        let owners: Vec<usize> = wanted.iter().map(|w| w.0).collect();
+        let reads = wanted
+            .into_iter()
+            .map(|(_, r, spans, _)| (r, spans))
+            .collect();
+        for (i, r) in owners
+            .into_iter()
+            .zip(self.read_with_fallback(reads, deadline).await)
+        {
+            if let Err(e) = r {
+                out[i] = Err(e);
+            }
+        }
+        out
+    }
+
+    /// Reads each item's ranges `(object offset, local span)` from its replicas,
+    /// moving to the next replica after a failure (never past `deadline`, and
+    /// not after `LEASE_EXPIRED`). Per item `Ok` or the last error.
+    async fn read_with_fallback(
+        &self,
+        items: Vec<(Vec<ReplicaDesc>, Ranges)>,
+        deadline: Instant,
+    ) -> Vec<MResult<()>> {
+        let mut results: Vec<MResult<()>> = items
+            .iter()
+            .map(|(r, _)| {
+                if r.is_empty() {
+                    Err(ErrorCode::TransferFail)
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        let mut pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_ok()).collect();
         let mut attempt = 0;
-        while !wanted.is_empty() {
+        while !pending.is_empty() {
             let mut jobs = Vec::new();
             let mut owners = Vec::new();
-            let deadline = wanted.iter().map(|w| w.3).min().unwrap_or(started);
-            for (w, (_, remote, spans, _)) in wanted.iter().enumerate() {
-                for (off, t) in spans {
-                    jobs.push(job(&remote[attempt], *off, t));
-                    owners.push(w);
+            for &i in &pending {
+                let replica = &items[i].0[attempt];
+                for (off, t) in &items[i].1 {
+                    jobs.push(range_job(Direction::Read, replica, *off, t));
+                    owners.push(i);
                 }
             }
-            let results = self.transfer(jobs, deadline).await;
-            let mut errors: Vec<Option<ErrorCode>> = vec![None; wanted.len()];
+            let mut errors: Vec<Option<ErrorCode>> = vec![None; items.len()];
             let mut bytes = 0;
-            for ((r, n), w) in results.into_iter().zip(owners) {
+            for ((r, n), i) in self.transfer(jobs, deadline).await.into_iter().zip(owners) {
                 match r {
                     Ok(()) => bytes += n,
-                    Err(e) => errors[w] = errors[w].or(Some(e)),
+                    Err(e) => errors[i] = errors[i].or(Some(e)),
                 }
             }
             self.metrics.add_transfer_bytes(bytes, 0);
             attempt += 1;
-            let mut retry = Vec::new();
-            for (w, item) in wanted.into_iter().enumerate() {
-                let Some(e) = errors[w] else { continue };
-                if e != ErrorCode::LeaseExpired && attempt < item.1.len() {
-                    retry.push(item);
-                } else {
-                    out[item.0] = Err(e);
+            pending.retain(|&i| match errors[i] {
+                None => false,
+                Some(e) if e != ErrorCode::LeaseExpired && attempt < items[i].0.len() => {
+                    tracing::debug!(
+                        "replica {} of a key failed ({e}); trying the next",
+                        attempt - 1
+                    );
+                    true
                 }
-            }
-            wanted = retry;
+                Some(e) => {
+                    results[i] = Err(e);
+                    false
+                }
+            });
         }
-        out
+        results
     }
 
     /// Runs transfer jobs off the async workers; returns per job its result and length.
@@ -948,6 +959,26 @@ impl RealClient {
     }
 }
 
+/// The job moving the range at `offset` in the object of `replica` from or to `local`.
+fn range_job(
+    direction: Direction,
+    replica: &ReplicaDesc,
+    offset: u64,
+    local: &Translation,
+) -> TransferJob {
+    TransferJob {
+        direction,
+        endpoint: replica.transport_endpoint.clone(),
+        segment_id: replica.segment_id,
+        remote_offset: replica.offset + offset,
+        local: LocalSpan {
+            region: local.region_arc().clone(),
+            offset: local.offset(),
+            len: local.len(),
+        },
+    }
+}
+
 /// The jobs moving one object between `replica` and the dummy memory `spans`, which
 /// hold the object's bytes in order.
 fn replica_jobs(
@@ -959,17 +990,7 @@ fn replica_jobs(
     spans
         .iter()
         .map(|t| {
-            let job = TransferJob {
-                direction,
-                endpoint: replica.transport_endpoint.clone(),
-                segment_id: replica.segment_id,
-                remote_offset: replica.offset + at,
-                local: LocalSpan {
-                    region: t.region_arc().clone(),
-                    offset: t.offset(),
-                    len: t.len(),
-                },
-            };
+            let job = range_job(direction, replica, at, t);
             at += t.len();
             job
         })
