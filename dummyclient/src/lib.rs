@@ -722,13 +722,7 @@ impl DummyClient {
 
     /// Puts the concatenation of `parts` as one object.
     pub fn put_parts(&self, key: &str, parts: &[&[u8]], config: &ReplicateConfig) -> MResult<()> {
-        self.put_core(
-            &[key.to_string()],
-            vec![Some(Src::Bytes(parts.to_vec()))],
-            config,
-            false,
-        )
-        .remove(0)
+        self.parts_core(key, parts, config, false)
     }
 
     /// Puts or replaces the concatenation of `parts` as one object.
@@ -738,13 +732,19 @@ impl DummyClient {
         parts: &[&[u8]],
         config: &ReplicateConfig,
     ) -> MResult<()> {
-        self.put_core(
-            &[key.to_string()],
-            vec![Some(Src::Bytes(parts.to_vec()))],
-            config,
-            true,
-        )
-        .remove(0)
+        self.parts_core(key, parts, config, true)
+    }
+
+    fn parts_core(
+        &self,
+        key: &str,
+        parts: &[&[u8]],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> MResult<()> {
+        let src = vec![Some(Src::Bytes(parts.to_vec()))];
+        self.put_core(&[key.to_string()], src, config, upsert)
+            .remove(0)
     }
 
     /// Puts objects from byte slices. `upsert` replaces existing values; a plain
