@@ -27,6 +27,7 @@ pub mod run;
 mod segments;
 pub mod service;
 mod shard;
+mod tasks;
 
 pub use config::{AllocationStrategy, MasterConfig};
 pub use run::{ServerOptions, run};

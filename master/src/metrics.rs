@@ -40,6 +40,14 @@ ops! {
     Ping => "ping", false;
     SyncInventory => "sync_inventory", false;
     FetchInventory => "fetch_inventory", false;
+    CreateCopyTask => "create_copy_task", false;
+    CreateMoveTask => "create_move_task", false;
+    QueryTask => "query_task", false;
+    FetchTasks => "fetch_tasks", false;
+    UpdateTask => "update_task", false;
+    CopyStart => "copy_start", false;
+    CopyEnd => "copy_end", false;
+    CopyRevoke => "copy_revoke", false;
     BatchPutStart => "batch_put_start", true;
     BatchPutEnd => "batch_put_end", true;
     BatchPutRevoke => "batch_put_revoke", true;

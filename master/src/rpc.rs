@@ -337,6 +337,88 @@ impl Master for MasterRpc {
     async fn get_all_segments(self, _: Context) -> Vec<SegmentDesc> {
         self.svc.all_segments()
     }
+
+    async fn create_copy_task(
+        self,
+        _: Context,
+        key: String,
+        targets: Vec<String>,
+    ) -> MResult<TaskId> {
+        self.timed(Op::CreateCopyTask, |s| s.create_copy_task(&key, &targets))
+    }
+
+    async fn create_move_task(
+        self,
+        _: Context,
+        key: String,
+        source: String,
+        target: String,
+    ) -> MResult<TaskId> {
+        self.timed(Op::CreateMoveTask, |s| {
+            s.create_move_task(&key, &source, &target)
+        })
+    }
+
+    async fn query_task(self, _: Context, id: TaskId) -> MResult<TaskInfo> {
+        self.timed(Op::QueryTask, |s| s.query_task(&id))
+    }
+
+    async fn fetch_tasks(
+        self,
+        _: Context,
+        client_id: ClientId,
+        max: u32,
+    ) -> MResult<Vec<TaskAssignment>> {
+        self.timed(Op::FetchTasks, |s| Ok(s.fetch_tasks(client_id, max)))
+    }
+
+    async fn complete_task(
+        self,
+        _: Context,
+        client_id: ClientId,
+        id: TaskId,
+        success: bool,
+        message: String,
+    ) -> MResult<()> {
+        self.timed(Op::UpdateTask, |s| {
+            s.complete_task(client_id, id, success, message)
+        })
+    }
+
+    async fn replica_copy_start(
+        self,
+        _: Context,
+        client_id: ClientId,
+        key: String,
+        source: SegmentId,
+        targets: Vec<String>,
+        remove_source: bool,
+    ) -> MResult<ReplicaCopyPlan> {
+        self.timed(Op::CopyStart, |s| {
+            s.replica_copy_start(client_id, &key, source, &targets, remove_source)
+        })
+    }
+
+    async fn replica_copy_end(
+        self,
+        _: Context,
+        client_id: ClientId,
+        key: String,
+        failed: Vec<SegmentId>,
+    ) -> MResult<()> {
+        self.timed(Op::CopyEnd, |s| {
+            s.replica_copy_end(client_id, &key, &failed)
+        })
+    }
+
+    async fn replica_copy_revoke(
+        self,
+        _: Context,
+        client_id: ClientId,
+        key: String,
+    ) -> MResult<()> {
+        self.timed(Op::CopyRevoke, |s| s.replica_copy_revoke(client_id, &key))
+    }
 }
 
 /// Serves the master RPC on `listener` until `shutdown` is cancelled.

@@ -123,6 +123,26 @@ impl SegmentTable {
         segment
     }
 
+    /// Mounted segments called `name` (several when a client mounted more than one).
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Arc<Segment>> + 'a {
+        self.iter().filter(move |s| s.desc.name == name)
+    }
+
+    /// Slots serving allocations, in mount order.
+    pub fn active_slots(&self) -> &[u32] {
+        &self.active
+    }
+
+    /// Whether the segment in `slot` serves allocations.
+    pub fn is_active(&self, slot: u32) -> bool {
+        self.active.contains(&slot)
+    }
+
+    /// Stops a segment from serving allocations (drained); its objects stay.
+    pub fn deactivate(&mut self, slot: u32) {
+        self.active.retain(|&s| s != slot);
+    }
+
     /// Lets a segment serve allocations.
     pub fn activate(&mut self, slot: u32) {
         if !self.active.contains(&slot) {

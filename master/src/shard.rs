@@ -63,6 +63,8 @@ impl Replicas {
 
 pub(crate) const FLAG_HARD_PIN: u8 = 1;
 pub(crate) const FLAG_PENDING_UPSERT: u8 = 2;
+/// A replica copy or move of the object is in flight.
+pub(crate) const FLAG_REPLICATING: u8 = 4;
 
 /// Metadata of one complete object. Times are master-clock milliseconds, except the
 /// soft-pin deadline, kept in seconds to stay within the memory budget.
@@ -89,7 +91,7 @@ impl Object {
     }
     /// Whether eviction may take this object (`allow_soft` for the second pass).
     pub fn evictable(&self, now_ms: u64, allow_soft: bool) -> bool {
-        self.flags & (FLAG_HARD_PIN | FLAG_PENDING_UPSERT) == 0
+        self.flags & (FLAG_HARD_PIN | FLAG_PENDING_UPSERT | FLAG_REPLICATING) == 0
             && !self.leased(now_ms)
             && (allow_soft || !self.soft_pinned(now_ms))
     }
@@ -107,6 +109,19 @@ pub(crate) struct PendingWrite {
     /// Soft-pin lifetime to apply at `put_end`; `None` = no pin.
     pub soft_pin_ttl_ms: Option<u64>,
     pub soft_pin_action: SoftPinAction,
+}
+
+/// A replica copy (or move) between `replica_copy_start` and `replica_copy_end`.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingCopy {
+    pub copier: ClientId,
+    pub started: u64,
+    /// Version of the object being copied: a replaced object is not completed.
+    pub version: u64,
+    pub size: u64,
+    pub source: Placement,
+    pub targets: Vec<Placement>,
+    pub remove_source: bool,
 }
 
 pub(crate) struct Entry {
@@ -153,6 +168,7 @@ pub(crate) struct Shard {
     slots: Slab,
     free_slots: Vec<u32>,
     pub processing: HashMap<Box<str>, PendingWrite, foldhash::fast::RandomState>,
+    pub copying: HashMap<Box<str>, PendingCopy, foldhash::fast::RandomState>,
 }
 
 impl Shard {

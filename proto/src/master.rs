@@ -127,4 +127,45 @@ pub trait Master {
     async fn fetch_inventory(client_id: ClientId) -> MResult<InventorySnapshot>;
     /// Every mounted segment.
     async fn get_all_segments() -> Vec<SegmentDesc>;
+
+    /// Queues a task adding replicas of `key` on the segments named `targets`,
+    /// run by the owner of one of its replicas. `INVALID_PARAMS` for no targets or
+    /// an unknown target, `OBJECT_NOT_FOUND`, `TASK_PENDING_LIMIT_EXCEEDED`.
+    async fn create_copy_task(key: String, targets: Vec<String>) -> MResult<TaskId>;
+    /// Queues a task moving the replica of `key` on segment `source` to segment
+    /// `target`, run by the owner of `source`.
+    async fn create_move_task(key: String, source: String, target: String) -> MResult<TaskId>;
+    /// A task's state; `TASK_NOT_FOUND` for unknown (or long finished) ids.
+    async fn query_task(id: TaskId) -> MResult<TaskInfo>;
+    /// Up to `max` queued tasks of `client`; they become PROCESSING.
+    async fn fetch_tasks(client_id: ClientId, max: u32) -> MResult<Vec<TaskAssignment>>;
+    /// Reports the outcome of a fetched task.
+    async fn complete_task(
+        client_id: ClientId,
+        id: TaskId,
+        success: bool,
+        message: String,
+    ) -> MResult<()>;
+    /// Starts copying the replica of `key` on `source` (a segment of the caller)
+    /// to new replicas on `targets` (names; empty = placed by the master on a
+    /// segment without a replica). With `remove_source` the source replica is
+    /// dropped at `replica_copy_end` (a move). `OBJECT_HAS_REPLICATION_TASK` while
+    /// another copy of the key runs.
+    async fn replica_copy_start(
+        client_id: ClientId,
+        key: String,
+        source: SegmentId,
+        targets: Vec<String>,
+        remove_source: bool,
+    ) -> MResult<ReplicaCopyPlan>;
+    /// Makes the written replicas readable, except those on `failed` segments.
+    /// `TRANSFER_FAIL` when every new replica failed; `REPLICA_IS_GONE` when the
+    /// object was replaced or removed meanwhile (the new replicas are dropped).
+    async fn replica_copy_end(
+        client_id: ClientId,
+        key: String,
+        failed: Vec<SegmentId>,
+    ) -> MResult<()>;
+    /// Abandons a started copy and frees its new replicas.
+    async fn replica_copy_revoke(client_id: ClientId, key: String) -> MResult<()>;
 }

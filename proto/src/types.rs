@@ -213,6 +213,84 @@ pub struct PingResponse {
     pub view_version: u64,
     /// What the client must do.
     pub status: ClientStatus,
+    /// Replica tasks queued for this client: fetch them with `fetch_tasks`.
+    pub pending_tasks: u32,
+}
+
+/// Identity of a replica copy / move task.
+pub type TaskId = Uuid;
+
+/// Kind of a replica task, numbered as upstream's `TaskType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Add replicas of an object on other segments.
+    ReplicaCopy = 0,
+    /// Move one replica of an object to another segment.
+    ReplicaMove = 1,
+}
+
+/// State of a replica task, numbered as upstream's `TaskStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Queued for its client.
+    Pending = 0,
+    /// Fetched by its client, running.
+    Processing = 1,
+    /// Done.
+    Success = 2,
+    /// Failed; the message says why.
+    Failed = 3,
+}
+
+impl TaskState {
+    /// Whether the task will not change any more.
+    pub fn finished(self) -> bool {
+        matches!(self, TaskState::Success | TaskState::Failed)
+    }
+}
+
+/// Answer to `query_task` (upstream's `QueryTaskResponse`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The task.
+    pub id: TaskId,
+    /// Copy or move.
+    pub kind: TaskKind,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Last state change, ms since the Unix epoch.
+    pub updated_at_ms: i64,
+    /// The client that runs it (the owner of the source replica).
+    pub assigned_client: ClientId,
+    /// Outcome or error description.
+    pub message: String,
+}
+
+/// A task handed to the client that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// The task.
+    pub id: TaskId,
+    /// Copy or move.
+    pub kind: TaskKind,
+    /// Object key.
+    pub key: String,
+    /// Segment holding the replica to copy from (owned by the assignee).
+    pub source: SegmentId,
+    /// Target segment names; empty = wherever the master places it.
+    pub targets: Vec<String>,
+}
+
+/// Answer to `replica_copy_start`: where to read and where to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaCopyPlan {
+    /// The replica to read (in the caller's segment).
+    pub source: ReplicaDesc,
+    /// The new replicas to write (PROCESSING until `replica_copy_end`); may be
+    /// empty when every target already holds a replica.
+    pub targets: Vec<ReplicaDesc>,
 }
 
 /// One object held in a client's segment, as the client remembers it.

@@ -23,8 +23,12 @@ use crate::inventory::InventoryLog;
 use crate::metrics::{Gauges, Metrics, human_bytes};
 use crate::segments::{Segment, SegmentTable};
 use crate::shard::{
-    FLAG_HARD_PIN, FLAG_PENDING_UPSERT, Object, PendingWrite, Placement, Replicas, Shard,
+    FLAG_HARD_PIN, FLAG_PENDING_UPSERT, FLAG_REPLICATING, Object, PendingWrite, Placement,
+    Replicas, Shard,
 };
+use crate::tasks::TaskTable;
+
+mod replication;
 
 /// Most inventory entries a client may send across the chunks of one remount.
 const MAX_REMOUNT_ENTRIES: usize = 100_000_000;
@@ -84,6 +88,8 @@ pub struct MasterService {
     /// Bumped whenever space is freed or added, so a futile eviction can tell
     /// whether trying again could help.
     free_epoch: AtomicU64,
+    /// Replica copy / move tasks.
+    tasks: Mutex<TaskTable>,
     /// Operation counters.
     pub metrics: Metrics,
 }
@@ -114,6 +120,7 @@ impl MasterService {
             eviction: Mutex::new(EvictionState::default()),
             need_eviction: AtomicBool::new(false),
             free_epoch: AtomicU64::new(0),
+            tasks: Mutex::new(TaskTable::default()),
             metrics: Metrics::default(),
             config,
         }
@@ -657,6 +664,9 @@ impl MasterService {
             Some(o) if !force && (o.leased(now) || o.hard_pinned()) => {
                 Err(ErrorCode::ObjectHasLease)
             }
+            Some(o) if !force && o.flags & FLAG_REPLICATING != 0 => {
+                Err(ErrorCode::ObjectHasReplicationTask)
+            }
             Some(_) => {
                 let o = shard.remove(hash, key).expect("present");
                 let segs = self.segments.read();
@@ -699,7 +709,10 @@ impl MasterService {
             let Some(o) = shard.get_mut(hash, key) else {
                 continue;
             };
-            if o.leased(now) || o.hard_pinned() || o.flags & FLAG_PENDING_UPSERT != 0 {
+            if o.leased(now)
+                || o.hard_pinned()
+                || o.flags & (FLAG_PENDING_UPSERT | FLAG_REPLICATING) != 0
+            {
                 continue;
             }
             let mine: Vec<Placement> = o
@@ -736,7 +749,11 @@ impl MasterService {
             }
             let segs = self.segments.read();
             shard.retain(
-                |k, o| (force || (!o.leased(now) && !o.hard_pinned())) && matches(k),
+                |k, o| {
+                    (force
+                        || (!o.leased(now) && !o.hard_pinned() && o.flags & FLAG_REPLICATING == 0))
+                        && matches(k)
+                },
                 |_, o| {
                     self.release_now(&segs, o.replicas.as_slice(), o.size, o.version);
                     count += 1;
@@ -966,6 +983,9 @@ impl MasterService {
             for p in shard.processing.values_mut() {
                 p.replicas.retain(|pl| pl.segment != slot);
             }
+            for c in shard.copying.values_mut() {
+                c.targets.retain(|pl| pl.segment != slot);
+            }
         }
         self.deferred
             .lock()
@@ -1176,6 +1196,7 @@ impl MasterService {
         PingResponse {
             view_version: self.view_version,
             status,
+            pending_tasks: self.tasks.lock().pending_for(&client) as u32,
         }
     }
 
@@ -1263,6 +1284,9 @@ impl MasterService {
         };
         for (client, segments) in expired {
             let dropped: u64 = segments.iter().map(|s| self.drop_segment(s)).sum();
+            self.tasks
+                .lock()
+                .fail_client(&client, "the client running the task expired");
             self.metrics.expired_clients.fetch_add(1, Relaxed);
             tracing::warn!(client = %client, segments = segments.len(), dropped, "client expired (no ping within client_ttl)");
         }
@@ -1283,6 +1307,9 @@ impl MasterService {
             }
             self.free_epoch.fetch_add(1, Relaxed);
         }
+
+        self.expire_copies(now);
+        self.tasks.lock().prune();
 
         let release_ms = self.config.put_start_release_timeout.as_millis() as u64;
         for shard in self.shards.iter() {

@@ -788,3 +788,178 @@ async fn replica_clear_drops_only_the_callers_unleased_replicas() {
         vec!["leased".to_string()]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn copy_and_move_tasks_run_through_the_source_owner() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let seg_a = segment("a", "h1", 64 * MIB);
+    let seg_b = segment("b", "h2", 64 * MIB);
+    m.mount_segment(a, seg_a.clone()).unwrap();
+    m.mount_segment(b, seg_b.clone()).unwrap();
+    let cfg = ReplicateConfig {
+        preferred_segments: vec!["a".into()],
+        ..ReplicateConfig::default()
+    };
+    put_with(&m, a, "k", 4096, &cfg).unwrap();
+
+    // Validation as upstream.
+    assert_eq!(m.create_copy_task("k", &[]), Err(ErrorCode::InvalidParams));
+    assert_eq!(
+        m.create_copy_task("k", &["nope".into()]),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        m.create_copy_task("missing", &["b".into()]),
+        Err(ErrorCode::ObjectNotFound)
+    );
+    assert_eq!(
+        m.create_move_task("k", "a", "a"),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        m.create_move_task("k", "b", "a"),
+        Err(ErrorCode::InvalidParams),
+        "no replica on b to move"
+    );
+
+    // A copy is queued for the owner of the source replica.
+    let id = m.create_copy_task("k", &["b".into()]).unwrap();
+    let info = m.query_task(&id).unwrap();
+    assert_eq!(info.state, TaskState::Pending);
+    assert_eq!(info.kind, TaskKind::ReplicaCopy);
+    assert_eq!(info.assigned_client, a);
+    assert_eq!(m.ping(a).pending_tasks, 1);
+    assert_eq!(m.ping(b).pending_tasks, 0);
+    let tasks = m.fetch_tasks(a, 8);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].source, seg_a.id);
+    assert_eq!(m.query_task(&id).unwrap().state, TaskState::Processing);
+
+    // Only the owner of the source may copy from it.
+    assert_eq!(
+        m.replica_copy_start(b, "k", seg_a.id, &tasks[0].targets, false),
+        Err(ErrorCode::IllegalClient)
+    );
+    let plan = m
+        .replica_copy_start(a, "k", seg_a.id, &tasks[0].targets, false)
+        .unwrap();
+    assert_eq!(plan.source.segment_id, seg_a.id);
+    assert_eq!(plan.targets.len(), 1);
+    assert_eq!(plan.targets[0].segment_id, seg_b.id);
+    assert_eq!(plan.targets[0].status, ReplicaStatus::Processing);
+    // One copy per key at a time; the object cannot be removed meanwhile (unless
+    // forced) and stays readable from its source.
+    assert_eq!(
+        m.replica_copy_start(a, "k", seg_a.id, &tasks[0].targets, false),
+        Err(ErrorCode::ObjectHasReplicationTask)
+    );
+    assert_eq!(
+        m.remove("k", false),
+        Err(ErrorCode::ObjectHasReplicationTask)
+    );
+    assert_eq!(m.query_key("k").unwrap().replicas.len(), 1);
+    m.replica_copy_end(a, "k", &[]).unwrap();
+    let replicas: Vec<SegmentId> = m
+        .query_key("k")
+        .unwrap()
+        .replicas
+        .iter()
+        .map(|r| r.segment_id)
+        .collect();
+    assert_eq!(replicas.len(), 2);
+    assert!(replicas.contains(&seg_b.id));
+    m.complete_task(a, id, true, "ok".into()).unwrap();
+    assert_eq!(m.query_task(&id).unwrap().state, TaskState::Success);
+
+    // A move drops the source once the target is written.
+    let c = Uuid::new_v4();
+    let seg_c = segment("c", "h3", 64 * MIB);
+    m.mount_segment(c, seg_c.clone()).unwrap();
+    let id = m.create_move_task("k", "b", "c").unwrap();
+    assert_eq!(m.query_task(&id).unwrap().assigned_client, b);
+    let t = m.fetch_tasks(b, 8).pop().unwrap();
+    let plan = m
+        .replica_copy_start(b, "k", t.source, &t.targets, true)
+        .unwrap();
+    assert_eq!(plan.targets[0].segment_id, seg_c.id);
+    m.replica_copy_end(b, "k", &[]).unwrap();
+    let names: Vec<String> = m
+        .query_key("k")
+        .unwrap()
+        .replicas
+        .iter()
+        .map(|r| r.segment_name.clone())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"a".to_string()) && names.contains(&"c".to_string()));
+    let used_b = m
+        .segment_usage()
+        .into_iter()
+        .find(|(d, _)| d.id == seg_b.id)
+        .unwrap()
+        .1;
+    assert_eq!(used_b, 0, "the moved-away replica's space is freed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_or_overtaken_copies_leave_the_object_intact() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let seg_a = segment("a", "h1", 64 * MIB);
+    m.mount_segment(a, seg_a.clone()).unwrap();
+    m.mount_segment(b, segment("b", "h2", 64 * MIB)).unwrap();
+    let cfg = ReplicateConfig {
+        preferred_segments: vec!["a".into()],
+        ..ReplicateConfig::default()
+    };
+    put_with(&m, a, "k", 4096, &cfg).unwrap();
+    let targets = vec!["b".to_string()];
+
+    // Every target failed: TRANSFER_FAIL, the object keeps its one replica.
+    let plan = m
+        .replica_copy_start(a, "k", seg_a.id, &targets, true)
+        .unwrap();
+    assert_eq!(
+        m.replica_copy_end(a, "k", &[plan.targets[0].segment_id]),
+        Err(ErrorCode::TransferFail)
+    );
+    assert_eq!(m.query_key("k").unwrap().replicas.len(), 1);
+    assert_eq!(
+        m.replica_copy_end(a, "k", &[]),
+        Err(ErrorCode::ObjectNoReplicationTask)
+    );
+
+    // Revoke frees the target.
+    m.replica_copy_start(a, "k", seg_a.id, &targets, false)
+        .unwrap();
+    m.replica_copy_revoke(a, "k").unwrap();
+    assert_eq!(m.query_key("k").unwrap().replicas.len(), 1);
+    m.remove("k", false).unwrap();
+
+    // The object is replaced while copying: the copy is discarded.
+    put_with(&m, a, "k", 4096, &cfg).unwrap();
+    m.replica_copy_start(a, "k", seg_a.id, &targets, false)
+        .unwrap();
+    m.remove("k", true).unwrap();
+    put_with(&m, a, "k", 8192, &cfg).unwrap();
+    assert_eq!(
+        m.replica_copy_end(a, "k", &[]),
+        Err(ErrorCode::ReplicaIsGone)
+    );
+    let list = m.query_key("k").unwrap();
+    assert_eq!((list.size, list.replicas.len()), (8192, 1));
+
+    // A copier that never ends: the copy is abandoned after the release timeout.
+    m.replica_copy_start(a, "k", seg_a.id, &targets, false)
+        .unwrap();
+    advance(m.config().put_start_release_timeout + Duration::from_secs(1)).await;
+    m.ping(a);
+    m.ping(b);
+    m.housekeeping();
+    assert_eq!(
+        m.replica_copy_end(a, "k", &[]),
+        Err(ErrorCode::ObjectNoReplicationTask)
+    );
+    m.remove("k", false).unwrap();
+}
