@@ -1313,6 +1313,39 @@ impl DummyClient {
         )?
     }
 
+    /// Queues a task copying `key` to the segments named `targets`; run by the
+    /// real client holding the source replica. Follow it with [`query_task`].
+    ///
+    /// [`query_task`]: Self::query_task
+    pub fn create_copy_task(&self, key: &str, targets: &[String]) -> MResult<TaskId> {
+        let conn = self.conn()?;
+        self.call(
+            &conn,
+            conn.rpc
+                .create_copy_task(ctx(CALL_TIMEOUT), key.to_string(), targets.to_vec()),
+        )?
+    }
+
+    /// Queues a task moving `key`'s replica on segment `source` to `target`.
+    pub fn create_move_task(&self, key: &str, source: &str, target: &str) -> MResult<TaskId> {
+        let conn = self.conn()?;
+        self.call(
+            &conn,
+            conn.rpc.create_move_task(
+                ctx(CALL_TIMEOUT),
+                key.to_string(),
+                source.to_string(),
+                target.to_string(),
+            ),
+        )?
+    }
+
+    /// A replica task's state.
+    pub fn query_task(&self, id: TaskId) -> MResult<TaskInfo> {
+        let conn = self.conn()?;
+        self.call(&conn, conn.rpc.query_task(ctx(CALL_TIMEOUT), id))?
+    }
+
     /// Removes objects whose key matches.
     pub fn remove_by_regex(&self, pattern: &str, force: bool) -> MResult<u64> {
         let conn = self.conn()?;

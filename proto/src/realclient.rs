@@ -161,6 +161,12 @@ pub trait RealClientService {
     /// `segment_name`, or all when empty) whose objects no reader holds; returns
     /// the keys cleared.
     async fn replica_clear(keys: Vec<String>, segment_name: String) -> MResult<Vec<String>>;
+    /// Queues a task copying `key` to the segments named `targets`.
+    async fn create_copy_task(key: String, targets: Vec<String>) -> MResult<TaskId>;
+    /// Queues a task moving `key`'s replica on segment `source` to `target`.
+    async fn create_move_task(key: String, source: String, target: String) -> MResult<TaskId>;
+    /// A replica task's state.
+    async fn query_task(id: TaskId) -> MResult<TaskInfo>;
     /// Abandons writes.
     async fn put_revoke(keys: Vec<String>) -> Vec<MResult<()>>;
     /// Readable replicas, with a read lease.

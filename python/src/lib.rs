@@ -90,6 +90,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::ReplicaStatus>()?;
     m.add_class::<types::TaskType>()?;
     m.add_class::<types::TaskStatus>()?;
+    m.add_class::<types::QueryTaskResponse>()?;
     m.add_class::<types::BufferHandle>()?;
     m.add_class::<types::MooncakeHostMemAllocator>()?;
     m.add_function(wrap_pyfunction!(master_main, m)?)?;

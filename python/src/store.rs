@@ -18,7 +18,7 @@ use mooncake_realclient::background::BackgroundClient;
 
 use crate::pybuf::ByteView;
 use crate::setup::{SetupArgs, dummy_socket, size_from_py};
-use crate::types::{BufferHandle, ReplicaDescriptor, ReplicateConfig};
+use crate::types::{BufferHandle, PyTaskId, QueryTaskResponse, ReplicaDescriptor, ReplicateConfig};
 
 thread_local! {
     /// Per-thread landing buffer of `get` for objects up to its size.
@@ -791,6 +791,52 @@ impl MooncakeDistributedStore {
         )
     }
 
+    /// Queues a copy of `key` to the segments named `targets`, run by the real
+    /// client holding one of its replicas: `(task_id, 0)` or `((0, 0), code)`.
+    fn create_copy_task(
+        &self,
+        py: Python<'_>,
+        key: String,
+        targets: Vec<String>,
+    ) -> (PyTaskId, i32) {
+        task_created(self.with(py, Err, |c| c.create_copy_task(&key, &targets)))
+    }
+
+    /// Queues a move of `key`'s replica on segment `source` to segment `target`:
+    /// `(task_id, 0)` or `((0, 0), code)`.
+    fn create_move_task(
+        &self,
+        py: Python<'_>,
+        key: String,
+        source: String,
+        target: String,
+    ) -> (PyTaskId, i32) {
+        task_created(self.with(py, Err, |c| c.create_move_task(&key, &source, &target)))
+    }
+
+    /// A task's state: `(QueryTaskResponse, 0)` or `(None, code)`. `task_id` is
+    /// what `create_*_task` returned (a UUID string is accepted too).
+    fn query_task(
+        &self,
+        py: Python<'_>,
+        task_id: &Bound<'_, PyAny>,
+    ) -> (Option<QueryTaskResponse>, i32) {
+        let id = if let Ok((hi, lo)) = task_id.extract::<(u64, u64)>() {
+            uuid::Uuid::from_u64_pair(hi, lo)
+        } else if let Ok(text) = task_id.extract::<String>() {
+            match uuid::Uuid::parse_str(&text) {
+                Ok(id) => id,
+                Err(_) => return (None, ErrorCode::InvalidParams.as_i32()),
+            }
+        } else {
+            return (None, ErrorCode::InvalidParams.as_i32());
+        };
+        match self.with(py, Err, |c| c.query_task(id)) {
+            Ok(info) => (Some(QueryTaskResponse::from(&info)), 0),
+            Err(e) => (None, e.as_i32()),
+        }
+    }
+
     /// Removes the objects whose key matches: how many, or a negative code.
     #[pyo3(signature = (regex_pattern, force = false))]
     fn remove_by_regex(&self, py: Python<'_>, regex_pattern: String, force: bool) -> i64 {
@@ -1103,5 +1149,13 @@ impl MooncakeDistributedStore {
                 }
             },
         ))
+    }
+}
+
+/// Upstream's `(task_id, error)` pair for a task creation.
+fn task_created(r: MResult<mooncake_proto::TaskId>) -> (PyTaskId, i32) {
+    match r {
+        Ok(id) => (id.as_u64_pair(), 0),
+        Err(e) => ((0, 0), e.as_i32()),
     }
 }

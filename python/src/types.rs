@@ -433,3 +433,58 @@ impl MooncakeHostMemAllocator {
         })
     }
 }
+
+/// A task id as upstream's Python binding shows it: the UUID's two 64-bit halves.
+pub type PyTaskId = (u64, u64);
+
+/// Upstream's `QueryTaskResponse`: a replica task's state.
+#[pyclass(module = "mooncake.store", get_all, skip_from_py_object)]
+#[derive(Debug, Clone)]
+pub struct QueryTaskResponse {
+    /// The task id, `(high, low)` halves of its UUID.
+    pub id: PyTaskId,
+    /// Copy or move.
+    pub r#type: TaskType,
+    /// Where it stands.
+    pub status: TaskStatus,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms_epoch: i64,
+    /// Last change, ms since the Unix epoch.
+    pub last_updated_at_ms_epoch: i64,
+    /// The client running the task, `(high, low)` halves of its UUID.
+    pub assigned_client: PyTaskId,
+    /// "Task completed successfully" or why it failed.
+    pub message: String,
+}
+
+impl From<&mooncake_proto::TaskInfo> for QueryTaskResponse {
+    fn from(t: &mooncake_proto::TaskInfo) -> Self {
+        QueryTaskResponse {
+            id: t.id.as_u64_pair(),
+            r#type: match t.kind {
+                mooncake_proto::TaskKind::ReplicaCopy => TaskType::REPLICA_COPY,
+                mooncake_proto::TaskKind::ReplicaMove => TaskType::REPLICA_MOVE,
+            },
+            status: match t.state {
+                mooncake_proto::TaskState::Pending => TaskStatus::PENDING,
+                mooncake_proto::TaskState::Processing => TaskStatus::PROCESSING,
+                mooncake_proto::TaskState::Success => TaskStatus::SUCCESS,
+                mooncake_proto::TaskState::Failed => TaskStatus::FAILED,
+            },
+            created_at_ms_epoch: t.created_at_ms,
+            last_updated_at_ms_epoch: t.updated_at_ms,
+            assigned_client: t.assigned_client.as_u64_pair(),
+            message: t.message.clone(),
+        }
+    }
+}
+
+#[pymethods]
+impl QueryTaskResponse {
+    fn __repr__(&self) -> String {
+        format!(
+            "QueryTaskResponse(id={:?}, type={:?}, status={:?}, message={:?})",
+            self.id, self.r#type, self.status, self.message
+        )
+    }
+}

@@ -75,6 +75,22 @@ forward! {
     fn remove_by_regex(pattern: String, force: bool) -> MResult<u64>;
     /// `remove_all`.
     fn remove_all(force: bool) -> MResult<u64>;
+    /// `create_copy_task`.
+    fn create_copy_task(key: String, targets: Vec<String>) -> MResult<TaskId>;
+    /// `create_move_task`.
+    fn create_move_task(key: String, source: String, target: String) -> MResult<TaskId>;
+    /// `query_task`.
+    fn query_task(id: TaskId) -> MResult<TaskInfo>;
+    /// `fetch_tasks`.
+    fn fetch_tasks(client: ClientId, max: u32) -> MResult<Vec<TaskAssignment>>;
+    /// `complete_task`.
+    fn complete_task(client: ClientId, id: TaskId, success: bool, message: String) -> MResult<()>;
+    /// `replica_copy_start`.
+    fn replica_copy_start(client: ClientId, key: String, source: SegmentId, targets: Vec<String>, remove_source: bool) -> MResult<ReplicaCopyPlan>;
+    /// `replica_copy_end`.
+    fn replica_copy_end(client: ClientId, key: String, failed: Vec<SegmentId>) -> MResult<()>;
+    /// `replica_copy_revoke`.
+    fn replica_copy_revoke(client: ClientId, key: String) -> MResult<()>;
     /// `batch_replica_clear`.
     fn batch_replica_clear(keys: Vec<String>, client_id: ClientId, segment_name: String) -> MResult<Vec<String>>;
 }

@@ -185,6 +185,29 @@ impl RealClientService for Handler {
         self.client.replica_clear(keys, segment_name).await
     }
 
+    async fn create_copy_task(
+        self,
+        _: Context,
+        key: String,
+        targets: Vec<String>,
+    ) -> MResult<TaskId> {
+        self.client.create_copy_task(key, targets).await
+    }
+
+    async fn create_move_task(
+        self,
+        _: Context,
+        key: String,
+        source: String,
+        target: String,
+    ) -> MResult<TaskId> {
+        self.client.create_move_task(key, source, target).await
+    }
+
+    async fn query_task(self, _: Context, id: TaskId) -> MResult<TaskInfo> {
+        self.client.query_task(id).await
+    }
+
     async fn put_revoke(self, _: Context, keys: Vec<String>) -> Vec<MResult<()>> {
         let t = Instant::now();
         let r = self.client.put_revoke(keys).await;

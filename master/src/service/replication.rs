@@ -187,7 +187,7 @@ impl MasterService {
                 let present = taken
                     .iter()
                     .filter_map(|&slot| segs.get(slot))
-                    .any(|s| s.desc.name == *name && s.slot != src.slot);
+                    .any(|s| s.desc.name == *name);
                 if present {
                     continue;
                 }
