@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::json;
@@ -61,6 +61,129 @@ fn replica_json(list: &ReplicaList) -> serde_json::Value {
     })
 }
 
+/// Upstream's error body for the `/api/v1` endpoints.
+fn api_error(code: ErrorCode, message: &str) -> Response {
+    let status = match code {
+        ErrorCode::InvalidParams => StatusCode::BAD_REQUEST,
+        ErrorCode::JobNotFound | ErrorCode::SegmentNotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let message = if message.is_empty() {
+        code.name()
+    } else {
+        message
+    };
+    (
+        status,
+        Json(json!({"success": false, "error_code": code.as_i32(), "error_message": message})),
+    )
+        .into_response()
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+
+/// Upstream's `CreateDrainJobRequest`.
+#[derive(Deserialize)]
+struct DrainJobRequest {
+    segments: Vec<String>,
+    #[serde(default)]
+    target_segments: Vec<String>,
+    #[serde(default = "default_concurrency")]
+    max_concurrency: u32,
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    job_id: Option<String>,
+}
+
+fn job_id(q: &JobQuery) -> Result<uuid::Uuid, Response> {
+    q.job_id
+        .as_deref()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| api_error(ErrorCode::InvalidParams, "Missing or invalid job_id"))
+}
+
+async fn create_drain_job(State(svc): State<Arc<MasterService>>, body: Bytes) -> Response {
+    let request: DrainJobRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(ErrorCode::InvalidParams, &format!("Invalid JSON body: {e}"));
+        }
+    };
+    match svc.create_drain_job(
+        &request.segments,
+        &request.target_segments,
+        request.max_concurrency,
+    ) {
+        Ok(id) => Json(json!({
+            "success": true,
+            "job_id": id.to_string(),
+            "status": "CREATED",
+            "error_code": 0,
+            "error_message": "",
+        }))
+        .into_response(),
+        Err(code) => api_error(code, ""),
+    }
+}
+
+async fn query_drain_job(
+    State(svc): State<Arc<MasterService>>,
+    Query(q): Query<JobQuery>,
+) -> Response {
+    let id = match job_id(&q) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match svc.query_drain_job(&id) {
+        Ok(j) => Json(json!({
+            "success": true,
+            "job_id": j.id.to_string(),
+            "type": 0,
+            "type_name": "DRAIN",
+            "status": j.status as i32,
+            "status_name": j.status.name(),
+            "created_at_ms_epoch": j.created_at_ms,
+            "last_updated_at_ms_epoch": j.updated_at_ms,
+            "segments": j.segments,
+            "succeeded_units": j.succeeded_units,
+            "failed_units": j.failed_units,
+            "blocked_units": j.blocked_units,
+            "active_units": j.active_units,
+            "migrated_bytes": j.migrated_bytes,
+            "message": j.message,
+            "error_code": 0,
+            "error_message": "",
+        }))
+        .into_response(),
+        Err(code) => api_error(code, ""),
+    }
+}
+
+async fn cancel_drain_job(
+    State(svc): State<Arc<MasterService>>,
+    Query(q): Query<JobQuery>,
+) -> Response {
+    let id = match job_id(&q) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match svc.cancel_drain_job(&id) {
+        Ok(()) => Json(json!({
+            "success": true,
+            "job_id": id.to_string(),
+            "status": "CANCELED",
+            "error_code": 0,
+            "error_message": "",
+        }))
+        .into_response(),
+        Err(code) => api_error(code, ""),
+    }
+}
+
 /// The admin router served on the metrics port.
 pub fn admin_router(svc: Arc<MasterService>) -> Router {
     Router::new()
@@ -74,6 +197,9 @@ pub fn admin_router(svc: Arc<MasterService>) -> Router {
         .route("/query_key", get(query_key))
         .route("/batch_query_keys", get(batch_query_keys))
         .route("/get_all_keys", get(all_keys))
+        .route("/api/v1/drain_jobs", post(create_drain_job))
+        .route("/api/v1/drain_jobs/query", get(query_drain_job))
+        .route("/api/v1/drain_jobs/cancel", post(cancel_drain_job))
         .with_state(svc)
 }
 

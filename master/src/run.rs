@@ -119,6 +119,19 @@ pub async fn run(
             }
         });
     }
+    // Drain jobs advance as their moves finish.
+    {
+        let svc = svc.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while token.run_until_cancelled(tick.tick()).await.is_some() {
+                let svc = svc.clone();
+                let _ = tokio::task::spawn_blocking(move || svc.drive_drain_jobs()).await;
+            }
+        });
+    }
     if let Some(every) = options.summary_interval {
         let svc = svc.clone();
         let token = shutdown.clone();

@@ -133,11 +133,6 @@ impl SegmentTable {
         &self.active
     }
 
-    /// Whether the segment in `slot` serves allocations.
-    pub fn is_active(&self, slot: u32) -> bool {
-        self.active.contains(&slot)
-    }
-
     /// Stops a segment from serving allocations (drained); its objects stay.
     pub fn deactivate(&mut self, slot: u32) {
         self.active.retain(|&s| s != slot);

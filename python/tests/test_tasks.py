@@ -192,3 +192,70 @@ def test_async_task_calls(real_client, other):
     assert a.get(key) == b"y" * 1000
     a.remove(key)
     a.close()
+
+
+def http(master, method, path, body=None):
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://127.0.0.1:{master.metrics_port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_drain_job_moves_a_segment_empty_over_http(master, other):
+    rc = RealClient(master, segment="64MB")
+    leaving = MooncakeDistributedStore()
+    assert leaving.setup_dummy(16 * MB, 16 * MB, rc.address) == 0
+    try:
+        name = leaving.get_hostname()
+        keys = [uniq("drain") for _ in range(12)]
+        for i, k in enumerate(keys):
+            put_on(leaving, k, payload(20_000 + i, i), name)
+
+        assert http(master, "POST", "/api/v1/drain_jobs", b"{not json")[0] == 400
+        code, body = http(master, "POST", "/api/v1/drain_jobs", {"segments": ["no-such:1"]})
+        assert (code, body["success"], body["error_code"]) == (404, False, -101)
+        code, body = http(master, "POST", "/api/v1/drain_jobs",
+                          {"segments": [name], "target_segments": [other.segment], "max_concurrency": 3})
+        assert code == 200 and body["success"] and body["status"] == "CREATED", body
+        job = body["job_id"]
+
+        deadline = time.monotonic() + 30
+        while True:
+            code, q = http(master, "GET", f"/api/v1/drain_jobs/query?job_id={job}")
+            assert code == 200 and q["success"] and q["job_id"] == job
+            if q["status_name"] not in ("CREATED", "PLANNING", "RUNNING"):
+                break
+            assert q["active_units"] <= 3
+            assert time.monotonic() < deadline, q
+            time.sleep(0.1)
+        assert q["status_name"] == "SUCCEEDED" and q["status"] == 3, q
+        assert q["type_name"] == "DRAIN" and q["segments"] == [name]
+        assert q["succeeded_units"] == len(keys) and q["failed_units"] == 0
+        assert q["migrated_bytes"] == sum(20_000 + i for i in range(len(keys)))
+
+        for i, k in enumerate(keys):
+            assert segments_of(leaving, k) == [other.segment]
+            assert leaving.get(k) == payload(20_000 + i, i)
+        # The drained segment takes no new objects.
+        cfg = ReplicateConfig()
+        cfg.preferred_segments = [name]
+        k = uniq("after")
+        assert leaving.put(k, b"z" * 100, cfg) == 0
+        assert segments_of(leaving, k) != [name]
+
+        code, body = http(master, "POST", f"/api/v1/drain_jobs/cancel?job_id={job}")
+        assert code == 400 and not body["success"]
+        code, body = http(master, "GET", f"/api/v1/drain_jobs/query?job_id={uuid.uuid4()}")
+        assert (code, body["error_code"]) == (404, -1402)
+        assert http(master, "GET", "/api/v1/drain_jobs/query?job_id=nope")[0] == 400
+        assert http(master, "POST", "/api/v1/drain_jobs/cancel")[0] == 400
+    finally:
+        leaving.close()
+        rc.cleanup()

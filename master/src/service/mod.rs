@@ -28,7 +28,10 @@ use crate::shard::{
 };
 use crate::tasks::TaskTable;
 
+mod drain;
 mod replication;
+
+pub use drain::{DrainJobInfo, JobStatus};
 
 /// Most inventory entries a client may send across the chunks of one remount.
 const MAX_REMOUNT_ENTRIES: usize = 100_000_000;
@@ -90,6 +93,8 @@ pub struct MasterService {
     free_epoch: AtomicU64,
     /// Replica copy / move tasks.
     tasks: Mutex<TaskTable>,
+    /// Segment drain jobs.
+    drains: Mutex<HashMap<uuid::Uuid, drain::DrainJob>>,
     /// Operation counters.
     pub metrics: Metrics,
 }
@@ -121,6 +126,7 @@ impl MasterService {
             need_eviction: AtomicBool::new(false),
             free_epoch: AtomicU64::new(0),
             tasks: Mutex::new(TaskTable::default()),
+            drains: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             config,
         }

@@ -6,7 +6,7 @@ use mooncake_proto::*;
 use tokio::time::advance;
 use uuid::Uuid;
 
-use super::MasterService;
+use super::{JobStatus, MasterService};
 use crate::config::MasterConfig;
 
 const MIB: u64 = 1 << 20;
@@ -962,4 +962,128 @@ async fn failed_or_overtaken_copies_leave_the_object_intact() {
         Err(ErrorCode::ObjectNoReplicationTask)
     );
     m.remove("k", false).unwrap();
+}
+
+/// Plays the real clients' part: runs every queued task of `clients`.
+fn run_tasks(m: &MasterService, clients: &[ClientId]) {
+    for &c in clients {
+        for t in m.fetch_tasks(c, 64) {
+            let ok = m
+                .replica_copy_start(
+                    c,
+                    &t.key,
+                    t.source,
+                    &t.targets,
+                    t.kind == TaskKind::ReplicaMove,
+                )
+                .and_then(|_| m.replica_copy_end(c, &t.key, &[]));
+            m.complete_task(c, t.id, ok.is_ok(), format!("{ok:?}"))
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_job_moves_every_object_off_and_keeps_the_segment_out_of_service() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let seg_a = segment("a", "h1", 64 * MIB);
+    m.mount_segment(a, seg_a.clone()).unwrap();
+    m.mount_segment(b, segment("b", "h2", 64 * MIB)).unwrap();
+    let on_a = ReplicateConfig {
+        preferred_segments: vec!["a".into()],
+        ..ReplicateConfig::default()
+    };
+    let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        put_with(&m, a, k, 4096, &on_a).unwrap();
+    }
+
+    assert_eq!(
+        m.create_drain_job(&[], &[], 4),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        m.create_drain_job(&["zz".into()], &[], 4),
+        Err(ErrorCode::SegmentNotFound)
+    );
+    assert_eq!(
+        m.create_drain_job(&["a".into()], &["a".into()], 4),
+        Err(ErrorCode::InvalidParams)
+    );
+    let id = m.create_drain_job(&["a".into()], &[], 2).unwrap();
+    assert_eq!(
+        m.create_drain_job(&["a".into()], &[], 2),
+        Err(ErrorCode::InvalidParams),
+        "already being drained"
+    );
+    // No new object lands on a draining segment.
+    put_with(&m, a, "late", 4096, &on_a).unwrap();
+    assert_eq!(m.query_key("late").unwrap().replicas[0].segment_name, "b");
+
+    for _ in 0..20 {
+        m.drive_drain_jobs();
+        let info = m.query_drain_job(&id).unwrap();
+        assert!(info.active_units <= 2, "max_concurrency is honoured");
+        if info.status != JobStatus::Running {
+            break;
+        }
+        run_tasks(&m, &[a, b]);
+    }
+    let info = m.query_drain_job(&id).unwrap();
+    assert_eq!(info.status, JobStatus::Succeeded, "{}", info.message);
+    assert_eq!(info.succeeded_units, keys.len() as u64);
+    assert_eq!(info.failed_units, 0);
+    assert_eq!(info.migrated_bytes, 4096 * keys.len() as u64);
+    assert_eq!(info.segments, vec!["a".to_string()]);
+    for k in &keys {
+        let list = m.query_key(k).unwrap();
+        assert_eq!(list.replicas.len(), 1);
+        assert_eq!(list.replicas[0].segment_name, "b");
+    }
+    let used_a = m
+        .segment_usage()
+        .into_iter()
+        .find(|(d, _)| d.id == seg_a.id)
+        .unwrap()
+        .1;
+    assert_eq!(used_a, 0);
+    put_with(&m, a, "after", 4096, &on_a).unwrap();
+    assert_eq!(m.query_key("after").unwrap().replicas[0].segment_name, "b");
+    assert_eq!(m.cancel_drain_job(&id), Err(ErrorCode::InvalidParams));
+    assert_eq!(
+        m.query_drain_job(&Uuid::new_v4()),
+        Err(ErrorCode::JobNotFound)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_drain_puts_the_segment_back_in_service() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    m.mount_segment(a, segment("a", "h1", 64 * MIB)).unwrap();
+    m.mount_segment(b, segment("b", "h2", 64 * MIB)).unwrap();
+    let on_a = ReplicateConfig {
+        preferred_segments: vec!["a".into()],
+        ..ReplicateConfig::default()
+    };
+    for i in 0..4 {
+        put_with(&m, a, &format!("k{i}"), 4096, &on_a).unwrap();
+    }
+    let id = m.create_drain_job(&["a".into()], &["b".into()], 1).unwrap();
+    m.drive_drain_jobs();
+    assert_eq!(m.query_drain_job(&id).unwrap().active_units, 1);
+    m.cancel_drain_job(&id).unwrap();
+    m.cancel_drain_job(&id).unwrap();
+    let info = m.query_drain_job(&id).unwrap();
+    assert_eq!(info.status, JobStatus::Canceled);
+    put_with(&m, a, "new", 4096, &on_a).unwrap();
+    assert_eq!(m.query_key("new").unwrap().replicas[0].segment_name, "a");
+    // Nothing else is started after the cancel.
+    run_tasks(&m, &[a]);
+    m.drive_drain_jobs();
+    let on_b = (0..4)
+        .filter(|i| m.query_key(&format!("k{i}")).unwrap().replicas[0].segment_name == "b")
+        .count();
+    assert_eq!(on_b, 1);
 }
