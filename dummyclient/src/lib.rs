@@ -1346,6 +1346,66 @@ impl DummyClient {
         self.call(&conn, conn.rpc.query_task(ctx(CALL_TIMEOUT), id))?
     }
 
+    /// Has the real client map `size` bytes at `offset` of the shared-memory
+    /// file `path` and contribute them as a segment; the segment ids.
+    pub fn mount_segment(
+        &self,
+        path: &str,
+        size: u64,
+        offset: u64,
+        protocol: &str,
+    ) -> MResult<Vec<SegmentId>> {
+        let conn = self.conn()?;
+        self.call(
+            &conn,
+            conn.rpc.mount_segment(
+                ctx(CALL_TIMEOUT),
+                path.to_string(),
+                size,
+                offset,
+                protocol.to_string(),
+            ),
+        )?
+    }
+
+    /// Has the real client allocate `size` bytes and contribute them as a
+    /// segment; the segment ids and the size allocated.
+    pub fn allocate_and_mount_segment(
+        &self,
+        size: u64,
+        protocol: &str,
+    ) -> MResult<(Vec<SegmentId>, u64)> {
+        let conn = self.conn()?;
+        self.call(
+            &conn,
+            conn.rpc
+                .allocate_and_mount_segment(ctx(CALL_TIMEOUT), size, protocol.to_string()),
+        )?
+    }
+
+    /// Unmounts segments mounted by [`mount_segment`] (`allocated = false`) or
+    /// [`allocate_and_mount_segment`] (`allocated = true`, memory freed).
+    ///
+    /// [`mount_segment`]: Self::mount_segment
+    /// [`allocate_and_mount_segment`]: Self::allocate_and_mount_segment
+    pub fn unmount_segment(
+        &self,
+        ids: &[SegmentId],
+        grace: Duration,
+        allocated: bool,
+    ) -> MResult<()> {
+        let conn = self.conn()?;
+        self.call(
+            &conn,
+            conn.rpc.unmount_segment(
+                ctx(CALL_TIMEOUT),
+                ids.to_vec(),
+                grace.as_millis() as u64,
+                allocated,
+            ),
+        )?
+    }
+
     /// Removes objects whose key matches.
     pub fn remove_by_regex(&self, pattern: &str, force: bool) -> MResult<u64> {
         let conn = self.conn()?;

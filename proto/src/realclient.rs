@@ -167,6 +167,24 @@ pub trait RealClientService {
     async fn create_move_task(key: String, source: String, target: String) -> MResult<TaskId>;
     /// A replica task's state.
     async fn query_task(id: TaskId) -> MResult<TaskInfo>;
+    /// Maps `size` bytes at `offset` of the shared-memory file `path` in the
+    /// real client and contributes them to the pool as one more segment.
+    async fn mount_segment(
+        path: String,
+        size: u64,
+        offset: u64,
+        protocol: String,
+    ) -> MResult<Vec<SegmentId>>;
+    /// Allocates `size` bytes in the real client (rounded up to pages) and
+    /// contributes them as a segment: the ids and the size allocated.
+    async fn allocate_and_mount_segment(
+        size: u64,
+        protocol: String,
+    ) -> MResult<(Vec<SegmentId>, u64)>;
+    /// Unmounts segments mounted by `mount_segment` (`allocated = false`) or
+    /// `allocate_and_mount_segment` (`allocated = true`, memory freed), after
+    /// `grace_ms` when non-zero (the call returns at once).
+    async fn unmount_segment(ids: Vec<SegmentId>, grace_ms: u64, allocated: bool) -> MResult<()>;
     /// Abandons writes.
     async fn put_revoke(keys: Vec<String>) -> Vec<MResult<()>>;
     /// Readable replicas, with a read lease.

@@ -105,6 +105,24 @@ impl MooncakeDistributedStore {
         }
     }
 
+    fn unmount(&self, py: Python<'_>, ids: Vec<String>, grace_s: u64, allocated: bool) -> i32 {
+        let Ok(ids) = ids
+            .iter()
+            .map(|i| uuid::Uuid::parse_str(i))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return ErrorCode::InvalidParams.as_i32();
+        };
+        if ids.is_empty() {
+            return ErrorCode::InvalidParams.as_i32();
+        }
+        let grace = Duration::from_secs(grace_s);
+        match self.with(py, Err, |c| c.unmount_segment(&ids, grace, allocated)) {
+            Ok(()) => 0,
+            Err(e) => e.as_i32(),
+        }
+    }
+
     fn install(&self, connected: Connected) -> i32 {
         let mut state = self.state.write();
         if state.is_some() {
@@ -835,6 +853,85 @@ impl MooncakeDistributedStore {
             Ok(info) => (Some(QueryTaskResponse::from(&info)), 0),
             Err(e) => (None, e.as_i32()),
         }
+    }
+
+    /// Contributes `size` bytes at `offset` of the shared-memory file `path`
+    /// (tmpfs, hugetlbfs, `/dev/shm`) to the pool as a segment of the real
+    /// client: `{"ret": 0 or code, "segment_ids": [str]}`.
+    #[pyo3(signature = (path, size, offset = 0, protocol = "tcp".to_string(), location = String::new()))]
+    fn mount_segment<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        size: u64,
+        offset: u64,
+        protocol: String,
+        location: String,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let _ = location;
+        let r = self.with(py, Err, |c| c.mount_segment(&path, size, offset, &protocol));
+        let out = PyDict::new(py);
+        match r {
+            Ok(ids) => {
+                out.set_item("ret", 0)?;
+                out.set_item(
+                    "segment_ids",
+                    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                )?;
+            }
+            Err(e) => {
+                out.set_item("ret", e.as_i32())?;
+                out.set_item("segment_ids", Vec::<String>::new())?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Has the real client allocate `size` bytes (rounded up to pages) and
+    /// contribute them as a segment: `{"ret", "segment_ids", "allocated_size"}`.
+    #[pyo3(signature = (size, protocol = "tcp".to_string(), location = String::new()))]
+    fn allocate_and_mount_segment<'py>(
+        &self,
+        py: Python<'py>,
+        size: u64,
+        protocol: String,
+        location: String,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let _ = location;
+        let r = self.with(py, Err, |c| c.allocate_and_mount_segment(size, &protocol));
+        let out = PyDict::new(py);
+        let (ret, ids, allocated) = match r {
+            Ok((ids, n)) => (0, ids.iter().map(|i| i.to_string()).collect(), n),
+            Err(e) => (e.as_i32(), Vec::<String>::new(), 0),
+        };
+        out.set_item("ret", ret)?;
+        out.set_item("segment_ids", ids)?;
+        out.set_item("allocated_size", allocated)?;
+        Ok(out)
+    }
+
+    /// Unmounts segments from `mount_segment` (their objects leave the pool):
+    /// 0 or a negative code. With `grace_period_seconds` the unmount happens that
+    /// much later and the call returns at once.
+    #[pyo3(signature = (segment_ids, grace_period_seconds = 0))]
+    fn unmount_segment(
+        &self,
+        py: Python<'_>,
+        segment_ids: Vec<String>,
+        grace_period_seconds: u64,
+    ) -> i32 {
+        self.unmount(py, segment_ids, grace_period_seconds, false)
+    }
+
+    /// Unmounts segments from `allocate_and_mount_segment` and frees their memory.
+    #[pyo3(signature = (segment_ids, grace_period_seconds = 0))]
+    fn unmount_and_free_segment(
+        &self,
+        py: Python<'_>,
+        segment_ids: Vec<String>,
+        grace_period_seconds: u64,
+    ) -> i32 {
+        self.unmount(py, segment_ids, grace_period_seconds, true)
     }
 
     /// Removes the objects whose key matches: how many, or a negative code.

@@ -50,6 +50,15 @@ struct PendingWrite {
     ranged_failures: Option<Vec<SegmentId>>,
 }
 
+/// A segment mounted after start (`mount_segment` / `allocate_and_mount_segment`).
+struct ExtraSegment {
+    region: Arc<Region>,
+    desc: SegmentDesc,
+    /// Memory this client allocated (freed by `unmount_and_free_segment`), as
+    /// opposed to a mapped file (`unmount_segment`).
+    allocated: bool,
+}
+
 /// The real client.
 pub struct RealClient {
     config: RealClientConfig,
@@ -69,6 +78,8 @@ pub struct RealClient {
     tasks: TaskTracker,
     /// Set while replica tasks are being fetched and run.
     running_replica_tasks: AtomicBool,
+    /// Segments mounted after start.
+    extra_segments: Mutex<Vec<ExtraSegment>>,
 }
 
 impl RealClient {
@@ -168,7 +179,13 @@ impl RealClient {
                 );
                 Some(server)
             }
-            None => None,
+            // No global segment: the port still comes up, for segments mounted later.
+            None => {
+                let bind = format!("{}:{}", config.bind_host, config.transfer_port);
+                let server = TransferServer::bind(&bind, config.cluster_token.clone(), None)
+                    .with_context(|| format!("cannot listen for transfers on {bind}"))?;
+                Some(server)
+            }
         };
         let inventory = Inventory::new(segment.as_ref().map(|(_, d)| d.id), entries);
         let config_token = config.cluster_token.clone();
@@ -187,6 +204,7 @@ impl RealClient {
             shutdown,
             tasks: TaskTracker::new(),
             running_replica_tasks: AtomicBool::new(false),
+            extra_segments: Mutex::new(Vec::new()),
         });
         client.persist();
         if let Err(e) = client.connect_and_remount().await {
@@ -290,7 +308,8 @@ impl RealClient {
 
     async fn remount(&self) -> anyhow::Result<()> {
         let master = self.master().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let segments: Vec<SegmentDesc> = self.segment().cloned().into_iter().collect();
+        let mut segments: Vec<SegmentDesc> = self.segment().cloned().into_iter().collect();
+        segments.extend(self.extra_segments.lock().iter().map(|e| e.desc.clone()));
         let entries = self.inventory.lock().entries();
         let mut chunks: Vec<Vec<InventoryEntry>> =
             entries.chunks(REMOUNT_CHUNK).map(|c| c.to_vec()).collect();
@@ -425,12 +444,7 @@ impl RealClient {
             .await
             .map_err(|e| failed("copy_start", e))?
             .map_err(|e| failed("copy_start", e))?;
-        let Some(region) = self
-            .segment
-            .as_ref()
-            .filter(|(_, d)| d.id == plan.source.segment_id)
-            .map(|(r, _)| r.clone())
-        else {
+        let Some(region) = self.local_region(&plan.source.segment_id) else {
             let _ = master
                 .replica_copy_revoke(self.client_id, task.key.clone())
                 .await;
@@ -474,6 +488,180 @@ impl RealClient {
             .await
             .map_err(|e| failed("copy_end", e))?
             .map_err(|e| failed("copy_end", e))
+    }
+
+    /// The mapping of one of this client's segments.
+    fn local_region(&self, id: &SegmentId) -> Option<Arc<Region>> {
+        if let Some((r, d)) = &self.segment
+            && d.id == *id
+        {
+            return Some(r.clone());
+        }
+        self.extra_segments
+            .lock()
+            .iter()
+            .find(|e| e.desc.id == *id)
+            .map(|e| e.region.clone())
+    }
+
+    /// Contributes `region` to the pool as one more segment of this client.
+    async fn mount_extra(
+        &self,
+        region: Region,
+        protocol: Protocol,
+        allocated: bool,
+    ) -> MResult<SegmentId> {
+        let server = self
+            .transfer_server
+            .clone()
+            .ok_or(ErrorCode::InternalError)?;
+        let region = Arc::new(region);
+        let desc = SegmentDesc {
+            id: Uuid::new_v4(),
+            name: self.hostname(),
+            host: self.config.host.clone(),
+            base: region.as_ptr() as u64,
+            size: region.len() as u64,
+            transport_endpoint: format!("{}:{}", self.config.host, server.local_addr().port()),
+            protocol,
+        };
+        // Peers may write as soon as the master knows the segment.
+        server.add_segment(desc.id, region.clone());
+        let mounted = async {
+            self.master()?
+                .mount_segment(self.client_id, desc.clone())
+                .await?
+        };
+        if let Err(e) = mounted.await {
+            server.remove_segment(&desc.id);
+            return Err(e);
+        }
+        let id = desc.id;
+        self.extra_segments.lock().push(ExtraSegment {
+            region,
+            desc,
+            allocated,
+        });
+        tracing::info!(segment = %id, allocated, "segment mounted");
+        Ok(id)
+    }
+
+    fn check_protocol(protocol: &str) -> MResult<Protocol> {
+        match protocol.parse::<Protocol>() {
+            Ok(Protocol::Tcp) => Ok(Protocol::Tcp),
+            _ => Err(ErrorCode::InvalidParams),
+        }
+    }
+
+    /// Maps `size` bytes at `offset` of the shared-memory file `path` (tmpfs,
+    /// hugetlbfs, `/dev/shm`) and contributes them as a segment.
+    pub async fn mount_file_segment(
+        &self,
+        path: String,
+        size: u64,
+        offset: u64,
+        protocol: String,
+    ) -> MResult<Vec<SegmentId>> {
+        let protocol = Self::check_protocol(&protocol)?;
+        if size == 0 {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                tracing::warn!("mount_segment: cannot open {path}: {e}");
+                ErrorCode::InvalidParams
+            })?;
+        let options = RegionOptions::from_env();
+        let region = Region::from_fd(fd.into(), offset, size, &options).map_err(|e| {
+            tracing::warn!("mount_segment: cannot map {path}: {e}");
+            ErrorCode::InvalidParams
+        })?;
+        Ok(vec![self.mount_extra(region, protocol, false).await?])
+    }
+
+    /// Allocates `size` bytes (rounded up to whole pages) and contributes them as
+    /// a segment: the ids and the size allocated.
+    pub async fn allocate_and_mount_segment(
+        &self,
+        size: u64,
+        protocol: String,
+    ) -> MResult<(Vec<SegmentId>, u64)> {
+        let protocol = Self::check_protocol(&protocol)?;
+        const PAGE: u64 = 4096;
+        let rounded = size
+            .checked_next_multiple_of(PAGE)
+            .filter(|&s| s > 0)
+            .ok_or(ErrorCode::InvalidParams)?;
+        let options = RegionOptions::from_env().with_prefault(true);
+        let region =
+            Region::anonymous("mooncake-extra-segment", rounded, &options).map_err(|e| {
+                tracing::warn!("allocate_and_mount_segment({size}): {e}");
+                ErrorCode::InvalidParams
+            })?;
+        let id = self.mount_extra(region, protocol, true).await?;
+        Ok((vec![id], rounded))
+    }
+
+    /// Unmounts segments mounted with `mount_segment` (`allocated = false`) or
+    /// `allocate_and_mount_segment` (`allocated = true`): their objects leave the
+    /// pool and, for allocated ones, the memory is freed. With a grace period the
+    /// segments are unmounted that long after the call, which returns at once.
+    pub async fn unmount_extra_segments(
+        self: &Arc<Self>,
+        ids: Vec<SegmentId>,
+        grace: Duration,
+        allocated: bool,
+    ) -> MResult<()> {
+        {
+            let extra = self.extra_segments.lock();
+            for (i, id) in ids.iter().enumerate() {
+                if ids[..i].contains(id) {
+                    return Err(ErrorCode::InvalidParams);
+                }
+                match extra.iter().find(|e| e.desc.id == *id) {
+                    None => return Err(ErrorCode::SegmentNotFound),
+                    Some(e) if e.allocated != allocated => return Err(ErrorCode::InvalidParams),
+                    Some(_) => {}
+                }
+            }
+        }
+        if grace.is_zero() {
+            return self.unmount_now(&ids).await;
+        }
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = me.shutdown.cancelled() => {}
+            }
+            if let Err(e) = me.unmount_now(&ids).await {
+                tracing::warn!("delayed unmount failed: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    async fn unmount_now(&self, ids: &[SegmentId]) -> MResult<()> {
+        let master = self.master()?;
+        let mut result = Ok(());
+        for id in ids {
+            match master.unmount_segment(self.client_id, *id).await {
+                Ok(Ok(())) | Ok(Err(ErrorCode::SegmentNotFound)) => {}
+                Ok(Err(e)) | Err(e) => {
+                    result = Err(e);
+                    continue;
+                }
+            }
+            if let Some(server) = &self.transfer_server {
+                server.remove_segment(id);
+            }
+            self.extra_segments.lock().retain(|e| e.desc.id != *id);
+            tracing::info!(segment = %id, "segment unmounted");
+        }
+        result
     }
 
     /// Queues a copy of `key` to the segments named `targets` (see the master's
@@ -549,6 +737,15 @@ impl RealClient {
                 tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(10))).await;
         }
         self.persist();
+        let extra: Vec<SegmentId> = self
+            .extra_segments
+            .lock()
+            .iter()
+            .map(|e| e.desc.id)
+            .collect();
+        if !extra.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), self.unmount_now(&extra)).await;
+        }
         if let (Ok(master), Some(desc)) = (self.master(), self.segment()) {
             let _ = tokio::time::timeout(
                 Duration::from_secs(3),

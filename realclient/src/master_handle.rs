@@ -51,6 +51,8 @@ forward! {
     fn sync_inventory(client: ClientId, ack: u64) -> MResult<InventoryDelta>;
     /// `fetch_inventory`.
     fn fetch_inventory(client: ClientId) -> MResult<InventorySnapshot>;
+    /// `mount_segment`.
+    fn mount_segment(client: ClientId, segment: SegmentDesc) -> MResult<()>;
     /// `unmount_segment`.
     fn unmount_segment(client: ClientId, segment: SegmentId) -> MResult<()>;
     /// `batch_put_start`.

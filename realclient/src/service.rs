@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tarpc::context::Context;
 
@@ -206,6 +206,40 @@ impl RealClientService for Handler {
 
     async fn query_task(self, _: Context, id: TaskId) -> MResult<TaskInfo> {
         self.client.query_task(id).await
+    }
+
+    async fn mount_segment(
+        self,
+        _: Context,
+        path: String,
+        size: u64,
+        offset: u64,
+        protocol: String,
+    ) -> MResult<Vec<SegmentId>> {
+        self.client
+            .mount_file_segment(path, size, offset, protocol)
+            .await
+    }
+
+    async fn allocate_and_mount_segment(
+        self,
+        _: Context,
+        size: u64,
+        protocol: String,
+    ) -> MResult<(Vec<SegmentId>, u64)> {
+        self.client.allocate_and_mount_segment(size, protocol).await
+    }
+
+    async fn unmount_segment(
+        self,
+        _: Context,
+        ids: Vec<SegmentId>,
+        grace_ms: u64,
+        allocated: bool,
+    ) -> MResult<()> {
+        self.client
+            .unmount_extra_segments(ids, Duration::from_millis(grace_ms), allocated)
+            .await
     }
 
     async fn put_revoke(self, _: Context, keys: Vec<String>) -> Vec<MResult<()>> {

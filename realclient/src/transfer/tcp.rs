@@ -354,7 +354,8 @@ impl Transport for TcpTransport {
 
 struct ServerState {
     token: String,
-    segment: Option<(SegmentId, Arc<Region>)>,
+    /// The segments served: the global segment and any mounted later.
+    segments: parking_lot::RwLock<Vec<(SegmentId, Arc<Region>)>>,
     stopping: AtomicBool,
     /// Requests in progress; shutdown waits for them.
     gate: Gate,
@@ -383,7 +384,7 @@ impl TransferServer {
         let bound = listener.local_addr()?;
         let state = Arc::new(ServerState {
             token: token.into(),
-            segment,
+            segments: parking_lot::RwLock::new(segment.into_iter().collect()),
             stopping: AtomicBool::new(false),
             gate: Gate::default(),
             conns: Mutex::new(HashMap::new()),
@@ -400,6 +401,16 @@ impl TransferServer {
             state,
             accept: Mutex::new(Some(accept)),
         })
+    }
+
+    /// Serves one more segment (mounted after start).
+    pub fn add_segment(&self, id: SegmentId, region: Arc<Region>) {
+        self.state.segments.write().push((id, region));
+    }
+
+    /// Stops serving a segment; requests already reading or writing it finish.
+    pub fn remove_segment(&self, id: &SegmentId) {
+        self.state.segments.write().retain(|(s, _)| s != id);
     }
 
     /// The address actually bound.
@@ -512,12 +523,18 @@ fn serve_connection(mut stream: TcpStream, state: &ServerState) -> std::io::Resu
             return Ok(()); // shutting down
         };
         let h = Header::decode(&raw);
-        let target = match &state.segment {
-            Some((id, region)) if *id == h.segment => region
+        let found = state
+            .segments
+            .read()
+            .iter()
+            .find(|(id, _)| *id == h.segment)
+            .map(|(_, r)| r.clone());
+        let target = match &found {
+            Some(region) => region
                 .check(h.offset, h.len)
                 .map(|_| region)
                 .map_err(|_| ErrorCode::InvalidParams),
-            _ => Err(ErrorCode::SegmentNotFound),
+            None => Err(ErrorCode::SegmentNotFound),
         };
         match (h.op, target) {
             (OP_READ, Ok(region)) => {
