@@ -99,11 +99,14 @@ struct JobQuery {
     job_id: Option<String>,
 }
 
-fn job_id(q: &JobQuery) -> Result<uuid::Uuid, Response> {
+fn job_id(q: &JobQuery) -> Option<uuid::Uuid> {
     q.job_id
         .as_deref()
         .and_then(|s| uuid::Uuid::parse_str(s).ok())
-        .ok_or_else(|| api_error(ErrorCode::InvalidParams, "Missing or invalid job_id"))
+}
+
+fn bad_job_id() -> Response {
+    api_error(ErrorCode::InvalidParams, "Missing or invalid job_id")
 }
 
 async fn create_drain_job(State(svc): State<Arc<MasterService>>, body: Bytes) -> Response {
@@ -134,9 +137,8 @@ async fn query_drain_job(
     State(svc): State<Arc<MasterService>>,
     Query(q): Query<JobQuery>,
 ) -> Response {
-    let id = match job_id(&q) {
-        Ok(id) => id,
-        Err(r) => return r,
+    let Some(id) = job_id(&q) else {
+        return bad_job_id();
     };
     match svc.query_drain_job(&id) {
         Ok(j) => Json(json!({
@@ -167,9 +169,8 @@ async fn cancel_drain_job(
     State(svc): State<Arc<MasterService>>,
     Query(q): Query<JobQuery>,
 ) -> Response {
-    let id = match job_id(&q) {
-        Ok(id) => id,
-        Err(r) => return r,
+    let Some(id) = job_id(&q) else {
+        return bad_job_id();
     };
     match svc.cancel_drain_job(&id) {
         Ok(()) => Json(json!({
