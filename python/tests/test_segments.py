@@ -149,3 +149,35 @@ def test_in_process_store_mounts_its_own_segments(master):
         assert s.get(key) == b""
     finally:
         s.close()
+
+
+def test_segments_mounted_and_freed_from_several_threads(master, small):
+    import threading
+
+    errors = []
+
+    def churn(seed):
+        for _ in range(3):
+            r = small.allocate_and_mount_segment(4 * MB)
+            if r["ret"] != 0:
+                errors.append(("mount", r))
+                continue
+            key = f"thr-{uuid.uuid4().hex}"
+            cfg = ReplicateConfig()
+            cfg.preferred_segments = [small.get_hostname()]
+            if small.put(key, bytes([seed]) * 100_000, cfg) != 0:
+                errors.append(("put", key))
+            if small.get(key) != bytes([seed]) * 100_000:
+                errors.append(("get", key))
+            small.remove(key, True)
+            if small.unmount_and_free_segment(r["segment_ids"]) != 0:
+                errors.append(("unmount", r))
+
+    before = set(segment_ids(master))
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set(segment_ids(master)) == before
