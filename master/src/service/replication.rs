@@ -11,7 +11,7 @@ use mooncake_proto::*;
 
 use super::{FAILED_REPLICA_GRACE_MS, MasterService};
 use crate::segments::SegmentTable;
-use crate::shard::{FLAG_REPLICATING, PendingCopy, Placement};
+use crate::shard::{FLAG_REPLICATING, PendingCopy, Placement, Shard};
 
 impl MasterService {
     /// The placement of `key` (one of its replicas, chosen at random, or the one
@@ -248,12 +248,7 @@ impl MasterService {
         let hash = self.hash(key);
         let now = self.now_ms();
         let mut shard = self.shard(hash).lock();
-        match shard.copying.get(key) {
-            None => return Err(ErrorCode::ObjectNoReplicationTask),
-            Some(c) if c.copier != client => return Err(ErrorCode::IllegalClient),
-            Some(_) => {}
-        }
-        let copy = shard.copying.remove(key).expect("present");
+        let copy = take_copy(&mut shard, key, client)?;
         let segs = self.segments.read();
         let (lost, kept): (Vec<Placement>, Vec<Placement>) = copy.targets.iter().partition(|p| {
             segs.get(p.segment)
@@ -297,12 +292,7 @@ impl MasterService {
         self.validate_key(key)?;
         let hash = self.hash(key);
         let mut shard = self.shard(hash).lock();
-        match shard.copying.get(key) {
-            None => return Err(ErrorCode::ObjectNoReplicationTask),
-            Some(c) if c.copier != client => return Err(ErrorCode::IllegalClient),
-            Some(_) => {}
-        }
-        let copy = shard.copying.remove(key).expect("present");
+        let copy = take_copy(&mut shard, key, client)?;
         if let Some(o) = shard.get_mut(hash, key) {
             o.flags &= !FLAG_REPLICATING;
         }
@@ -347,5 +337,15 @@ impl MasterService {
                 );
             }
         }
+    }
+}
+
+/// Removes the copy of `key` started by `client`: `OBJECT_NO_REPLICATION_TASK`
+/// when none runs, `ILLEGAL_CLIENT` when another client started it.
+fn take_copy(shard: &mut Shard, key: &str, client: ClientId) -> MResult<PendingCopy> {
+    match shard.copying.get(key) {
+        None => Err(ErrorCode::ObjectNoReplicationTask),
+        Some(c) if c.copier != client => Err(ErrorCode::IllegalClient),
+        Some(_) => Ok(shard.copying.remove(key).expect("present")),
     }
 }
