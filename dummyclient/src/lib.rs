@@ -301,6 +301,11 @@ impl GetSession {
 
 /// Whether `[addr, addr + len)` is covered by mappings of this process that are
 /// both readable and writable (from `/proc/self/maps`).
+/// The `(key, version)` grant a replica list stands for.
+fn grant_of(key: &str, list: &ReplicaList) -> Option<(String, u64)> {
+    list.replicas.first().map(|r| (key.to_string(), r.version))
+}
+
 fn process_memory_is_accessible(addr: u64, len: u64) -> bool {
     let Some(end) = addr.checked_add(len) else {
         return false;
@@ -1111,13 +1116,21 @@ impl DummyClient {
         let asked = Instant::now();
         let outcomes = self.get_into_call(&conn, req_keys, dests);
         let mut remote: Vec<(usize, u64)> = Vec::new();
+        // Grants handed to this side, released once read (the staged round asks
+        // for its own).
+        let mut done_with: Vec<(String, u64)> = Vec::new();
         for (&i, outcome) in valid.iter().zip(outcomes) {
             let dst = dsts[i].as_mut().expect("valid");
             results[i] = match outcome {
                 Err(e) => Err(e),
                 Ok(GetOutcome::Done(n)) => Ok(n),
-                Ok(GetOutcome::Local(list)) => Self::copy_local(&conn, &list, dst, asked),
+                Ok(GetOutcome::Local(list)) => {
+                    let r = Self::copy_local(&conn, &list, dst, asked);
+                    done_with.extend(grant_of(&keys[i], &list));
+                    r
+                }
                 Ok(GetOutcome::Remote(list)) => {
+                    done_with.extend(grant_of(&keys[i], &list));
                     if dst.capacity() < list.size {
                         Err(ErrorCode::InvalidParams)
                     } else {
@@ -1128,9 +1141,25 @@ impl DummyClient {
             };
         }
         if !remote.is_empty() {
-            self.get_staged(&conn, keys, dsts, &remote, &mut results);
+            self.get_staged(&conn, keys, dsts, &remote, &mut results, &mut done_with);
         }
+        self.release_reads(&conn, done_with);
         results
+    }
+
+    /// Tells the real client this side is done reading the values it was granted.
+    fn release_reads(&self, conn: &Conn, reads: Vec<(String, u64)>) {
+        if reads.is_empty() {
+            return;
+        }
+        let request = RingRequest::ReleaseReads(reads);
+        if let Some(Ok(_)) = self.ring_call(conn, &request) {
+            return;
+        }
+        let RingRequest::ReleaseReads(reads) = request else {
+            unreachable!("built above")
+        };
+        let _ = self.call(conn, conn.rpc.release_reads(ctx(CALL_TIMEOUT), reads));
     }
 
     fn get_into_call(
@@ -1188,6 +1217,7 @@ impl DummyClient {
         dsts: &mut [Option<Dst<'_>>],
         remote: &[(usize, u64)],
         results: &mut [MResult<u64>],
+        done_with: &mut Vec<(String, u64)>,
     ) {
         let total: u64 = remote.iter().map(|(_, n)| n).sum();
         let staging = match Staging::new(conn, &self.runtime, total) {
@@ -1218,8 +1248,15 @@ impl DummyClient {
             results[i] = match outcome {
                 Err(e) => Err(e),
                 Ok(GetOutcome::Done(n)) => dst.fill_from(&staging.region, off, n).map(|_| n),
-                Ok(GetOutcome::Local(list)) => Self::copy_local(conn, &list, dst, asked),
-                Ok(GetOutcome::Remote(_)) => Err(ErrorCode::TransferFail),
+                Ok(GetOutcome::Local(list)) => {
+                    let r = Self::copy_local(conn, &list, dst, asked);
+                    done_with.extend(grant_of(&keys[i], &list));
+                    r
+                }
+                Ok(GetOutcome::Remote(list)) => {
+                    done_with.extend(grant_of(&keys[i], &list));
+                    Err(ErrorCode::TransferFail)
+                }
             };
         }
     }

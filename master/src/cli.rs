@@ -288,10 +288,8 @@ where
             );
             let shutdown = shutdown_on_signals();
             let router = crate::http::metadata_router(Default::default());
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .context("HTTP metadata server")
+            crate::http::serve_http(listener, router, shutdown).await;
+            Ok(())
         })
     })())
 }

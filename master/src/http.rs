@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::json;
 
+use mooncake_proto::auth::Credentials;
 use mooncake_proto::{ErrorCode, ReplicaList};
 
 use crate::service::MasterService;
@@ -185,22 +186,102 @@ async fn cancel_drain_job(
     }
 }
 
-/// The admin router served on the metrics port.
+/// Who may use a group of admin endpoints.
+#[derive(Clone)]
+struct AdminGate {
+    credentials: Arc<Credentials>,
+    /// Checked only when a cluster token is set (read endpoints that disclose
+    /// keys and layout); otherwise always (endpoints that change things).
+    only_with_token: bool,
+}
+
+/// The credential an HTTP request presents: `Authorization: Bearer <secret>` or
+/// `X-Mooncake-Token: <secret>` (the cluster token, or on this host the host secret).
+fn presented_credential(headers: &axum::http::HeaderMap) -> &str {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(secret) = v.strip_prefix("Bearer ")
+    {
+        return secret.trim();
+    }
+    headers
+        .get("x-mooncake-token")
+        .and_then(|v| v.to_str().ok())
+        .map_or("", str::trim)
+}
+
+async fn require_credential(
+    State(gate): State<AdminGate>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if gate.only_with_token && !gate.credentials.has_token() {
+        return next.run(request).await;
+    }
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if gate
+        .credentials
+        .admits(peer, presented_credential(request.headers()))
+    {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({
+            "error": ErrorCode::IllegalClient.name(),
+            "code": ErrorCode::IllegalClient.as_i32(),
+            "message": format!(
+                "{}: send it as 'Authorization: Bearer <secret>' (the cluster token, or the host secret in {})",
+                gate.credentials.refusal(),
+                mooncake_proto::auth::host_secret_path().display()
+            ),
+        })),
+    )
+        .into_response()
+}
+
+/// The admin router served on the metrics port. Metrics, health and segment names
+/// are open (SGLang polls `/get_all_segments`); endpoints that list keys or
+/// replica layout need the credential when a cluster token is set; endpoints that
+/// change anything (drain jobs) always need it.
 pub fn admin_router(svc: Arc<MasterService>) -> Router {
+    let credentials = Arc::new(Credentials::new(&svc.config().cluster_token));
+    let layout = Router::new()
+        .route("/get_segments_detail", get(segments_detail))
+        .route("/query_segment", get(query_segment))
+        .route("/query_key", get(query_key))
+        .route("/batch_query_keys", get(batch_query_keys))
+        .route("/get_all_keys", get(all_keys))
+        .route("/api/v1/drain_jobs/query", get(query_drain_job))
+        .route_layer(axum::middleware::from_fn_with_state(
+            AdminGate {
+                credentials: credentials.clone(),
+                only_with_token: true,
+            },
+            require_credential,
+        ));
+    let changes = Router::new()
+        .route("/api/v1/drain_jobs", post(create_drain_job))
+        .route("/api/v1/drain_jobs/cancel", post(cancel_drain_job))
+        .route_layer(axum::middleware::from_fn_with_state(
+            AdminGate {
+                credentials,
+                only_with_token: false,
+            },
+            require_credential,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/metrics/summary", get(summary))
         .route("/health", get(health))
         .route("/role", get(|| async { "leader" }))
         .route("/get_all_segments", get(all_segments))
-        .route("/get_segments_detail", get(segments_detail))
-        .route("/query_segment", get(query_segment))
-        .route("/query_key", get(query_key))
-        .route("/batch_query_keys", get(batch_query_keys))
-        .route("/get_all_keys", get(all_keys))
-        .route("/api/v1/drain_jobs", post(create_drain_job))
-        .route("/api/v1/drain_jobs/query", get(query_drain_job))
-        .route("/api/v1/drain_jobs/cancel", post(cancel_drain_job))
+        .merge(layout)
+        .merge(changes)
         .with_state(svc)
 }
 
@@ -356,5 +437,77 @@ async fn metadata_delete(
     match store.write().remove(&key) {
         Some(_) => (StatusCode::OK, "metadata deleted").into_response(),
         None => (StatusCode::NOT_FOUND, "metadata not found").into_response(),
+    }
+}
+
+/// A client must send its request headers within this long.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections one peer address may hold on an HTTP port.
+const HTTP_CONNECTIONS_PER_PEER: usize = 64;
+/// Connections all peers together may hold on an HTTP port.
+const HTTP_CONNECTIONS: usize = 1024;
+
+static HTTP_ACCEPT_ERRORS: mooncake_proto::limits::LogGate =
+    mooncake_proto::limits::LogGate::new(std::time::Duration::from_secs(1));
+
+/// Serves `router` on `listener` until `shutdown`: HTTP/1.1 with a header read
+/// timeout (a peer that trickles half a header is dropped), connections capped per
+/// peer and in total, accept errors backed off. Handlers can extract the peer's
+/// address as `ConnectInfo<SocketAddr>`.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let limiter =
+        mooncake_proto::limits::ConnectionLimiter::new(HTTP_CONNECTIONS_PER_PEER, HTTP_CONNECTIONS);
+    let mut failures = 0u32;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => {
+                    failures = 0;
+                    a
+                }
+                Err(e) => {
+                    if let Some(held_back) = HTTP_ACCEPT_ERRORS.admit() {
+                        tracing::warn!(error = %e, held_back, "http accept failed");
+                    }
+                    tokio::time::sleep(mooncake_proto::limits::accept_backoff(failures)).await;
+                    failures += 1;
+                    continue;
+                }
+            },
+        };
+        let Some(permit) = limiter.admit(peer.ip()) else {
+            continue;
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(req)
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+                }
+            }
+        });
     }
 }

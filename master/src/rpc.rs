@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use mooncake_proto::auth::Credentials;
 use mooncake_proto::codec::{server_handshake, transport};
+use mooncake_proto::limits::{ConnectionLimiter, LogGate, accept_backoff};
 use mooncake_proto::master::Master;
 use mooncake_proto::*;
 
@@ -230,6 +232,10 @@ impl Master for MasterRpc {
         })
     }
 
+    async fn batch_release_reads(self, _: Context, reads: Vec<(String, u64)>) {
+        self.svc.release_reads(&reads);
+    }
+
     async fn get_replica_list_by_regex(
         self,
         _: Context,
@@ -421,39 +427,63 @@ impl Master for MasterRpc {
     }
 }
 
-/// Serves the master RPC on `listener` until `shutdown` is cancelled.
+/// Refused connections and accept failures are logged at most once a second.
+static REFUSALS: LogGate = LogGate::new(std::time::Duration::from_secs(1));
+static ACCEPT_ERRORS: LogGate = LogGate::new(std::time::Duration::from_secs(1));
+
+/// Serves the master RPC on `listener` until `shutdown` is cancelled. Peers must
+/// present the cluster token, or from this host the host secret
+/// ([`Credentials`]); connections are capped per peer and in total.
 pub async fn serve(
     listener: TcpListener,
     svc: Arc<MasterService>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let token: Arc<str> = svc.config().cluster_token.clone().into();
+    let credentials = Arc::new(Credentials::new(&svc.config().cluster_token));
+    let limiter = ConnectionLimiter::default();
+    let mut failures = 0u32;
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    failures = 0;
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Some(held_back) = ACCEPT_ERRORS.admit() {
+                        tracing::warn!(error = %e, held_back, "accept failed");
+                    }
+                    tokio::time::sleep(accept_backoff(failures)).await;
+                    failures += 1;
                     continue;
                 }
             },
         };
+        let Some(permit) = limiter.admit(peer.ip()) else {
+            if let Some(held_back) = REFUSALS.admit() {
+                tracing::warn!(%peer, held_back, "connection refused: too many connections");
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
-        let token = token.clone();
+        let credentials = credentials.clone();
         let shutdown = shutdown.clone();
         let inner_tracker = tracker.clone();
         tracker.spawn(async move {
-            let framed = match server_handshake(stream, "master", &token).await {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "connection refused");
-                    return;
-                }
-            };
+            let _permit = permit;
+            let framed =
+                match server_handshake(stream, "master", &credentials, Some(peer.ip())).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if let Some(held_back) = REFUSALS.admit() {
+                            tracing::warn!(%peer, error = %e, held_back, "connection refused");
+                        }
+                        return;
+                    }
+                };
             let channel = BaseChannel::with_defaults(transport(framed));
             let serving = channel
                 .execute(MasterRpc::new(svc).serve())

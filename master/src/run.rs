@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::MasterConfig;
-use crate::http::{MetadataStore, admin_router, metadata_router};
+use crate::http::{MetadataStore, admin_router, metadata_router, serve_http};
 use crate::service::MasterService;
 
 /// Where the master listens.
@@ -79,21 +79,11 @@ pub async fn run(
     ));
     if let Some(listener) = metrics {
         let router = admin_router(svc.clone());
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-        });
+        tracker.spawn(serve_http(listener, router, shutdown.clone()));
     }
     if let Some(listener) = metadata {
         let router = metadata_router(MetadataStore::default());
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-        });
+        tracker.spawn(serve_http(listener, router, shutdown.clone()));
     }
     // Eviction watcher: cheap atomic checks every 10 ms, like upstream's thread.
     {

@@ -77,9 +77,29 @@ pub(crate) struct Object {
     pub replicas: Replicas,
     pub soft_pin_until_s: u32,
     pub flags: u8,
+    /// Read grants not yet released by their readers; [`READERS_UNKNOWN`] once
+    /// that count cannot be trusted (overflow, or rebuilt after a restart).
+    pub readers: u16,
 }
 
+/// [`Object::readers`] value meaning "unknown": only the lease's end frees space.
+pub(crate) const READERS_UNKNOWN: u16 = u16::MAX;
+
 impl Object {
+    /// Counts a read grant.
+    pub fn add_reader(&mut self) {
+        if self.readers != READERS_UNKNOWN {
+            self.readers += 1;
+        }
+    }
+
+    /// Counts a released read grant.
+    pub fn release_reader(&mut self) {
+        if self.readers != READERS_UNKNOWN {
+            self.readers = self.readers.saturating_sub(1);
+        }
+    }
+
     pub fn hard_pinned(&self) -> bool {
         self.flags & FLAG_HARD_PIN != 0
     }
@@ -305,6 +325,7 @@ mod tests {
             }),
             soft_pin_until_s: 0,
             flags: 0,
+            readers: 0,
         }
     }
 

@@ -199,7 +199,8 @@ async fn malformed_frames_and_dead_peers_do_not_hurt_other_clients() {
     // A valid handshake followed by a garbage request frame.
     {
         let stream = tokio::net::TcpStream::connect(&m.rpc).await.unwrap();
-        let framed = mooncake_proto::codec::client_handshake(stream, "master", "")
+        let secret = mooncake_proto::auth::shared_host_secret().unwrap();
+        let framed = mooncake_proto::codec::client_handshake(stream, "master", &secret)
             .await
             .unwrap();
         let mut raw = framed.into_inner();

@@ -18,10 +18,15 @@ use tarpc::serde_transport::Transport;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::auth::Credentials;
 use crate::error::ErrorCode;
+use std::net::IpAddr;
 
 /// Largest frame accepted, in bytes.
 pub const MAX_FRAME_LEN: usize = 256 << 20;
+/// Largest [`Hello`] a server reads: nothing larger is buffered before the peer
+/// has proved it holds the credential.
+pub const MAX_HELLO_LEN: usize = 64 << 10;
 /// Handshake magic ("MCRS").
 pub const HELLO_MAGIC: u32 = 0x4d43_5253;
 /// Version of the framing and handshake.
@@ -138,16 +143,6 @@ where
     tarpc::serde_transport::new(framed, PostcardCodec::default())
 }
 
-fn tokens_match(expected: &str, given: &str) -> bool {
-    // Length-independent comparison so response time does not leak the prefix.
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
-}
-
 /// Client side of the handshake: sends [`Hello`], waits for the reply.
 pub async fn client_handshake<S>(
     io: S,
@@ -188,17 +183,20 @@ where
     }
 }
 
-/// Server side of the handshake: checks magic, version, service and token.
+/// Server side of the handshake: checks magic, version, service and the
+/// credential the peer at `peer` presents (see [`Credentials::admits`]).
 /// On refusal the reason is sent to the peer and returned here for logging.
 pub async fn server_handshake<S>(
     io: S,
     service: &str,
-    expected_token: &str,
+    credentials: &Credentials,
+    peer: Option<IpAddr>,
 ) -> Result<Framed<S, LengthDelimitedCodec>, ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut framed = framed(io);
+    framed.codec_mut().set_max_frame_length(MAX_HELLO_LEN);
     let frame = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
         Err(_) => return Err(ConnectError::Timeout),
         Ok(None) => return Err(ConnectError::Protocol("closed before handshake".into())),
@@ -218,8 +216,8 @@ where
             ErrorCode::InvalidParams,
             format!("this endpoint serves {service:?}, not {:?}", h.service),
         )),
-        Ok(h) if !tokens_match(expected_token, &h.token) => {
-            Err((ErrorCode::IllegalClient, "wrong cluster token".into()))
+        Ok(h) if !credentials.admits(peer, &h.token) => {
+            Err((ErrorCode::IllegalClient, credentials.refusal().into()))
         }
         Ok(_) => Ok(()),
     };
@@ -234,12 +232,16 @@ where
     let bytes = postcard::to_stdvec(&reply).map_err(|e| ConnectError::Protocol(e.to_string()))?;
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.send(Bytes::from(bytes))).await;
     match verdict {
-        Ok(()) => Ok(framed),
+        Ok(()) => {
+            framed.codec_mut().set_max_frame_length(MAX_FRAME_LEN);
+            Ok(framed)
+        }
         Err((code, message)) => Err(ConnectError::Refused { code, message }),
     }
 }
 
 /// Connects to a TCP service, performs the handshake and returns a tarpc transport.
+/// Presents `token`, or without one the host secret to a server on this host.
 pub async fn connect_tcp<Item, SinkItem>(
     addr: &str,
     service: &str,
@@ -253,7 +255,9 @@ where
         .await
         .map_err(|_| ConnectError::Timeout)??;
     stream.set_nodelay(true)?;
-    let framed = client_handshake(stream, service, token).await?;
+    let credentials = Credentials::new(token);
+    let dest = stream.peer_addr().ok().map(|a| a.ip());
+    let framed = client_handshake(stream, service, credentials.presented_to(dest)).await?;
     Ok(transport(framed))
 }
 
@@ -271,20 +275,22 @@ pub async fn connect_master(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn handshake_accepts_matching_token_and_refuses_others() {
         for (server_token, client_token, ok) in [
-            ("", "", true),
+            // No token and no host secret: a peer of unknown address is refused.
+            ("", "", false),
             ("s3cret", "s3cret", true),
             ("s3cret", "wrong", false),
             ("s3cret", "", false),
         ] {
             let (a, b) = tokio::io::duplex(1 << 16);
-            let server =
-                tokio::spawn(
-                    async move { server_handshake(a, "master", server_token).await.is_ok() },
-                );
+            let server = tokio::spawn(async move {
+                let creds = Credentials::token_only(server_token);
+                server_handshake(a, "master", &creds, None).await.is_ok()
+            });
             let client = client_handshake(b, "master", client_token).await;
             assert_eq!(server.await.unwrap(), ok);
             match client {
@@ -300,13 +306,15 @@ mod tests {
     #[tokio::test]
     async fn handshake_refuses_wrong_service_and_garbage() {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move { server_handshake(a, "master", "").await });
+        let open = Credentials::token_only("");
+        let o = open.clone();
+        let server = tokio::spawn(async move { server_handshake(a, "master", &o, None).await });
         let client = client_handshake(b, "peer", "").await;
         assert!(server.await.unwrap().is_err());
         assert_eq!(client.unwrap_err().code(), ErrorCode::InvalidParams);
 
         let (a, b) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move { server_handshake(a, "master", "").await });
+        let server = tokio::spawn(async move { server_handshake(a, "master", &open, None).await });
         let mut raw = framed(b);
         raw.send(Bytes::from_static(b"\xff\xff\xff garbage"))
             .await
@@ -314,11 +322,19 @@ mod tests {
         assert!(server.await.unwrap().is_err());
     }
 
-    #[test]
-    fn token_compare() {
-        assert!(tokens_match("abc", "abc"));
-        assert!(!tokens_match("abc", "abd"));
-        assert!(!tokens_match("abc", "abcd"));
-        assert!(tokens_match("", ""));
+    #[tokio::test]
+    async fn an_oversized_hello_is_refused_before_it_is_buffered() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            server_handshake(a, "master", &Credentials::token_only("t"), None).await
+        });
+        let mut raw = tokio_util::codec::FramedWrite::new(b, LengthDelimitedCodec::new());
+        // Announces 200 MiB; the server must give up at the length, not wait for it.
+        let _ = raw.get_mut().write_all(&(200u32 << 20).to_be_bytes()).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("refused at once")
+            .unwrap();
+        assert!(r.is_err());
     }
 }

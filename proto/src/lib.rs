@@ -13,13 +13,19 @@
 //!   inventory messages.
 //! - [`units`]: parsing of human sizes ("4 GB", "4gb", "4294967296") and durations
 //!   ("10s", "500ms", "30m").
+//! - [`limits`]: connection caps per peer and in total, accept back-off, and a
+//!   gate that rate-limits repeated warnings.
 //! - [`master`]: the tarpc service trait of `mooncake_master`.
 //! - [`realclient`]: the tarpc service a real client offers to dummy clients.
+//! - [`auth`]: who may use a TCP door: the cluster token, or the host secret for
+//!   processes on this host.
 //! - [`codec`]: the postcard codec for tarpc, the connection handshake and the
 //!   `connect` / `accept` helpers.
 
+pub mod auth;
 pub mod codec;
 pub mod error;
+pub mod limits;
 pub mod master;
 pub mod realclient;
 pub mod types;

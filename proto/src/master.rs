@@ -76,6 +76,10 @@ pub trait Master {
     async fn get_replica_list(key: String) -> MResult<ReplicaList>;
     /// Batch form of `get_replica_list`.
     async fn batch_get_replica_list(keys: Vec<String>) -> Vec<MResult<ReplicaList>>;
+    /// The reader is done with the values it was granted, `(key, version)` per
+    /// grant: a value replaced or removed meanwhile is freed once its last reader
+    /// is done instead of when the lease ends.
+    async fn batch_release_reads(reads: Vec<(String, u64)>);
     /// Replica lists of every complete object whose key matches the regex.
     async fn get_replica_list_by_regex(pattern: String) -> MResult<Vec<(String, ReplicaList)>>;
 

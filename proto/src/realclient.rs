@@ -102,6 +102,7 @@ pub enum RingRequest {
         keys: Vec<String>,
         force: bool,
     },
+    ReleaseReads(Vec<(String, u64)>),
 }
 
 /// The answer to a [`RingRequest`].
@@ -187,6 +188,9 @@ pub trait RealClientService {
     async fn unmount_segment(ids: Vec<SegmentId>, grace_ms: u64, allocated: bool) -> MResult<()>;
     /// Abandons writes.
     async fn put_revoke(keys: Vec<String>) -> Vec<MResult<()>>;
+    /// The dummy is done reading values it was handed as [`GetOutcome::Local`] or
+    /// [`GetOutcome::Remote`], `(key, version)` each: their space may be reused.
+    async fn release_reads(reads: Vec<(String, u64)>);
     /// Readable replicas, with a read lease.
     async fn get_replicas(keys: Vec<String>) -> Vec<MResult<ReplicaList>>;
     /// Existence.

@@ -3,6 +3,7 @@
 replica, which copies the bytes to the target segment with its transfer engine.
 Checked by reading the object back after the original replica is gone."""
 
+import os
 import asyncio
 import threading
 import time
@@ -201,6 +202,10 @@ def http(master, method, path, body=None):
 
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     req = urllib.request.Request(f"http://127.0.0.1:{master.metrics_port}{path}", data=data, method=method)
+    # Admin writes need the credential: without a cluster token, the host secret.
+    secret = os.environ.get("MOONCAKE_HOST_SECRET_FILE") or os.path.expanduser("~/.mooncake/host_secret")
+    with open(secret) as f:
+        req.add_header("Authorization", "Bearer " + f.read().strip())
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())

@@ -33,6 +33,9 @@ use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfe
 const REMOUNT_CHUNK: usize = 100_000;
 /// Writes started but never ended are forgotten after this.
 const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
+/// How long an upsert waits for another write of the same key to end before it
+/// reports `OBJECT_ALREADY_EXISTS`.
+const UPSERT_WAIT: Duration = Duration::from_secs(5);
 
 /// Ranges of one object: (offset in the object, the dummy's memory).
 type Ranges = Vec<(u64, Translation)>;
@@ -44,6 +47,11 @@ type RangeWork = (usize, Vec<ReplicaDesc>, Ranges, Instant);
 /// A write started for a dummy and not yet ended.
 struct PendingWrite {
     started: Instant,
+    /// The IPC session that started it (0: TCP or in-process): its writes are
+    /// revoked when the session ends without finishing them.
+    owner: u64,
+    /// The master's version of the write, telling it from a later write of the key.
+    version: u64,
     replicas: Vec<ReplicaDesc>,
     /// Set once ranges were written to the remote replicas with
     /// `transfer_ranges`: the segments whose range writes failed.
@@ -554,14 +562,20 @@ impl RealClient {
     }
 
     /// Maps `size` bytes at `offset` of the shared-memory file `path` (tmpfs,
-    /// hugetlbfs, `/dev/shm`) and contributes them as a segment.
+    /// hugetlbfs, `/dev/shm`) and contributes them as a segment. `caller` is the
+    /// `(uid, gid)` of a dummy asking over the Unix socket: this daemon opens only
+    /// files that caller could open for reading and writing itself, so it cannot
+    /// be used to reach another user's memory (`None`: a caller that proved it
+    /// holds this daemon's credential).
     pub async fn mount_file_segment(
         &self,
         path: String,
         size: u64,
         offset: u64,
         protocol: String,
+        caller: Option<(u32, u32)>,
     ) -> MResult<Vec<SegmentId>> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let protocol = Self::check_protocol(&protocol)?;
         if size == 0 {
             return Err(ErrorCode::InvalidParams);
@@ -569,11 +583,22 @@ impl RealClient {
         let fd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| {
                 tracing::warn!("mount_segment: cannot open {path}: {e}");
                 ErrorCode::InvalidParams
             })?;
+        if let Some((uid, gid)) = caller {
+            let meta = fd.metadata().map_err(|_| ErrorCode::InvalidParams)?;
+            if !may_read_write(uid, gid, meta.uid(), meta.gid(), meta.mode()) {
+                tracing::warn!(
+                    uid,
+                    "mount_segment: refused {path}: the caller may not read and write it"
+                );
+                return Err(ErrorCode::IllegalClient);
+            }
+        }
         let options = RegionOptions::from_env();
         let region = Region::from_fd(fd.into(), offset, size, &options).map_err(|e| {
             tracing::warn!("mount_segment: cannot map {path}: {e}");
@@ -758,29 +783,48 @@ impl RealClient {
     // ------------------------------------------------------------ operations
 
     /// Starts writes for a dummy; local segment first unless the config says otherwise.
+    /// An upsert of a key another write is still writing waits for that write to
+    /// end (up to [`UPSERT_WAIT`]), so concurrent upserts each succeed, the last
+    /// one's value winning. `owner` is the IPC session starting the writes.
     pub async fn put_start(
         &self,
         keys: Vec<String>,
         sizes: Vec<u64>,
         mut config: ReplicateConfig,
         upsert: bool,
+        owner: u64,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         if config.preferred_segments.is_empty() && self.segment.is_some() {
             config.preferred_segments = vec![self.hostname()];
         }
-        let call = async {
-            let master = self.master()?;
-            if upsert {
-                master
-                    .batch_upsert_start(self.client_id, keys.clone(), sizes, config)
-                    .await
-            } else {
-                master
-                    .batch_put_start(self.client_id, keys.clone(), sizes, config)
-                    .await
+        let mut results = self
+            .start_writes(keys.clone(), sizes.clone(), &config, upsert)
+            .await;
+        if upsert {
+            let give_up = Instant::now() + UPSERT_WAIT;
+            let mut pause = Duration::from_micros(200);
+            loop {
+                let busy: Vec<usize> = (0..keys.len())
+                    .filter(|&i| results[i] == Err(ErrorCode::ObjectAlreadyExists))
+                    .collect();
+                if busy.is_empty() || Instant::now() >= give_up {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+                let retried = self
+                    .start_writes(
+                        busy.iter().map(|&i| keys[i].clone()).collect(),
+                        busy.iter().map(|&i| sizes[i]).collect(),
+                        &config,
+                        true,
+                    )
+                    .await;
+                for (i, r) in busy.into_iter().zip(retried) {
+                    results[i] = r;
+                }
             }
-        };
-        let results = per_key(keys.len(), call.await);
+        }
         let now = Instant::now();
         let mut pending = self.pending.lock();
         for (k, r) in keys.iter().zip(&results) {
@@ -789,6 +833,8 @@ impl RealClient {
                     k.clone(),
                     PendingWrite {
                         started: now,
+                        owner,
+                        version: descs.first().map_or(0, |d| d.version),
                         replicas: descs.clone(),
                         ranged_failures: None,
                     },
@@ -798,8 +844,109 @@ impl RealClient {
         results
     }
 
+    async fn start_writes(
+        &self,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        let n = keys.len();
+        let call = async {
+            let master = self.master()?;
+            if upsert {
+                master
+                    .batch_upsert_start(self.client_id, keys, sizes, config.clone())
+                    .await
+            } else {
+                master
+                    .batch_put_start(self.client_id, keys, sizes, config.clone())
+                    .await
+            }
+        };
+        per_key(n, call.await)
+    }
+
+    /// The versions of the pending writes of `keys` (0 when there is none).
+    fn pending_versions(&self, keys: impl Iterator<Item = impl AsRef<str>>) -> Vec<u64> {
+        let pending = self.pending.lock();
+        keys.map(|k| pending.get(k.as_ref()).map_or(0, |w| w.version))
+            .collect()
+    }
+
+    /// Takes the pending write of `key` if it is still the one of `version` (a
+    /// later write of the key may have started once this one ended).
+    fn take_pending(
+        pending: &mut HashMap<String, PendingWrite>,
+        key: &str,
+        version: u64,
+    ) -> Option<PendingWrite> {
+        if pending.get(key)?.version == version {
+            pending.remove(key)
+        } else {
+            None
+        }
+    }
+
+    /// Revokes the writes an IPC session started and did not finish: its dummy
+    /// died or disconnected, so nobody will end them, and the keys must not stay
+    /// blocked until the master's discard timeout.
+    pub async fn revoke_writes_of(&self, owner: u64) {
+        if owner == 0 {
+            return;
+        }
+        let keys: Vec<String> = {
+            let mut pending = self.pending.lock();
+            let keys: Vec<String> = pending
+                .iter()
+                .filter(|(_, w)| w.owner == owner)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &keys {
+                pending.remove(k);
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let n = keys.len();
+        let results = match self.master() {
+            Ok(m) => per_key(n, m.batch_put_revoke(self.client_id, keys).await),
+            Err(e) => vec![Err(e); n],
+        };
+        let revoked = results.iter().filter(|r| r.is_ok()).count();
+        tracing::info!(
+            session = owner,
+            revoked,
+            unfinished = n,
+            "revoked the unfinished writes of a dummy that went away"
+        );
+    }
+
+    /// Readers are done with values they were granted: tells the master, without
+    /// waiting, so replaced values are freed as soon as nobody reads them.
+    pub async fn release_reads(&self, reads: Vec<(String, u64)>) {
+        if reads.is_empty() {
+            return;
+        }
+        let Ok(master) = self.master() else { return };
+        match master {
+            // A direct call: done at once.
+            MasterHandle::Local(_) => {
+                let _ = master.batch_release_reads(reads).await;
+            }
+            MasterHandle::Remote(_) => {
+                tokio::spawn(async move {
+                    let _ = master.batch_release_reads(reads).await;
+                });
+            }
+        }
+    }
+
     /// Ends writes; records local replicas in the inventory at once.
     pub async fn put_end(&self, keys: Vec<String>) -> Vec<MResult<()>> {
+        let versions = self.pending_versions(keys.iter());
         let call = async {
             self.master()?
                 .batch_put_end(self.client_id, keys.clone())
@@ -808,10 +955,10 @@ impl RealClient {
         let results = per_key(keys.len(), call.await);
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
-        for (k, r) in keys.iter().zip(&results) {
+        for ((k, r), version) in keys.iter().zip(&results).zip(versions) {
             let Some(PendingWrite {
                 replicas: descs, ..
-            }) = pending.remove(k)
+            }) = Self::take_pending(&mut pending, k, version)
             else {
                 continue;
             };
@@ -844,10 +991,12 @@ impl RealClient {
         let mut replicas: Vec<Vec<ReplicaDesc>> = Vec::with_capacity(items.len());
         // Per item: the remote replicas were already written by `transfer_ranges`.
         let mut ranged: Vec<bool> = Vec::with_capacity(items.len());
+        let mut versions: Vec<u64> = Vec::with_capacity(items.len());
         {
             let pending = self.pending.lock();
             for (i, item) in items.iter().enumerate() {
                 let w = pending.get(&item.key);
+                versions.push(w.map_or(0, |w| w.version));
                 replicas.push(w.map(|w| w.replicas.clone()).unwrap_or_default());
                 let done = match w.and_then(|w| w.ranged_failures.as_ref()) {
                     Some(fails) if item.sources.is_empty() => {
@@ -914,7 +1063,9 @@ impl RealClient {
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for (i, k) in keys.iter().enumerate() {
-            let descs = pending.remove(k).map(|w| w.replicas).unwrap_or_default();
+            let descs = Self::take_pending(&mut pending, k, versions[i])
+                .map(|w| w.replicas)
+                .unwrap_or_default();
             if results[i].is_ok() {
                 for d in descs {
                     if Some(d.segment_id) == own && !failed[i].contains(&d.segment_id) {
@@ -947,9 +1098,12 @@ impl RealClient {
             return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
         }
         let started = Instant::now();
-        let lists = self.get_replicas(keys).await;
+        let lists = self.get_replicas(keys.clone()).await;
         let own = self.segment().map(|d| d.id);
         let mut out: Vec<MResult<GetOutcome>> = Vec::with_capacity(lists.len());
+        // Grants this call uses up itself; `Local` and `Remote` lists go to the
+        // dummy, which releases them once it has read.
+        let mut done_with: Vec<(String, u64)> = Vec::new();
         // Per key wanting a transfer: its remote replicas and destination spans.
         let mut wanted: Vec<(usize, ReplicaList, Vec<Translation>)> = Vec::new();
         for (i, list) in lists.into_iter().enumerate() {
@@ -967,6 +1121,9 @@ impl RealClient {
             if dests[i].is_empty() {
                 out.push(Ok(GetOutcome::Remote(list)));
                 continue;
+            }
+            if let Some(r) = list.replicas.first() {
+                done_with.push((keys[i].clone(), r.version));
             }
             let capacity: u64 = dests[i].iter().map(|d| d.len).sum();
             if capacity < list.size {
@@ -1008,6 +1165,7 @@ impl RealClient {
                 out[i] = Err(e);
             }
         }
+        self.release_reads(done_with).await;
         out
     }
 
@@ -1291,6 +1449,22 @@ impl RealClient {
     }
 }
 
+/// Whether a process of `uid`/`gid` may read and write a file owned by
+/// `owner`/`group` with `mode`, going by the permission bits alone (supplementary
+/// groups and ACLs are not consulted: when unsure, no).
+fn may_read_write(uid: u32, gid: u32, owner: u32, group: u32, mode: u32) -> bool {
+    let rw = |shift: u32| (mode >> shift) & 0o6 == 0o6;
+    if uid == 0 {
+        true
+    } else if uid == owner {
+        rw(6)
+    } else if gid == group {
+        rw(3)
+    } else {
+        rw(0)
+    }
+}
+
 /// The job moving the range at `offset` in the object of `replica` from or to `local`.
 fn range_job(
     direction: Direction,
@@ -1356,4 +1530,29 @@ fn translate_all(
         left -= len;
     }
     Ok(spans)
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::may_read_write;
+
+    #[test]
+    fn only_callers_the_mode_lets_in_may_mount_a_file() {
+        assert!(may_read_write(1000, 1000, 1000, 1000, 0o600));
+        assert!(
+            !may_read_write(1000, 1000, 0, 0, 0o600),
+            "root's private file"
+        );
+        assert!(
+            !may_read_write(1000, 1000, 0, 0, 0o644),
+            "readable is not writable"
+        );
+        assert!(may_read_write(1000, 50, 0, 50, 0o660));
+        assert!(may_read_write(1000, 1000, 0, 0, 0o666));
+        assert!(
+            !may_read_write(1000, 1000, 1000, 1000, 0o066),
+            "owner bits rule the owner"
+        );
+        assert!(may_read_write(0, 0, 1000, 1000, 0o600), "root may");
+    }
 }

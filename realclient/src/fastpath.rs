@@ -81,5 +81,9 @@ async fn dispatch(h: Handler, request: &[u8]) -> RingResponse {
         } => RingResponse::Started(h.put_start(c, keys, sizes, config, upsert).await),
         RingRequest::PutComplete(items) => RingResponse::Units(h.put_complete(c, items).await),
         RingRequest::Remove { keys, force } => RingResponse::Units(h.remove(c, keys, force).await),
+        RingRequest::ReleaseReads(reads) => {
+            h.release_reads(c, reads).await;
+            RingResponse::Unit(Ok(()))
+        }
     }
 }

@@ -46,7 +46,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use mooncake_ipc::{IpcServer, IpcServerConfig};
+use mooncake_proto::auth::Credentials;
 use mooncake_proto::codec::{server_handshake, transport};
+use mooncake_proto::limits::{ConnectionLimiter, LogGate, accept_backoff};
+
+/// Refused TCP connections and accept failures are logged at most once a second.
+static TCP_REFUSALS: LogGate = LogGate::new(Duration::from_secs(1));
+static TCP_ACCEPT_ERRORS: LogGate = LogGate::new(Duration::from_secs(1));
 use mooncake_proto::realclient::RealClientService as _;
 
 /// How long a SIGTERM waits for calls in progress before the session ends.
@@ -145,15 +151,17 @@ pub async fn run(
         endpoints.http = Some(listener.local_addr()?);
         tracing::info!("HTTP health and metrics on {}", listener.local_addr()?);
         let router = http_router(client.clone());
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-        });
+        tokio::spawn(mooncake_master::http::serve_http(
+            listener,
+            router,
+            shutdown.clone(),
+        ));
     }
 
     on_ready(&client, &endpoints);
+    let credentials = Arc::new(Credentials::new(&config.cluster_token));
+    let tcp_limiter = ConnectionLimiter::default();
+    let mut accept_failures = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -178,21 +186,45 @@ pub async fn run(
                     }
                     // Registered buffers stay mapped until the calls using them end.
                     session.close(DRAIN_TIMEOUT).await;
+                    // Writes the dummy started and never finished will not be.
+                    client.revoke_writes_of(session.id()).await;
                     client.metrics.dummy_connected(-1);
                 });
             }
             conn = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
-                let Ok((stream, peer)) = conn else { continue };
+                let (stream, peer) = match conn {
+                    Ok(c) => {
+                        accept_failures = 0;
+                        c
+                    }
+                    Err(e) => {
+                        if let Some(held_back) = TCP_ACCEPT_ERRORS.admit() {
+                            tracing::warn!(error = %e, held_back, "tcp accept failed");
+                        }
+                        tokio::time::sleep(accept_backoff(accept_failures)).await;
+                        accept_failures += 1;
+                        continue;
+                    }
+                };
+                let Some(permit) = tcp_limiter.admit(peer.ip()) else {
+                    if let Some(held_back) = TCP_REFUSALS.admit() {
+                        tracing::warn!(%peer, held_back, "tcp connection refused: too many connections");
+                    }
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let client = client.clone();
                 let requests = requests.clone();
-                let token = config.cluster_token.clone();
+                let credentials = credentials.clone();
                 let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    let framed = match server_handshake(stream, "realclient", &token).await {
+                requests.clone().spawn(async move {
+                    let _permit = permit;
+                    let framed = match server_handshake(stream, "realclient", &credentials, Some(peer.ip())).await {
                         Ok(f) => f,
                         Err(e) => {
-                            tracing::warn!(%peer, error = %e, "tcp connection refused");
+                            if let Some(held_back) = TCP_REFUSALS.admit() {
+                                tracing::warn!(%peer, error = %e, held_back, "tcp connection refused");
+                            }
                             return;
                         }
                     };

@@ -67,6 +67,8 @@ forward! {
     fn batch_put_revoke(client: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
     /// `batch_get_replica_list`.
     fn batch_get_replica_list(keys: Vec<String>) -> Vec<MResult<ReplicaList>>;
+    /// `batch_release_reads`.
+    fn batch_release_reads(reads: Vec<(String, u64)>) -> ();
     /// `batch_exist_key`.
     fn batch_exist_key(keys: Vec<String>) -> Vec<MResult<bool>>;
     /// `get_size`.

@@ -93,7 +93,11 @@ impl RealClientService for Handler {
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         let t = Instant::now();
         let bytes: u64 = sizes.iter().sum();
-        let r = self.client.put_start(keys, sizes, config, upsert).await;
+        let owner = self.session.as_ref().map_or(0, |s| s.id());
+        let r = self
+            .client
+            .put_start(keys, sizes, config, upsert, owner)
+            .await;
         self.client.metrics.add_object_bytes(bytes, 0);
         self.record(Op::PutStart, t, &r);
         r
@@ -216,8 +220,9 @@ impl RealClientService for Handler {
         offset: u64,
         protocol: String,
     ) -> MResult<Vec<SegmentId>> {
+        let caller = self.session.as_ref().map(|s| (s.peer().uid, s.peer().gid));
         self.client
-            .mount_file_segment(path, size, offset, protocol)
+            .mount_file_segment(path, size, offset, protocol, caller)
             .await
     }
 
@@ -247,6 +252,10 @@ impl RealClientService for Handler {
         let r = self.client.put_revoke(keys).await;
         self.record(Op::PutRevoke, t, &r);
         r
+    }
+
+    async fn release_reads(self, _: Context, reads: Vec<(String, u64)>) {
+        self.client.release_reads(reads).await;
     }
 
     async fn get_replicas(self, _: Context, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {

@@ -24,7 +24,7 @@ use crate::metrics::{Gauges, Metrics, human_bytes};
 use crate::segments::{Segment, SegmentTable};
 use crate::shard::{
     FLAG_HARD_PIN, FLAG_PENDING_UPSERT, FLAG_REPLICATING, Object, PendingWrite, Placement,
-    Replicas, Shard,
+    READERS_UNKNOWN, Replicas, Shard,
 };
 use crate::tasks::TaskTable;
 
@@ -66,6 +66,13 @@ struct DeferredFree {
     release_at: u64,
 }
 
+/// A replaced or removed value that readers may still be copying: freed when the
+/// last of them releases its grant, or when the lease ends, whichever comes first.
+struct ReplacedValue {
+    frees: Vec<DeferredFree>,
+    readers: u16,
+}
+
 #[derive(Default)]
 struct EvictionState {
     passes: u64,
@@ -84,6 +91,8 @@ pub struct MasterService {
     segments: RwLock<SegmentTable>,
     clients: Mutex<HashMap<ClientId, ClientEntry>>,
     deferred: Mutex<Vec<DeferredFree>>,
+    /// Replaced values still being read, by version.
+    replaced: Mutex<HashMap<u64, ReplacedValue>>,
     last_version: AtomicU64,
     view_version: u64,
     eviction: Mutex<EvictionState>,
@@ -120,6 +129,7 @@ impl MasterService {
             segments: RwLock::new(SegmentTable::default()),
             clients: Mutex::new(HashMap::new()),
             deferred: Mutex::new(Vec::new()),
+            replaced: Mutex::new(HashMap::new()),
             last_version: AtomicU64::new(0),
             view_version: unix_micros() | 1,
             eviction: Mutex::new(EvictionState::default()),
@@ -260,21 +270,81 @@ impl MasterService {
         }
     }
 
-    /// Releases a value replaced by a newer one: at once, or when its read lease ends.
+    /// Releases a value replaced by a newer one or removed: at once when no reader
+    /// can still be copying it, else when the last reader releases its grant or
+    /// the lease ends.
     fn release_replaced(&self, segs: &SegmentTable, old: &Object, now: u64) {
-        if old.leased(now) {
-            let placements = old.replicas.as_slice();
-            self.release_later(
-                segs,
-                placements,
-                old.size,
-                old.version,
-                old.lease_until,
-                true,
-            );
-        } else {
+        if !old.leased(now) || old.readers == 0 {
             self.release_now(segs, old.replicas.as_slice(), old.size, old.version);
+            return;
         }
+        let mut frees = Vec::new();
+        for p in old.replicas.as_slice() {
+            if let Some(seg) = segs.get(p.segment) {
+                seg.log.lock().push(InventoryChange::Removed {
+                    segment_id: seg.desc.id,
+                    offset: p.offset,
+                    version: old.version,
+                });
+                frees.push(DeferredFree {
+                    segment_id: seg.desc.id,
+                    slot: p.segment,
+                    offset: p.offset,
+                    size: old.size,
+                    release_at: old.lease_until,
+                });
+            }
+        }
+        self.replaced.lock().insert(
+            old.version,
+            ReplacedValue {
+                frees,
+                readers: old.readers,
+            },
+        );
+    }
+
+    /// Readers are done with the values they were granted (`(key, version)` per
+    /// grant): space of replaced values nobody reads any more is freed at once.
+    pub fn release_reads(&self, reads: &[(String, u64)]) {
+        let mut done = Vec::new();
+        for (key, version) in reads {
+            if self.validate_key(key).is_err() {
+                continue;
+            }
+            let hash = self.hash(key);
+            {
+                let mut shard = self.shard(hash).lock();
+                if let Some(o) = shard.get_mut(hash, key)
+                    && o.version == *version
+                {
+                    o.release_reader();
+                    continue;
+                }
+            }
+            let mut replaced = self.replaced.lock();
+            if let Some(r) = replaced.get_mut(version) {
+                if r.readers != READERS_UNKNOWN {
+                    r.readers = r.readers.saturating_sub(1);
+                }
+                if r.readers == 0 {
+                    done.extend(replaced.remove(version).expect("present").frees);
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.free_deferred(done);
+        }
+    }
+
+    fn free_deferred(&self, frees: Vec<DeferredFree>) {
+        let segs = self.segments.read();
+        for d in frees {
+            if let Some(seg) = segs.get(d.slot).filter(|s| s.desc.id == d.segment_id) {
+                seg.free(d.offset, d.size);
+            }
+        }
+        self.free_epoch.fetch_add(1, Relaxed);
     }
 
     /// Frees the space of a write that will never end (revoked or abandoned).
@@ -501,6 +571,7 @@ impl MasterService {
             replicas: Replicas::from_vec(p.replicas),
             soft_pin_until_s,
             flags: if p.hard_pin { FLAG_HARD_PIN } else { 0 },
+            readers: 0,
         };
         let segs = self.segments.read();
         Self::emit_added(
@@ -547,6 +618,7 @@ impl MasterService {
     fn grant_read(segs: &SegmentTable, o: &mut Object, now: u64, ttl: u64) -> ReplicaList {
         o.lease_until = o.lease_until.max(now + ttl);
         o.last_access = now;
+        o.add_reader();
         ReplicaList {
             size: o.size,
             replicas: o
@@ -674,9 +746,11 @@ impl MasterService {
                 Err(ErrorCode::ObjectHasReplicationTask)
             }
             Some(_) => {
+                // A forced remove leaves the index at once, but leased space is
+                // reused only when the lease ends: a reader may still be copying.
                 let o = shard.remove(hash, key).expect("present");
                 let segs = self.segments.read();
-                self.release_now(&segs, o.replicas.as_slice(), o.size, o.version);
+                self.release_replaced(&segs, &o, now);
                 Ok(())
             }
         }
@@ -761,7 +835,7 @@ impl MasterService {
                         && matches(k)
                 },
                 |_, o| {
-                    self.release_now(&segs, o.replicas.as_slice(), o.size, o.version);
+                    self.release_replaced(&segs, &o, now);
                     count += 1;
                 },
             );
@@ -996,6 +1070,10 @@ impl MasterService {
         self.deferred
             .lock()
             .retain(|d| d.slot != slot || d.segment_id != *id);
+        self.replaced.lock().retain(|_, r| {
+            r.frees.retain(|d| d.slot != slot || d.segment_id != *id);
+            !r.frees.is_empty()
+        });
         self.segments.write().release_slot(slot);
         tracing::info!(segment = %id, dropped, "segment unmounted");
         dropped
@@ -1125,6 +1203,9 @@ impl MasterService {
                             replicas: Replicas::One(placement),
                             soft_pin_until_s: 0,
                             flags: 0,
+                            // Readers of the previous master incarnation may still
+                            // release grants: their count is not known here.
+                            readers: READERS_UNKNOWN,
                         };
                         shard.insert(hash, &e.key, object, &|k: &str| self.hasher.hash_one(k));
                         true
@@ -1144,6 +1225,9 @@ impl MasterService {
                             replicas: Replicas::One(placement),
                             soft_pin_until_s: 0,
                             flags: 0,
+                            // Readers of the previous master incarnation may still
+                            // release grants: their count is not known here.
+                            readers: READERS_UNKNOWN,
                         };
                         let old = std::mem::replace(o, replaced);
                         self.release_replaced(&self.segments.read(), &old, now);
@@ -1304,14 +1388,17 @@ impl MasterService {
             *deferred = keep;
             due
         };
-        if !due.is_empty() {
-            let segs = self.segments.read();
-            for d in due {
-                if let Some(seg) = segs.get(d.slot).filter(|s| s.desc.id == d.segment_id) {
-                    seg.free(d.offset, d.size);
-                }
+        let mut due = due;
+        self.replaced.lock().retain(|_, r| {
+            if r.frees.iter().all(|d| d.release_at <= now) {
+                due.append(&mut r.frees);
+                false
+            } else {
+                true
             }
-            self.free_epoch.fetch_add(1, Relaxed);
+        });
+        if !due.is_empty() {
+            self.free_deferred(due);
         }
 
         self.expire_copies(now);

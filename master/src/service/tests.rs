@@ -269,7 +269,40 @@ async fn remove_all_and_regex_skip_leased_objects_unless_forced() {
     assert_eq!(m.remove_all(false), 10);
     assert_eq!(m.remove_all(true), 1);
     assert_eq!(m.gauges().key_count, 0);
+    // The leased object's space comes back when its lease ends.
+    assert!(m.gauges().allocated_bytes > 0);
+    advance(Duration::from_millis(10_001)).await;
+    m.ping(c);
+    m.housekeeping();
     assert_eq!(m.gauges().allocated_bytes, 0);
+    assert_eq!(m.all_segments().len(), 1, "the client is alive");
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_remove_keeps_leased_space_until_the_lease_ends() {
+    let m = master();
+    let c = Uuid::new_v4();
+    m.mount_segment(c, segment("a", "h", MIB)).unwrap();
+    let first = put(&m, c, "k", MIB).unwrap();
+    let lease = m.get_replica_list("k").unwrap();
+    m.remove("k", true).unwrap();
+    // Gone from the index at once...
+    assert_eq!(m.exist_key("k"), Ok(false));
+    assert_eq!(m.get_replica_list("k"), Err(ErrorCode::ObjectNotFound));
+    // ...but a reader holding the lease may still be copying: its bytes are not
+    // handed to a new writer (the segment has no other room).
+    assert_eq!(put(&m, c, "k", MIB), Err(ErrorCode::NoAvailableHandle));
+    advance(Duration::from_millis(lease.lease_ttl_ms - 1)).await;
+    m.ping(c);
+    m.housekeeping();
+    assert_eq!(put(&m, c, "k", MIB), Err(ErrorCode::NoAvailableHandle));
+    advance(Duration::from_millis(2)).await;
+    m.housekeeping();
+    let again = put(&m, c, "k", MIB).unwrap();
+    assert_eq!(again[0].offset, first[0].offset);
+    // An unleased object's space is reused at once.
+    m.remove("k", true).unwrap();
+    put(&m, c, "k2", MIB).unwrap();
 }
 
 #[tokio::test(start_paused = true)]

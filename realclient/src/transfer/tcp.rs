@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use mooncake_proto::auth::Credentials;
+use mooncake_proto::limits::{ConnectionLimiter, LogGate, accept_backoff};
 use mooncake_proto::{ErrorCode, MResult, SegmentId};
 use mooncake_shm::{Gate, Region};
 
@@ -41,6 +43,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const STALLED_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 16;
+/// A connection idle this long is closed by the server (clients reconnect).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pooled connections are not reused after this long idle (before the server's
+/// idle timeout can close them under us).
+const POOL_IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// Connections (one thread each) one peer address may hold on a transfer port.
+const MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// Connections all peers together may hold on a transfer port.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Refused peers and failed accepts are logged at most once a second.
+static REFUSALS: LogGate = LogGate::new(Duration::from_secs(1));
+static ACCEPT_ERRORS: LogGate = LogGate::new(Duration::from_secs(1));
 
 struct Header {
     op: u8,
@@ -105,18 +120,19 @@ fn code_result(code: i32) -> MResult<()> {
 
 /// The client side of the TCP transport, with a connection pool per peer.
 pub struct TcpTransport {
-    token: String,
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    credentials: Credentials,
+    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
     max_streams: usize,
     split_min: u64,
 }
 
 impl TcpTransport {
-    /// A transport presenting `token` to peers; up to 4 parallel streams per call,
-    /// jobs of 2 MiB or more split in pieces of at least 1 MiB.
+    /// A transport presenting `token` to peers (without one, the host secret to
+    /// peers on this host); up to 4 parallel streams per call, jobs of 2 MiB or
+    /// more split in pieces of at least 1 MiB.
     pub fn new(token: impl Into<String>) -> TcpTransport {
         TcpTransport {
-            token: token.into(),
+            credentials: Credentials::new(&token.into()),
             idle: Mutex::new(HashMap::new()),
             max_streams: 4,
             split_min: 1 << 20,
@@ -151,12 +167,13 @@ impl TcpTransport {
                 ErrorCode::TransferFail
             })?;
         tune(&stream);
+        let token = self.credentials.presented_to(Some(addr.ip()));
         let io = |stream: &mut TcpStream| -> std::io::Result<i32> {
             stream.set_read_timeout(Some(remaining.min(HELLO_TIMEOUT)))?;
-            let mut hello = Vec::with_capacity(10 + self.token.len());
+            let mut hello = Vec::with_capacity(10 + token.len());
             hello.extend_from_slice(MAGIC);
-            hello.extend_from_slice(&(self.token.len() as u16).to_le_bytes());
-            hello.extend_from_slice(self.token.as_bytes());
+            hello.extend_from_slice(&(token.len() as u16).to_le_bytes());
+            hello.extend_from_slice(token.as_bytes());
             stream.write_all(&hello)?;
             read_code(stream)
         };
@@ -166,14 +183,17 @@ impl TcpTransport {
     }
 
     fn checkout(&self, endpoint: &str) -> Option<TcpStream> {
-        self.idle.lock().get_mut(endpoint)?.pop()
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(endpoint)?;
+        list.retain(|(_, since)| since.elapsed() < POOL_IDLE_LIMIT);
+        list.pop().map(|(s, _)| s)
     }
 
     fn checkin(&self, endpoint: &str, stream: TcpStream) {
         let mut idle = self.idle.lock();
         let list = idle.entry(endpoint.to_string()).or_default();
         if list.len() < MAX_IDLE_PER_PEER {
-            list.push(stream);
+            list.push((stream, Instant::now()));
         }
     }
 
@@ -353,7 +373,8 @@ impl Transport for TcpTransport {
 // ------------------------------------------------------------------ server side
 
 struct ServerState {
-    token: String,
+    credentials: Credentials,
+    limiter: ConnectionLimiter,
     /// The segments served: the global segment and any mounted later.
     segments: parking_lot::RwLock<Vec<(SegmentId, Arc<Region>)>>,
     stopping: AtomicBool,
@@ -374,7 +395,8 @@ pub struct TransferServer {
 }
 
 impl TransferServer {
-    /// Listens on `addr` (port 0 = any free port) for peers presenting `token`.
+    /// Listens on `addr` (port 0 = any free port) for peers presenting `token`
+    /// (without one: peers on this host present the host secret).
     pub fn bind(
         addr: &str,
         token: impl Into<String>,
@@ -383,7 +405,8 @@ impl TransferServer {
         let listener = TcpListener::bind(addr)?;
         let bound = listener.local_addr()?;
         let state = Arc::new(ServerState {
-            token: token.into(),
+            credentials: Credentials::new(&token.into()),
+            limiter: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS),
             segments: parking_lot::RwLock::new(segment.into_iter().collect()),
             stopping: AtomicBool::new(false),
             gate: Gate::default(),
@@ -461,11 +484,33 @@ impl Drop for TransferServer {
 }
 
 fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
-    for conn in listener.incoming() {
+    let mut failures = 0u32;
+    loop {
+        let accepted = listener.accept();
         if state.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(stream) = conn else { continue };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                failures = 0;
+                a
+            }
+            Err(e) => {
+                // Out of fds: sleep instead of spinning on the same error.
+                if let Some(held_back) = ACCEPT_ERRORS.admit() {
+                    tracing::warn!(error = %e, held_back, "transfer port: accept failed");
+                }
+                std::thread::sleep(accept_backoff(failures));
+                failures += 1;
+                continue;
+            }
+        };
+        let Some(permit) = state.limiter.admit(peer.ip()) else {
+            if let Some(held_back) = REFUSALS.admit() {
+                tracing::warn!(%peer, held_back, "transfer port: too many connections; refused");
+            }
+            continue;
+        };
         let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
             state.conns.lock().insert(id, clone);
@@ -474,9 +519,9 @@ fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
         let spawned = std::thread::Builder::new()
             .name("mc-xfer-conn".into())
             .spawn(move || {
-                let peer = stream.peer_addr().ok();
-                if let Err(e) = serve_connection(stream, &st) {
-                    tracing::debug!("transfer connection from {peer:?} ended: {e}");
+                let _permit = permit;
+                if let Err(e) = serve_connection(stream, peer, &st) {
+                    tracing::debug!("transfer connection from {peer} ended: {e}");
                 }
                 st.conns.lock().remove(&id);
             });
@@ -490,7 +535,11 @@ fn reply(stream: &mut TcpStream, code: i32) -> std::io::Result<()> {
     stream.write_all(&code.to_le_bytes())
 }
 
-fn serve_connection(mut stream: TcpStream, state: &ServerState) -> std::io::Result<()> {
+fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &ServerState,
+) -> std::io::Result<()> {
     tune(&stream);
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     let mut magic = [0u8; 10];
@@ -502,20 +551,31 @@ fn serve_connection(mut stream: TcpStream, state: &ServerState) -> std::io::Resu
     }
     let mut token = vec![0u8; token_len];
     stream.read_exact(&mut token)?;
-    if token != state.token.as_bytes() {
+    let given = String::from_utf8_lossy(&token);
+    if !state.credentials.admits(Some(peer.ip()), &given) {
         let _ = reply(&mut stream, ErrorCode::IllegalClient.as_i32());
-        tracing::warn!("refused a transfer peer with a wrong cluster token");
-        return Err(std::io::Error::other("wrong cluster token"));
+        if let Some(held_back) = REFUSALS.admit() {
+            tracing::warn!(%peer, held_back, "transfer port: refused: {}", state.credentials.refusal());
+        }
+        return Err(std::io::Error::other("refused credential"));
     }
     reply(&mut stream, 0)?;
     stream.set_write_timeout(Some(STALLED_PEER_TIMEOUT))?;
     loop {
         let mut raw = [0u8; HEADER_LEN];
-        // Idle pooled connections wait here without a timeout.
-        stream.set_read_timeout(None)?;
+        // Idle pooled connections wait here, up to the idle timeout.
+        stream.set_read_timeout(Some(IDLE_CONNECTION_TIMEOUT))?;
         match stream.read_exact(&mut raw) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(()); // idle too long
+            }
             Err(e) => return Err(e),
         }
         stream.set_read_timeout(Some(STALLED_PEER_TIMEOUT))?;
