@@ -360,3 +360,72 @@ fn other_user_child_entry() {
         println!("MC:REFUSED admin");
     }
 }
+
+/// A dummy that hands the real client a call ring it can still shrink, then
+/// shrinks it to nothing while the real client polls it: the real client must
+/// live on (before, it died of SIGBUS without a log line) and keep serving others.
+#[test]
+fn a_dummy_shrinking_its_shared_memory_cannot_kill_the_real_client() {
+    use mooncake_ipc::IpcClient;
+    use mooncake_ipc::client::control_transport;
+    use mooncake_proto::realclient::RealClientServiceClient;
+    use mooncake_shm::callring::RingShape;
+    use mooncake_shm::{CallRing, Region, RegionOptions};
+    use std::sync::Arc;
+
+    let paths = Paths::new("sec-sigbus");
+    let mut client = start_client(&paths, None, "32MB");
+    let honest = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = put_many(&honest, "before", 16, 64 << 10);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (ipc, control) = IpcClient::connect(&paths.socket, "").await.unwrap();
+        let rpc =
+            RealClientServiceClient::new(Default::default(), control_transport(control)).spawn();
+        // A well-formed ring, copied into a memfd with no seals.
+        let shape = RingShape {
+            slots: 8,
+            slot_size: 4096,
+            resp_slots: 8,
+            resp_size: 4096,
+        };
+        let honest_ring = CallRing::create(shape).unwrap();
+        let len = honest_ring.region().len();
+        let mut bytes = vec![0u8; len];
+        honest_ring.region().read(0, &mut bytes).unwrap();
+        let fd = rustix::fs::memfd_create("hostile-ring", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, len as u64).unwrap();
+        let handle = fd.try_clone().unwrap();
+        let region =
+            Arc::new(Region::from_fd(fd, 0, len as u64, &RegionOptions::default()).unwrap());
+        region.write(0, &bytes).unwrap();
+        let base = ipc.register(&region, 0, len as u64).await.unwrap();
+        rpc.attach_ring(tarpc::context::current(), base)
+            .await
+            .unwrap()
+            .unwrap();
+        // Let the real client's ring thread settle into polling, then pull the
+        // memory out from under it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rustix::fs::ftruncate(&handle, 0).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(rpc);
+        drop(ipc);
+    });
+    let mut log = Vec::new();
+    let reported = wait_until(Duration::from_secs(5), || {
+        log.extend(client.drain_log());
+        log.iter().any(|l| l.contains("shrank shared memory"))
+    });
+    assert!(client.alive(), "the real client died");
+    assert!(reported, "the repaired fault was not reported: {log:?}");
+    // Everyone else is still served: old objects intact, new ones stored.
+    assert_all_readable(&honest, &keys, 64 << 10);
+    let fresh = DummyClient::connect(&paths.socket, "").unwrap();
+    let more = put_many(&fresh, "after", 16, 64 << 10);
+    assert_all_readable(&honest, &more, 64 << 10);
+}

@@ -65,6 +65,9 @@ pub(crate) const FLAG_HARD_PIN: u8 = 1;
 pub(crate) const FLAG_PENDING_UPSERT: u8 = 2;
 /// A replica copy or move of the object is in flight.
 pub(crate) const FLAG_REPLICATING: u8 = 4;
+/// Rebuilt from a client's inventory (not written through this master): only
+/// such objects may be replaced by a newer version another remount presents.
+pub(crate) const FLAG_RESTORED: u8 = 8;
 
 /// Metadata of one complete object. Times are master-clock milliseconds, except the
 /// soft-pin deadline, kept in seconds to stay within the memory budget.

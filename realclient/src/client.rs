@@ -355,12 +355,21 @@ impl RealClient {
     async fn heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut repaired = mooncake_shm::guard::repaired_faults();
         while self
             .shutdown
             .run_until_cancelled(tick.tick())
             .await
             .is_some()
         {
+            let now_repaired = mooncake_shm::guard::repaired_faults();
+            if now_repaired != repaired {
+                tracing::error!(
+                    faults = now_repaired - repaired,
+                    "a local process shrank shared memory this daemon maps (the segment, a mounted file or a dummy's buffer); its size was restored and the bytes it cut are lost"
+                );
+                repaired = now_repaired;
+            }
             let status = match self.master() {
                 Ok(m) => match tokio::time::timeout(Duration::from_secs(3), m.ping(self.client_id))
                     .await

@@ -27,6 +27,14 @@ pub enum ShmError {
         /// Size of what was addressed.
         limit: u64,
     },
+    /// More memory than this host can hold (or has available to touch now).
+    #[error("{size} bytes is more than this host can hold ({limit} bytes available)")]
+    HostTooSmall {
+        /// Bytes asked for.
+        size: u64,
+        /// What the host has.
+        limit: u64,
+    },
     /// A zero or otherwise unusable size.
     #[error("invalid size {0}")]
     InvalidSize(u64),
@@ -70,6 +78,7 @@ impl ShmError {
             | ShmError::OutOfBounds { .. }
             | ShmError::InvalidSize(_)
             | ShmError::TooLarge { .. }
+            | ShmError::HostTooSmall { .. }
             | ShmError::UnknownAllocation(_)
             | ShmError::BadHeader(_) => ErrorCode::InvalidParams,
             ShmError::Full => ErrorCode::BufferOverflow,

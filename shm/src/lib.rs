@@ -15,11 +15,14 @@
 //!   out-of-order completion.
 //! - [`callring`]: [`CallRing`], a lock-free request/response channel in shared memory
 //!   with futex wake-ups that cost no syscall while the other side is polling.
+//! - [`guard`]: the SIGBUS guard that keeps a process alive when a peer shrinks a
+//!   file it maps (memfds made here are sealed instead).
 //! - [`error`]: the crate error type, [`ShmError`].
 
 pub mod buffers;
 pub mod callring;
 pub mod error;
+pub mod guard;
 pub mod region;
 pub mod staging;
 

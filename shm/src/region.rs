@@ -145,6 +145,9 @@ impl Gate {
 
 /// A mapped shared-memory region. `Send + Sync`; all access is bounds-checked.
 pub struct Region {
+    /// Registered with the SIGBUS guard when a peer could shrink the file; dropped
+    /// (unregistered) before the mapping goes away.
+    _guard: Option<crate::guard::Guarded>,
     map: MmapRaw,
     /// Offset of the region's first byte inside `map` (fd offsets need page alignment).
     delta: usize,
@@ -165,6 +168,38 @@ impl std::fmt::Debug for Region {
             .field("huge_pages", &self.huge_pages)
             .finish()
     }
+}
+
+/// Seals a memfd's size: a peer given the fd can neither shrink it (which would
+/// make our accesses fault) nor grow it.
+fn seal_size(fd: &OwnedFd) -> Result<(), ShmError> {
+    use rustix::fs::SealFlags;
+    rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(|e| ShmError::io("seal memfd", e))
+}
+
+/// Refuses a size this host cannot hold (more than its memory), or, when the
+/// pages are to be touched now, more than is available: prefaulting past that
+/// would push the host into the out-of-memory killer.
+fn check_host_can_hold(size: u64, prefault: bool) -> Result<(), ShmError> {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return Ok(());
+    };
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    };
+    let total = field("MemTotal:").unwrap_or(u64::MAX);
+    let available = field("MemAvailable:").unwrap_or(u64::MAX);
+    if size > total || (prefault && size > available) {
+        return Err(ShmError::HostTooSmall {
+            size,
+            limit: if prefault { available } else { total },
+        });
+    }
+    Ok(())
 }
 
 fn round_up(v: u64, to: u64) -> u64 {
@@ -196,10 +231,12 @@ impl Region {
                 ),
             }
         }
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)
+        check_host_can_hold(size, opts.prefault)?;
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(|e| ShmError::io("memfd_create", e))?;
         let len = round_up(size, PAGE);
         rustix::fs::ftruncate(&fd, len).map_err(|e| ShmError::io("ftruncate", e))?;
+        seal_size(&fd)?;
         let map = map(&fd, 0, len as usize, opts.prefault)?;
         Ok(Region::assemble(map, 0, size as usize, fd, 0, None, false))
     }
@@ -210,10 +247,14 @@ impl Region {
             s if s == 1 << 30 => MemfdFlags::HUGE_1GB,
             other => return Err(ShmError::InvalidSize(other)),
         };
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | flag)
-            .map_err(|e| ShmError::io("memfd_create(MFD_HUGETLB)", e))?;
+        let fd = rustix::fs::memfd_create(
+            name,
+            MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::ALLOW_SEALING | flag,
+        )
+        .map_err(|e| ShmError::io("memfd_create(MFD_HUGETLB)", e))?;
         let len = round_up(size, huge);
         rustix::fs::ftruncate(&fd, len).map_err(|e| ShmError::io("ftruncate(hugetlb)", e))?;
+        seal_size(&fd)?;
         // Populate now: a huge page missing later would be a SIGBUS, not an error.
         let map = map(&fd, 0, len as usize, true)?;
         Ok(Region::assemble(map, 0, size as usize, fd, 0, None, true))
@@ -316,7 +357,18 @@ impl Region {
         path: Option<PathBuf>,
         huge_pages: bool,
     ) -> Region {
+        // A peer holding the fd could shrink the file under the mapping unless the
+        // size is sealed: such mappings are guarded against the SIGBUS that follows.
+        let sealed = rustix::fs::fcntl_get_seals(&fd)
+            .is_ok_and(|seals| seals.contains(rustix::fs::SealFlags::SHRINK));
+        let guard = if sealed {
+            None
+        } else {
+            let file_len = rustix::fs::fstat(&fd).map_or(0, |st| st.st_size as u64);
+            crate::guard::guard(map.as_ptr() as usize, map.len(), fd.as_raw_fd(), file_len)
+        };
         Region {
+            _guard: guard,
             map,
             delta,
             len,
@@ -545,6 +597,51 @@ fn check_memory_fs(fd: &OwnedFd) -> Result<u64, ShmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_regions_are_sealed_against_a_peer_shrinking_them() {
+        let r = Region::anonymous("sealed", 1 << 20, &RegionOptions::default()).unwrap();
+        assert!(rustix::fs::ftruncate(r.fd(), 0).is_err(), "shrink refused");
+        assert!(
+            rustix::fs::ftruncate(r.fd(), 2 << 20).is_err(),
+            "grow refused"
+        );
+        r.write(0, b"still here").unwrap();
+    }
+
+    #[test]
+    fn a_peer_truncating_an_unsealed_mapping_does_not_kill_this_process() {
+        // A memfd the way a hostile peer would hand it over: without seals.
+        let fd = rustix::fs::memfd_create("unsealed", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 1 << 20).unwrap();
+        let peer_copy = fd.try_clone().unwrap();
+        let r = Region::from_fd(fd, 0, 1 << 20, &RegionOptions::default()).unwrap();
+        r.write(4096, b"hello").unwrap();
+        let before = crate::guard::repaired_faults();
+        rustix::fs::ftruncate(&peer_copy, 0).unwrap();
+        // Without the guard this read is a SIGBUS that ends the process.
+        let mut back = [1u8; 5];
+        r.read(4096, &mut back).unwrap();
+        assert_eq!(
+            back, [0u8; 5],
+            "the peer cut these bytes; zeros, not a crash"
+        );
+        assert!(crate::guard::repaired_faults() > before);
+        r.write(8192, b"writes work again").unwrap();
+    }
+
+    #[test]
+    fn sizes_beyond_the_host_are_refused_before_any_page_is_touched() {
+        let huge = 1u64 << 50;
+        for prefault in [false, true] {
+            let r = Region::anonymous(
+                "huge",
+                huge,
+                &RegionOptions::default().with_prefault(prefault),
+            );
+            assert!(matches!(r, Err(ShmError::HostTooSmall { .. })), "{r:?}");
+        }
+    }
 
     #[test]
     fn anonymous_region_reads_back_writes_and_checks_bounds() {

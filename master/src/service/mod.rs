@@ -23,8 +23,8 @@ use crate::inventory::InventoryLog;
 use crate::metrics::{Gauges, Metrics, human_bytes};
 use crate::segments::{Segment, SegmentTable};
 use crate::shard::{
-    FLAG_HARD_PIN, FLAG_PENDING_UPSERT, FLAG_REPLICATING, Object, PendingWrite, Placement,
-    READERS_UNKNOWN, Replicas, Shard,
+    FLAG_HARD_PIN, FLAG_PENDING_UPSERT, FLAG_REPLICATING, FLAG_RESTORED, Object, PendingWrite,
+    Placement, READERS_UNKNOWN, Replicas, Shard,
 };
 use crate::tasks::TaskTable;
 
@@ -33,6 +33,9 @@ mod replication;
 
 pub use drain::{DrainJobInfo, JobStatus};
 
+/// Versions are master-clock microseconds: an inventory entry claiming a version
+/// further in the future than this is forged or corrupt, and refused.
+const MAX_VERSION_SKEW_US: u64 = 600_000_000;
 /// Most inventory entries a client may send across the chunks of one remount.
 const MAX_REMOUNT_ENTRIES: usize = 100_000_000;
 /// Samples taken to estimate the LRU threshold of one eviction pass.
@@ -1141,6 +1144,7 @@ impl MasterService {
             }
             if let Some(d) = fresh.iter().find(|d| d.id == e.segment_id) {
                 let valid = self.validate_key(&e.key).is_ok()
+                    && e.version <= unix_micros() + MAX_VERSION_SKEW_US
                     && e.size > 0
                     && e.offset % GRANULE == 0
                     && e.offset
@@ -1202,7 +1206,7 @@ impl MasterService {
                             last_access: now,
                             replicas: Replicas::One(placement),
                             soft_pin_until_s: 0,
-                            flags: 0,
+                            flags: FLAG_RESTORED,
                             // Readers of the previous master incarnation may still
                             // release grants: their count is not known here.
                             readers: READERS_UNKNOWN,
@@ -1216,7 +1220,9 @@ impl MasterService {
                         }
                         true
                     }
-                    Some(o) if e.version > o.version => {
+                    // A value written through this master is never replaced by an
+                    // inventory: only a newer copy of a value restored the same way.
+                    Some(o) if e.version > o.version && o.flags & FLAG_RESTORED != 0 => {
                         let replaced = Object {
                             size: e.size,
                             version: e.version,
@@ -1224,7 +1230,7 @@ impl MasterService {
                             last_access: now,
                             replicas: Replicas::One(placement),
                             soft_pin_until_s: 0,
-                            flags: 0,
+                            flags: FLAG_RESTORED,
                             // Readers of the previous master incarnation may still
                             // release grants: their count is not known here.
                             readers: READERS_UNKNOWN,

@@ -579,6 +579,55 @@ async fn remount_rejects_overlaps_and_keeps_newest_versions() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_remount_cannot_take_over_a_value_written_through_this_master() {
+    let m = master();
+    let owner = Uuid::new_v4();
+    m.mount_segment(owner, segment("real", "h1", 8 * MIB))
+        .unwrap();
+    put(&m, owner, "victim", 4096).unwrap();
+    let genuine = m.get_replica_list("victim").unwrap();
+    // An invented client presents a fresh segment claiming a newer version of the
+    // key, and one claiming a version from the far future.
+    let intruder = Uuid::new_v4();
+    let fake = segment("fake", "h9", 8 * MIB);
+    let claim = |key: &str, offset: u64, version: u64| InventoryEntry {
+        segment_id: fake.id,
+        key: key.into(),
+        offset,
+        size: 4096,
+        version,
+    };
+    let report = m
+        .remount_segment(
+            intruder,
+            vec![fake.clone()],
+            vec![
+                claim("victim", 0, genuine.replicas[0].version + 1),
+                claim("future", 8192, u64::MAX / 2),
+            ],
+            true,
+        )
+        .unwrap();
+    assert_eq!(report.restored, 0);
+    assert_eq!(report.rejected.len(), 2);
+    let now = m.get_replica_list("victim").unwrap();
+    assert_eq!(now.replicas.len(), 1);
+    assert_eq!(now.replicas[0].segment_id, genuine.replicas[0].segment_id);
+    assert_eq!(now.replicas[0].version, genuine.replicas[0].version);
+    assert_eq!(m.get_replica_list("future"), Err(ErrorCode::ObjectNotFound));
+    // A segment of another client cannot be remounted by anyone else.
+    let stolen = m
+        .all_segments()
+        .into_iter()
+        .find(|d| d.name == "real")
+        .unwrap();
+    assert_eq!(
+        m.remount_segment(intruder, vec![stolen], vec![], true),
+        Err(ErrorCode::SegmentAlreadyExists)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn inventory_changes_reach_the_segment_owner() {
     let m = master();
     let (owner, writer) = (Uuid::new_v4(), Uuid::new_v4());
