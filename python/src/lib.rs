@@ -17,6 +17,7 @@
 //!   `BufferHandle` and `MooncakeHostMemAllocator`.
 //! - [`pybuf`] reads bytes-like Python values in place.
 
+pub mod args;
 pub mod pybuf;
 pub mod setup;
 pub mod store;

@@ -344,7 +344,12 @@ impl MooncakeDistributedStore {
     // ------------------------------------------------------------- buffers
 
     /// Makes `[buffer_ptr, buffer_ptr + size)` usable by the zero-copy calls.
-    fn register_buffer(&self, py: Python<'_>, buffer_ptr: u64, size: u64) -> i32 {
+    fn register_buffer(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
+    ) -> i32 {
         self.with(
             py,
             |e| e.as_i32(),
@@ -353,7 +358,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Undoes `register_buffer`.
-    fn unregister_buffer(&self, py: Python<'_>, buffer_ptr: u64) -> i32 {
+    fn unregister_buffer(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
+    ) -> i32 {
         self.with(
             py,
             |e| e.as_i32(),
@@ -362,7 +371,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Registered shareable memory for the zero-copy calls; 0 on failure. Freed on close.
-    fn alloc_from_mem_pool(&self, py: Python<'_>, size: u64) -> u64 {
+    fn alloc_from_mem_pool(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
+    ) -> u64 {
         let Some(c) = self.connected() else { return 0 };
         py.detach(|| {
             let allocator = HostMemAllocator::new();
@@ -380,7 +393,11 @@ impl MooncakeDistributedStore {
 
     /// Gives back memory from `alloc_from_mem_pool` before close (used by
     /// `BufferPool`): 0, or -600 for an address it did not hand out.
-    fn _free_mem_pool(&self, py: Python<'_>, ptr: u64) -> i32 {
+    fn _free_mem_pool(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::num)] ptr: u64,
+    ) -> i32 {
         let Some(c) = self.connected() else {
             return NOT_READY.as_i32();
         };
@@ -404,7 +421,7 @@ impl MooncakeDistributedStore {
     fn put(
         &self,
         py: Python<'_>,
-        key: String,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
         value: &Bound<'_, PyAny>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
@@ -417,7 +434,7 @@ impl MooncakeDistributedStore {
     fn upsert(
         &self,
         py: Python<'_>,
-        key: String,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
         value: &Bound<'_, PyAny>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
@@ -430,7 +447,7 @@ impl MooncakeDistributedStore {
     fn put_parts(
         &self,
         py: Python<'_>,
-        key: String,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
         parts: &Bound<'_, PyTuple>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
@@ -442,7 +459,7 @@ impl MooncakeDistributedStore {
     fn upsert_parts(
         &self,
         py: Python<'_>,
-        key: String,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
         parts: &Bound<'_, PyTuple>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
@@ -454,7 +471,7 @@ impl MooncakeDistributedStore {
     fn put_batch(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
         values: Vec<Bound<'_, PyAny>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
@@ -468,7 +485,7 @@ impl MooncakeDistributedStore {
     fn upsert_batch(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
         values: Vec<Bound<'_, PyAny>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> PyResult<i32> {
@@ -482,9 +499,9 @@ impl MooncakeDistributedStore {
     fn put_from(
         &self,
         py: Python<'_>,
-        key: String,
-        buffer_ptr: u64,
-        size: u64,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+        #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
         self.put_registered(py, vec![key], vec![buffer_ptr], vec![size], config, false)
@@ -496,9 +513,9 @@ impl MooncakeDistributedStore {
     fn upsert_from(
         &self,
         py: Python<'_>,
-        key: String,
-        buffer_ptr: u64,
-        size: u64,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+        #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
         self.put_registered(py, vec![key], vec![buffer_ptr], vec![size], config, true)
@@ -510,9 +527,9 @@ impl MooncakeDistributedStore {
     fn batch_put_from(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        buffer_ptrs: Vec<u64>,
-        sizes: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums)] buffer_ptrs: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::nums)] sizes: Vec<u64>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
         self.put_registered(py, keys, buffer_ptrs, sizes, config, false)
@@ -523,9 +540,9 @@ impl MooncakeDistributedStore {
     fn batch_upsert_from(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        buffer_ptrs: Vec<u64>,
-        sizes: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums)] buffer_ptrs: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::nums)] sizes: Vec<u64>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
         self.put_registered(py, keys, buffer_ptrs, sizes, config, true)
@@ -536,9 +553,9 @@ impl MooncakeDistributedStore {
     fn batch_put_from_multi_buffers(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        all_buffer_ptrs: Vec<Vec<u64>>,
-        all_sizes: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_buffer_ptrs: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_sizes: Vec<Vec<u64>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
         self.put_scattered(py, keys, all_buffer_ptrs, all_sizes, config, false)
@@ -549,9 +566,9 @@ impl MooncakeDistributedStore {
     fn batch_upsert_from_multi_buffers(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        all_buffer_ptrs: Vec<Vec<u64>>,
-        all_sizes: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_buffer_ptrs: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_sizes: Vec<Vec<u64>>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
         self.put_scattered(py, keys, all_buffer_ptrs, all_sizes, config, true)
@@ -560,7 +577,11 @@ impl MooncakeDistributedStore {
     // --------------------------------------------------------------- reads
 
     /// The whole object as `bytes`; empty bytes when missing or on error.
-    fn get<'py>(&self, py: Python<'py>, key: String) -> Bound<'py, PyBytes> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+    ) -> Bound<'py, PyBytes> {
         let empty = || PyBytes::new(py, &[]);
         let Some(c) = self.connected() else {
             return empty();
@@ -602,7 +623,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Objects as `bytes` (empty for missing ones); as long as `keys`.
-    fn get_batch<'py>(&self, py: Python<'py>, keys: Vec<String>) -> Vec<Bound<'py, PyBytes>> {
+    fn get_batch<'py>(
+        &self,
+        py: Python<'py>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+    ) -> Vec<Bound<'py, PyBytes>> {
         let n = keys.len();
         let values = self.with(
             py,
@@ -618,13 +643,21 @@ impl MooncakeDistributedStore {
     }
 
     /// The object in a `BufferHandle`, or `None`.
-    fn get_buffer(&self, py: Python<'_>, key: String) -> Option<BufferHandle> {
+    fn get_buffer(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+    ) -> Option<BufferHandle> {
         self.with(py, |_| None, |c| c.get(&key).ok())
             .map(BufferHandle::new)
     }
 
     /// Objects in `BufferHandle`s (`None` for missing ones); as long as `keys`.
-    fn batch_get_buffer(&self, py: Python<'_>, keys: Vec<String>) -> Vec<Option<BufferHandle>> {
+    fn batch_get_buffer(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+    ) -> Vec<Option<BufferHandle>> {
         let n = keys.len();
         let values = self.with(
             py,
@@ -639,7 +672,13 @@ impl MooncakeDistributedStore {
 
     /// Reads the object into registered memory: its size, or a negative code
     /// (-600 when the buffer is too small, -704 when missing).
-    fn get_into(&self, py: Python<'_>, key: String, buffer_ptr: u64, size: u64) -> i64 {
+    fn get_into(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+        #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
+    ) -> i64 {
         self.with(
             py,
             |e| e.as_i32() as i64,
@@ -651,9 +690,9 @@ impl MooncakeDistributedStore {
     fn batch_get_into(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        buffer_ptrs: Vec<u64>,
-        sizes: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums)] buffer_ptrs: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::nums)] sizes: Vec<u64>,
     ) -> Vec<i64> {
         let n = keys.len();
         self.with(
@@ -668,9 +707,9 @@ impl MooncakeDistributedStore {
     fn batch_get_into_multi_buffers(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        all_buffer_ptrs: Vec<Vec<u64>>,
-        all_sizes: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_buffer_ptrs: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_sizes: Vec<Vec<u64>>,
         prefer_alloc_in_same_node: bool,
     ) -> Vec<i64> {
         let _ = prefer_alloc_in_same_node;
@@ -685,7 +724,11 @@ impl MooncakeDistributedStore {
     // ------------------------------------------------------------ metadata
 
     /// 1 when the object exists, 0 when not, negative on error.
-    fn is_exist(&self, py: Python<'_>, key: String) -> i32 {
+    fn is_exist(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+    ) -> i32 {
         self.with(
             py,
             |e| e.as_i32(),
@@ -697,7 +740,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Per key 1 / 0 / negative; as long as `keys`.
-    fn batch_is_exist(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+    fn batch_is_exist(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+    ) -> Vec<i32> {
         let n = keys.len();
         self.with(
             py,
@@ -715,7 +762,11 @@ impl MooncakeDistributedStore {
     }
 
     /// The object's size, or a negative code.
-    fn get_size(&self, py: Python<'_>, key: String) -> i64 {
+    fn get_size(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+    ) -> i64 {
         self.with(
             py,
             |e| e.as_i32() as i64,
@@ -727,7 +778,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Where the object's replicas are.
-    fn get_replica_desc(&self, py: Python<'_>, key: String) -> Vec<ReplicaDescriptor> {
+    fn get_replica_desc(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+    ) -> Vec<ReplicaDescriptor> {
         self.with(
             py,
             |_| Vec::new(),
@@ -744,7 +799,7 @@ impl MooncakeDistributedStore {
     fn batch_get_replica_desc<'py>(
         &self,
         py: Python<'py>,
-        keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let found: Vec<(String, Vec<ReplicaDescriptor>)> = self.with(
             py,
@@ -774,13 +829,23 @@ impl MooncakeDistributedStore {
     /// Removes an object: 0 or a negative code (-706 while it is being read,
     /// unless `force`).
     #[pyo3(signature = (key, force = false))]
-    fn remove(&self, py: Python<'_>, key: String, force: bool) -> i32 {
+    fn remove(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+        force: bool,
+    ) -> i32 {
         self.with(py, |e| e.as_i32(), |c| code(c.remove(&key, force)))
     }
 
     /// Removes objects; per key 0 or a negative code.
     #[pyo3(signature = (keys, force = false))]
-    fn batch_remove(&self, py: Python<'_>, keys: Vec<String>, force: bool) -> Vec<i32> {
+    fn batch_remove(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        force: bool,
+    ) -> Vec<i32> {
         let n = keys.len();
         self.with(
             py,
@@ -796,7 +861,7 @@ impl MooncakeDistributedStore {
     fn batch_replica_clear(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
         segment_name: String,
     ) -> Vec<String> {
         self.with(
@@ -814,7 +879,7 @@ impl MooncakeDistributedStore {
     fn create_copy_task(
         &self,
         py: Python<'_>,
-        key: String,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
         targets: Vec<String>,
     ) -> (PyTaskId, i32) {
         task_created(self.with(py, Err, |c| c.create_copy_task(&key, &targets)))
@@ -825,7 +890,7 @@ impl MooncakeDistributedStore {
     fn create_move_task(
         &self,
         py: Python<'_>,
-        key: String,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
         source: String,
         target: String,
     ) -> (PyTaskId, i32) {
@@ -863,8 +928,8 @@ impl MooncakeDistributedStore {
         &self,
         py: Python<'py>,
         path: String,
-        size: u64,
-        offset: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
+        #[pyo3(from_py_with = crate::args::num)] offset: u64,
         protocol: String,
         location: String,
     ) -> PyResult<Bound<'py, PyDict>> {
@@ -893,7 +958,7 @@ impl MooncakeDistributedStore {
     fn allocate_and_mount_segment<'py>(
         &self,
         py: Python<'py>,
-        size: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
         protocol: String,
         location: String,
     ) -> PyResult<Bound<'py, PyDict>> {
@@ -962,7 +1027,12 @@ impl MooncakeDistributedStore {
 
     /// Whether `[buffer_ptr, buffer_ptr + size)` lies in registered memory
     /// (used by the Python tensor helpers before they read a header there).
-    fn _is_registered(&self, py: Python<'_>, buffer_ptr: u64, size: u64) -> bool {
+    fn _is_registered(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
+    ) -> bool {
         self.with(py, |_| false, |c| c.is_registered(buffer_ptr, size))
     }
 
@@ -975,11 +1045,11 @@ impl MooncakeDistributedStore {
     fn put_from_with_metadata(
         &self,
         py: Python<'_>,
-        key: String,
-        buffer_ptr: u64,
-        metadata_buffer_ptr: u64,
-        size: u64,
-        metadata_size: u64,
+        #[pyo3(from_py_with = crate::args::key)] key: String,
+        #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
+        #[pyo3(from_py_with = crate::args::num)] metadata_buffer_ptr: u64,
+        #[pyo3(from_py_with = crate::args::num)] size: u64,
+        #[pyo3(from_py_with = crate::args::num)] metadata_size: u64,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> i32 {
         let (ptrs, sizes): (Vec<u64>, Vec<u64>) =
@@ -998,7 +1068,7 @@ impl MooncakeDistributedStore {
     fn get_into_ranges(
         &self,
         py: Python<'_>,
-        buffer_ptrs: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::nums)] buffer_ptrs: Vec<u64>,
         all_keys: Vec<Vec<String>>,
         all_dst_offsets: Vec<Vec<Vec<u64>>>,
         all_src_offsets: Vec<Vec<Vec<u64>>>,
@@ -1037,7 +1107,11 @@ impl MooncakeDistributedStore {
 
     /// Opens reads: replicas and a read lease fetched once for later
     /// `batch_get_into_multi_buffer_ranges` calls. Per key 0 or a negative code.
-    fn batch_get_session_start(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+    fn batch_get_session_start(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+    ) -> Vec<i32> {
         let n = keys.len();
         self.with(
             py,
@@ -1053,10 +1127,10 @@ impl MooncakeDistributedStore {
     fn batch_get_into_multi_buffer_ranges(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        all_buffer_ptrs: Vec<Vec<u64>>,
-        all_sizes: Vec<Vec<u64>>,
-        all_src_offsets: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_buffer_ptrs: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_sizes: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_src_offsets: Vec<Vec<u64>>,
     ) -> Vec<i64> {
         let n = keys.len();
         self.with(
@@ -1074,7 +1148,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Closes get sessions: 0.
-    fn batch_get_session_end(&self, py: Python<'_>, keys: Vec<String>) -> i32 {
+    fn batch_get_session_end(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+    ) -> i32 {
         self.with(py, |e| e.as_i32(), |c| code(c.batch_get_session_end(&keys)))
     }
 
@@ -1086,8 +1164,8 @@ impl MooncakeDistributedStore {
     fn batch_put_session_start(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        sizes: Vec<u64>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums)] sizes: Vec<u64>,
         config: Option<PyRef<'_, ReplicateConfig>>,
     ) -> Vec<i32> {
         let config = config_of(config);
@@ -1105,10 +1183,10 @@ impl MooncakeDistributedStore {
     fn batch_put_from_multi_buffer_ranges(
         &self,
         py: Python<'_>,
-        keys: Vec<String>,
-        all_buffer_ptrs: Vec<Vec<u64>>,
-        all_sizes: Vec<Vec<u64>>,
-        all_dst_offsets: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_buffer_ptrs: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_sizes: Vec<Vec<u64>>,
+        #[pyo3(from_py_with = crate::args::nums2)] all_dst_offsets: Vec<Vec<u64>>,
     ) -> Vec<i64> {
         let n = keys.len();
         self.with(
@@ -1126,7 +1204,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Makes put sessions readable; per key 0 or a negative code.
-    fn batch_put_session_end(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+    fn batch_put_session_end(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+    ) -> Vec<i32> {
         let n = keys.len();
         self.with(
             py,
@@ -1136,7 +1218,11 @@ impl MooncakeDistributedStore {
     }
 
     /// Abandons put sessions; per key 0 or a negative code.
-    fn batch_put_session_revoke(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i32> {
+    fn batch_put_session_revoke(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::args::keys)] keys: Vec<String>,
+    ) -> Vec<i32> {
         let n = keys.len();
         self.with(
             py,

@@ -71,6 +71,11 @@ def test_allocator_works_before_any_setup():
     assert alloc.free(addr) == 0
     assert alloc.free(addr) == INVALID_PARAMS
     assert alloc.alloc(0) == 0
+    # More than the host holds: refused at once, nothing prefaulted (this used to
+    # drive the host into the out-of-memory killer).
+    assert alloc.alloc(1 << 40) == 0
+    assert alloc.alloc(-1) == 0
+    assert alloc.free(-1) == INVALID_PARAMS
 
 
 def test_put_get_exist_size_remove(store):
@@ -133,6 +138,45 @@ def test_buffer_calls_and_error_codes(store, host_buffer):
     assert store.get(k) == b"Z" * 1000
     assert store.batch_upsert_from([k], [a + 4096], [10]) == [0]
     assert store.get(k) == b"B" * 10
+
+
+def test_out_of_range_numbers_and_unencodable_keys_are_codes_not_exceptions(store, host_buffer):
+    a = host_buffer
+    bad_key = "bad\ud800key"  # a lone surrogate: not encodable as UTF-8
+    for n in (-1, -(2**63), 2**64, 2**70):
+        assert store.put_from(uniq(), n, 4096) < 0
+        assert store.put_from(uniq(), a, n) < 0
+        assert store.get_into(uniq(), n, 4096) < 0
+        assert store.get_into(uniq(), a, n) < 0
+        assert store.register_buffer(n, 4096) < 0
+        assert store.register_buffer(a, n) < 0
+        assert store.unregister_buffer(n) < 0
+        assert store.alloc_from_mem_pool(n) == 0
+        assert store.batch_put_from([uniq(), uniq()], [a, n], [4096, 4096])[1] < 0
+        assert store.batch_get_into([uniq()], [a], [n]) == [INVALID_PARAMS]
+        got = store.batch_put_from_multi_buffers([uniq()], [[a, n]], [[10, 10]])
+        assert len(got) == 1 and got[0] < 0
+    assert store.alloc_from_mem_pool(1 << 40) == 0
+    k = uniq()
+    assert store.put(k, b"fine") == 0
+    assert store.put(bad_key, b"v") < 0
+    assert store.upsert(bad_key, b"v") < 0
+    assert store.is_exist(bad_key) < 0
+    assert store.get_size(bad_key) < 0
+    assert store.remove(bad_key) < 0
+    assert store.get(bad_key) == b""
+    assert store.batch_is_exist([k, bad_key]) == [1, store.is_exist(bad_key)]
+    results = store.batch_put_from([bad_key, uniq()], [a, a], [16, 16])
+    assert len(results) == 2 and results[0] < 0 and results[1] == 0
+    assert store.batch_get_into([bad_key], [a], [16])[0] < 0
+    # The wrong Python types still raise TypeError.
+    with pytest.raises(TypeError):
+        store.put_from(uniq(), "0x1000", 16)
+    with pytest.raises(TypeError):
+        store.is_exist(42)
+    with pytest.raises(TypeError):
+        store.batch_is_exist("not-a-list")
+    assert store.get(k) == b"fine"
 
 
 def test_unregistered_pointers(store):
