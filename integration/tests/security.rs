@@ -429,3 +429,91 @@ fn a_dummy_shrinking_its_shared_memory_cannot_kill_the_real_client() {
     let more = put_many(&fresh, "after", 16, 64 << 10);
     assert_all_readable(&honest, &more, 64 << 10);
 }
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces): utime is the 12th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn idle_peers_cannot_exhaust_threads_and_fd_exhaustion_neither_spins_nor_lasts() {
+    let paths = Paths::new("sec-fds");
+    // The real client under a low fd limit, so a few hundred peers exhaust it.
+    let args: Vec<String> = vec![
+        "--nofile=160:160".into(),
+        "--".into(),
+        workspace_bin("mooncake_client").display().to_string(),
+        "--host=127.0.0.1".into(),
+        format!("--port={}", paths.port),
+        "--global_segment_size=16MB".into(),
+        format!("--ipc_socket_path={}", paths.socket.display()),
+        format!("--segment_path={}", paths.segment.display()),
+        "--http_port=0".into(),
+        "--embedded-master".into(),
+        "--master_server_address=127.0.0.1:0".into(),
+        "--embedded_metrics_port=0".into(),
+    ];
+    let mut client = Daemon::spawn(
+        std::path::Path::new("/usr/bin/prlimit"),
+        &args,
+        "mooncake_client ready",
+    );
+    let pid = client.pid();
+    let transfer = client.ready_field("transfer").unwrap();
+    let tcp = format!("127.0.0.1:{}", paths.port);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = put_many(&dummy, "fds", 8, 4096);
+    let base_threads = threads(pid);
+
+    // 200 idle peers on the transfer port: one thread each used to be spent.
+    let mut idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(&transfer).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = threads(pid) - base_threads.min(threads(pid));
+    assert!(grown <= 70, "{grown} threads for idle peers of one address");
+
+    // Now exhaust the fds through the TCP port as well.
+    let tcp_addr: std::net::SocketAddr = tcp.parse().unwrap();
+    let mut misses = 0;
+    while idle.len() < 600 && misses < 3 {
+        // Once the daemon stops accepting, the backlog fills and connects hang.
+        match TcpStream::connect_timeout(&tcp_addr, Duration::from_millis(200)) {
+            Ok(s) => idle.push(s),
+            Err(_) => misses += 1,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = client.drain_log();
+    let ticks = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(pid) - ticks;
+    // 100 ticks a second: spinning on EMFILE would use ~300 here.
+    assert!(used < 60, "{used} CPU ticks in 3 s while out of fds");
+    let log: Vec<String> = client.drain_log();
+    let accept_lines = log.iter().filter(|l| l.contains("accept failed")).count();
+    assert!(
+        accept_lines <= 4 * 3,
+        "{accept_lines} accept-failure lines in 3 s: {log:?}"
+    );
+
+    // The peers go away: service comes back for everyone.
+    drop(idle);
+    assert!(wait_until(Duration::from_secs(15), || {
+        DummyClient::connect(&paths.socket, "")
+            .ok()
+            .and_then(|d| d.get(&keys[0]).ok())
+            .is_some()
+    }));
+    assert!(client.alive());
+    assert_all_readable(&dummy, &keys, 4096);
+}

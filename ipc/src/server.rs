@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use mooncake_proto::ErrorCode;
+use mooncake_proto::auth::secrets_match;
 use mooncake_proto::codec::{MAX_FRAME_LEN, PostcardTransport, transport};
+use mooncake_proto::limits::{LogGate, accept_backoff};
 use mooncake_shm::{Region, RegionOptions};
 
 use crate::error::IpcError;
@@ -166,20 +168,32 @@ impl IpcServer {
     }
 }
 
+/// Refusals and accept failures are logged at most once a second, with a count.
+static REFUSALS: LogGate = LogGate::new(Duration::from_secs(1));
+static ACCEPT_ERRORS: LogGate = LogGate::new(Duration::from_secs(1));
+
 async fn accept_loop(
     listener: UnixListener,
     shared: Arc<Shared>,
     tx: tokio::sync::mpsc::Sender<IpcConnection>,
     shutdown: CancellationToken,
 ) {
+    let mut failures = 0u32;
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    failures = 0;
+                    stream
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "IPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of fds: back off instead of spinning on the same error.
+                    if let Some(held_back) = ACCEPT_ERRORS.admit() {
+                        tracing::warn!(error = %e, held_back, "IPC accept failed");
+                    }
+                    tokio::time::sleep(accept_backoff(failures)).await;
+                    failures += 1;
                     continue;
                 }
             },
@@ -192,7 +206,11 @@ async fn accept_loop(
                     let _ = tx.send(conn).await;
                 }
                 Ok(None) => {}
-                Err(reason) => tracing::warn!("refused IPC connection: {reason}"),
+                Err(reason) => {
+                    if let Some(held_back) = REFUSALS.admit() {
+                        tracing::warn!(held_back, "refused IPC connection: {reason}");
+                    }
+                }
             }
         });
     }
@@ -235,7 +253,7 @@ async fn admit(shared: &Arc<Shared>, stream: UnixStream) -> Result<Option<IpcCon
         )
         .await);
     }
-    if hello.token != config.token {
+    if !secrets_match(&config.token, &hello.token) {
         return Err(refuse(
             &stream,
             ErrorCode::IllegalClient,
