@@ -97,6 +97,9 @@ struct Conn {
     info: RealClientInfo,
     segment: Option<Region>,
     broken: AtomicBool,
+    /// Read grants this side is done with, sent along with the next `get_into`
+    /// (or by the pinger within a second).
+    released: Mutex<Vec<(String, u64)>>,
 }
 
 impl Conn {
@@ -371,6 +374,9 @@ async fn attach_ring(
     Ok(ring.client())
 }
 
+/// Released read grants held back at most, before they are sent on their own.
+const MAX_HELD_RELEASES: usize = 4096;
+
 /// State shared with the pinger task.
 struct Shared {
     socket: PathBuf,
@@ -420,6 +426,7 @@ impl Shared {
             info,
             segment,
             broken: AtomicBool::new(false),
+            released: Mutex::new(Vec::new()),
         }))
     }
 
@@ -433,6 +440,10 @@ impl Shared {
             let current = self.conn.read().clone();
             let alive = match &current {
                 Some(c) if !c.broken.load(Ordering::Relaxed) => {
+                    let released = std::mem::take(&mut *c.released.lock());
+                    if !released.is_empty() {
+                        let _ = c.rpc.release_reads(ctx(PING_TIMEOUT), released).await;
+                    }
                     // A master problem (an error code) still means the real client is there.
                     c.rpc.ping(ctx(PING_TIMEOUT)).await.is_ok()
                 }
@@ -1147,18 +1158,20 @@ impl DummyClient {
         results
     }
 
-    /// Tells the real client this side is done reading the values it was granted.
+    /// Notes that this side is done reading the values it was granted; the next
+    /// `get_into` (or the pinger, within a second) tells the real client, so a
+    /// read costs no extra call.
     fn release_reads(&self, conn: &Conn, reads: Vec<(String, u64)>) {
         if reads.is_empty() {
             return;
         }
-        let request = RingRequest::ReleaseReads(reads);
-        if let Some(Ok(_)) = self.ring_call(conn, &request) {
+        let mut pending = conn.released.lock();
+        pending.extend(reads);
+        if pending.len() < MAX_HELD_RELEASES {
             return;
         }
-        let RingRequest::ReleaseReads(reads) = request else {
-            unreachable!("built above")
-        };
+        let reads = std::mem::take(&mut *pending);
+        drop(pending);
         let _ = self.call(conn, conn.rpc.release_reads(ctx(CALL_TIMEOUT), reads));
     }
 
@@ -1169,17 +1182,30 @@ impl DummyClient {
         dests: Vec<Vec<BufRef>>,
     ) -> Vec<MResult<GetOutcome>> {
         let n = keys.len();
-        let request = RingRequest::GetInto { keys, dests };
+        let released = std::mem::take(&mut *conn.released.lock());
+        let request = RingRequest::GetInto {
+            keys,
+            dests,
+            released,
+        };
         match self.ring_call(conn, &request) {
             Some(Ok(RingResponse::Outcomes(v))) => per_key(n, Ok(v)),
             Some(Err(e)) => vec![Err(e); n],
             _ => {
-                let RingRequest::GetInto { keys, dests } = request else {
+                let RingRequest::GetInto {
+                    keys,
+                    dests,
+                    released,
+                } = request
+                else {
                     unreachable!("built above")
                 };
                 per_key(
                     n,
-                    self.call(conn, conn.rpc.get_into(ctx(CALL_TIMEOUT), keys, dests)),
+                    self.call(
+                        conn,
+                        conn.rpc.get_into(ctx(CALL_TIMEOUT), keys, dests, released),
+                    ),
                 )
             }
         }

@@ -413,3 +413,33 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     Ok((status, body))
 }
+
+/// A value that names its key and a sequence number, with a length of its own:
+/// a reader can tell one complete value of the key from any other bytes.
+pub fn versioned_value(key: &str, seq: u64) -> Vec<u8> {
+    let len = (256 << 10) + (seq as usize * 4099) % (24 << 10);
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(&(len as u64).to_le_bytes());
+    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.len() as u64;
+    for b in key.bytes() {
+        x = x.rotate_left(5) ^ u64::from(b);
+    }
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Whether `bytes` is exactly one value `versioned_value(key, _)` wrote.
+pub fn is_complete_value(key: &str, bytes: &[u8]) -> bool {
+    if bytes.len() < 16 {
+        return false;
+    }
+    let seq = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    seq < 1 << 40 && versioned_value(key, seq) == bytes
+}

@@ -313,13 +313,18 @@ fn bad_input_gets_error_codes_and_harms_no_one() {
             },
         ] {
             let r = rpc
-                .get_into(tarpc_ctx(), vec!["on-one".into()], vec![vec![bad]])
+                .get_into(tarpc_ctx(), vec!["on-one".into()], vec![vec![bad]], vec![])
                 .await
                 .unwrap();
             assert_eq!(r, vec![Err(ErrorCode::InvalidParams)], "{bad:?}");
         }
         let r = rpc
-            .get_into(tarpc_ctx(), vec!["a".into(), "b".into()], vec![vec![]])
+            .get_into(
+                tarpc_ctx(),
+                vec!["a".into(), "b".into()],
+                vec![vec![]],
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(r, vec![Err(ErrorCode::InvalidParams); 2]);

@@ -15,36 +15,6 @@ use mooncake_dummyclient::DummyClient;
 use mooncake_integration::*;
 use mooncake_proto::{ErrorCode, ReplicateConfig};
 
-/// A value that names its key and a sequence number, with a length of its own:
-/// a reader can tell one complete value of the key from any other bytes.
-fn versioned_value(key: &str, seq: u64) -> Vec<u8> {
-    let len = (256 << 10) + (seq as usize * 4099) % (24 << 10);
-    let mut v = Vec::with_capacity(len);
-    v.extend_from_slice(&seq.to_le_bytes());
-    v.extend_from_slice(&(len as u64).to_le_bytes());
-    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.len() as u64;
-    for b in key.bytes() {
-        x = x.rotate_left(5) ^ u64::from(b);
-    }
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// Whether `bytes` is exactly one value `versioned_value(key, _)` wrote.
-fn is_complete_value(key: &str, bytes: &[u8]) -> bool {
-    if bytes.len() < 16 {
-        return false;
-    }
-    let seq = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-    seq < 1 << 40 && versioned_value(key, seq) == bytes
-}
-
 #[derive(Default)]
 struct Tally {
     reads_ok: AtomicU64,

@@ -90,6 +90,7 @@ pub enum RingRequest {
     GetInto {
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
+        released: Vec<(String, u64)>,
     },
     PutStart {
         keys: Vec<String>,
@@ -148,7 +149,14 @@ pub trait RealClientService {
     /// Reads objects: per key, either a local replica for the dummy to copy, or the
     /// bytes moved from a remote replica straight into the dummy's registered
     /// `dests` (an empty list = no destination). One master call for the batch.
-    async fn get_into(keys: Vec<String>, dests: Vec<Vec<BufRef>>) -> Vec<MResult<GetOutcome>>;
+    /// `released` carries grants of earlier reads this dummy has finished with
+    /// (see [`release_reads`](RealClientService::release_reads)), so releasing costs
+    /// no call of its own.
+    async fn get_into(
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+        released: Vec<(String, u64)>,
+    ) -> Vec<MResult<GetOutcome>>;
     /// Serves a `CallRing` the dummy created in memory it registered at
     /// `client_base`: later calls may go through it instead of this socket.
     async fn attach_ring(client_base: u64) -> MResult<()>;

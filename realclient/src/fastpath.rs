@@ -70,9 +70,11 @@ async fn dispatch(h: Handler, request: &[u8]) -> RingResponse {
         RingRequest::Ping => RingResponse::Unit(h.ping(c).await),
         RingRequest::Exist(keys) => RingResponse::Bools(h.exist(c, keys).await),
         RingRequest::GetSize(key) => RingResponse::Size(h.get_size(c, key).await),
-        RingRequest::GetInto { keys, dests } => {
-            RingResponse::Outcomes(h.get_into(c, keys, dests).await)
-        }
+        RingRequest::GetInto {
+            keys,
+            dests,
+            released,
+        } => RingResponse::Outcomes(h.get_into(c, keys, dests, released).await),
         RingRequest::PutStart {
             keys,
             sizes,

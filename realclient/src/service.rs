@@ -122,7 +122,9 @@ impl RealClientService for Handler {
         _: Context,
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
+        released: Vec<(String, u64)>,
     ) -> Vec<MResult<GetOutcome>> {
+        self.client.release_reads(released).await;
         let t = Instant::now();
         let r = self
             .client
