@@ -447,9 +447,6 @@ const HTTP_CONNECTIONS_PER_PEER: usize = 64;
 /// Connections all peers together may hold on an HTTP port.
 const HTTP_CONNECTIONS: usize = 1024;
 
-static HTTP_ACCEPT_ERRORS: mooncake_proto::limits::LogGate =
-    mooncake_proto::limits::LogGate::new(std::time::Duration::from_secs(1));
-
 /// Serves `router` on `listener` until `shutdown`: HTTP/1.1 with a header read
 /// timeout (a peer that trickles half a header is dropped), connections capped per
 /// peer and in total, accept errors backed off. Handlers can extract the peer's
@@ -460,31 +457,18 @@ pub async fn serve_http(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    use mooncake_proto::limits::{ConnectionLimiter, GuardedListener};
     use tower::ServiceExt as _;
 
-    let limiter =
-        mooncake_proto::limits::ConnectionLimiter::new(HTTP_CONNECTIONS_PER_PEER, HTTP_CONNECTIONS);
-    let mut failures = 0u32;
+    let mut listener = GuardedListener::new(
+        listener,
+        ConnectionLimiter::new(HTTP_CONNECTIONS_PER_PEER, HTTP_CONNECTIONS),
+        "http",
+    );
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    failures = 0;
-                    a
-                }
-                Err(e) => {
-                    if let Some(held_back) = HTTP_ACCEPT_ERRORS.admit() {
-                        tracing::warn!(error = %e, held_back, "http accept failed");
-                    }
-                    tokio::time::sleep(mooncake_proto::limits::accept_backoff(failures)).await;
-                    failures += 1;
-                    continue;
-                }
-            },
-        };
-        let Some(permit) = limiter.admit(peer.ip()) else {
-            continue;
+            accepted = listener.accept() => accepted,
         };
         let router = router.clone();
         let shutdown = shutdown.clone();

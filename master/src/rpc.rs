@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use mooncake_proto::auth::Credentials;
 use mooncake_proto::codec::{server_handshake, transport};
-use mooncake_proto::limits::{ConnectionLimiter, LogGate, accept_backoff};
+use mooncake_proto::limits::{ConnectionLimiter, GuardedListener};
 use mooncake_proto::master::Master;
 use mooncake_proto::*;
 
@@ -427,10 +427,6 @@ impl Master for MasterRpc {
     }
 }
 
-/// Refused connections and accept failures are logged at most once a second.
-static REFUSALS: LogGate = LogGate::new(std::time::Duration::from_secs(1));
-static ACCEPT_ERRORS: LogGate = LogGate::new(std::time::Duration::from_secs(1));
-
 /// Serves the master RPC on `listener` until `shutdown` is cancelled. Peers must
 /// present the cluster token, or from this host the host secret
 /// ([`Credentials`]); connections are capped per peer and in total.
@@ -441,48 +437,25 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let credentials = Arc::new(Credentials::new(&svc.config().cluster_token));
-    let limiter = ConnectionLimiter::default();
-    let mut failures = 0u32;
+    let mut listener = GuardedListener::new(listener, ConnectionLimiter::default(), "master rpc");
+    let refusals = listener.refusal_log();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    failures = 0;
-                    a
-                }
-                Err(e) => {
-                    if let Some(held_back) = ACCEPT_ERRORS.admit() {
-                        tracing::warn!(error = %e, held_back, "accept failed");
-                    }
-                    tokio::time::sleep(accept_backoff(failures)).await;
-                    failures += 1;
-                    continue;
-                }
-            },
-        };
-        let Some(permit) = limiter.admit(peer.ip()) else {
-            if let Some(held_back) = REFUSALS.admit() {
-                tracing::warn!(%peer, held_back, "connection refused: too many connections");
-            }
-            continue;
+            accepted = listener.accept() => accepted,
         };
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
         let credentials = credentials.clone();
         let shutdown = shutdown.clone();
         let inner_tracker = tracker.clone();
+        let refusals = refusals.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let framed =
                 match server_handshake(stream, "master", &credentials, Some(peer.ip())).await {
                     Ok(f) => f,
-                    Err(e) => {
-                        if let Some(held_back) = REFUSALS.admit() {
-                            tracing::warn!(%peer, error = %e, held_back, "connection refused");
-                        }
-                        return;
-                    }
+                    Err(e) => return refusals.refused(peer, e),
                 };
             let channel = BaseChannel::with_defaults(transport(framed));
             let serving = channel

@@ -48,11 +48,7 @@ use tokio_util::task::TaskTracker;
 use mooncake_ipc::{IpcServer, IpcServerConfig};
 use mooncake_proto::auth::Credentials;
 use mooncake_proto::codec::{server_handshake, transport};
-use mooncake_proto::limits::{ConnectionLimiter, LogGate, accept_backoff};
-
-/// Refused TCP connections and accept failures are logged at most once a second.
-static TCP_REFUSALS: LogGate = LogGate::new(Duration::from_secs(1));
-static TCP_ACCEPT_ERRORS: LogGate = LogGate::new(Duration::from_secs(1));
+use mooncake_proto::limits::{ConnectionLimiter, GuardedListener, RefusalLog};
 use mooncake_proto::realclient::RealClientService as _;
 
 /// How long a SIGTERM waits for calls in progress before the session ends.
@@ -160,8 +156,8 @@ pub async fn run(
 
     on_ready(&client, &endpoints);
     let credentials = Arc::new(Credentials::new(&config.cluster_token));
-    let tcp_limiter = ConnectionLimiter::default();
-    let mut accept_failures = 0u32;
+    let mut tcp = tcp.map(|l| GuardedListener::new(l, ConnectionLimiter::default(), "tcp --port"));
+    let tcp_refusals = RefusalLog::new("tcp --port");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -191,42 +187,19 @@ pub async fn run(
                     client.metrics.dummy_connected(-1);
                 });
             }
-            conn = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
-                let (stream, peer) = match conn {
-                    Ok(c) => {
-                        accept_failures = 0;
-                        c
-                    }
-                    Err(e) => {
-                        if let Some(held_back) = TCP_ACCEPT_ERRORS.admit() {
-                            tracing::warn!(error = %e, held_back, "tcp accept failed");
-                        }
-                        tokio::time::sleep(accept_backoff(accept_failures)).await;
-                        accept_failures += 1;
-                        continue;
-                    }
-                };
-                let Some(permit) = tcp_limiter.admit(peer.ip()) else {
-                    if let Some(held_back) = TCP_REFUSALS.admit() {
-                        tracing::warn!(%peer, held_back, "tcp connection refused: too many connections");
-                    }
-                    continue;
-                };
+            conn = async { tcp.as_mut().expect("guarded").accept().await }, if tcp.is_some() => {
+                let (stream, peer, permit) = conn;
                 let _ = stream.set_nodelay(true);
                 let client = client.clone();
                 let requests = requests.clone();
                 let credentials = credentials.clone();
                 let stop = shutdown.clone();
+                let refusals = tcp_refusals.clone();
                 requests.clone().spawn(async move {
                     let _permit = permit;
                     let framed = match server_handshake(stream, "realclient", &credentials, Some(peer.ip())).await {
                         Ok(f) => f,
-                        Err(e) => {
-                            if let Some(held_back) = TCP_REFUSALS.admit() {
-                                tracing::warn!(%peer, error = %e, held_back, "tcp connection refused");
-                            }
-                            return;
-                        }
+                        Err(e) => return refusals.refused(peer, e),
                     };
                     let handler = service::Handler::new(client, None);
                     let serving = BaseChannel::with_defaults(transport(framed))
