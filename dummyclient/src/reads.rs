@@ -1,0 +1,264 @@
+//! Reads: whole objects into bytes, slices or registered memory; local replicas copied here, remote ones moved by the real client; read grants released.
+
+use super::*;
+
+impl DummyClient {
+    /// Reads a whole object.
+    pub fn get(&self, key: &str) -> MResult<Vec<u8>> {
+        self.batch_get(&[key.to_string()]).remove(0)
+    }
+
+    /// Reads whole objects.
+    pub fn batch_get(&self, keys: &[String]) -> Vec<MResult<Vec<u8>>> {
+        let mut dsts: Vec<Option<Dst>> =
+            keys.iter().map(|_| Some(Dst::Owned(Vec::new()))).collect();
+        let results = self.get_core(keys, &mut dsts);
+        results
+            .into_iter()
+            .zip(dsts)
+            .map(|(r, d)| match (r, d) {
+                (Ok(_), Some(Dst::Owned(v))) => Ok(v),
+                (Err(e), _) => Err(e),
+                _ => Err(ErrorCode::InternalError),
+            })
+            .collect()
+    }
+
+    /// Reads objects into byte slices; per key the object size, `INVALID_PARAMS`
+    /// when the buffer is too small, `OBJECT_NOT_FOUND` when missing.
+    pub fn batch_get_into_slices(
+        &self,
+        keys: &[String],
+        buffers: &mut [&mut [u8]],
+    ) -> Vec<MResult<u64>> {
+        if keys.len() != buffers.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let mut dsts: Vec<Option<Dst>> = buffers
+            .iter_mut()
+            .map(|b| Some(Dst::Slice(&mut b[..])))
+            .collect();
+        self.get_core(keys, &mut dsts)
+    }
+
+    /// Reads one object into registered memory; the object size or an error.
+    pub fn get_into(&self, key: &str, addr: u64, size: u64) -> MResult<u64> {
+        self.batch_get_into(&[key.to_string()], &[addr], &[size])
+            .remove(0)
+    }
+
+    /// Reads objects into registered memory (zero-copy for remote replicas); per
+    /// key the object size, `INVALID_PARAMS` for a small or unregistered buffer,
+    /// `OBJECT_NOT_FOUND` when missing.
+    pub fn batch_get_into(
+        &self,
+        keys: &[String],
+        addrs: &[u64],
+        sizes: &[u64],
+    ) -> Vec<MResult<u64>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let mut dsts: Vec<Option<Dst>> = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(&a, &n)| self.resolve(a, n).ok().map(|s| Dst::Registered(vec![s])))
+            .collect();
+        self.get_core(keys, &mut dsts)
+    }
+
+    /// Reads objects scattered over several registered buffers each; per key the
+    /// total bytes or an error.
+    pub fn batch_get_into_multi_buffers(
+        &self,
+        keys: &[String],
+        addrs: &[Vec<u64>],
+        sizes: &[Vec<u64>],
+    ) -> Vec<MResult<u64>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let mut dsts: Vec<Option<Dst>> = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(a, n)| self.resolve_all(a, n).ok().map(Dst::Registered))
+            .collect();
+        self.get_core(keys, &mut dsts)
+    }
+
+    /// The read path: one `get_into` call; local replicas copied here under the
+    /// lease, remote ones already moved by the real client into registered
+    /// destinations (or, for plain memory, into a temporary registered buffer).
+    pub(super) fn get_core(
+        &self,
+        keys: &[String],
+        dsts: &mut [Option<Dst<'_>>],
+    ) -> Vec<MResult<u64>> {
+        let mut results: Vec<MResult<u64>> = vec![Err(ErrorCode::InvalidParams); keys.len()];
+        let valid: Vec<usize> = (0..keys.len()).filter(|&i| dsts[i].is_some()).collect();
+        if valid.is_empty() {
+            return results;
+        }
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
+        let dests: Vec<Vec<BufRef>> = valid
+            .iter()
+            .map(|&i| match &dsts[i] {
+                // Process memory: the real client cannot write it; staged instead.
+                Some(Dst::Registered(spans)) => spans
+                    .iter()
+                    .map(Span::shared_ref)
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let asked = Instant::now();
+        let outcomes = self.get_into_call(&conn, req_keys, dests);
+        let mut remote: Vec<(usize, u64)> = Vec::new();
+        // Grants handed to this side, released once read (the staged round asks
+        // for its own).
+        let mut done_with: Vec<(String, u64)> = Vec::new();
+        for (&i, outcome) in valid.iter().zip(outcomes) {
+            let dst = dsts[i].as_mut().expect("valid");
+            results[i] = match outcome {
+                Err(e) => Err(e),
+                Ok(GetOutcome::Done(n)) => Ok(n),
+                Ok(GetOutcome::Local(list)) => {
+                    let r = Self::copy_local(&conn, &list, dst, asked);
+                    done_with.extend(grant_of(&keys[i], &list));
+                    r
+                }
+                Ok(GetOutcome::Remote(list)) => {
+                    done_with.extend(grant_of(&keys[i], &list));
+                    if dst.capacity() < list.size {
+                        Err(ErrorCode::InvalidParams)
+                    } else {
+                        remote.push((i, list.size));
+                        Ok(list.size)
+                    }
+                }
+            };
+        }
+        if !remote.is_empty() {
+            self.get_staged(&conn, keys, dsts, &remote, &mut results, &mut done_with);
+        }
+        self.release_reads(&conn, done_with);
+        results
+    }
+
+    /// Notes that this side is done reading the values it was granted; the next
+    /// `get_into` (or the pinger, within a second) tells the real client, so a
+    /// read costs no extra call.
+    pub(super) fn release_reads(&self, conn: &Conn, reads: Vec<(String, u64)>) {
+        if reads.is_empty() {
+            return;
+        }
+        let mut pending = conn.released.lock();
+        pending.extend(reads);
+        if pending.len() < MAX_HELD_RELEASES {
+            return;
+        }
+        let reads = std::mem::take(&mut *pending);
+        drop(pending);
+        let _ = self.dispatch(conn, RingRequest::ReleaseReads(reads));
+    }
+
+    pub(super) fn get_into_call(
+        &self,
+        conn: &Conn,
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+    ) -> Vec<MResult<GetOutcome>> {
+        let n = keys.len();
+        let released = std::mem::take(&mut *conn.released.lock());
+        let request = RingRequest::GetInto {
+            keys,
+            dests,
+            released,
+        };
+        self.dispatch_batch(conn, n, request, |r| match r {
+            RingResponse::Outcomes(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    pub(super) fn copy_local(
+        conn: &Conn,
+        list: &ReplicaList,
+        dst: &mut Dst<'_>,
+        asked: Instant,
+    ) -> MResult<u64> {
+        let (segment, id) = conn.local_segment().ok_or(ErrorCode::TransferFail)?;
+        let replica = list
+            .replicas
+            .iter()
+            .find(|r| r.segment_id == id)
+            .ok_or(ErrorCode::TransferFail)?;
+        if dst.capacity() < list.size {
+            return Err(ErrorCode::InvalidParams);
+        }
+        dst.fill_from(segment, replica.offset, list.size)?;
+        // The space may have been reused if the lease ran out during the copy.
+        if asked.elapsed() > Duration::from_millis(list.lease_ttl_ms) {
+            return Err(ErrorCode::LeaseExpired);
+        }
+        Ok(list.size)
+    }
+
+    /// Second round for remote objects bound for plain memory: the real client
+    /// reads them into one temporary registered buffer, copied out here.
+    pub(super) fn get_staged(
+        &self,
+        conn: &Conn,
+        keys: &[String],
+        dsts: &mut [Option<Dst<'_>>],
+        remote: &[(usize, u64)],
+        results: &mut [MResult<u64>],
+        done_with: &mut Vec<(String, u64)>,
+    ) {
+        let total: u64 = remote.iter().map(|(_, n)| n).sum();
+        let staging = match Staging::new(conn, &self.runtime, total) {
+            Ok(s) => s,
+            Err(e) => {
+                for &(i, _) in remote {
+                    results[i] = Err(e);
+                }
+                return;
+            }
+        };
+        let mut at = 0;
+        let mut dests = Vec::new();
+        let mut offsets = Vec::new();
+        for &(_, n) in remote {
+            dests.push(vec![BufRef {
+                addr: staging.base + at,
+                len: n,
+            }]);
+            offsets.push(at);
+            at += n;
+        }
+        let req_keys: Vec<String> = remote.iter().map(|&(i, _)| keys[i].clone()).collect();
+        let asked = Instant::now();
+        let outcomes = self.get_into_call(conn, req_keys, dests);
+        for ((&(i, _), outcome), off) in remote.iter().zip(outcomes).zip(offsets) {
+            let dst = dsts[i].as_mut().expect("valid");
+            results[i] = match outcome {
+                Err(e) => Err(e),
+                Ok(GetOutcome::Done(n)) => dst.fill_from(&staging.region, off, n).map(|_| n),
+                Ok(GetOutcome::Local(list)) => {
+                    let r = Self::copy_local(conn, &list, dst, asked);
+                    done_with.extend(grant_of(&keys[i], &list));
+                    r
+                }
+                Ok(GetOutcome::Remote(list)) => {
+                    done_with.extend(grant_of(&keys[i], &list));
+                    Err(ErrorCode::TransferFail)
+                }
+            };
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Writes: put / upsert from bytes, parts or registered memory; one path (`put_core`) for all.
+
+use super::*;
+
+impl DummyClient {
+    /// Puts one object (a copy of `value`).
+    pub fn put(&self, key: &str, value: &[u8], config: &ReplicateConfig) -> MResult<()> {
+        self.batch_put(&[key.to_string()], &[value], config, false)
+            .remove(0)
+    }
+
+    /// Puts the concatenation of `parts` as one object.
+    pub fn put_parts(&self, key: &str, parts: &[&[u8]], config: &ReplicateConfig) -> MResult<()> {
+        self.parts_core(key, parts, config, false)
+    }
+
+    /// Puts or replaces the concatenation of `parts` as one object.
+    pub fn upsert_parts(
+        &self,
+        key: &str,
+        parts: &[&[u8]],
+        config: &ReplicateConfig,
+    ) -> MResult<()> {
+        self.parts_core(key, parts, config, true)
+    }
+
+    pub(super) fn parts_core(
+        &self,
+        key: &str,
+        parts: &[&[u8]],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> MResult<()> {
+        let src = vec![Some(Src::Bytes(parts.to_vec()))];
+        self.put_core(&[key.to_string()], src, config, upsert)
+            .remove(0)
+    }
+
+    /// Puts objects from byte slices. `upsert` replaces existing values; a plain
+    /// put of an existing key succeeds and keeps the old value.
+    pub fn batch_put(
+        &self,
+        keys: &[String],
+        values: &[&[u8]],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        if keys.len() != values.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let srcs = values.iter().map(|v| Some(Src::Bytes(vec![*v]))).collect();
+        self.put_core(keys, srcs, config, upsert)
+    }
+
+    /// Zero-copy put of `size` bytes at `addr` (registered memory).
+    pub fn put_from(
+        &self,
+        key: &str,
+        addr: u64,
+        size: u64,
+        config: &ReplicateConfig,
+    ) -> MResult<()> {
+        self.batch_put_from(&[key.to_string()], &[addr], &[size], config, false)
+            .remove(0)
+    }
+
+    /// Zero-copy puts from registered memory; per key 0 or an error
+    /// (`INVALID_PARAMS` for memory that is not registered).
+    pub fn batch_put_from(
+        &self,
+        keys: &[String],
+        addrs: &[u64],
+        sizes: &[u64],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let srcs = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(&a, &n)| self.resolve(a, n).ok().map(|s| Src::Registered(vec![s])))
+            .collect();
+        self.put_core(keys, srcs, config, upsert)
+    }
+
+    /// Puts where each object is the concatenation of its buffers (registered).
+    pub fn batch_put_from_multi_buffers(
+        &self,
+        keys: &[String],
+        addrs: &[Vec<u64>],
+        sizes: &[Vec<u64>],
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        if keys.len() != addrs.len() || keys.len() != sizes.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let srcs = addrs
+            .iter()
+            .zip(sizes)
+            .map(|(a, n)| self.resolve_all(a, n).ok().map(Src::Registered))
+            .collect();
+        self.put_core(keys, srcs, config, upsert)
+    }
+
+    /// The write path: `put_start`, local replica copied here, remote replicas sent
+    /// by the real client from registered memory, `put_complete`. `None` sources
+    /// (unregistered memory) fail with `INVALID_PARAMS` without a call.
+    pub(super) fn put_core(
+        &self,
+        keys: &[String],
+        srcs: Vec<Option<Src<'_>>>,
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        let mut results: Vec<MResult<()>> = vec![Err(ErrorCode::InvalidParams); keys.len()];
+        let valid: Vec<usize> = (0..keys.len())
+            .filter(|&i| srcs[i].as_ref().is_some_and(|s| s.len() > 0))
+            .collect();
+        if valid.is_empty() {
+            return results;
+        }
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
+        let sizes: Vec<u64> = valid
+            .iter()
+            .map(|&i| srcs[i].as_ref().map_or(0, |s| s.len()))
+            .collect();
+        let started = self.start_puts(&conn, req_keys, sizes, config, upsert);
+        let local = conn.local_segment();
+        let mut completions: Vec<(usize, PutCompletion)> = Vec::new();
+        let mut to_stage: Vec<usize> = Vec::new();
+        for (&i, r) in valid.iter().zip(started) {
+            let replicas = match r {
+                Err(ErrorCode::ObjectAlreadyExists) if !upsert => {
+                    results[i] = Ok(());
+                    continue;
+                }
+                Err(e) => {
+                    results[i] = Err(e);
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            let src = srcs[i].as_ref().expect("valid");
+            let mut local_failed = false;
+            let mut remote = false;
+            for r in &replicas {
+                match local {
+                    Some((segment, id)) if r.segment_id == id => {
+                        if let Err(e) = src.copy_into(segment, r.offset) {
+                            tracing::warn!(key = %keys[i], "local replica copy failed: {e}");
+                            local_failed = true;
+                        }
+                    }
+                    _ => remote = true,
+                }
+            }
+            let shared: Option<Vec<BufRef>> = match src {
+                Src::Registered(spans) => spans.iter().map(Span::shared_ref).collect(),
+                Src::Bytes(_) => None,
+            };
+            let sources = match (remote, shared) {
+                (false, _) => Vec::new(),
+                (true, Some(refs)) => refs,
+                (true, None) => {
+                    to_stage.push(completions.len());
+                    Vec::new()
+                }
+            };
+            completions.push((
+                i,
+                PutCompletion {
+                    key: keys[i].clone(),
+                    local_failed,
+                    sources,
+                },
+            ));
+        }
+        if completions.is_empty() {
+            return results;
+        }
+        // Values in plain memory that must reach other hosts go through one
+        // temporary registered buffer for the batch.
+        let staging_size: u64 = to_stage
+            .iter()
+            .map(|&c| srcs[completions[c].0].as_ref().map_or(0, |s| s.len()))
+            .sum();
+        let staging = if staging_size > 0 {
+            match Staging::new(&conn, &self.runtime, staging_size) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot stage values for remote replicas: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(st) = &staging {
+            let mut at = 0;
+            for &c in &to_stage {
+                let src = srcs[completions[c].0].as_ref().expect("valid");
+                let len = src.len();
+                if src.copy_into(&st.region, at).is_ok() {
+                    completions[c].1.sources = vec![BufRef {
+                        addr: st.base + at,
+                        len,
+                    }];
+                }
+                at += len;
+            }
+        }
+        let items: Vec<PutCompletion> = completions.iter().map(|(_, c)| c.clone()).collect();
+        let ended = self.complete_puts(&conn, items);
+        drop(staging);
+        for ((i, _), r) in completions.iter().zip(ended) {
+            results[*i] = r;
+        }
+        results
+    }
+
+    /// `put_start` through the call ring, or the socket when the ring cannot
+    /// carry it; one result per key.
+    pub(super) fn start_puts(
+        &self,
+        conn: &Conn,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        let n = keys.len();
+        let request = RingRequest::PutStart {
+            keys,
+            sizes,
+            config: config.clone(),
+            upsert,
+        };
+        self.dispatch_batch(conn, n, request, |r| match r {
+            RingResponse::Started(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// `put_complete` through the call ring, or the socket; one result per item.
+    pub(super) fn complete_puts(&self, conn: &Conn, items: Vec<PutCompletion>) -> Vec<MResult<()>> {
+        let n = items.len();
+        let request = RingRequest::PutComplete(items);
+        self.dispatch_batch(conn, n, request, |r| match r {
+            RingResponse::Units(v) => Some(v),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,124 @@
+//! Reads: replica lists with read grants, existence and size probes.
+
+use super::*;
+
+impl MasterService {
+    /// Grants a read lease of `ttl` ms, refreshes recency, and describes the replicas.
+    pub(super) fn grant_read(
+        segs: &SegmentTable,
+        o: &mut Object,
+        now: u64,
+        ttl: u64,
+    ) -> ReplicaList {
+        o.lease_until = o.lease_until.max(now + ttl);
+        o.last_access = now;
+        o.add_reader();
+        ReplicaList {
+            size: o.size,
+            replicas: o
+                .replicas
+                .as_slice()
+                .iter()
+                .filter_map(|p| Self::describe(segs, p, o.size, o.version, ReplicaStatus::Complete))
+                .collect(),
+            lease_ttl_ms: ttl,
+        }
+    }
+
+    /// Readable replicas; grants a read lease and refreshes recency.
+    pub fn get_replica_list(&self, key: &str) -> MResult<ReplicaList> {
+        self.validate_key(key)?;
+        let hash = self.hash(key);
+        let now = self.now_ms();
+        let ttl = self.config.default_kv_lease_ttl.as_millis() as u64;
+        let mut shard = self.shard(hash).lock();
+        if let Some(o) = shard.get_mut(hash, key) {
+            let list = Self::grant_read(&self.segments.read(), o, now, ttl);
+            if list.replicas.is_empty() {
+                return Err(ErrorCode::ObjectNotFound);
+            }
+            return Ok(list);
+        }
+        if shard.processing.contains_key(key) {
+            Err(ErrorCode::ReplicaIsNotReady)
+        } else {
+            Err(ErrorCode::ObjectNotFound)
+        }
+    }
+
+    /// Like `get_replica_list` but grants no lease and leaves recency alone (admin).
+    pub fn query_key(&self, key: &str) -> MResult<ReplicaList> {
+        self.validate_key(key)?;
+        let hash = self.hash(key);
+        let shard = self.shard(hash).lock();
+        let o = shard
+            .get(hash, key)
+            .ok_or(if shard.processing.contains_key(key) {
+                ErrorCode::ReplicaIsNotReady
+            } else {
+                ErrorCode::ObjectNotFound
+            })?;
+        let segs = self.segments.read();
+        Ok(ReplicaList {
+            size: o.size,
+            replicas: o
+                .replicas
+                .as_slice()
+                .iter()
+                .filter_map(|p| {
+                    Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete)
+                })
+                .collect(),
+            lease_ttl_ms: o.lease_until.saturating_sub(self.now_ms()),
+        })
+    }
+
+    /// Replica lists of every complete object whose key matches; grants leases.
+    pub fn get_replica_list_by_regex(&self, pattern: &str) -> MResult<Vec<(String, ReplicaList)>> {
+        let re = compile_regex(pattern)?;
+        let now = self.now_ms();
+        let ttl = self.config.default_kv_lease_ttl.as_millis() as u64;
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let segs = self.segments.read();
+            shard.retain(
+                |k, o| {
+                    if re.is_match(k) {
+                        out.push((k.to_string(), Self::grant_read(&segs, o, now, ttl)));
+                    }
+                    false
+                },
+                |_, _| {},
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether a complete object exists; refreshes recency, grants no lease.
+    pub fn exist_key(&self, key: &str) -> MResult<bool> {
+        self.validate_key(key)?;
+        let hash = self.hash(key);
+        let now = self.now_ms();
+        let mut shard = self.shard(hash).lock();
+        Ok(match shard.get_mut(hash, key) {
+            Some(o) => {
+                o.last_access = now;
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Size of a complete object.
+    pub fn get_size(&self, key: &str) -> MResult<u64> {
+        self.validate_key(key)?;
+        let hash = self.hash(key);
+        let shard = self.shard(hash).lock();
+        match shard.get(hash, key) {
+            Some(o) => Ok(o.size),
+            None if shard.processing.contains_key(key) => Err(ErrorCode::ReplicaIsNotReady),
+            None => Err(ErrorCode::ObjectNotFound),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Segments and client sessions: mount, unmount, remount with an inventory, ping, inventory sync.
+
+use super::*;
+
+impl MasterService {
+    /// Adds a segment.
+    pub fn mount_segment(&self, client: ClientId, desc: SegmentDesc) -> MResult<()> {
+        if desc.size < GRANULE || desc.id.is_nil() {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let log = self.register_client(client, &desc.host);
+        {
+            let mut segs = self.segments.write();
+            if let Some(existing) = segs.by_id(&desc.id) {
+                return if existing.owner == client && existing.desc.size == desc.size {
+                    *existing.route.write() = (desc.transport_endpoint.clone(), desc.base);
+                    Ok(())
+                } else {
+                    Err(ErrorCode::SegmentAlreadyExists)
+                };
+            }
+            let id = desc.id;
+            let seg = segs.insert(desc.clone(), client, RangeAllocator::new(desc.size), log);
+            segs.activate(seg.slot);
+            tracing::info!(segment = %id, name = %desc.name, size = desc.size, client = %client, "segment mounted");
+        }
+        if let Some(c) = self.clients.lock().get_mut(&client)
+            && !c.segments.contains(&desc.id)
+        {
+            c.segments.push(desc.id);
+        }
+        self.free_epoch.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Removes a segment owned by `client`.
+    pub fn unmount_segment(&self, client: ClientId, segment: SegmentId) -> MResult<()> {
+        {
+            let segs = self.segments.read();
+            match segs.by_id(&segment) {
+                None => return Err(ErrorCode::SegmentNotFound),
+                Some(s) if s.owner != client => return Err(ErrorCode::IllegalClient),
+                Some(_) => {}
+            }
+        }
+        if let Some(c) = self.clients.lock().get_mut(&client) {
+            c.segments.retain(|s| *s != segment);
+        }
+        self.drop_segment(&segment);
+        Ok(())
+    }
+
+    /// Detaches a segment and drops every replica on it; objects left without
+    /// replicas disappear. Returns the number of objects dropped.
+    pub(super) fn drop_segment(&self, id: &SegmentId) -> u64 {
+        let Some(seg) = self.segments.write().detach(id) else {
+            return 0;
+        };
+        let slot = seg.slot;
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.retain(
+                |_, o| {
+                    o.replicas.drop_segment(slot);
+                    o.replicas.as_slice().is_empty()
+                },
+                |_, _| dropped += 1,
+            );
+            for p in shard.processing.values_mut() {
+                p.replicas.retain(|pl| pl.segment != slot);
+            }
+            for c in shard.copying.values_mut() {
+                c.targets.retain(|pl| pl.segment != slot);
+            }
+        }
+        self.deferred
+            .lock()
+            .retain(|d| d.slot != slot || d.segment_id != *id);
+        self.replaced.lock().retain(|_, r| {
+            r.frees.retain(|d| d.slot != slot || d.segment_id != *id);
+            !r.frees.is_empty()
+        });
+        self.segments.write().release_slot(slot);
+        tracing::info!(segment = %id, dropped, "segment unmounted");
+        dropped
+    }
+
+    /// Re-registers a client's segments with the objects it holds.
+    pub fn remount_segment(
+        &self,
+        client: ClientId,
+        segments: Vec<SegmentDesc>,
+        inventory: Vec<InventoryEntry>,
+        complete: bool,
+    ) -> MResult<RemountReport> {
+        for d in &segments {
+            if d.size < GRANULE || d.id.is_nil() {
+                return Err(ErrorCode::InvalidParams);
+            }
+        }
+        let host = segments.first().map(|d| d.host.clone()).unwrap_or_default();
+        let log = self.register_client(client, &host);
+        let buffer = {
+            let mut clients = self.clients.lock();
+            let entry = clients.get_mut(&client).ok_or(ErrorCode::ClientNotFound)?;
+            let buf = entry.restore.get_or_insert_with(RestoreBuffer::default);
+            if buf.entries.len() + inventory.len() > MAX_REMOUNT_ENTRIES {
+                entry.restore = None;
+                return Err(ErrorCode::InvalidParams);
+            }
+            for d in segments {
+                if !buf.segments.iter().any(|s| s.id == d.id) {
+                    buf.segments.push(d);
+                }
+            }
+            buf.entries.extend(inventory);
+            if !complete {
+                return Ok(RemountReport::default());
+            }
+            entry.restore.take().expect("just inserted")
+        };
+        let inventory_seq = log.lock().restart();
+        let now = self.now_ms();
+        let mut report = RemountReport {
+            inventory_seq,
+            ..Default::default()
+        };
+
+        // Segments the master still has keep the master's state; new ones are rebuilt.
+        let mut fresh: Vec<SegmentDesc> = Vec::new();
+        {
+            let segs = self.segments.read();
+            for d in &buffer.segments {
+                match segs.by_id(&d.id) {
+                    Some(s) if s.owner != client => return Err(ErrorCode::SegmentAlreadyExists),
+                    Some(s) => *s.route.write() = (d.transport_endpoint.clone(), d.base),
+                    None => fresh.push(d.clone()),
+                }
+            }
+        }
+        let known: HashSet<SegmentId> = buffer.segments.iter().map(|d| d.id).collect();
+        let mut per_segment: HashMap<SegmentId, Vec<InventoryEntry>> = HashMap::new();
+        for e in buffer.entries {
+            if !known.contains(&e.segment_id) {
+                report.rejected.push(e);
+                continue;
+            }
+            if let Some(d) = fresh.iter().find(|d| d.id == e.segment_id) {
+                let valid = self.validate_key(&e.key).is_ok()
+                    && e.version <= unix_micros() + MAX_VERSION_SKEW_US
+                    && e.size > 0
+                    && e.offset % GRANULE == 0
+                    && e.offset
+                        .checked_add(allocated_len(e.size))
+                        .is_some_and(|end| end <= d.size);
+                if valid {
+                    per_segment.entry(e.segment_id).or_default().push(e);
+                } else {
+                    report.rejected.push(e);
+                }
+            }
+            // Entries for segments the master still knows are ignored: its metadata is newer.
+        }
+
+        let mut mounted: Vec<Arc<Segment>> = Vec::new();
+        let mut max_version = 0;
+        for d in fresh {
+            let mut entries = per_segment.remove(&d.id).unwrap_or_default();
+            // Newest version wins, per key and per byte range.
+            entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.version));
+            let mut seen_keys: HashSet<String> = HashSet::new();
+            let mut ranges: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut accepted: Vec<InventoryEntry> = Vec::new();
+            for e in entries {
+                let end = e.offset + allocated_len(e.size);
+                let overlaps_before = ranges
+                    .range(..end)
+                    .next_back()
+                    .is_some_and(|(_, &pend)| pend > e.offset);
+                if overlaps_before || seen_keys.contains(&e.key) {
+                    report.rejected.push(e);
+                    continue;
+                }
+                ranges.insert(e.offset, end);
+                seen_keys.insert(e.key.clone());
+                max_version = max_version.max(e.version);
+                accepted.push(e);
+            }
+            let allocated: Vec<(u64, u64)> = accepted.iter().map(|e| (e.offset, e.size)).collect();
+            let allocator = RangeAllocator::with_allocated(d.size, &allocated);
+            let seg = self
+                .segments
+                .write()
+                .insert(d.clone(), client, allocator, log.clone());
+            let slot = seg.slot;
+            for e in accepted {
+                let hash = self.hash(&e.key);
+                let mut shard = self.shard(hash).lock();
+                let placement = Placement {
+                    offset: e.offset,
+                    segment: slot,
+                };
+                let applied = match shard.get_mut(hash, &e.key) {
+                    None => {
+                        let object = Object {
+                            size: e.size,
+                            version: e.version,
+                            lease_until: 0,
+                            last_access: now,
+                            replicas: Replicas::One(placement),
+                            soft_pin_until_s: 0,
+                            flags: FLAG_RESTORED,
+                            // Readers of the previous master incarnation may still
+                            // release grants: their count is not known here.
+                            readers: READERS_UNKNOWN,
+                        };
+                        shard.insert(hash, &e.key, object, &|k: &str| self.hasher.hash_one(k));
+                        true
+                    }
+                    Some(o) if o.version == e.version && o.size == e.size => {
+                        if !o.replicas.as_slice().iter().any(|p| p.segment == slot) {
+                            o.replicas.push(placement);
+                        }
+                        true
+                    }
+                    // A value written through this master is never replaced by an
+                    // inventory: only a newer copy of a value restored the same way.
+                    Some(o) if e.version > o.version && o.flags & FLAG_RESTORED != 0 => {
+                        let replaced = Object {
+                            size: e.size,
+                            version: e.version,
+                            lease_until: 0,
+                            last_access: now,
+                            replicas: Replicas::One(placement),
+                            soft_pin_until_s: 0,
+                            flags: FLAG_RESTORED,
+                            // Readers of the previous master incarnation may still
+                            // release grants: their count is not known here.
+                            readers: READERS_UNKNOWN,
+                        };
+                        let old = std::mem::replace(o, replaced);
+                        self.release_replaced(&self.segments.read(), &old, now);
+                        true
+                    }
+                    Some(_) => false,
+                };
+                drop(shard);
+                if applied {
+                    report.restored += 1;
+                } else {
+                    seg.free(e.offset, e.size);
+                    report.rejected.push(e);
+                }
+            }
+            mounted.push(seg);
+        }
+        self.last_version.fetch_max(max_version, Relaxed);
+        {
+            let mut segs = self.segments.write();
+            for seg in &mounted {
+                segs.activate(seg.slot);
+            }
+        }
+        if let Some(c) = self.clients.lock().get_mut(&client) {
+            for d in &buffer.segments {
+                if !c.segments.contains(&d.id) {
+                    c.segments.push(d.id);
+                }
+            }
+        }
+        self.free_epoch.fetch_add(1, Relaxed);
+        self.metrics
+            .restored_objects
+            .fetch_add(report.restored, Relaxed);
+        tracing::info!(
+            client = %client,
+            segments = mounted.len(),
+            restored = report.restored,
+            rejected = report.rejected.len(),
+            "client remounted"
+        );
+        Ok(report)
+    }
+
+    /// Heartbeat.
+    pub fn ping(&self, client: ClientId) -> PingResponse {
+        let now = self.now_ms();
+        let status = match self.clients.lock().get_mut(&client) {
+            Some(c) => {
+                c.last_seen = now;
+                ClientStatus::Ok
+            }
+            None => ClientStatus::NeedRemount,
+        };
+        PingResponse {
+            view_version: self.view_version,
+            status,
+            pending_tasks: self.tasks.lock().pending_for(&client) as u32,
+        }
+    }
+
+    /// Changes to the client's inventory after `ack`.
+    pub fn sync_inventory(&self, client: ClientId, ack: u64) -> MResult<InventoryDelta> {
+        let log = self
+            .clients
+            .lock()
+            .get(&client)
+            .map(|c| c.log.clone())
+            .ok_or(ErrorCode::ClientNotFound)?;
+        let delta = log.lock().sync(ack);
+        Ok(delta)
+    }
+
+    /// Every complete object in the client's segments; restarts its change log.
+    pub fn fetch_inventory(&self, client: ClientId) -> MResult<InventorySnapshot> {
+        let (log, ids) = self
+            .clients
+            .lock()
+            .get(&client)
+            .map(|c| (c.log.clone(), c.segments.clone()))
+            .ok_or(ErrorCode::ClientNotFound)?;
+        let seq = log.lock().restart();
+        let mut entries = Vec::new();
+        let slots: HashMap<u32, SegmentId> = {
+            let segs = self.segments.read();
+            ids.iter()
+                .filter_map(|id| segs.by_id(id).map(|s| (s.slot, *id)))
+                .collect()
+        };
+        for shard in self.shards.iter() {
+            shard.lock().for_each(|k, o| {
+                for p in o.replicas.as_slice() {
+                    if let Some(id) = slots.get(&p.segment) {
+                        entries.push(InventoryEntry {
+                            segment_id: *id,
+                            key: k.to_string(),
+                            offset: p.offset,
+                            size: o.size,
+                            version: o.version,
+                        });
+                    }
+                }
+            });
+        }
+        Ok(InventorySnapshot { seq, entries })
+    }
+
+    /// Every mounted segment.
+    pub fn all_segments(&self) -> Vec<SegmentDesc> {
+        self.segments
+            .read()
+            .iter()
+            .map(|s| s.current_desc())
+            .collect()
+    }
+
+    /// Per-segment capacity and usage: `(desc, used bytes)`.
+    pub fn segment_usage(&self) -> Vec<(SegmentDesc, u64)> {
+        self.segments
+            .read()
+            .iter()
+            .map(|s| (s.current_desc(), s.used.load(Relaxed)))
+            .collect()
+    }
+}

@@ -1,0 +1,322 @@
+//! [`RealClient`]: the segment, the master session and the store operations.
+//!
+//! The session: `remount_segment` with the persisted inventory at start (so objects
+//! in a re-attached segment come back), a ping every second (reconnecting, and
+//! remounting with the inventory when the master answers `NEED_REMOUNT`), and an
+//! inventory sync every 50 ms that applies the master's changes and persists them.
+//!
+//! # Layout
+//!
+//! - this file: the state ([`RealClient`]), startup and shutdown;
+//! - `session`: the master session (remount, heartbeat, inventory sync, persistence);
+//! - `writes`: put/upsert start, end, complete, revoke, and a dead session's writes;
+//! - `transfers`: reads for dummies, ranged transfers, replica fallback, read releases;
+//! - `metadata`: existence, size, replica lists and removes passed to the master;
+//! - `segments`: segments mounted after start;
+//! - `tasks`: replica copy / move tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use mooncake_proto::codec::connect_master;
+use mooncake_proto::*;
+use mooncake_shm::{Region, RegionOptions};
+
+use crate::config::RealClientConfig;
+use crate::inventory::{self, Inventory, PersistedInventory};
+use crate::master_handle::MasterHandle;
+use crate::metrics::ClientMetrics;
+use crate::transfer::tcp::{TcpTransport, TransferServer};
+use crate::transfer::{Direction, LocalSpan, TransferJob, Transport};
+use mooncake_ipc::{Session, Translation};
+use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfer};
+
+mod metadata;
+mod segments;
+mod session;
+mod tasks;
+mod transfers;
+mod writes;
+
+use transfers::{replica_jobs, translate_all};
+
+/// Inventory entries per `remount_segment` chunk.
+const REMOUNT_CHUNK: usize = 100_000;
+/// Writes started but never ended are forgotten after this.
+const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
+/// How long an upsert waits for another write of the same key to end before it
+/// reports `OBJECT_ALREADY_EXISTS`.
+const UPSERT_WAIT: Duration = Duration::from_secs(5);
+
+/// Ranges of one object: (offset in the object, the dummy's memory).
+type Ranges = Vec<(u64, Translation)>;
+
+/// One object of a `transfer_ranges` call: its index in the call, its remote
+/// replicas, its ranges and its deadline.
+type RangeWork = (usize, Vec<ReplicaDesc>, Ranges, Instant);
+
+/// A write started for a dummy and not yet ended.
+struct PendingWrite {
+    started: Instant,
+    /// The IPC session that started it (0: TCP or in-process): its writes are
+    /// revoked when the session ends without finishing them.
+    owner: u64,
+    /// The master's version of the write, telling it from a later write of the key.
+    version: u64,
+    replicas: Vec<ReplicaDesc>,
+    /// Set once ranges were written to the remote replicas with
+    /// `transfer_ranges`: the segments whose range writes failed.
+    ranged_failures: Option<Vec<SegmentId>>,
+}
+
+/// A segment mounted after start (`mount_segment` / `allocate_and_mount_segment`).
+struct ExtraSegment {
+    region: Arc<Region>,
+    desc: SegmentDesc,
+    /// Memory this client allocated (freed by `unmount_and_free_segment`), as
+    /// opposed to a mapped file (`unmount_segment`).
+    allocated: bool,
+}
+
+/// The real client.
+pub struct RealClient {
+    config: RealClientConfig,
+    client_id: ClientId,
+    segment: Option<(Arc<Region>, SegmentDesc)>,
+    master: RwLock<Option<MasterHandle>>,
+    /// The embedded master, when this process runs one.
+    local_master: Option<mooncake_master::rpc::MasterRpc>,
+    inventory: Mutex<Inventory>,
+    pending: Mutex<HashMap<String, PendingWrite>>,
+    healthy: AtomicBool,
+    transport: Arc<dyn Transport>,
+    transfer_server: Option<Arc<TransferServer>>,
+    /// Operation counters and latencies (served on `--http_port`).
+    pub metrics: ClientMetrics,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// Set while replica tasks are being fetched and run.
+    running_replica_tasks: AtomicBool,
+    /// Segments mounted after start.
+    extra_segments: Mutex<Vec<ExtraSegment>>,
+}
+
+impl RealClient {
+    /// Creates or re-attaches the segment, connects to the master and starts the
+    /// heartbeat and inventory tasks.
+    pub async fn start(
+        config: RealClientConfig,
+        shutdown: CancellationToken,
+        local_master: Option<Arc<mooncake_master::MasterService>>,
+    ) -> anyhow::Result<Arc<RealClient>> {
+        if config.protocol == Protocol::Rdma {
+            anyhow::bail!(
+                "--protocol rdma: this build has no RDMA transport (build with the `rdma` feature); use tcp"
+            );
+        }
+        let persisted = if config.ephemeral_segment {
+            None
+        } else {
+            inventory::load(&config.inventory_path())
+        };
+        let mut client_id = Uuid::new_v4();
+        let mut entries = Vec::new();
+        let segment = if config.global_segment_size == 0 {
+            None
+        } else {
+            // Prefault: first-touch faults would otherwise land on the put path.
+            let options = RegionOptions::from_env().with_prefault(true);
+            let reuse = persisted.as_ref().filter(|p| {
+                p.segment.size == config.global_segment_size
+                    && std::fs::metadata(&config.segment_path)
+                        .is_ok_and(|m| m.len() == config.global_segment_size)
+            });
+            let (region, id) = match reuse {
+                Some(p) => {
+                    let region =
+                        Region::open_named(&config.segment_path, &options).with_context(|| {
+                            format!("cannot re-attach {}", config.segment_path.display())
+                        })?;
+                    client_id = p.client_id;
+                    entries = p.entries.clone();
+                    tracing::info!(
+                        objects = entries.len(),
+                        "re-attached segment {}",
+                        config.segment_path.display()
+                    );
+                    (region, p.segment.id)
+                }
+                None if config.ephemeral_segment => {
+                    let region =
+                        Region::anonymous("mooncake-segment", config.global_segment_size, &options)
+                            .context("cannot create the segment")?;
+                    (region, Uuid::new_v4())
+                }
+                None => {
+                    let region = Region::create_named(
+                        &config.segment_path,
+                        config.global_segment_size,
+                        &options,
+                    )
+                    .with_context(|| {
+                        format!("cannot create segment {}", config.segment_path.display())
+                    })?;
+                    (region, Uuid::new_v4())
+                }
+            };
+            let desc = SegmentDesc {
+                id,
+                name: config.hostname(),
+                host: config.host.clone(),
+                base: region.as_ptr() as u64,
+                size: config.global_segment_size,
+                transport_endpoint: String::new(),
+                protocol: config.protocol,
+            };
+            Some((Arc::new(region), desc))
+        };
+        let mut segment = segment;
+        let transfer_server = match &mut segment {
+            Some((region, desc)) => {
+                let bind = format!("{}:{}", config.bind_host, config.transfer_port);
+                let server = TransferServer::bind(
+                    &bind,
+                    config.cluster_token.clone(),
+                    Some((desc.id, region.clone())),
+                )
+                .with_context(|| format!("cannot listen for transfers on {bind}"))?;
+                desc.transport_endpoint = format!("{}:{}", config.host, server.local_addr().port());
+                if config.port == 0 {
+                    // No service port to name the segment by: the transfer port is
+                    // unique on this host too.
+                    desc.name = format!("{}:{}", config.host, server.local_addr().port());
+                }
+                tracing::info!(
+                    "transfer port {} (peers reach it at {})",
+                    server.local_addr(),
+                    desc.transport_endpoint
+                );
+                Some(server)
+            }
+            // No global segment: the port still comes up, for segments mounted later.
+            None => {
+                let bind = format!("{}:{}", config.bind_host, config.transfer_port);
+                let server = TransferServer::bind(&bind, config.cluster_token.clone(), None)
+                    .with_context(|| format!("cannot listen for transfers on {bind}"))?;
+                Some(server)
+            }
+        };
+        let inventory = Inventory::new(segment.as_ref().map(|(_, d)| d.id), entries);
+        let config_token = config.cluster_token.clone();
+        let client = Arc::new(RealClient {
+            config,
+            client_id,
+            segment,
+            master: RwLock::new(None),
+            local_master: local_master.map(mooncake_master::rpc::MasterRpc::new),
+            inventory: Mutex::new(inventory),
+            pending: Mutex::new(HashMap::new()),
+            healthy: AtomicBool::new(false),
+            transport: Arc::new(TcpTransport::new(config_token)),
+            transfer_server: transfer_server.map(Arc::new),
+            metrics: ClientMetrics::default(),
+            shutdown,
+            tasks: TaskTracker::new(),
+            running_replica_tasks: AtomicBool::new(false),
+            extra_segments: Mutex::new(Vec::new()),
+        });
+        client.persist();
+        if let Err(e) = client.connect_and_remount().await {
+            tracing::warn!(
+                "master {} not reachable yet: {e:#}",
+                client.config.master_server_address
+            );
+        }
+        client.tasks.spawn(client.clone().heartbeat());
+        client.tasks.spawn(client.clone().inventory_sync());
+        Ok(client)
+    }
+
+    /// This client's id towards the master.
+    pub fn client_id(&self) -> ClientId {
+        self.client_id
+    }
+
+    /// The segment region (exported to dummies).
+    pub fn segment_region(&self) -> Option<Arc<Region>> {
+        self.segment.as_ref().map(|(r, _)| r.clone())
+    }
+
+    /// The segment descriptor.
+    pub fn segment(&self) -> Option<&SegmentDesc> {
+        self.segment.as_ref().map(|(_, d)| d)
+    }
+
+    /// `host:port`, the segment name.
+    pub fn hostname(&self) -> String {
+        match &self.segment {
+            Some((_, desc)) => desc.name.clone(),
+            None => self.config.hostname(),
+        }
+    }
+
+    /// Whether the master session is up.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Bytes peers read from / wrote into this client's segment.
+    pub fn bytes_served(&self) -> (u64, u64) {
+        self.transfer_server
+            .as_ref()
+            .map(|s| s.bytes_served())
+            .unwrap_or((0, 0))
+    }
+
+    /// The transfer port's address, when this client has a segment.
+    pub fn transfer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.transfer_server.as_ref().map(|s| s.local_addr())
+    }
+
+    /// Objects recorded in the inventory.
+    pub fn inventory_len(&self) -> usize {
+        self.inventory.lock().len()
+    }
+
+    /// Stops the background tasks, persists the inventory and unmounts.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(server) = self.transfer_server.clone() {
+            // Transfers in progress finish first.
+            let _ =
+                tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(10))).await;
+        }
+        self.persist();
+        let extra: Vec<SegmentId> = self
+            .extra_segments
+            .lock()
+            .iter()
+            .map(|e| e.desc.id)
+            .collect();
+        if !extra.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), self.unmount_now(&extra)).await;
+        }
+        if let (Ok(master), Some(desc)) = (self.master(), self.segment()) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                master.unmount_segment(self.client_id, desc.id),
+            )
+            .await;
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Replica copy / move tasks: queued by the master, fetched after a ping and run here.
+
+use super::*;
+
+impl RealClient {
+    /// Fetches the replica tasks queued for this client and runs them, a batch
+    /// at a time, until none is left.
+    pub(super) async fn run_replica_tasks(self: Arc<Self>) {
+        const BATCH: u32 = 16;
+        loop {
+            let Ok(master) = self.master() else { break };
+            let tasks = match master.fetch_tasks(self.client_id, BATCH).await {
+                Ok(Ok(t)) if !t.is_empty() => t,
+                _ => break,
+            };
+            let me = &self;
+            let runs = tasks.into_iter().map(|t| {
+                let master = master.clone();
+                async move {
+                    let outcome = me.run_replica_task(&master, &t).await;
+                    let (ok, message) = match outcome {
+                        Ok(()) => (true, "Task completed successfully".to_string()),
+                        Err(e) => (false, e),
+                    };
+                    if !ok {
+                        tracing::warn!(task = %t.id, key = %t.key, "replica task failed: {message}");
+                    }
+                    let _ = master
+                        .complete_task(me.client_id, t.id, ok, message)
+                        .await;
+                }
+            });
+            futures::future::join_all(runs).await;
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+        }
+        self.running_replica_tasks.store(false, Ordering::Release);
+    }
+
+    /// Copies (or moves) one replica out of this client's segment.
+    pub(super) async fn run_replica_task(
+        &self,
+        master: &MasterHandle,
+        task: &TaskAssignment,
+    ) -> Result<(), String> {
+        let failed = |what: &str, e: ErrorCode| format!("{what} failed: {e} ({})", e.as_i32());
+        let plan = master
+            .replica_copy_start(
+                self.client_id,
+                task.key.clone(),
+                task.source,
+                task.targets.clone(),
+                task.kind == TaskKind::ReplicaMove,
+            )
+            .await
+            .map_err(|e| failed("copy_start", e))?
+            .map_err(|e| failed("copy_start", e))?;
+        let Some(region) = self.local_region(&plan.source.segment_id) else {
+            let _ = master
+                .replica_copy_revoke(self.client_id, task.key.clone())
+                .await;
+            return Err("the source segment is not this client's".into());
+        };
+        let jobs: Vec<TransferJob> = plan
+            .targets
+            .iter()
+            .map(|t| TransferJob {
+                direction: Direction::Write,
+                endpoint: t.transport_endpoint.clone(),
+                segment_id: t.segment_id,
+                remote_offset: t.offset,
+                local: LocalSpan {
+                    region: region.clone(),
+                    offset: plan.source.offset,
+                    len: plan.source.size,
+                },
+            })
+            .collect();
+        let deadline = Instant::now() + self.config.transfer_timeout;
+        let mut failed_segments = Vec::new();
+        let mut written = 0;
+        for ((result, n), t) in self
+            .transfer(jobs, deadline)
+            .await
+            .into_iter()
+            .zip(&plan.targets)
+        {
+            match result {
+                Ok(()) => written += n,
+                Err(e) => {
+                    tracing::warn!(key = %task.key, segment = %t.segment_id, "replica copy failed: {e}");
+                    failed_segments.push(t.segment_id);
+                }
+            }
+        }
+        self.metrics.add_transfer_bytes(0, written);
+        master
+            .replica_copy_end(self.client_id, task.key.clone(), failed_segments)
+            .await
+            .map_err(|e| failed("copy_end", e))?
+            .map_err(|e| failed("copy_end", e))
+    }
+
+    /// Queues a copy of `key` to the segments named `targets` (see the master's
+    /// `create_copy_task`).
+    pub async fn create_copy_task(&self, key: String, targets: Vec<String>) -> MResult<TaskId> {
+        self.master()?.create_copy_task(key, targets).await?
+    }
+
+    /// Queues a move of `key`'s replica on `source` to `target`.
+    pub async fn create_move_task(
+        &self,
+        key: String,
+        source: String,
+        target: String,
+    ) -> MResult<TaskId> {
+        self.master()?.create_move_task(key, source, target).await?
+    }
+
+    /// A task's state.
+    pub async fn query_task(&self, id: TaskId) -> MResult<TaskInfo> {
+        self.master()?.query_task(id).await?
+    }
+}

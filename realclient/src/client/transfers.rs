@@ -1,0 +1,390 @@
+//! Reads for dummies and ranged transfers: replica lists, remote reads into registered memory with replica fallback, read releases.
+
+use super::*;
+
+impl RealClient {
+    /// Readers are done with values they were granted: tells the master, without
+    /// waiting, so replaced values are freed as soon as nobody reads them.
+    pub async fn release_reads(&self, reads: Vec<(String, u64)>) {
+        if reads.is_empty() {
+            return;
+        }
+        let Ok(master) = self.master() else { return };
+        match master {
+            // A direct call: done at once.
+            MasterHandle::Local(_) => {
+                let _ = master.batch_release_reads(reads).await;
+            }
+            MasterHandle::Remote(_) => {
+                tokio::spawn(async move {
+                    let _ = master.batch_release_reads(reads).await;
+                });
+            }
+        }
+    }
+
+    /// Reads objects for a dummy: local replicas are left to the dummy; remote ones
+    /// are read straight into its registered `dests`, trying each replica in turn,
+    /// all within the read lease.
+    pub async fn get_into(
+        &self,
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+        session: Option<&Arc<Session>>,
+    ) -> Vec<MResult<GetOutcome>> {
+        if dests.len() != keys.len() {
+            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+        }
+        let started = Instant::now();
+        let lists = self.get_replicas(keys.clone()).await;
+        let own = self.segment().map(|d| d.id);
+        let mut out: Vec<MResult<GetOutcome>> = Vec::with_capacity(lists.len());
+        // Grants this call uses up itself; `Local` and `Remote` lists go to the
+        // dummy, which releases them once it has read.
+        let mut done_with: Vec<(String, u64)> = Vec::new();
+        // Per key wanting a transfer: its remote replicas and destination spans.
+        let mut wanted: Vec<(usize, ReplicaList, Vec<Translation>)> = Vec::new();
+        for (i, list) in lists.into_iter().enumerate() {
+            let list = match list {
+                Ok(l) => l,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            if list.replicas.iter().any(|r| Some(r.segment_id) == own) {
+                out.push(Ok(GetOutcome::Local(list)));
+                continue;
+            }
+            if dests[i].is_empty() {
+                out.push(Ok(GetOutcome::Remote(list)));
+                continue;
+            }
+            if let Some(r) = list.replicas.first() {
+                done_with.push((keys[i].clone(), r.version));
+            }
+            let capacity: u64 = dests[i].iter().map(|d| d.len).sum();
+            if capacity < list.size {
+                out.push(Err(ErrorCode::InvalidParams));
+                continue;
+            }
+            match translate_all(session, &dests[i], list.size) {
+                Ok(spans) => {
+                    out.push(Ok(GetOutcome::Done(list.size)));
+                    wanted.push((i, list, spans));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        // Leave a margin: bytes must be in place before the lease can lapse.
+        let lease_ms = wanted.iter().map(|w| w.1.lease_ttl_ms).min().unwrap_or(0);
+        let deadline = started + Duration::from_millis(lease_ms.saturating_sub(50));
+        let owners: Vec<usize> = wanted.iter().map(|w| w.0).collect();
+        let reads = wanted
+            .into_iter()
+            .map(|(_, list, spans)| {
+                let mut at = 0;
+                let ranges = spans
+                    .into_iter()
+                    .map(|t| {
+                        let off = at;
+                        at += t.len();
+                        (off, t)
+                    })
+                    .collect();
+                (list.replicas, ranges)
+            })
+            .collect();
+        for (i, r) in owners
+            .into_iter()
+            .zip(self.read_with_fallback(reads, deadline).await)
+        {
+            if let Err(e) = r {
+                out[i] = Err(e);
+            }
+        }
+        self.release_reads(done_with).await;
+        out
+    }
+
+    /// Moves object ranges between a dummy's registered memory and the remote
+    /// replicas (see [`RealClientService::transfer_ranges`]).
+    ///
+    /// [`RealClientService::transfer_ranges`]: mooncake_proto::realclient::RealClientService::transfer_ranges
+    pub async fn transfer_ranges(
+        &self,
+        write: bool,
+        items: Vec<RangeTransfer>,
+        session: Option<&Arc<Session>>,
+    ) -> Vec<MResult<u64>> {
+        let started = Instant::now();
+        let own = self.segment().map(|d| d.id);
+        let mut out: Vec<MResult<u64>> = Vec::with_capacity(items.len());
+        // Per item to transfer: its remote replicas (tried in turn for reads, all
+        // written for writes), its ranges, and its deadline.
+        let mut wanted: Vec<RangeWork> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let replicas = if write {
+                match self.pending.lock().get(&item.key) {
+                    Some(w) => w.replicas.clone(),
+                    None => {
+                        out.push(Err(ErrorCode::InvalidParams));
+                        continue;
+                    }
+                }
+            } else {
+                item.replicas
+            };
+            let size = replicas.first().map_or(0, |r| r.size);
+            let remote: Vec<ReplicaDesc> = replicas
+                .into_iter()
+                .filter(|r| Some(r.segment_id) != own && r.size == size)
+                .collect();
+            let mut spans = Vec::with_capacity(item.ranges.len());
+            let mut total = 0u64;
+            let mut bad = None;
+            for range in &item.ranges {
+                let inside = range
+                    .object_offset
+                    .checked_add(range.buf.len)
+                    .is_some_and(|end| end <= size);
+                if !inside || range.buf.len == 0 {
+                    bad = Some(ErrorCode::InvalidParams);
+                    break;
+                }
+                match session.map(|s| s.translate(range.buf.addr, range.buf.len)) {
+                    Some(Ok(t)) => spans.push((range.object_offset, t)),
+                    _ => {
+                        bad = Some(ErrorCode::InvalidParams);
+                        break;
+                    }
+                }
+                total += range.buf.len;
+            }
+            if let Some(e) = bad {
+                out.push(Err(e));
+                continue;
+            }
+            if remote.is_empty() {
+                // Writes: nothing remote to write. Reads: the dummy should have
+                // copied from the local replica itself.
+                out.push(if write {
+                    Ok(total)
+                } else {
+                    Err(ErrorCode::TransferFail)
+                });
+                continue;
+            }
+            let deadline = if write {
+                started + self.config.transfer_timeout
+            } else {
+                started + Duration::from_millis(item.lease_left_ms.saturating_sub(50))
+            };
+            out.push(Ok(total));
+            wanted.push((i, remote, spans, deadline));
+            keys.push(item.key);
+        }
+        if write {
+            let mut jobs = Vec::new();
+            let mut owners: Vec<(usize, SegmentId)> = Vec::new();
+            let deadline = wanted.iter().map(|w| w.3).max().unwrap_or(started);
+            for (w, (_, remote, spans, _)) in wanted.iter().enumerate() {
+                for r in remote {
+                    for (off, t) in spans {
+                        jobs.push(range_job(Direction::Write, r, *off, t));
+                        owners.push((w, r.segment_id));
+                    }
+                }
+            }
+            let results = self.transfer(jobs, deadline).await;
+            let mut failures: Vec<Vec<SegmentId>> = vec![Vec::new(); wanted.len()];
+            let mut bytes = 0;
+            for ((r, n), (w, seg)) in results.into_iter().zip(owners) {
+                match r {
+                    Ok(()) => bytes += n,
+                    Err(e) => {
+                        if !failures[w].contains(&seg) {
+                            tracing::warn!(key = %keys[w], segment = %seg, "range write failed: {e}");
+                            failures[w].push(seg);
+                        }
+                    }
+                }
+            }
+            self.metrics.add_transfer_bytes(0, bytes);
+            let mut pending = self.pending.lock();
+            for (w, (i, remote, _, _)) in wanted.iter().enumerate() {
+                // A write revoked meanwhile has nothing left to record.
+                let Some(entry) = pending.get_mut(&keys[w]) else {
+                    continue;
+                };
+                let recorded = entry.ranged_failures.get_or_insert_with(Vec::new);
+                for seg in &failures[w] {
+                    if !recorded.contains(seg) {
+                        recorded.push(*seg);
+                    }
+                }
+                let has_local = entry.replicas.iter().any(|d| Some(d.segment_id) == own);
+                if !has_local && failures[w].len() == remote.len() {
+                    out[*i] = Err(ErrorCode::TransferFail);
+                }
+            }
+            return out;
+        }
+        let deadline = wanted.iter().map(|w| w.3).min().unwrap_or(started);
+        let owners: Vec<usize> = wanted.iter().map(|w| w.0).collect();
+        let reads = wanted
+            .into_iter()
+            .map(|(_, r, spans, _)| (r, spans))
+            .collect();
+        for (i, r) in owners
+            .into_iter()
+            .zip(self.read_with_fallback(reads, deadline).await)
+        {
+            if let Err(e) = r {
+                out[i] = Err(e);
+            }
+        }
+        out
+    }
+
+    /// Reads each item's ranges `(object offset, local span)` from its replicas,
+    /// moving to the next replica after a failure (never past `deadline`, and
+    /// not after `LEASE_EXPIRED`). Per item `Ok` or the last error.
+    pub(super) async fn read_with_fallback(
+        &self,
+        items: Vec<(Vec<ReplicaDesc>, Ranges)>,
+        deadline: Instant,
+    ) -> Vec<MResult<()>> {
+        let mut results: Vec<MResult<()>> = items
+            .iter()
+            .map(|(r, _)| {
+                if r.is_empty() {
+                    Err(ErrorCode::TransferFail)
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        let mut pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_ok()).collect();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let mut jobs = Vec::new();
+            let mut owners = Vec::new();
+            for &i in &pending {
+                let replica = &items[i].0[attempt];
+                for (off, t) in &items[i].1 {
+                    jobs.push(range_job(Direction::Read, replica, *off, t));
+                    owners.push(i);
+                }
+            }
+            let mut errors: Vec<Option<ErrorCode>> = vec![None; items.len()];
+            let mut bytes = 0;
+            for ((r, n), i) in self.transfer(jobs, deadline).await.into_iter().zip(owners) {
+                match r {
+                    Ok(()) => bytes += n,
+                    Err(e) => errors[i] = errors[i].or(Some(e)),
+                }
+            }
+            self.metrics.add_transfer_bytes(bytes, 0);
+            attempt += 1;
+            pending.retain(|&i| match errors[i] {
+                None => false,
+                Some(e) if e != ErrorCode::LeaseExpired && attempt < items[i].0.len() => {
+                    tracing::debug!(
+                        "replica {} of a key failed ({e}); trying the next",
+                        attempt - 1
+                    );
+                    true
+                }
+                Some(e) => {
+                    results[i] = Err(e);
+                    false
+                }
+            });
+        }
+        results
+    }
+
+    /// Runs transfer jobs off the async workers; returns per job its result and length.
+    pub(super) async fn transfer(
+        &self,
+        jobs: Vec<TransferJob>,
+        deadline: Instant,
+    ) -> Vec<(MResult<()>, u64)> {
+        let transport = self.transport.clone();
+        let lens: Vec<u64> = jobs.iter().map(|j| j.local.len).collect();
+        let n = jobs.len();
+        let results = tokio::task::spawn_blocking(move || transport.run(&jobs, deadline))
+            .await
+            .unwrap_or_else(|_| vec![Err(ErrorCode::InternalError); n]);
+        results.into_iter().zip(lens).collect()
+    }
+}
+
+/// The job moving the range at `offset` in the object of `replica` from or to `local`.
+pub(super) fn range_job(
+    direction: Direction,
+    replica: &ReplicaDesc,
+    offset: u64,
+    local: &Translation,
+) -> TransferJob {
+    TransferJob {
+        direction,
+        endpoint: replica.transport_endpoint.clone(),
+        segment_id: replica.segment_id,
+        remote_offset: replica.offset + offset,
+        local: LocalSpan {
+            region: local.region_arc().clone(),
+            offset: local.offset(),
+            len: local.len(),
+        },
+    }
+}
+
+/// The jobs moving one object between `replica` and the dummy memory `spans`, which
+/// hold the object's bytes in order.
+pub(super) fn replica_jobs(
+    direction: Direction,
+    replica: &ReplicaDesc,
+    spans: &[Translation],
+) -> Vec<TransferJob> {
+    let mut at = 0;
+    spans
+        .iter()
+        .map(|t| {
+            let job = range_job(direction, replica, at, t);
+            at += t.len();
+            job
+        })
+        .collect()
+}
+
+/// Translates a dummy's buffer list, checking it holds exactly `size` bytes... or
+/// more: a destination may be larger than the object, in which case only the first
+/// `size` bytes are used.
+pub(super) fn translate_all(
+    session: Option<&Arc<Session>>,
+    bufs: &[BufRef],
+    size: u64,
+) -> MResult<Vec<Translation>> {
+    let session = session.ok_or(ErrorCode::InvalidParams)?;
+    let total: u64 = bufs.iter().map(|b| b.len).sum();
+    if total < size || bufs.is_empty() {
+        return Err(ErrorCode::InvalidParams);
+    }
+    let mut left = size;
+    let mut spans = Vec::new();
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        let len = b.len.min(left);
+        if len == 0 {
+            continue;
+        }
+        spans.push(session.translate(b.addr, len)?);
+        left -= len;
+    }
+    Ok(spans)
+}

@@ -1,0 +1,304 @@
+//! Writes for dummies: start (with upsert waiting), end, complete with remote replicas, revoke, and revoking a dead session's writes.
+
+use super::*;
+
+impl RealClient {
+    /// Starts writes for a dummy; local segment first unless the config says otherwise.
+    /// An upsert of a key another write is still writing waits for that write to
+    /// end (up to [`UPSERT_WAIT`]), so concurrent upserts each succeed, the last
+    /// one's value winning. `owner` is the IPC session starting the writes.
+    pub async fn put_start(
+        &self,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        mut config: ReplicateConfig,
+        upsert: bool,
+        owner: u64,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        if config.preferred_segments.is_empty() && self.segment.is_some() {
+            config.preferred_segments = vec![self.hostname()];
+        }
+        let mut results = self
+            .start_writes(keys.clone(), sizes.clone(), &config, upsert)
+            .await;
+        if upsert {
+            let give_up = Instant::now() + UPSERT_WAIT;
+            let mut pause = Duration::from_micros(200);
+            loop {
+                let busy: Vec<usize> = (0..keys.len())
+                    .filter(|&i| results[i] == Err(ErrorCode::ObjectAlreadyExists))
+                    .collect();
+                if busy.is_empty() || Instant::now() >= give_up {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+                let retried = self
+                    .start_writes(
+                        busy.iter().map(|&i| keys[i].clone()).collect(),
+                        busy.iter().map(|&i| sizes[i]).collect(),
+                        &config,
+                        true,
+                    )
+                    .await;
+                for (i, r) in busy.into_iter().zip(retried) {
+                    results[i] = r;
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut pending = self.pending.lock();
+        for (k, r) in keys.iter().zip(&results) {
+            if let Ok(descs) = r {
+                pending.insert(
+                    k.clone(),
+                    PendingWrite {
+                        started: now,
+                        owner,
+                        version: descs.first().map_or(0, |d| d.version),
+                        replicas: descs.clone(),
+                        ranged_failures: None,
+                    },
+                );
+            }
+        }
+        results
+    }
+
+    pub(super) async fn start_writes(
+        &self,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        let n = keys.len();
+        let call = async {
+            let master = self.master()?;
+            if upsert {
+                master
+                    .batch_upsert_start(self.client_id, keys, sizes, config.clone())
+                    .await
+            } else {
+                master
+                    .batch_put_start(self.client_id, keys, sizes, config.clone())
+                    .await
+            }
+        };
+        per_key(n, call.await)
+    }
+
+    /// The versions of the pending writes of `keys` (0 when there is none).
+    pub(super) fn pending_versions(&self, keys: impl Iterator<Item = impl AsRef<str>>) -> Vec<u64> {
+        let pending = self.pending.lock();
+        keys.map(|k| pending.get(k.as_ref()).map_or(0, |w| w.version))
+            .collect()
+    }
+
+    /// Takes the pending write of `key` if it is still the one of `version` (a
+    /// later write of the key may have started once this one ended).
+    pub(super) fn take_pending(
+        pending: &mut HashMap<String, PendingWrite>,
+        key: &str,
+        version: u64,
+    ) -> Option<PendingWrite> {
+        if pending.get(key)?.version == version {
+            pending.remove(key)
+        } else {
+            None
+        }
+    }
+
+    /// Revokes the writes an IPC session started and did not finish: its dummy
+    /// died or disconnected, so nobody will end them, and the keys must not stay
+    /// blocked until the master's discard timeout.
+    pub async fn revoke_writes_of(&self, owner: u64) {
+        if owner == 0 {
+            return;
+        }
+        let keys: Vec<String> = {
+            let mut pending = self.pending.lock();
+            let keys: Vec<String> = pending
+                .iter()
+                .filter(|(_, w)| w.owner == owner)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &keys {
+                pending.remove(k);
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let n = keys.len();
+        let results = match self.master() {
+            Ok(m) => per_key(n, m.batch_put_revoke(self.client_id, keys).await),
+            Err(e) => vec![Err(e); n],
+        };
+        let revoked = results.iter().filter(|r| r.is_ok()).count();
+        tracing::info!(
+            session = owner,
+            revoked,
+            unfinished = n,
+            "revoked the unfinished writes of a dummy that went away"
+        );
+    }
+
+    /// Ends writes; records local replicas in the inventory at once.
+    pub async fn put_end(&self, keys: Vec<String>) -> Vec<MResult<()>> {
+        let versions = self.pending_versions(keys.iter());
+        let call = async {
+            self.master()?
+                .batch_put_end(self.client_id, keys.clone())
+                .await
+        };
+        let results = per_key(keys.len(), call.await);
+        let mut pending = self.pending.lock();
+        let mut inv = self.inventory.lock();
+        for ((k, r), version) in keys.iter().zip(&results).zip(versions) {
+            let Some(PendingWrite {
+                replicas: descs, ..
+            }) = Self::take_pending(&mut pending, k, version)
+            else {
+                continue;
+            };
+            if r.is_ok() {
+                for d in descs {
+                    inv.add(InventoryEntry {
+                        segment_id: d.segment_id,
+                        key: k.clone(),
+                        offset: d.offset,
+                        size: d.size,
+                        version: d.version,
+                    });
+                }
+            }
+        }
+        results
+    }
+
+    /// Finishes writes for a dummy: sends each value from the dummy's registered
+    /// buffers to the replicas on other hosts, then ends the batch with the master,
+    /// dropping replicas that failed. A key fails only when every replica failed.
+    pub async fn put_complete(
+        &self,
+        items: Vec<PutCompletion>,
+        session: Option<&Arc<Session>>,
+    ) -> Vec<MResult<()>> {
+        let own = self.segment().map(|d| d.id);
+        let mut failed: Vec<Vec<SegmentId>> = vec![Vec::new(); items.len()];
+        let mut overrides: Vec<Option<ErrorCode>> = vec![None; items.len()];
+        let mut replicas: Vec<Vec<ReplicaDesc>> = Vec::with_capacity(items.len());
+        // Per item: the remote replicas were already written by `transfer_ranges`.
+        let mut ranged: Vec<bool> = Vec::with_capacity(items.len());
+        let mut versions: Vec<u64> = Vec::with_capacity(items.len());
+        {
+            let pending = self.pending.lock();
+            for (i, item) in items.iter().enumerate() {
+                let w = pending.get(&item.key);
+                versions.push(w.map_or(0, |w| w.version));
+                replicas.push(w.map(|w| w.replicas.clone()).unwrap_or_default());
+                let done = match w.and_then(|w| w.ranged_failures.as_ref()) {
+                    Some(fails) if item.sources.is_empty() => {
+                        failed[i].extend(fails.iter().copied());
+                        true
+                    }
+                    _ => false,
+                };
+                ranged.push(done);
+            }
+        }
+        // Jobs, and for each the (item, replica segment) it belongs to.
+        let mut jobs: Vec<TransferJob> = Vec::new();
+        let mut owners: Vec<(usize, SegmentId)> = Vec::new();
+        let mut held: Vec<Translation> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            for r in &replicas[i] {
+                if Some(r.segment_id) == own {
+                    if item.local_failed {
+                        failed[i].push(r.segment_id);
+                    }
+                    continue;
+                }
+                if ranged[i] {
+                    continue;
+                }
+                let spans = match translate_all(session, &item.sources, r.size) {
+                    Ok(spans) => spans,
+                    Err(code) => {
+                        failed[i].push(r.segment_id);
+                        overrides[i] = Some(code);
+                        continue;
+                    }
+                };
+                for job in replica_jobs(Direction::Write, r, &spans) {
+                    jobs.push(job);
+                    owners.push((i, r.segment_id));
+                }
+                held.extend(spans);
+            }
+        }
+        if !jobs.is_empty() {
+            let deadline = Instant::now() + self.config.transfer_timeout;
+            let results = self.transfer(jobs, deadline).await;
+            let bytes: u64 = results.iter().filter(|r| r.0.is_ok()).map(|r| r.1).sum();
+            self.metrics.add_transfer_bytes(0, bytes);
+            for ((result, _), (i, seg)) in results.into_iter().zip(owners) {
+                if let Err(e) = result
+                    && !failed[i].contains(&seg)
+                {
+                    tracing::warn!(key = %items[i].key, segment = %seg, "replica write failed: {e}");
+                    failed[i].push(seg);
+                }
+            }
+        }
+        drop(held);
+        let keys: Vec<String> = items.iter().map(|it| it.key.clone()).collect();
+        let call = async {
+            self.master()?
+                .batch_put_end_except(self.client_id, keys.clone(), failed.clone())
+                .await
+        };
+        let mut results = per_key(keys.len(), call.await);
+        let mut pending = self.pending.lock();
+        let mut inv = self.inventory.lock();
+        for (i, k) in keys.iter().enumerate() {
+            let descs = Self::take_pending(&mut pending, k, versions[i])
+                .map(|w| w.replicas)
+                .unwrap_or_default();
+            if results[i].is_ok() {
+                for d in descs {
+                    if Some(d.segment_id) == own && !failed[i].contains(&d.segment_id) {
+                        inv.add(InventoryEntry {
+                            segment_id: d.segment_id,
+                            key: k.clone(),
+                            offset: d.offset,
+                            size: d.size,
+                            version: d.version,
+                        });
+                    }
+                }
+            } else if let Some(code) = overrides[i] {
+                results[i] = Err(code);
+            }
+        }
+        results
+    }
+
+    /// Revokes writes.
+    pub async fn put_revoke(&self, keys: Vec<String>) -> Vec<MResult<()>> {
+        {
+            let mut pending = self.pending.lock();
+            for k in &keys {
+                pending.remove(k);
+            }
+        }
+        let call = async {
+            self.master()?
+                .batch_put_revoke(self.client_id, keys.clone())
+                .await
+        };
+        per_key(keys.len(), call.await)
+    }
+}

@@ -1,0 +1,256 @@
+//! The client side: a connection pool per peer, large jobs split across parallel
+//! connections, one retry on a fresh connection for a pooled one found dead.
+
+use super::*;
+
+/// The client side of the TCP transport, with a connection pool per peer.
+pub struct TcpTransport {
+    credentials: Credentials,
+    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    max_streams: usize,
+    split_min: u64,
+}
+
+impl TcpTransport {
+    /// A transport presenting `token` to peers (without one, the host secret to
+    /// peers on this host); up to 4 parallel streams per call, jobs of 2 MiB or
+    /// more split in pieces of at least 1 MiB.
+    pub fn new(token: impl Into<String>) -> TcpTransport {
+        TcpTransport {
+            credentials: Credentials::new(&token.into()),
+            idle: Mutex::new(HashMap::new()),
+            max_streams: 4,
+            split_min: 1 << 20,
+        }
+    }
+
+    /// Parallel connections used by one call.
+    pub fn with_streams(mut self, streams: usize) -> Self {
+        self.max_streams = streams.max(1);
+        self
+    }
+
+    /// Smallest piece a large job is split into.
+    pub fn with_split_min(mut self, bytes: u64) -> Self {
+        self.split_min = bytes.max(4096);
+        self
+    }
+
+    fn connect(&self, endpoint: &str, deadline: Instant) -> MResult<TcpStream> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ErrorCode::TransferFail);
+        }
+        let addrs: Vec<SocketAddr> = endpoint
+            .to_socket_addrs()
+            .map_err(|_| ErrorCode::TransferFail)?
+            .collect();
+        let addr = addrs.first().ok_or(ErrorCode::TransferFail)?;
+        let mut stream =
+            TcpStream::connect_timeout(addr, remaining.min(CONNECT_TIMEOUT)).map_err(|e| {
+                tracing::debug!("transfer connect to {endpoint}: {e}");
+                ErrorCode::TransferFail
+            })?;
+        tune(&stream);
+        let token = self.credentials.presented_to(Some(addr.ip()));
+        let io = |stream: &mut TcpStream| -> std::io::Result<i32> {
+            stream.set_read_timeout(Some(remaining.min(HELLO_TIMEOUT)))?;
+            let mut hello = Vec::with_capacity(10 + token.len());
+            hello.extend_from_slice(MAGIC);
+            hello.extend_from_slice(&(token.len() as u16).to_le_bytes());
+            hello.extend_from_slice(token.as_bytes());
+            stream.write_all(&hello)?;
+            read_code(stream)
+        };
+        let code = io(&mut stream).map_err(|_| ErrorCode::TransferFail)?;
+        code_result(code)?;
+        Ok(stream)
+    }
+
+    fn checkout(&self, endpoint: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(endpoint)?;
+        list.retain(|(_, since)| since.elapsed() < POOL_IDLE_LIMIT);
+        list.pop().map(|(s, _)| s)
+    }
+
+    fn checkin(&self, endpoint: &str, stream: TcpStream) {
+        let mut idle = self.idle.lock();
+        let list = idle.entry(endpoint.to_string()).or_default();
+        if list.len() < MAX_IDLE_PER_PEER {
+            list.push((stream, Instant::now()));
+        }
+    }
+
+    /// Moves `len` bytes at `at` within `job`; retries once on a fresh connection
+    /// when a pooled one turns out to be dead (both directions are idempotent).
+    fn piece(&self, job: &TransferJob, at: u64, len: u64, deadline: Instant) -> MResult<()> {
+        let pooled = self.checkout(&job.endpoint);
+        let was_pooled = pooled.is_some();
+        let mut stream = match pooled {
+            Some(s) => s,
+            None => self.connect(&job.endpoint, deadline)?,
+        };
+        match self.exchange(&mut stream, job, at, len, deadline) {
+            Ok(Ok(())) => {
+                self.checkin(&job.endpoint, stream);
+                Ok(())
+            }
+            // The peer refused the request but the connection is fine (reads only).
+            Ok(Err(code)) => {
+                if job.direction == Direction::Read {
+                    self.checkin(&job.endpoint, stream);
+                }
+                Err(code)
+            }
+            Err(e) if was_pooled && Instant::now() < deadline => {
+                tracing::debug!(
+                    "pooled transfer connection to {} failed ({e}); reconnecting",
+                    job.endpoint
+                );
+                let mut fresh = self.connect(&job.endpoint, deadline)?;
+                match self.exchange(&mut fresh, job, at, len, deadline) {
+                    Ok(r) => {
+                        if r.is_ok() {
+                            self.checkin(&job.endpoint, fresh);
+                        }
+                        r
+                    }
+                    Err(_) => Err(self.io_failure(job, deadline)),
+                }
+            }
+            Err(e) => {
+                tracing::debug!("transfer with {} failed: {e}", job.endpoint);
+                Err(self.io_failure(job, deadline))
+            }
+        }
+    }
+
+    fn io_failure(&self, job: &TransferJob, deadline: Instant) -> ErrorCode {
+        if job.direction == Direction::Read && Instant::now() >= deadline {
+            ErrorCode::LeaseExpired
+        } else {
+            ErrorCode::TransferFail
+        }
+    }
+
+    /// One request on `stream`: `Err` for I/O failures (connection unusable),
+    /// `Ok(Err)` for a refusal by the peer.
+    fn exchange(
+        &self,
+        stream: &mut TcpStream,
+        job: &TransferJob,
+        at: u64,
+        len: u64,
+        deadline: Instant,
+    ) -> std::io::Result<MResult<()>> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(remaining))?;
+        stream.set_write_timeout(Some(remaining))?;
+        let header = Header {
+            op: match job.direction {
+                Direction::Read => OP_READ,
+                Direction::Write => OP_WRITE,
+            },
+            segment: job.segment_id,
+            offset: job.remote_offset + at,
+            len,
+        };
+        stream.write_all(&header.encode())?;
+        let local = job.local.offset + at;
+        let shm_io = |e: mooncake_shm::ShmError| match e {
+            mooncake_shm::ShmError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        };
+        match job.direction {
+            Direction::Read => {
+                if let Err(code) = code_result(read_code(stream)?) {
+                    return Ok(Err(code));
+                }
+                job.local
+                    .region
+                    .recv_from(local, len, stream)
+                    .map_err(shm_io)?;
+                Ok(Ok(()))
+            }
+            Direction::Write => {
+                let sent = job.local.region.send_to(local, len, stream).map_err(shm_io);
+                // A refusal arrives before the peer closes: prefer its code.
+                match (sent, read_code(stream)) {
+                    (_, Ok(code)) if code != 0 => Ok(Err(code_result(code).unwrap_err())),
+                    (Ok(()), Ok(_)) => Ok(Ok(())),
+                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn run(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>> {
+        for job in jobs {
+            if job
+                .local
+                .region
+                .check(job.local.offset, job.local.len)
+                .is_err()
+            {
+                // Caller bug, not a peer failure; never touch memory outside the span.
+                return jobs.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
+            }
+        }
+        let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let len = job.local.len;
+            let parts = if len >= 2 * self.split_min {
+                (len / self.split_min).min(self.max_streams as u64)
+            } else {
+                1
+            };
+            let step = len.div_ceil(parts).next_multiple_of(4096);
+            let mut at = 0;
+            while at < len {
+                let n = step.min(len - at);
+                pieces.push((i, at, n));
+                at += n;
+            }
+        }
+        let results: Vec<Mutex<MResult<()>>> = jobs.iter().map(|_| Mutex::new(Ok(()))).collect();
+        let record = |i: usize, r: MResult<()>| {
+            if let Err(e) = r {
+                let mut slot = results[i].lock();
+                if slot.is_ok() {
+                    *slot = Err(e);
+                }
+            }
+        };
+        let workers = pieces.len().min(self.max_streams);
+        if workers <= 1 {
+            for &(i, at, n) in &pieces {
+                record(i, self.piece(&jobs[i], at, n, deadline));
+            }
+        } else {
+            let next = AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    scope.spawn(|| {
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(i, at, n)) = pieces.get(k) else {
+                                break;
+                            };
+                            if results[i].lock().is_err() {
+                                continue; // the job already failed
+                            }
+                            record(i, self.piece(&jobs[i], at, n, deadline));
+                        }
+                    });
+                }
+            });
+        }
+        results.into_iter().map(|m| m.into_inner()).collect()
+    }
+}

@@ -1,0 +1,321 @@
+//! The TCP transport: every real client listens on a transfer port; peers keep
+//! pooled connections to it and read or write `(segment, offset, length)` ranges,
+//! which the kernel copies straight between the socket and the mapped memory on both
+//! sides. Large jobs are split across parallel connections.
+//!
+//! Wire format (little endian). A connection opens with `MCXFER01`, a `u16` token
+//! length and the cluster token; the server answers an `i32` code (0 or
+//! `ILLEGAL_CLIENT`). Then requests follow, each a 40-byte header
+//! `op: u8, 7 × pad, segment: [u8; 16], offset: u64, len: u64`:
+//! - read (`op` 1): the server answers an `i32` code, then, when 0, `len` bytes;
+//! - write (`op` 2): `len` bytes follow the header; the server answers an `i32`
+//!   code once they are in place. A refused write closes the connection (the bytes
+//!   in flight are not drained).
+//!
+//! Blocking sockets on plain threads: each transfer is one long copy loop, which the
+//! kernel runs best without an async reactor in between.
+//!
+//! # Layout
+//!
+//! - this file: the wire format (header, codes, hello) and socket tuning;
+//! - `client`: [`TcpTransport`], the pooled client side;
+//! - `server`: [`TransferServer`], the transfer port.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+use mooncake_proto::auth::Credentials;
+use mooncake_proto::limits::{ConnectionLimiter, LogGate, accept_backoff};
+use mooncake_proto::{ErrorCode, MResult, SegmentId};
+use mooncake_shm::{Gate, Region};
+
+use super::{Direction, TransferJob, Transport};
+
+mod client;
+mod server;
+
+pub use client::TcpTransport;
+pub use server::TransferServer;
+
+const MAGIC: &[u8; 8] = b"MCXFER01";
+const HEADER_LEN: usize = 40;
+const OP_READ: u8 = 1;
+const OP_WRITE: u8 = 2;
+const MAX_TOKEN_LEN: usize = 4096;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A peer that stops sending in the middle of a write is dropped after this.
+const STALLED_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per peer.
+const MAX_IDLE_PER_PEER: usize = 16;
+/// A connection idle this long is closed by the server (clients reconnect).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pooled connections are not reused after this long idle (before the server's
+/// idle timeout can close them under us).
+const POOL_IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// Connections (one thread each) one peer address may hold on a transfer port.
+const MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// Connections all peers together may hold on a transfer port.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Refused peers and failed accepts are logged at most once a second.
+static REFUSALS: LogGate = LogGate::new(Duration::from_secs(1));
+static ACCEPT_ERRORS: LogGate = LogGate::new(Duration::from_secs(1));
+
+struct Header {
+    op: u8,
+    segment: SegmentId,
+    offset: u64,
+    len: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = self.op;
+        b[8..24].copy_from_slice(self.segment.as_bytes());
+        b[24..32].copy_from_slice(&self.offset.to_le_bytes());
+        b[32..40].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; HEADER_LEN]) -> Header {
+        let word =
+            |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        Header {
+            op: b[0],
+            segment: Uuid::from_bytes(b[8..24].try_into().expect("16 bytes")),
+            offset: word(24..32),
+            len: word(32..40),
+        }
+    }
+}
+
+/// Socket buffer size asked for (the kernel caps it at `net.core.{w,r}mem_max`);
+/// fixed buffers beat autotuning for multi-MiB transfers on loopback and veth
+/// (measured with `transfer_bench`). `MC_TRANSFER_SOCKBUF=0` keeps autotuning.
+const DEFAULT_SOCKBUF: usize = 4 << 20;
+
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let bytes = std::env::var("MC_TRANSFER_SOCKBUF")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_SOCKBUF);
+    if bytes > 0 {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(stream, bytes);
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(stream, bytes);
+    }
+}
+
+fn read_code(stream: &mut TcpStream) -> std::io::Result<i32> {
+    let mut b = [0u8; 4];
+    stream.read_exact(&mut b)?;
+    Ok(i32::from_le_bytes(b))
+}
+
+fn code_result(code: i32) -> MResult<()> {
+    match code {
+        0 => Ok(()),
+        c => Err(ErrorCode::from_i32(c).unwrap_or(ErrorCode::TransferFail)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::LocalSpan;
+    use mooncake_shm::RegionOptions;
+
+    fn region(len: u64) -> Arc<Region> {
+        Arc::new(Region::anonymous("t", len, &RegionOptions::default()).unwrap())
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn job(
+        dir: Direction,
+        server: &TransferServer,
+        seg: SegmentId,
+        remote: u64,
+        local: &Arc<Region>,
+        len: u64,
+    ) -> TransferJob {
+        TransferJob {
+            direction: dir,
+            endpoint: server.local_addr().to_string(),
+            segment_id: seg,
+            remote_offset: remote,
+            local: LocalSpan {
+                region: local.clone(),
+                offset: 0,
+                len,
+            },
+        }
+    }
+
+    #[test]
+    fn writes_and_reads_round_trip_split_across_streams() {
+        let seg = region(64 << 20);
+        let id = Uuid::new_v4();
+        let server = TransferServer::bind("127.0.0.1:0", "tok", Some((id, seg.clone()))).unwrap();
+        let transport = TcpTransport::new("tok");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let len = (16 << 20) + 12_345;
+        let src = region(len);
+        let data = pattern(len as usize, 7);
+        src.write(0, &data).unwrap();
+        let r = transport.run(
+            &[job(Direction::Write, &server, id, 4096, &src, len)],
+            deadline,
+        );
+        assert_eq!(r, vec![Ok(())]);
+        let mut in_segment = vec![0u8; len as usize];
+        seg.read(4096, &mut in_segment).unwrap();
+        assert!(in_segment == data, "bytes landed in the peer's segment");
+        let dst = region(len);
+        let r = transport.run(
+            &[job(Direction::Read, &server, id, 4096, &dst, len)],
+            deadline,
+        );
+        assert_eq!(r, vec![Ok(())]);
+        let mut back = vec![0u8; len as usize];
+        dst.read(0, &mut back).unwrap();
+        assert!(back == data);
+        assert_eq!(server.bytes_served(), (len, len));
+        // Many small jobs in one call, on pooled connections.
+        let jobs: Vec<TransferJob> = (0..32)
+            .map(|i| TransferJob {
+                local: LocalSpan {
+                    region: dst.clone(),
+                    offset: i * 4096,
+                    len: 4096,
+                },
+                remote_offset: 4096 + i * 4096,
+                ..job(Direction::Read, &server, id, 0, &dst, 0)
+            })
+            .collect();
+        assert!(transport.run(&jobs, deadline).iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn bad_requests_get_codes_and_the_server_keeps_serving() {
+        let seg = region(1 << 20);
+        let id = Uuid::new_v4();
+        let server = TransferServer::bind("127.0.0.1:0", "tok", Some((id, seg.clone()))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let local = region(1 << 20);
+        let transport = TcpTransport::new("tok");
+        // Out of the segment's bounds, both ways.
+        let r = transport.run(
+            &[job(Direction::Read, &server, id, 1 << 20, &local, 4096)],
+            deadline,
+        );
+        assert_eq!(r, vec![Err(ErrorCode::InvalidParams)]);
+        let r = transport.run(
+            &[job(
+                Direction::Write,
+                &server,
+                id,
+                (1 << 20) - 100,
+                &local,
+                4096,
+            )],
+            deadline,
+        );
+        assert_eq!(r, vec![Err(ErrorCode::InvalidParams)]);
+        // Another segment id.
+        let r = transport.run(
+            &[job(
+                Direction::Read,
+                &server,
+                Uuid::new_v4(),
+                0,
+                &local,
+                4096,
+            )],
+            deadline,
+        );
+        assert_eq!(r, vec![Err(ErrorCode::SegmentNotFound)]);
+        // Wrong token.
+        let r = TcpTransport::new("nope").run(
+            &[job(Direction::Read, &server, id, 0, &local, 4096)],
+            deadline,
+        );
+        assert_eq!(r, vec![Err(ErrorCode::IllegalClient)]);
+        // Garbage and a truncated header.
+        let mut raw = TcpStream::connect(server.local_addr()).unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut raw2 = TcpStream::connect(server.local_addr()).unwrap();
+        raw2.write_all(MAGIC).unwrap();
+        drop(raw2);
+        // A dead peer: nothing listens there any more.
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let mut j = job(Direction::Read, &server, id, 0, &local, 4096);
+        j.endpoint = dead_addr;
+        assert_eq!(
+            transport.run(&[j], deadline),
+            vec![Err(ErrorCode::TransferFail)]
+        );
+        // Still serving.
+        let r = transport.run(
+            &[job(Direction::Read, &server, id, 0, &local, 4096)],
+            deadline,
+        );
+        assert_eq!(r, vec![Ok(())]);
+        let _ = raw.read(&mut [0u8; 4]);
+    }
+
+    #[test]
+    fn pooled_connections_to_a_restarted_peer_are_replaced() {
+        let seg = region(1 << 20);
+        let id = Uuid::new_v4();
+        let server = TransferServer::bind("127.0.0.1:0", "", Some((id, seg.clone()))).unwrap();
+        let addr = server.local_addr();
+        let transport = TcpTransport::new("");
+        let local = region(1 << 20);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(
+            transport.run(
+                &[job(Direction::Read, &server, id, 0, &local, 4096)],
+                deadline
+            )[0]
+            .is_ok()
+        );
+        drop(server);
+        let again = TransferServer::bind(&addr.to_string(), "", Some((id, seg))).unwrap();
+        assert_eq!(again.local_addr(), addr);
+        assert!(
+            transport.run(
+                &[job(Direction::Read, &again, id, 0, &local, 4096)],
+                deadline
+            )[0]
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_expired_deadline_fails_reads_with_lease_expired() {
+        let seg = region(1 << 20);
+        let id = Uuid::new_v4();
+        let server = TransferServer::bind("127.0.0.1:0", "", Some((id, seg))).unwrap();
+        let local = region(1 << 20);
+        let past = Instant::now();
+        let r =
+            TcpTransport::new("").run(&[job(Direction::Read, &server, id, 0, &local, 4096)], past);
+        assert!(r[0].is_err());
+    }
+}

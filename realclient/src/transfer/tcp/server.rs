@@ -1,0 +1,256 @@
+//! The server side: the transfer port, one thread per connection (bounded per
+//! peer and in total), each request checked against the segments served.
+
+use super::*;
+
+struct ServerState {
+    credentials: Credentials,
+    limiter: ConnectionLimiter,
+    /// The segments served: the global segment and any mounted later.
+    segments: parking_lot::RwLock<Vec<(SegmentId, Arc<Region>)>>,
+    stopping: AtomicBool,
+    /// Requests in progress; shutdown waits for them.
+    gate: Gate,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
+    /// Bytes served, for metrics: (read by peers, written by peers).
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+}
+
+/// The transfer port of a real client: serves reads and writes of its segment.
+pub struct TransferServer {
+    addr: SocketAddr,
+    state: Arc<ServerState>,
+    accept: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl TransferServer {
+    /// Listens on `addr` (port 0 = any free port) for peers presenting `token`
+    /// (without one: peers on this host present the host secret).
+    pub fn bind(
+        addr: &str,
+        token: impl Into<String>,
+        segment: Option<(SegmentId, Arc<Region>)>,
+    ) -> std::io::Result<TransferServer> {
+        let listener = TcpListener::bind(addr)?;
+        let bound = listener.local_addr()?;
+        let state = Arc::new(ServerState {
+            credentials: Credentials::new(&token.into()),
+            limiter: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS),
+            segments: parking_lot::RwLock::new(segment.into_iter().collect()),
+            stopping: AtomicBool::new(false),
+            gate: Gate::default(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+        });
+        let accept_state = state.clone();
+        let accept = std::thread::Builder::new()
+            .name("mc-xfer-accept".into())
+            .spawn(move || accept_loop(listener, accept_state))?;
+        Ok(TransferServer {
+            addr: bound,
+            state,
+            accept: Mutex::new(Some(accept)),
+        })
+    }
+
+    /// Serves one more segment (mounted after start).
+    pub fn add_segment(&self, id: SegmentId, region: Arc<Region>) {
+        self.state.segments.write().push((id, region));
+    }
+
+    /// Stops serving a segment; requests already reading or writing it finish.
+    pub fn remove_segment(&self, id: &SegmentId) {
+        self.state.segments.write().retain(|(s, _)| s != id);
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Bytes peers read from and wrote into this segment.
+    pub fn bytes_served(&self) -> (u64, u64) {
+        (
+            self.state.bytes_out.load(Ordering::Relaxed),
+            self.state.bytes_in.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops accepting, lets requests in progress finish (up to `grace`), then
+    /// closes every connection.
+    pub fn shutdown(&self, grace: Duration) {
+        if self.state.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the accept loop.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let woken = TcpStream::connect_timeout(&wake, Duration::from_millis(200)).is_ok();
+        if let Some(accept) = self.accept.lock().take()
+            && woken
+        {
+            // The listener closes with the thread: the port is free once this returns.
+            let _ = accept.join();
+        }
+        self.state.gate.close();
+        if !self.state.gate.wait_idle(grace) {
+            tracing::warn!("transfers still running after {grace:?}; closing their connections");
+        }
+        for (_, conn) in self.state.conns.lock().drain() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for TransferServer {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(5));
+    }
+}
+
+fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
+    let mut failures = 0u32;
+    loop {
+        let accepted = listener.accept();
+        if state.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                failures = 0;
+                a
+            }
+            Err(e) => {
+                // Out of fds: sleep instead of spinning on the same error.
+                if let Some(held_back) = ACCEPT_ERRORS.admit() {
+                    tracing::warn!(error = %e, held_back, "transfer port: accept failed");
+                }
+                std::thread::sleep(accept_backoff(failures));
+                failures += 1;
+                continue;
+            }
+        };
+        let Some(permit) = state.limiter.admit(peer.ip()) else {
+            if let Some(held_back) = REFUSALS.admit() {
+                tracing::warn!(%peer, held_back, "transfer port: too many connections; refused");
+            }
+            continue;
+        };
+        let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            state.conns.lock().insert(id, clone);
+        }
+        let st = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mc-xfer-conn".into())
+            .spawn(move || {
+                let _permit = permit;
+                if let Err(e) = serve_connection(stream, peer, &st) {
+                    tracing::debug!("transfer connection from {peer} ended: {e}");
+                }
+                st.conns.lock().remove(&id);
+            });
+        if spawned.is_err() {
+            state.conns.lock().remove(&id);
+        }
+    }
+}
+
+fn reply(stream: &mut TcpStream, code: i32) -> std::io::Result<()> {
+    stream.write_all(&code.to_le_bytes())
+}
+
+fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &ServerState,
+) -> std::io::Result<()> {
+    tune(&stream);
+    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    let mut magic = [0u8; 10];
+    stream.read_exact(&mut magic)?;
+    let token_len = u16::from_le_bytes([magic[8], magic[9]]) as usize;
+    if &magic[..8] != MAGIC || token_len > MAX_TOKEN_LEN {
+        let _ = reply(&mut stream, ErrorCode::InvalidParams.as_i32());
+        return Err(std::io::Error::other("not a transfer client"));
+    }
+    let mut token = vec![0u8; token_len];
+    stream.read_exact(&mut token)?;
+    let given = String::from_utf8_lossy(&token);
+    if !state.credentials.admits(Some(peer.ip()), &given) {
+        let _ = reply(&mut stream, ErrorCode::IllegalClient.as_i32());
+        if let Some(held_back) = REFUSALS.admit() {
+            tracing::warn!(%peer, held_back, "transfer port: refused: {}", state.credentials.refusal());
+        }
+        return Err(std::io::Error::other("refused credential"));
+    }
+    reply(&mut stream, 0)?;
+    stream.set_write_timeout(Some(STALLED_PEER_TIMEOUT))?;
+    loop {
+        let mut raw = [0u8; HEADER_LEN];
+        // Idle pooled connections wait here, up to the idle timeout.
+        stream.set_read_timeout(Some(IDLE_CONNECTION_TIMEOUT))?;
+        match stream.read_exact(&mut raw) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(()); // idle too long
+            }
+            Err(e) => return Err(e),
+        }
+        stream.set_read_timeout(Some(STALLED_PEER_TIMEOUT))?;
+        let Ok(_busy) = state.gate.enter() else {
+            return Ok(()); // shutting down
+        };
+        let h = Header::decode(&raw);
+        let found = state
+            .segments
+            .read()
+            .iter()
+            .find(|(id, _)| *id == h.segment)
+            .map(|(_, r)| r.clone());
+        let target = match &found {
+            Some(region) => region
+                .check(h.offset, h.len)
+                .map(|_| region)
+                .map_err(|_| ErrorCode::InvalidParams),
+            None => Err(ErrorCode::SegmentNotFound),
+        };
+        match (h.op, target) {
+            (OP_READ, Ok(region)) => {
+                reply(&mut stream, 0)?;
+                region
+                    .send_to(h.offset, h.len, &mut stream)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                state.bytes_out.fetch_add(h.len, Ordering::Relaxed);
+            }
+            (OP_READ, Err(code)) => reply(&mut stream, code.as_i32())?,
+            (OP_WRITE, Ok(region)) => {
+                region
+                    .recv_from(h.offset, h.len, &mut stream)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                state.bytes_in.fetch_add(h.len, Ordering::Relaxed);
+                reply(&mut stream, 0)?;
+            }
+            (OP_WRITE, Err(code)) => {
+                let _ = reply(&mut stream, code.as_i32());
+                return Err(std::io::Error::other(format!("refused a write: {code}")));
+            }
+            (op, _) => {
+                let _ = reply(&mut stream, ErrorCode::InvalidParams.as_i32());
+                return Err(std::io::Error::other(format!("unknown op {op}")));
+            }
+        }
+    }
+}
