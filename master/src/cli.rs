@@ -9,63 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
-use tokio_util::sync::CancellationToken;
 
 use crate::{AllocationStrategy, MasterConfig, ServerOptions};
 use mooncake_proto::units::parse_duration_ms;
 
-/// Prints a fatal error the way every daemon here does and turns it into an exit code.
-pub fn report(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Logs to stderr (once per process; later calls keep the first setup) at `info` (`-v=0`), `debug` (`-v=1`) or `trace` (`-v≥2`), unless
-/// `MOONCAKE_LOG` gives a filter.
-pub fn init_logging(verbosity: u8) {
-    let level = match verbosity {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOONCAKE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .ok();
-}
-
-/// A token cancelled on SIGTERM or Ctrl-C. Call inside a tokio runtime.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("no SIGTERM handler ({e}); stopping on Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-        tracing::info!("shutting down");
-        cancel.cancel();
-    });
-    token
-}
+pub use mooncake_daemon::logging::{init_logging, report};
+pub use mooncake_daemon::signals::shutdown_on_signals;
 
 /// Parses glog-style booleans (`true`, `1`, `yes`, `on`, ...).
 pub fn parse_bool(s: &str) -> Result<bool, String> {
@@ -288,7 +237,7 @@ where
             );
             let shutdown = shutdown_on_signals();
             let router = crate::http::metadata_router(Default::default());
-            crate::http::serve_http(listener, router, shutdown).await;
+            mooncake_daemon::http::serve_http(listener, router, shutdown).await;
             Ok(())
         })
     })())

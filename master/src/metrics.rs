@@ -1,7 +1,7 @@
 //! Operation counters and latency histograms, rendered in Prometheus text format
 //! with upstream's metric names (`master_<op>_requests_total`, ...).
 
-use std::fmt::Write;
+use mooncake_daemon::prometheus::Exposition;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -158,166 +158,108 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self, g: &Gauges) -> String {
-        let mut out = String::with_capacity(16 << 10);
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            &mut out,
-            "master_total_capacity_bytes",
-            "Total bytes of mounted segments",
-            g.capacity_bytes,
-        );
-        gauge(
-            &mut out,
-            "master_allocated_bytes",
-            "Bytes allocated to objects",
-            g.allocated_bytes,
-        );
-        gauge(
-            &mut out,
-            "master_key_count",
-            "Complete objects",
-            g.key_count,
-        );
-        gauge(
-            &mut out,
-            "master_processing_key_count",
-            "Writes in flight",
-            g.processing_count,
-        );
-        gauge(
-            &mut out,
-            "master_active_clients",
-            "Live clients",
-            g.active_clients,
-        );
-        gauge(
-            &mut out,
-            "master_segment_count",
-            "Mounted segments",
-            g.segment_count,
-        );
-        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        };
-        counter(
-            &mut out,
-            "master_attempted_evictions_total",
-            "Eviction passes",
-            &self.eviction_attempts,
-        );
-        counter(
-            &mut out,
-            "master_successful_evictions_total",
-            "Eviction passes that freed space",
-            &self.eviction_successes,
-        );
-        counter(
-            &mut out,
-            "master_evicted_key_count",
-            "Objects evicted",
-            &self.evicted_keys,
-        );
-        counter(
-            &mut out,
-            "master_evicted_size_bytes",
-            "Bytes evicted",
-            &self.evicted_bytes,
-        );
-        counter(
-            &mut out,
-            "master_put_start_alloc_failures_total",
-            "put_start without space",
-            &self.put_start_alloc_failures,
-        );
-        counter(
-            &mut out,
-            "master_put_start_partial_allocations_total",
-            "put_start with fewer replicas than asked",
-            &self.put_start_partial_allocations,
-        );
-        counter(
-            &mut out,
-            "master_put_start_discard_cnt",
-            "Abandoned writes taken over",
-            &self.put_start_discards,
-        );
-        counter(
-            &mut out,
-            "master_put_start_release_cnt",
-            "Abandoned writes reclaimed",
-            &self.put_start_releases,
-        );
-        counter(
-            &mut out,
-            "master_expired_clients_total",
-            "Clients expired for silence",
-            &self.expired_clients,
-        );
-        counter(
-            &mut out,
-            "master_restored_objects_total",
-            "Objects rebuilt from client inventories",
-            &self.restored_objects,
-        );
+        let mut e = Exposition::new();
+        for (name, help, v) in [
+            (
+                "master_total_capacity_bytes",
+                "Total bytes of mounted segments",
+                g.capacity_bytes,
+            ),
+            (
+                "master_allocated_bytes",
+                "Bytes allocated to objects",
+                g.allocated_bytes,
+            ),
+            ("master_key_count", "Complete objects", g.key_count),
+            (
+                "master_processing_key_count",
+                "Writes in flight",
+                g.processing_count,
+            ),
+            ("master_active_clients", "Live clients", g.active_clients),
+            ("master_segment_count", "Mounted segments", g.segment_count),
+        ] {
+            e.gauge(name, help, v);
+        }
+        for (name, help, v) in [
+            (
+                "master_attempted_evictions_total",
+                "Eviction passes",
+                &self.eviction_attempts,
+            ),
+            (
+                "master_successful_evictions_total",
+                "Eviction passes that freed space",
+                &self.eviction_successes,
+            ),
+            (
+                "master_evicted_key_count",
+                "Objects evicted",
+                &self.evicted_keys,
+            ),
+            (
+                "master_evicted_size_bytes",
+                "Bytes evicted",
+                &self.evicted_bytes,
+            ),
+            (
+                "master_put_start_alloc_failures_total",
+                "put_start without space",
+                &self.put_start_alloc_failures,
+            ),
+            (
+                "master_put_start_partial_allocations_total",
+                "put_start with fewer replicas than asked",
+                &self.put_start_partial_allocations,
+            ),
+            (
+                "master_put_start_discard_cnt",
+                "Abandoned writes taken over",
+                &self.put_start_discards,
+            ),
+            (
+                "master_put_start_release_cnt",
+                "Abandoned writes reclaimed",
+                &self.put_start_releases,
+            ),
+            (
+                "master_expired_clients_total",
+                "Clients expired for silence",
+                &self.expired_clients,
+            ),
+            (
+                "master_restored_objects_total",
+                "Objects rebuilt from client inventories",
+                &self.restored_objects,
+            ),
+        ] {
+            e.counter(name, help, v.load(Relaxed));
+        }
         for op in Op::ALL {
             let s = &self.ops[*op as usize];
             let name = op.name();
+            let mut counters = vec![
+                ("requests", s.requests.load(Relaxed)),
+                ("failures", s.failures.load(Relaxed)),
+            ];
             if op.is_batch() {
-                let _ = writeln!(
-                    out,
-                    "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}",
-                    s.requests.load(Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}",
-                    s.failures.load(Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "# TYPE master_{name}_items_total counter\nmaster_{name}_items_total {}",
-                    s.items.load(Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "# TYPE master_{name}_failed_items_total counter\nmaster_{name}_failed_items_total {}",
-                    s.failed_items.load(Relaxed)
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "# TYPE master_{name}_requests_total counter\nmaster_{name}_requests_total {}",
-                    s.requests.load(Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "# TYPE master_{name}_failures_total counter\nmaster_{name}_failures_total {}",
-                    s.failures.load(Relaxed)
-                );
+                counters.push(("items", s.items.load(Relaxed)));
+                counters.push(("failed_items", s.failed_items.load(Relaxed)));
+            }
+            for (what, v) in counters {
+                e.counter(&format!("master_{name}_{what}_total"), "", v);
             }
             let hist = format!("master_{name}_latency_seconds");
-            let _ = writeln!(out, "# TYPE {hist} histogram");
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += s.buckets[i].load(Relaxed);
-                let _ = writeln!(out, "{hist}_bucket{{le=\"{bound}\"}} {cumulative}");
-            }
-            let count = s.requests.load(Relaxed);
-            let _ = writeln!(out, "{hist}_bucket{{le=\"+Inf\"}} {count}");
-            let _ = writeln!(
-                out,
-                "{hist}_sum {}",
-                s.latency_ns_sum.load(Relaxed) as f64 / 1e9
+            e.family(&hist, "histogram", "").histogram(
+                &hist,
+                &[],
+                &BUCKETS,
+                s.buckets.iter().map(|b| b.load(Relaxed)),
+                s.latency_ns_sum.load(Relaxed) as f64 / 1e9,
+                s.requests.load(Relaxed),
             );
-            let _ = writeln!(out, "{hist}_count {count}");
         }
-        out
+        e.finish()
     }
 }
 

@@ -11,9 +11,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use mooncake_daemon::GuardedListener;
+use mooncake_daemon::rpc::serve_tarpc;
 use mooncake_proto::auth::Credentials;
-use mooncake_proto::codec::{server_handshake, transport};
-use mooncake_proto::limits::{ConnectionLimiter, GuardedListener};
+use mooncake_proto::codec::transport;
+use mooncake_proto::limits::ConnectionLimiter;
 use mooncake_proto::master::Master;
 use mooncake_proto::*;
 
@@ -437,37 +439,26 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let credentials = Arc::new(Credentials::new(&svc.config().cluster_token));
-    let mut listener = GuardedListener::new(listener, ConnectionLimiter::default(), "master rpc");
-    let refusals = listener.refusal_log();
-    loop {
-        let (stream, peer, permit) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = svc.clone();
-        let credentials = credentials.clone();
-        let shutdown = shutdown.clone();
-        let inner_tracker = tracker.clone();
-        let refusals = refusals.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let framed =
-                match server_handshake(stream, "master", &credentials, Some(peer.ip())).await {
-                    Ok(f) => f,
-                    Err(e) => return refusals.refused(peer, e),
-                };
-            let channel = BaseChannel::with_defaults(transport(framed));
-            let serving = channel
-                .execute(MasterRpc::new(svc).serve())
-                .for_each(|request| {
-                    inner_tracker.spawn(request);
-                    async {}
-                });
-            tokio::select! {
-                _ = serving => {}
-                _ = shutdown.cancelled() => {}
+    let listener = GuardedListener::new(listener, ConnectionLimiter::default(), "master rpc");
+    let requests = tracker.clone();
+    serve_tarpc(
+        listener,
+        "master",
+        credentials,
+        shutdown,
+        tracker,
+        move |framed| {
+            let (svc, requests) = (svc.clone(), requests.clone());
+            async move {
+                BaseChannel::with_defaults(transport(framed))
+                    .execute(MasterRpc::new(svc).serve())
+                    .for_each(|request| {
+                        requests.spawn(request);
+                        async {}
+                    })
+                    .await;
             }
-        });
-    }
+        },
+    )
+    .await;
 }

@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::MasterConfig;
-use crate::http::{MetadataStore, admin_router, metadata_router, serve_http};
+use crate::http::{MetadataStore, admin_router, metadata_router};
 use crate::service::MasterService;
+use mooncake_daemon::http::serve_http;
+use mooncake_daemon::periodic::{every, every_blocking};
 
 /// Where the master listens.
 #[derive(Debug, Clone)]
@@ -85,52 +87,26 @@ pub async fn run(
         let router = metadata_router(MetadataStore::default());
         tracker.spawn(serve_http(listener, router, shutdown.clone()));
     }
+    let stop = || shutdown.clone();
     // Eviction watcher: cheap atomic checks every 10 ms, like upstream's thread.
-    {
-        let svc = svc.clone();
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            while token.run_until_cancelled(tick.tick()).await.is_some() {
-                let svc = svc.clone();
-                let _ = tokio::task::spawn_blocking(move || svc.evict_if_needed()).await;
-            }
-        });
-    }
-    {
-        let svc = svc.clone();
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            while token.run_until_cancelled(tick.tick()).await.is_some() {
-                let svc = svc.clone();
-                let _ = tokio::task::spawn_blocking(move || svc.housekeeping()).await;
-            }
-        });
-    }
+    let s = svc.clone();
+    every_blocking(&tracker, stop(), Duration::from_millis(10), move || {
+        s.evict_if_needed();
+    });
+    let s = svc.clone();
+    every_blocking(&tracker, stop(), Duration::from_secs(1), move || {
+        s.housekeeping()
+    });
     // Drain jobs advance as their moves finish.
-    {
-        let svc = svc.clone();
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            while token.run_until_cancelled(tick.tick()).await.is_some() {
-                let svc = svc.clone();
-                let _ = tokio::task::spawn_blocking(move || svc.drive_drain_jobs()).await;
-            }
-        });
-    }
-    if let Some(every) = options.summary_interval {
-        let svc = svc.clone();
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            while token.run_until_cancelled(tick.tick()).await.is_some() {
-                tracing::info!("Master Metrics: {}", svc.summary_line());
-            }
+    let s = svc.clone();
+    every_blocking(&tracker, stop(), Duration::from_millis(200), move || {
+        s.drive_drain_jobs()
+    });
+    if let Some(period) = options.summary_interval {
+        let s = svc.clone();
+        every(&tracker, stop(), period, move || {
+            tracing::info!("Master Metrics: {}", s.summary_line());
+            std::future::ready(())
         });
     }
     shutdown.cancelled().await;

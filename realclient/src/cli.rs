@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use mooncake_master::cli::{init_logging, report, shutdown_on_signals};
+use mooncake_daemon::logging::{init_logging, report};
+use mooncake_daemon::signals::shutdown_on_signals;
 use mooncake_proto::Protocol;
 use mooncake_proto::units::parse_size;
 

@@ -45,10 +45,13 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use mooncake_daemon::GuardedListener;
+use mooncake_daemon::http::serve_http;
+use mooncake_daemon::rpc::serve_tarpc;
 use mooncake_ipc::{IpcServer, IpcServerConfig};
 use mooncake_proto::auth::Credentials;
-use mooncake_proto::codec::{server_handshake, transport};
-use mooncake_proto::limits::{ConnectionLimiter, GuardedListener, RefusalLog};
+use mooncake_proto::codec::transport;
+use mooncake_proto::limits::ConnectionLimiter;
 use mooncake_proto::realclient::RealClientService as _;
 
 /// How long a SIGTERM waits for calls in progress before the session ends.
@@ -78,6 +81,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut config = config;
     let mut local_master = None;
+    // Everything this function starts runs on `tasks` (waited for at the end);
+    // calls served run on `requests` (drained first).
+    let tasks = TaskTracker::new();
     // The real client's session stops only after the calls it serves drained.
     let client_token = CancellationToken::new();
     if config.embedded_master {
@@ -91,7 +97,7 @@ pub async fn run(
         let master_config = mooncake_master::MasterConfig::default()
             .with_cluster_token(config.cluster_token.clone());
         let token = client_token.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) =
                 mooncake_master::run(master_config, options, token, move |bound, svc| {
                     let _ = tx.send((bound.rpc, svc.clone()));
@@ -147,17 +153,35 @@ pub async fn run(
         endpoints.http = Some(listener.local_addr()?);
         tracing::info!("HTTP health and metrics on {}", listener.local_addr()?);
         let router = http_router(client.clone());
-        tokio::spawn(mooncake_master::http::serve_http(
+        tasks.spawn(serve_http(listener, router, shutdown.clone()));
+    }
+
+    if let Some(listener) = tcp {
+        let listener = GuardedListener::new(listener, ConnectionLimiter::default(), "tcp --port");
+        let credentials = Arc::new(Credentials::new(&config.cluster_token));
+        let (client, requests) = (client.clone(), requests.clone());
+        tasks.spawn(serve_tarpc(
             listener,
-            router,
+            "realclient",
+            credentials,
             shutdown.clone(),
+            tasks.clone(),
+            move |framed| {
+                let (client, requests) = (client.clone(), requests.clone());
+                async move {
+                    BaseChannel::with_defaults(transport(framed))
+                        .execute(service::Handler::new(client, None).serve())
+                        .for_each(|f| {
+                            requests.spawn(f);
+                            async {}
+                        })
+                        .await;
+                }
+            },
         ));
     }
 
     on_ready(&client, &endpoints);
-    let credentials = Arc::new(Credentials::new(&config.cluster_token));
-    let mut tcp = tcp.map(|l| GuardedListener::new(l, ConnectionLimiter::default(), "tcp --port"));
-    let tcp_refusals = RefusalLog::new("tcp --port");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -166,7 +190,7 @@ pub async fn run(
                 let client = client.clone();
                 let requests = requests.clone();
                 let stop = shutdown.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let (session, transport) = conn.into_transport();
                     client.metrics.dummy_connected(1);
                     let handler = service::Handler::new(client.clone(), Some(session.clone()));
@@ -187,33 +211,6 @@ pub async fn run(
                     client.metrics.dummy_connected(-1);
                 });
             }
-            conn = async { tcp.as_mut().expect("guarded").accept().await }, if tcp.is_some() => {
-                let (stream, peer, permit) = conn;
-                let _ = stream.set_nodelay(true);
-                let client = client.clone();
-                let requests = requests.clone();
-                let credentials = credentials.clone();
-                let stop = shutdown.clone();
-                let refusals = tcp_refusals.clone();
-                requests.clone().spawn(async move {
-                    let _permit = permit;
-                    let framed = match server_handshake(stream, "realclient", &credentials, Some(peer.ip())).await {
-                        Ok(f) => f,
-                        Err(e) => return refusals.refused(peer, e),
-                    };
-                    let handler = service::Handler::new(client, None);
-                    let serving = BaseChannel::with_defaults(transport(framed))
-                        .execute(handler.serve())
-                        .for_each(|f| {
-                            requests.spawn(f);
-                            async {}
-                        });
-                    tokio::select! {
-                        _ = serving => {}
-                        _ = stop.cancelled() => {}
-                    }
-                });
-            }
         }
     }
     tracing::info!("shutting down: finishing calls in progress");
@@ -228,6 +225,13 @@ pub async fn run(
     }
     client.shutdown().await;
     client_token.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running after 5 s; stopping anyway");
+    }
     tracing::info!("stopped");
     Ok(())
 }

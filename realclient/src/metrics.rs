@@ -1,7 +1,7 @@
 //! [`ClientMetrics`]: operation counts, latencies, bytes and dummy connections of a
 //! real client, rendered in the Prometheus text format on `--http_port`.
 
-use std::fmt::Write as _;
+use mooncake_daemon::prometheus::Exposition;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -65,6 +65,9 @@ pub struct ClientMetrics {
     ring_requests: AtomicU64,
 }
 
+/// A per-operation counter family: name, help, and the value of one operation.
+type PerOpFamily = (&'static str, &'static str, fn(&OpStats) -> u64);
+
 impl ClientMetrics {
     /// Records one call of `op` over `keys` keys, `errors` of which failed.
     pub fn record(&self, op: Op, elapsed: Duration, keys: usize, errors: usize) {
@@ -118,62 +121,44 @@ impl ClientMetrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self, served: (u64, u64)) -> String {
-        let mut out = String::new();
-        let family = |out: &mut String, name: &str, help: &str, value: fn(&OpStats) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let mut e = Exposition::new();
+        let families: [PerOpFamily; 3] = [
+            (
+                "mooncake_client_requests_total",
+                "Calls served, per operation.",
+                |s| s.calls.load(Relaxed),
+            ),
+            (
+                "mooncake_client_keys_total",
+                "Keys handled, per operation.",
+                |s| s.keys.load(Relaxed),
+            ),
+            (
+                "mooncake_client_key_errors_total",
+                "Keys that failed, per operation.",
+                |s| s.key_errors.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in families {
+            e.family(name, "counter", help);
             for (op, label) in OPS {
-                let v = value(&self.ops[op as usize]);
-                let _ = writeln!(out, "{name}{{op=\"{label}\"}} {v}");
+                e.sample(name, &[("op", label)], value(&self.ops[op as usize]));
             }
-        };
-        family(
-            &mut out,
-            "mooncake_client_requests_total",
-            "Calls served, per operation.",
-            |s| s.calls.load(Relaxed),
-        );
-        family(
-            &mut out,
-            "mooncake_client_keys_total",
-            "Keys handled, per operation.",
-            |s| s.keys.load(Relaxed),
-        );
-        family(
-            &mut out,
-            "mooncake_client_key_errors_total",
-            "Keys that failed, per operation.",
-            |s| s.key_errors.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mooncake_client_request_latency_microseconds Call latency.\n# TYPE mooncake_client_request_latency_microseconds histogram"
-        );
-        for (op, name) in OPS {
+        }
+        let hist = "mooncake_client_request_latency_microseconds";
+        e.family(hist, "histogram", "Call latency.");
+        for (op, label) in OPS {
             let s = &self.ops[op as usize];
-            let mut cumulative = 0;
-            for (i, b) in s.buckets.iter().enumerate() {
-                cumulative += b.load(Relaxed);
-                let le = BUCKETS_US
-                    .get(i)
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "+Inf".into());
-                let _ = writeln!(
-                    out,
-                    "mooncake_client_request_latency_microseconds_bucket{{op=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "mooncake_client_request_latency_microseconds_sum{{op=\"{name}\"}} {}",
-                s.latency_us_sum.load(Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "mooncake_client_request_latency_microseconds_count{{op=\"{name}\"}} {}",
-                s.calls.load(Relaxed)
+            e.histogram(
+                hist,
+                &[("op", label)],
+                &BUCKETS_US,
+                s.buckets.iter().map(|b| b.load(Relaxed)),
+                s.latency_us_sum.load(Relaxed),
+                s.calls.load(Relaxed),
             );
         }
-        let counters = [
+        for (name, help, v) in [
             (
                 "mooncake_client_put_bytes_total",
                 "Bytes of objects written through this client.",
@@ -214,19 +199,20 @@ impl ClientMetrics {
                 "Dummy clients that ever connected.",
                 self.dummy_connections_total.load(Relaxed),
             ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+            (
+                "mooncake_client_shared_memory_faults_repaired_total",
+                "Faults in shared memory a local process shrank, repaired by growing it back (bytes cut are lost).",
+                mooncake_shm::guard::repaired_faults(),
+            ),
+        ] {
+            e.counter(name, help, v);
         }
-        let _ = writeln!(
-            out,
-            "# HELP mooncake_client_dummy_connections Dummy clients connected now.\n# TYPE mooncake_client_dummy_connections gauge\nmooncake_client_dummy_connections {}",
-            self.dummy_connections()
+        e.gauge(
+            "mooncake_client_dummy_connections",
+            "Dummy clients connected now.",
+            self.dummy_connections(),
         );
-        out
+        e.finish()
     }
 }
 
