@@ -6,6 +6,8 @@
 //! when `MC_REMOTE_SEGMENT` names another real client's segment, 16 MiB transfers
 //! to and from that host.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -152,7 +154,9 @@ fn batches(dummy: &DummyClient, bufs: &Buffers, cfg: &ReplicateConfig, tag: &str
 fn main() {
     let socket =
         PathBuf::from(std::env::var("MC_SOCKET").expect("MC_SOCKET: the real client's socket"));
-    let dummy = DummyClient::connect(&socket, "").expect("connect");
+    let options = mooncake_dummyclient::ConnectOptions::default()
+        .with_call_ring(std::env::var_os("MC_DISABLE_CALL_RING").is_none());
+    let dummy = DummyClient::connect_with_options(&socket, "", options).expect("connect");
     let bufs = buffers(&dummy, 64 << 20);
     let cfg = ReplicateConfig::default();
     let remote = std::env::var("MC_REMOTE_SEGMENT").ok();

@@ -2,6 +2,8 @@
 //! `scripts/run.sh` in one terminal, then
 //! `cargo run -p mooncake-dummyclient --example put_get`.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use mooncake_dummyclient::DummyClient;
 use mooncake_proto::ReplicateConfig;
 

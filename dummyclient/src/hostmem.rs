@@ -19,13 +19,21 @@ static ALLOCATIONS: LazyLock<RwLock<BTreeMap<u64, Arc<Region>>>> =
 
 /// Allocates shareable, prefaulted host memory. Cheap to create; all allocators of
 /// a process share one table.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HostMemAllocator;
+#[derive(Debug, Default, Clone)]
+pub struct HostMemAllocator {
+    options: RegionOptions,
+}
 
 impl HostMemAllocator {
-    /// An allocator.
+    /// An allocator of normal pages.
     pub fn new() -> Self {
-        HostMemAllocator
+        HostMemAllocator::default()
+    }
+
+    /// An allocator creating regions with `options` (huge pages); memory is
+    /// always prefaulted.
+    pub fn with_options(options: RegionOptions) -> Self {
+        HostMemAllocator { options }
     }
 
     /// Allocates `size` bytes; returns their address. `INVALID_PARAMS` for 0,
@@ -34,7 +42,7 @@ impl HostMemAllocator {
         if size == 0 {
             return Err(ErrorCode::InvalidParams);
         }
-        let options = RegionOptions::from_env().with_prefault(true);
+        let options = self.options.clone().with_prefault(true);
         let region = Region::anonymous("mooncake-hostmem", size, &options).map_err(|e| {
             tracing::warn!("host memory allocation of {size} bytes failed: {e}");
             ErrorCode::InternalError

@@ -32,6 +32,7 @@ mod writes;
 pub use ranges::RangeResults;
 
 pub use hostmem::HostMemAllocator;
+pub use mooncake_shm::RegionOptions;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,7 +51,7 @@ use mooncake_proto::realclient::{
 };
 use mooncake_proto::*;
 use mooncake_shm::callring::RingShape;
-use mooncake_shm::{CallRing, CallRingClient, Region, RegionOptions, ShmError};
+use mooncake_shm::{CallRing, CallRingClient, Region, ShmError};
 use tarpc::context;
 
 /// How often the real client is pinged (and a lost one reconnected).
@@ -386,10 +387,32 @@ async fn attach_ring(
 /// Released read grants held back at most, before they are sent on their own.
 const MAX_HELD_RELEASES: usize = 4096;
 
+/// How a dummy connects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    call_ring: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { call_ring: true }
+    }
+}
+
+impl ConnectOptions {
+    /// Whether to use the shared-memory call ring for small calls (default yes;
+    /// without it every call goes over the socket).
+    pub fn with_call_ring(mut self, on: bool) -> Self {
+        self.call_ring = on;
+        self
+    }
+}
+
 /// State shared with the pinger task.
 struct Shared {
     socket: PathBuf,
     token: String,
+    options: ConnectOptions,
     conn: RwLock<Option<Arc<Conn>>>,
     registrations: Mutex<Vec<Registration>>,
     reconnects: AtomicU64,
@@ -417,7 +440,7 @@ impl Shared {
                 ipc.register(region, r.offset, r.len).await?;
             }
         }
-        let ring = if std::env::var_os("MC_DISABLE_CALL_RING").is_some() {
+        let ring = if !self.options.call_ring {
             None
         } else {
             match attach_ring(&ipc, &rpc).await {
@@ -508,7 +531,7 @@ impl Drop for DummyClient {
 impl DummyClient {
     /// Connects to the real client listening on `socket`.
     pub fn connect(socket: &Path, token: &str) -> Result<DummyClient, DummyError> {
-        Self::connect_with(socket, token, false)
+        Self::connect_with(socket, token, ConnectOptions::default(), false)
     }
 
     /// Connects to a real client running in this very process (the Python
@@ -528,12 +551,22 @@ impl DummyClient {
         socket: &Path,
         token: &str,
     ) -> Result<DummyClient, DummyError> {
-        Self::connect_with(socket, token, true)
+        Self::connect_with(socket, token, ConnectOptions::default(), true)
+    }
+
+    /// [`connect`](Self::connect) with options.
+    pub fn connect_with_options(
+        socket: &Path,
+        token: &str,
+        options: ConnectOptions,
+    ) -> Result<DummyClient, DummyError> {
+        Self::connect_with(socket, token, options, false)
     }
 
     fn connect_with(
         socket: &Path,
         token: &str,
+        options: ConnectOptions,
         process_memory: bool,
     ) -> Result<DummyClient, DummyError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -544,6 +577,7 @@ impl DummyClient {
         let shared = Arc::new(Shared {
             socket: socket.to_path_buf(),
             token: token.to_string(),
+            options,
             conn: RwLock::new(None),
             registrations: Mutex::new(Vec::new()),
             reconnects: AtomicU64::new(0),

@@ -4,6 +4,8 @@
 //! Each dummy below is its own session on the real client (its own sockets, call
 //! ring and registrations), exactly as a separate inference process would be.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};

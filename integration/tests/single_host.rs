@@ -2,6 +2,8 @@
 //! processes, dummy clients in this process or in a child process (the test binary
 //! re-executed), kill -9 and restarts of every process.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};

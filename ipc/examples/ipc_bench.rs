@@ -3,6 +3,8 @@
 //! the client), and copy throughput into a mapped shared region versus plain memcpy in
 //! the same run. Run through `scripts/bench/ipc.sh`; figures in `docs/PERFORMANCE.md`.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! (`child_process_entry`, selected by `MC_IPC_CHILD`), so fds, mappings, credentials
 //! and SIGKILL are exercised between two real processes.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

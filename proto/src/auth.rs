@@ -168,7 +168,9 @@ pub fn shared_host_secret() -> Result<String, AuthError> {
         })
 }
 
-/// Where this user's host secret lives.
+/// Where this user's host secret lives. Every process must find it the same
+/// way, whatever configured it, so this reads the environment itself.
+#[allow(clippy::disallowed_methods)]
 pub fn host_secret_path() -> PathBuf {
     if let Some(p) = std::env::var_os(HOST_SECRET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);

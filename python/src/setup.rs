@@ -3,6 +3,8 @@
 //! (`rdma_devices` / `device_name`, `master_server_addr` / `master_server_address`),
 //! sizes may be ints or strings such as `"4gb"`.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -207,16 +209,54 @@ impl SetupArgs {
             .clone()
             .unwrap_or_else(mooncake_realclient::background::private_socket_path);
         config.ephemeral_segment = true;
-        config.cluster_token = std::env::var("MOONCAKE_CLUSTER_TOKEN").unwrap_or_default();
+        config.cluster_token = cluster_token();
+        config.region = region_options();
+        config.transfer_sockbuf = transfer_sockbuf();
         Ok(config)
     }
+}
+
+// The process environment is read here and in the command lines only; everything
+// below this module takes settings in config structs.
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `MOONCAKE_CLUSTER_TOKEN`, or none.
+pub fn cluster_token() -> String {
+    var("MOONCAKE_CLUSTER_TOKEN").unwrap_or_default()
+}
+
+/// How memory regions are made: huge pages from upstream's `MC_STORE_USE_HUGEPAGE`
+/// and `MC_STORE_HUGEPAGE_SIZE`.
+pub fn region_options() -> mooncake_dummyclient::RegionOptions {
+    mooncake_dummyclient::RegionOptions::from_vars(var)
+}
+
+/// Host memory for `MooncakeHostMemAllocator` and `alloc_from_mem_pool`.
+pub fn host_memory() -> mooncake_dummyclient::HostMemAllocator {
+    mooncake_dummyclient::HostMemAllocator::with_options(region_options())
+}
+
+/// Socket buffer size for transfers: `MC_TRANSFER_SOCKBUF` (0 = kernel autotuning).
+pub fn transfer_sockbuf() -> usize {
+    var("MC_TRANSFER_SOCKBUF")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(mooncake_realclient::transfer::tcp::DEFAULT_SOCKBUF)
+}
+
+/// Options of a dummy connection: `MC_DISABLE_CALL_RING` forces the socket.
+pub fn dummy_options() -> mooncake_dummyclient::ConnectOptions {
+    mooncake_dummyclient::ConnectOptions::default()
+        .with_call_ring(std::env::var_os("MC_DISABLE_CALL_RING").is_none())
 }
 
 /// The socket of the real client `setup_dummy` was pointed at: `host:port` names
 /// the default socket of the real client started with `--port`; a path is used as
 /// is; `MOONCAKE_IPC_SOCKET_PATH` overrides both (for `--ipc_socket_path`).
 pub fn dummy_socket(server_address: &str) -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("MOONCAKE_IPC_SOCKET_PATH")
+    if let Some(p) = var("MOONCAKE_IPC_SOCKET_PATH")
         && !p.is_empty()
     {
         return Ok(PathBuf::from(p));

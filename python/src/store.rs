@@ -12,7 +12,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use mooncake_dummyclient::{DummyClient, HostMemAllocator, RangeResults};
+use mooncake_dummyclient::{DummyClient, RangeResults};
 use mooncake_proto::{ErrorCode, MResult};
 use mooncake_realclient::background::BackgroundClient;
 
@@ -43,7 +43,7 @@ struct Connected {
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        let allocator = HostMemAllocator::new();
+        let allocator = crate::setup::host_memory();
         for addr in self.pool.lock().drain(..) {
             let _ = self.dummy.unregister_buffer(addr);
             let _ = allocator.free(addr);
@@ -297,8 +297,9 @@ impl MooncakeDistributedStore {
                 return Ok(ErrorCode::InvalidParams.as_i32());
             }
         };
-        let token = std::env::var("MOONCAKE_CLUSTER_TOKEN").unwrap_or_default();
-        let connected = py.detach(|| DummyClient::connect(&socket, &token));
+        let token = crate::setup::cluster_token();
+        let options = crate::setup::dummy_options();
+        let connected = py.detach(|| DummyClient::connect_with_options(&socket, &token, options));
         Ok(match connected {
             Ok(dummy) => self.install(Connected {
                 dummy,
@@ -381,7 +382,7 @@ impl MooncakeDistributedStore {
     ) -> u64 {
         let Some(c) = self.connected() else { return 0 };
         py.detach(|| {
-            let allocator = HostMemAllocator::new();
+            let allocator = crate::setup::host_memory();
             let Ok(addr) = allocator.alloc(size) else {
                 return 0;
             };
@@ -412,7 +413,7 @@ impl MooncakeDistributedStore {
             pool.swap_remove(at);
             drop(pool);
             let _ = c.dummy.unregister_buffer(ptr);
-            code(HostMemAllocator::new().free(ptr))
+            code(crate::setup::host_memory().free(ptr))
         })
     }
 

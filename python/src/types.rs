@@ -9,7 +9,6 @@ use std::os::raw::c_int;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use mooncake_dummyclient::HostMemAllocator;
 use mooncake_proto::ReplicaDesc;
 
 /// What an upsert does with an existing soft pin (upstream's values).
@@ -422,12 +421,12 @@ impl MooncakeHostMemAllocator {
 
     /// Allocates `size` bytes; the address, or 0 when it cannot.
     fn alloc(&self, py: Python<'_>, #[pyo3(from_py_with = crate::args::num)] size: u64) -> u64 {
-        py.detach(|| HostMemAllocator::new().alloc(size).unwrap_or(0))
+        py.detach(|| crate::setup::host_memory().alloc(size).unwrap_or(0))
     }
 
     /// Frees an allocation by address: 0, or -600 for an unknown address.
     fn free(&self, py: Python<'_>, #[pyo3(from_py_with = crate::args::num)] ptr: u64) -> i32 {
-        py.detach(|| match HostMemAllocator::new().free(ptr) {
+        py.detach(|| match crate::setup::host_memory().free(ptr) {
             Ok(()) => 0,
             Err(e) => e.as_i32(),
         })

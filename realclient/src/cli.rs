@@ -2,6 +2,8 @@
 //! `--master_server_address`, ...; `--embedded-master` also runs a master in this
 //! process), parsed here so the binary and the Python console script share it.
 
+#![allow(clippy::disallowed_methods)] // reads its settings from the environment
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -126,6 +128,12 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     config.master_server_address = args.master_server_address.clone();
     config.protocol = args.protocol;
     config.cluster_token = args.cluster_token.clone();
+    // The environment is read here (and in the Python setup), nowhere below.
+    let var = |name: &str| std::env::var(name).ok();
+    config.region = mooncake_shm::RegionOptions::from_vars(var);
+    if let Some(bytes) = var("MC_TRANSFER_SOCKBUF").and_then(|v| v.trim().parse().ok()) {
+        config.transfer_sockbuf = bytes;
+    }
     config.embedded_master = args.embedded_master;
     if args.embedded_master {
         config.embedded_metrics_address = Some(format!("0.0.0.0:{}", args.embedded_metrics_port));

@@ -44,6 +44,10 @@ pub struct RealClientConfig {
     pub embedded_master: bool,
     /// Metrics address of the embedded master (`None` = no HTTP).
     pub embedded_metrics_address: Option<String>,
+    /// How the segment and other regions are mapped (huge pages).
+    pub region: mooncake_shm::RegionOptions,
+    /// Socket buffer size for transfers (0 = kernel autotuning).
+    pub transfer_sockbuf: usize,
 }
 
 impl RealClientConfig {
@@ -67,6 +71,8 @@ impl RealClientConfig {
             cluster_token: String::new(),
             embedded_master: false,
             embedded_metrics_address: None,
+            region: mooncake_shm::RegionOptions::default(),
+            transfer_sockbuf: crate::transfer::tcp::DEFAULT_SOCKBUF,
         }
     }
 

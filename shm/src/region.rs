@@ -30,10 +30,11 @@ pub struct RegionOptions {
 }
 
 impl RegionOptions {
-    /// Options from upstream's environment variables: `MC_STORE_USE_HUGEPAGE=1` and
-    /// `MC_STORE_HUGEPAGE_SIZE` (default 2 MB).
-    pub fn from_env() -> Self {
-        let on = std::env::var("MC_STORE_USE_HUGEPAGE")
+    /// Options from upstream's settings `MC_STORE_USE_HUGEPAGE=1` and
+    /// `MC_STORE_HUGEPAGE_SIZE` (default 2 MB), looked up by `var` (the command
+    /// line and the Python setup pass the environment; this crate never reads it).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let on = var("MC_STORE_USE_HUGEPAGE")
             .map(|v| {
                 matches!(
                     v.trim().to_ascii_lowercase().as_str(),
@@ -41,8 +42,7 @@ impl RegionOptions {
                 )
             })
             .unwrap_or(false);
-        let size = std::env::var("MC_STORE_HUGEPAGE_SIZE")
-            .ok()
+        let size = var("MC_STORE_HUGEPAGE_SIZE")
             .and_then(|v| mooncake_proto::units::parse_size(&v).ok())
             .unwrap_or(2 << 20);
         RegionOptions {

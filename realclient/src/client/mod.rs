@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use mooncake_proto::codec::connect_master;
 use mooncake_proto::*;
-use mooncake_shm::{Region, RegionOptions};
+use mooncake_shm::Region;
 
 use crate::config::RealClientConfig;
 use crate::inventory::{self, Inventory, PersistedInventory};
@@ -133,7 +133,7 @@ impl RealClient {
             None
         } else {
             // Prefault: first-touch faults would otherwise land on the put path.
-            let options = RegionOptions::from_env().with_prefault(true);
+            let options = config.region.clone().with_prefault(true);
             let reuse = persisted.as_ref().filter(|p| {
                 p.segment.size == config.global_segment_size
                     && std::fs::metadata(&config.segment_path)
@@ -187,10 +187,11 @@ impl RealClient {
         let transfer_server = match &mut segment {
             Some((region, desc)) => {
                 let bind = format!("{}:{}", config.bind_host, config.transfer_port);
-                let server = TransferServer::bind(
+                let server = TransferServer::bind_tuned(
                     &bind,
                     config.cluster_token.clone(),
                     Some((desc.id, region.clone())),
+                    config.transfer_sockbuf,
                 )
                 .with_context(|| format!("cannot listen for transfers on {bind}"))?;
                 desc.transport_endpoint = format!("{}:{}", config.host, server.local_addr().port());
@@ -209,13 +210,19 @@ impl RealClient {
             // No global segment: the port still comes up, for segments mounted later.
             None => {
                 let bind = format!("{}:{}", config.bind_host, config.transfer_port);
-                let server = TransferServer::bind(&bind, config.cluster_token.clone(), None)
-                    .with_context(|| format!("cannot listen for transfers on {bind}"))?;
+                let server = TransferServer::bind_tuned(
+                    &bind,
+                    config.cluster_token.clone(),
+                    None,
+                    config.transfer_sockbuf,
+                )
+                .with_context(|| format!("cannot listen for transfers on {bind}"))?;
                 Some(server)
             }
         };
         let inventory = Inventory::new(segment.as_ref().map(|(_, d)| d.id), entries);
         let config_token = config.cluster_token.clone();
+        let sockbuf = config.transfer_sockbuf;
         let client = Arc::new(RealClient {
             config,
             client_id,
@@ -225,7 +232,7 @@ impl RealClient {
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
-            transport: Arc::new(TcpTransport::new(config_token)),
+            transport: Arc::new(TcpTransport::new(config_token).with_sockbuf(sockbuf)),
             transfer_server: transfer_server.map(Arc::new),
             metrics: ClientMetrics::default(),
             shutdown,

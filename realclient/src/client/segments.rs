@@ -104,7 +104,7 @@ impl RealClient {
                 return Err(ErrorCode::IllegalClient);
             }
         }
-        let options = RegionOptions::from_env();
+        let options = self.config.region.clone();
         let region = Region::from_fd(fd.into(), offset, size, &options).map_err(|e| {
             tracing::warn!("mount_segment: cannot map {path}: {e}");
             ErrorCode::InvalidParams
@@ -125,7 +125,7 @@ impl RealClient {
             .checked_next_multiple_of(PAGE)
             .filter(|&s| s > 0)
             .ok_or(ErrorCode::InvalidParams)?;
-        let options = RegionOptions::from_env().with_prefault(true);
+        let options = self.config.region.clone().with_prefault(true);
         let region =
             Region::anonymous("mooncake-extra-segment", rounded, &options).map_err(|e| {
                 tracing::warn!("allocate_and_mount_segment({size}): {e}");

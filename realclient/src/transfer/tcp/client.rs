@@ -6,6 +6,7 @@ use super::*;
 /// The client side of the TCP transport, with a connection pool per peer.
 pub struct TcpTransport {
     credentials: Credentials,
+    sockbuf: usize,
     idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
     max_streams: usize,
     split_min: u64,
@@ -18,10 +19,17 @@ impl TcpTransport {
     pub fn new(token: impl Into<String>) -> TcpTransport {
         TcpTransport {
             credentials: Credentials::new(&token.into()),
+            sockbuf: DEFAULT_SOCKBUF,
             idle: Mutex::new(HashMap::new()),
             max_streams: 4,
             split_min: 1 << 20,
         }
+    }
+
+    /// Socket buffer size for its connections (0 = kernel autotuning).
+    pub fn with_sockbuf(mut self, bytes: usize) -> Self {
+        self.sockbuf = bytes;
+        self
     }
 
     /// Parallel connections used by one call.
@@ -51,7 +59,7 @@ impl TcpTransport {
                 tracing::debug!("transfer connect to {endpoint}: {e}");
                 ErrorCode::TransferFail
             })?;
-        tune(&stream);
+        tune(&stream, self.sockbuf);
         let token = self.credentials.presented_to(Some(addr.ip()));
         let io = |stream: &mut TcpStream| -> std::io::Result<i32> {
             stream.set_read_timeout(Some(remaining.min(HELLO_TIMEOUT)))?;

@@ -100,15 +100,11 @@ impl Header {
 
 /// Socket buffer size asked for (the kernel caps it at `net.core.{w,r}mem_max`);
 /// fixed buffers beat autotuning for multi-MiB transfers on loopback and veth
-/// (measured with `transfer_bench`). `MC_TRANSFER_SOCKBUF=0` keeps autotuning.
-const DEFAULT_SOCKBUF: usize = 4 << 20;
+/// (measured with `transfer_bench`). 0 keeps autotuning (`MC_TRANSFER_SOCKBUF=0`).
+pub const DEFAULT_SOCKBUF: usize = 4 << 20;
 
-fn tune(stream: &TcpStream) {
+fn tune(stream: &TcpStream, bytes: usize) {
     let _ = stream.set_nodelay(true);
-    let bytes = std::env::var("MC_TRANSFER_SOCKBUF")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(DEFAULT_SOCKBUF);
     if bytes > 0 {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(stream, bytes);
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(stream, bytes);

@@ -5,6 +5,7 @@ use super::*;
 
 struct ServerState {
     credentials: Credentials,
+    sockbuf: usize,
     limiter: ConnectionLimiter,
     /// The segments served: the global segment and any mounted later.
     segments: parking_lot::RwLock<Vec<(SegmentId, Arc<Region>)>>,
@@ -33,10 +34,22 @@ impl TransferServer {
         token: impl Into<String>,
         segment: Option<(SegmentId, Arc<Region>)>,
     ) -> std::io::Result<TransferServer> {
+        Self::bind_tuned(addr, token, segment, DEFAULT_SOCKBUF)
+    }
+
+    /// [`bind`](Self::bind) with the socket buffer size of its connections
+    /// (0 = kernel autotuning).
+    pub fn bind_tuned(
+        addr: &str,
+        token: impl Into<String>,
+        segment: Option<(SegmentId, Arc<Region>)>,
+        sockbuf: usize,
+    ) -> std::io::Result<TransferServer> {
         let listener = TcpListener::bind(addr)?;
         let bound = listener.local_addr()?;
         let state = Arc::new(ServerState {
             credentials: Credentials::new(&token.into()),
+            sockbuf,
             limiter: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS),
             segments: parking_lot::RwLock::new(segment.into_iter().collect()),
             stopping: AtomicBool::new(false),
@@ -171,7 +184,7 @@ fn serve_connection(
     peer: SocketAddr,
     state: &ServerState,
 ) -> std::io::Result<()> {
-    tune(&stream);
+    tune(&stream, state.sockbuf);
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     let mut magic = [0u8; 10];
     stream.read_exact(&mut magic)?;
