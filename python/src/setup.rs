@@ -5,50 +5,19 @@
 
 #![allow(clippy::disallowed_methods)] // reads its settings from the environment
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use mooncake_proto::Protocol;
 use mooncake_proto::units::parse_size;
-use mooncake_realclient::RealClientConfig;
-use mooncake_realclient::config::{advertise_host, default_socket_path};
+use mooncake_realclient::config::default_socket_path;
+pub use mooncake_store::SetupArgs;
 
 /// Upstream's default segment and local buffer sizes for the dict form.
 const DEFAULT_SEGMENT: u64 = 3_355_443_200;
 const DEFAULT_LOCAL_BUFFER: u64 = 1 << 30;
-
-/// What `setup` was given.
-#[derive(Debug, Clone)]
-pub struct SetupArgs {
-    /// Host name (optionally `host:port`, the port being the transfer port).
-    pub local_hostname: String,
-    /// Metadata server: URL, `P2PHANDSHAKE`, ...; not needed by this implementation.
-    pub metadata_server: String,
-    /// Bytes this process contributes to the pool (0 = none).
-    pub global_segment_size: u64,
-    /// Scratch buffer size (accepted; temporary buffers are used instead).
-    pub local_buffer_size: u64,
-    /// `tcp` or `rdma`.
-    pub protocol: String,
-    /// RDMA devices (accepted).
-    pub rdma_devices: String,
-    /// Master `host:port`.
-    pub master_server_addr: String,
-    /// Where the in-process real client listens for this process's dummy.
-    pub ipc_socket_path: Option<PathBuf>,
-    /// Serve `/health` and `/metrics` over HTTP.
-    pub enable_client_http_server: bool,
-    /// Port of that server.
-    pub client_http_port: u16,
-    /// SSD offload (not available: a warning).
-    pub enable_ssd_offload: bool,
-    /// Tenant (accepted).
-    pub tenant_id: String,
-}
 
 /// A size given as an int or a string (`"4gb"`, `"4 GB"`, `"1073741824"`).
 pub fn size_from_py(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
@@ -77,143 +46,76 @@ fn str_of(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     }
 }
 
-impl SetupArgs {
-    /// The dict form (LMCache): every value may be a string.
-    pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<SetupArgs> {
-        let get = |names: &[&str]| -> PyResult<Option<Bound<'_, PyAny>>> {
-            for n in names {
-                if let Some(v) = d.get_item(n)?
-                    && !v.is_none()
-                {
-                    return Ok(Some(v));
-                }
+/// `setup`'s dict form (LMCache): every value may be a string.
+pub fn setup_args_from_dict(d: &Bound<'_, PyDict>) -> PyResult<SetupArgs> {
+    let get = |names: &[&str]| -> PyResult<Option<Bound<'_, PyAny>>> {
+        for n in names {
+            if let Some(v) = d.get_item(n)?
+                && !v.is_none()
+            {
+                return Ok(Some(v));
             }
-            Ok(None)
-        };
-        let text = |names: &[&str], default: &str| -> PyResult<String> {
-            match get(names)? {
-                Some(v) => str_of(&v),
-                None => Ok(default.to_string()),
-            }
-        };
-        let flag = |name: &str| -> PyResult<bool> {
-            match get(&[name])? {
-                Some(v) => match v.extract::<bool>() {
-                    Ok(b) => Ok(b),
-                    Err(_) => Ok(bool_from_str(&str_of(&v)?)),
-                },
-                None => Ok(false),
-            }
-        };
-        Ok(SetupArgs {
-            local_hostname: text(&["local_hostname"], "localhost")?,
-            metadata_server: text(&["metadata_server"], "P2PHANDSHAKE")?,
-            global_segment_size: match get(&["global_segment_size"])? {
-                Some(v) => size_from_py(&v, "global_segment_size")?,
-                None => DEFAULT_SEGMENT,
-            },
-            local_buffer_size: match get(&["local_buffer_size"])? {
-                Some(v) => size_from_py(&v, "local_buffer_size")?,
-                None => DEFAULT_LOCAL_BUFFER,
-            },
-            protocol: text(&["protocol"], "tcp")?,
-            rdma_devices: text(&["rdma_devices", "device_name", "device_names"], "")?,
-            master_server_addr: text(
-                &["master_server_addr", "master_server_address"],
-                "127.0.0.1:50051",
-            )?,
-            ipc_socket_path: get(&["ipc_socket_path"])?
-                .map(|v| str_of(&v))
-                .transpose()?
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
-            enable_client_http_server: flag("enable_client_http_server")?,
-            client_http_port: match get(&["client_http_port"])? {
-                Some(v) => str_of(&v)?.trim().parse().map_err(|_| {
-                    PyTypeError::new_err("client_http_port: expected a port number")
-                })?,
-                None => 9300,
-            },
-            enable_ssd_offload: flag("enable_ssd_offload")?,
-            tenant_id: text(&["tenant_id"], "default")?,
-        })
-    }
-
-    /// `local_hostname` split into host and optional port.
-    fn host_and_port(&self) -> (String, Option<u16>) {
-        let h = self.local_hostname.trim();
-        if let Some(rest) = h.strip_prefix('[')
-            && let Some((host, port)) = rest.split_once("]:")
-        {
-            return (host.to_string(), port.parse().ok());
         }
-        match h.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => match port.parse() {
-                Ok(p) => (host.to_string(), Some(p)),
-                Err(_) => (h.to_string(), None),
+        Ok(None)
+    };
+    let text = |names: &[&str], default: &str| -> PyResult<String> {
+        match get(names)? {
+            Some(v) => str_of(&v),
+            None => Ok(default.to_string()),
+        }
+    };
+    let flag = |name: &str| -> PyResult<bool> {
+        match get(&[name])? {
+            Some(v) => match v.extract::<bool>() {
+                Ok(b) => Ok(b),
+                Err(_) => Ok(bool_from_str(&str_of(&v)?)),
             },
-            _ => (h.to_string(), None),
+            None => Ok(false),
         }
-    }
+    };
+    Ok(SetupArgs {
+        local_hostname: text(&["local_hostname"], "localhost")?,
+        metadata_server: text(&["metadata_server"], "P2PHANDSHAKE")?,
+        global_segment_size: match get(&["global_segment_size"])? {
+            Some(v) => size_from_py(&v, "global_segment_size")?,
+            None => DEFAULT_SEGMENT,
+        },
+        local_buffer_size: match get(&["local_buffer_size"])? {
+            Some(v) => size_from_py(&v, "local_buffer_size")?,
+            None => DEFAULT_LOCAL_BUFFER,
+        },
+        protocol: text(&["protocol"], "tcp")?,
+        rdma_devices: text(&["rdma_devices", "device_name", "device_names"], "")?,
+        master_server_addr: text(
+            &["master_server_addr", "master_server_address"],
+            "127.0.0.1:50051",
+        )?,
+        ipc_socket_path: get(&["ipc_socket_path"])?
+            .map(|v| str_of(&v))
+            .transpose()?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        enable_client_http_server: flag("enable_client_http_server")?,
+        client_http_port: match get(&["client_http_port"])? {
+            Some(v) => str_of(&v)?
+                .trim()
+                .parse()
+                .map_err(|_| PyTypeError::new_err("client_http_port: expected a port number"))?,
+            None => 9300,
+        },
+        enable_ssd_offload: flag("enable_ssd_offload")?,
+        tenant_id: text(&["tenant_id"], "default")?,
+    })
+}
 
-    /// The host this process's segment is named by (the port is the transfer port,
-    /// unique on the host).
-    pub fn display_host(&self) -> String {
-        self.host_and_port().0
-    }
-
-    /// The in-process real client's configuration; an error message for settings
-    /// this build cannot honour.
-    pub fn client_config(&self) -> Result<RealClientConfig, String> {
-        let protocol: Protocol = self
-            .protocol
-            .trim()
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|e: String| format!("protocol {:?}: {e}", self.protocol))?;
-        if protocol == Protocol::Rdma {
-            return Err(
-                "protocol \"rdma\": this build has no RDMA transport yet; use \"tcp\"".into(),
-            );
-        }
-        let (host, port) = self.host_and_port();
-        let wildcard = host.is_empty() || host == "0.0.0.0" || host == "::";
-        let mut config = RealClientConfig::new(0);
-        let routed = advertise_host(&self.master_server_addr);
-        config.host = if wildcard {
-            routed
-        } else if host == "localhost" && routed != "127.0.0.1" {
-            // The engines' default: with a master on another host, "localhost"
-            // would tell peers to connect to themselves.
-            routed
-        } else {
-            host.clone()
-        };
-        // A literal address is bound exactly; a name may not resolve to a local
-        // interface (a pod name, say), so all interfaces are bound for it.
-        config.bind_host = match host.parse::<IpAddr>() {
-            Ok(ip) if !ip.is_unspecified() => host.clone(),
-            _ => "0.0.0.0".into(),
-        };
-        config.transfer_port = port.unwrap_or(0);
-        config.serve_tcp = false;
-        config.http_port = self
-            .enable_client_http_server
-            .then_some(self.client_http_port);
-        config.global_segment_size = self.global_segment_size;
-        config.local_buffer_size = self.local_buffer_size;
-        config.master_server_address = self.master_server_addr.trim().to_string();
-        config.protocol = protocol;
-        config.ipc_socket_path = self
-            .ipc_socket_path
-            .clone()
-            .unwrap_or_else(mooncake_realclient::background::private_socket_path);
-        config.ephemeral_segment = true;
-        config.cluster_token = cluster_token();
-        config.region = region_options();
-        config.transfer_sockbuf = transfer_sockbuf();
-        Ok(config)
-    }
+/// The in-process real client's configuration for `args`, with the settings this
+/// process's environment gives; an error message for settings this build cannot honour.
+pub fn client_config(args: &SetupArgs) -> Result<mooncake_realclient::RealClientConfig, String> {
+    let mut config = args.client_config()?;
+    config.cluster_token = cluster_token();
+    config.region = region_options();
+    config.transfer_sockbuf = transfer_sockbuf();
+    Ok(config)
 }
 
 // The process environment is read here and in the command lines only; everything
@@ -280,58 +182,6 @@ pub fn dummy_socket(server_address: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(host: &str) -> SetupArgs {
-        SetupArgs {
-            local_hostname: host.into(),
-            metadata_server: "P2PHANDSHAKE".into(),
-            global_segment_size: 1 << 20,
-            local_buffer_size: 0,
-            protocol: "tcp".into(),
-            rdma_devices: String::new(),
-            master_server_addr: "127.0.0.1:50051".into(),
-            ipc_socket_path: None,
-            enable_client_http_server: false,
-            client_http_port: 9300,
-            enable_ssd_offload: false,
-            tenant_id: "default".into(),
-        }
-    }
-
-    #[test]
-    fn local_hostname_may_carry_the_transfer_port() {
-        assert_eq!(
-            args("node1:17000").host_and_port(),
-            ("node1".into(), Some(17000))
-        );
-        assert_eq!(
-            args("[::1]:17000").host_and_port(),
-            ("::1".into(), Some(17000))
-        );
-        assert_eq!(
-            args("localhost").host_and_port(),
-            ("localhost".into(), None)
-        );
-        let c = args("10.1.2.3:17000").client_config().unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.bind_host.as_str(), c.transfer_port),
-            ("10.1.2.3", "10.1.2.3", 17000)
-        );
-        let c = args("localhost").client_config().unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.bind_host.as_str()),
-            ("localhost", "0.0.0.0")
-        );
-    }
-
-    #[test]
-    fn rdma_is_refused_with_a_reason() {
-        let mut a = args("localhost");
-        a.protocol = "rdma".into();
-        assert!(a.client_config().unwrap_err().contains("RDMA"));
-        a.protocol = "carrier-pigeon".into();
-        assert!(a.client_config().is_err());
-    }
 
     #[test]
     fn dummy_socket_follows_the_port() {

@@ -140,7 +140,7 @@ impl MooncakeDistributedStore {
             tracing::warn!("setup: this store is already set up; close() it first");
             return ErrorCode::InvalidParams.as_i32();
         }
-        let config = match args.client_config() {
+        let config = match crate::setup::client_config(&args) {
             Ok(c) => c,
             Err(reason) => {
                 tracing::error!("setup: {reason}");
@@ -236,7 +236,7 @@ impl MooncakeDistributedStore {
     ) -> PyResult<i32> {
         let _ = ssd_offload_path;
         if let Ok(dict) = local_hostname.cast::<PyDict>() {
-            let args = SetupArgs::from_dict(dict)?;
+            let args = crate::setup::setup_args_from_dict(dict)?;
             return Ok(self.setup_in_process(py, args));
         }
         let missing = |what: &str| {

@@ -1,0 +1,197 @@
+//! Upstream's `setup(...)` arguments and the in-process real client they start.
+//! Shared by [`MooncakeStore::setup`](crate::MooncakeStore::setup) and the Python
+//! package's `setup`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use mooncake_proto::Protocol;
+use mooncake_realclient::RealClientConfig;
+use mooncake_realclient::config::advertise_host;
+
+/// What `setup` was given.
+#[derive(Debug, Clone)]
+pub struct SetupArgs {
+    /// Host name (optionally `host:port`, the port being the transfer port).
+    pub local_hostname: String,
+    /// Metadata server: URL, `P2PHANDSHAKE`, ...; not needed by this implementation.
+    pub metadata_server: String,
+    /// Bytes this process contributes to the pool (0 = none).
+    pub global_segment_size: u64,
+    /// Scratch buffer size (accepted; temporary buffers are used instead).
+    pub local_buffer_size: u64,
+    /// `tcp` or `rdma`.
+    pub protocol: String,
+    /// RDMA devices (accepted).
+    pub rdma_devices: String,
+    /// Master `host:port`.
+    pub master_server_addr: String,
+    /// Where the in-process real client listens for this process's dummy.
+    pub ipc_socket_path: Option<PathBuf>,
+    /// Serve `/health` and `/metrics` over HTTP.
+    pub enable_client_http_server: bool,
+    /// Port of that server.
+    pub client_http_port: u16,
+    /// SSD offload (not available: a warning).
+    pub enable_ssd_offload: bool,
+    /// Tenant (accepted).
+    pub tenant_id: String,
+}
+
+impl SetupArgs {
+    /// Upstream's positional arguments of `setup`, everything else at its default.
+    pub fn new(
+        local_hostname: &str,
+        metadata_server: &str,
+        global_segment_size: u64,
+        local_buffer_size: u64,
+        protocol: &str,
+        rdma_devices: &str,
+        master_server_addr: &str,
+    ) -> SetupArgs {
+        SetupArgs {
+            local_hostname: local_hostname.to_string(),
+            metadata_server: metadata_server.to_string(),
+            global_segment_size,
+            local_buffer_size,
+            protocol: protocol.to_string(),
+            rdma_devices: rdma_devices.to_string(),
+            master_server_addr: master_server_addr.to_string(),
+            ipc_socket_path: None,
+            enable_client_http_server: false,
+            client_http_port: 9300,
+            enable_ssd_offload: false,
+            tenant_id: "default".to_string(),
+        }
+    }
+
+    /// `local_hostname` split into host and optional port.
+    fn host_and_port(&self) -> (String, Option<u16>) {
+        let h = self.local_hostname.trim();
+        if let Some(rest) = h.strip_prefix('[')
+            && let Some((host, port)) = rest.split_once("]:")
+        {
+            return (host.to_string(), port.parse().ok());
+        }
+        match h.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => match port.parse() {
+                Ok(p) => (host.to_string(), Some(p)),
+                Err(_) => (h.to_string(), None),
+            },
+            _ => (h.to_string(), None),
+        }
+    }
+
+    /// The host this process's segment is named by (the port is the transfer port,
+    /// unique on the host).
+    pub fn display_host(&self) -> String {
+        self.host_and_port().0
+    }
+
+    /// The in-process real client's configuration; an error message for settings
+    /// this build cannot honour.
+    pub fn client_config(&self) -> Result<RealClientConfig, String> {
+        let protocol: Protocol = self
+            .protocol
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e: String| format!("protocol {:?}: {e}", self.protocol))?;
+        if protocol == Protocol::Rdma {
+            return Err(
+                "protocol \"rdma\": this build has no RDMA transport yet; use \"tcp\"".into(),
+            );
+        }
+        let (host, port) = self.host_and_port();
+        let wildcard = host.is_empty() || host == "0.0.0.0" || host == "::";
+        let mut config = RealClientConfig::new(0);
+        let routed = advertise_host(&self.master_server_addr);
+        config.host = if wildcard {
+            routed
+        } else if host == "localhost" && routed != "127.0.0.1" {
+            // The engines' default: with a master on another host, "localhost"
+            // would tell peers to connect to themselves.
+            routed
+        } else {
+            host.clone()
+        };
+        // A literal address is bound exactly; a name may not resolve to a local
+        // interface (a pod name, say), so all interfaces are bound for it.
+        config.bind_host = match host.parse::<IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => host.clone(),
+            _ => "0.0.0.0".into(),
+        };
+        config.transfer_port = port.unwrap_or(0);
+        config.serve_tcp = false;
+        config.http_port = self
+            .enable_client_http_server
+            .then_some(self.client_http_port);
+        config.global_segment_size = self.global_segment_size;
+        config.local_buffer_size = self.local_buffer_size;
+        config.master_server_address = self.master_server_addr.trim().to_string();
+        config.protocol = protocol;
+        config.ipc_socket_path = self
+            .ipc_socket_path
+            .clone()
+            .unwrap_or_else(mooncake_realclient::background::private_socket_path);
+        config.ephemeral_segment = true;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(host: &str) -> SetupArgs {
+        SetupArgs {
+            local_hostname: host.into(),
+            metadata_server: "P2PHANDSHAKE".into(),
+            global_segment_size: 1 << 20,
+            local_buffer_size: 0,
+            protocol: "tcp".into(),
+            rdma_devices: String::new(),
+            master_server_addr: "127.0.0.1:50051".into(),
+            ipc_socket_path: None,
+            enable_client_http_server: false,
+            client_http_port: 9300,
+            enable_ssd_offload: false,
+            tenant_id: "default".into(),
+        }
+    }
+
+    #[test]
+    fn local_hostname_may_carry_the_transfer_port() {
+        assert_eq!(
+            args("node1:17000").host_and_port(),
+            ("node1".into(), Some(17000))
+        );
+        assert_eq!(
+            args("[::1]:17000").host_and_port(),
+            ("::1".into(), Some(17000))
+        );
+        assert_eq!(
+            args("localhost").host_and_port(),
+            ("localhost".into(), None)
+        );
+        let c = args("10.1.2.3:17000").client_config().unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.bind_host.as_str(), c.transfer_port),
+            ("10.1.2.3", "10.1.2.3", 17000)
+        );
+        let c = args("localhost").client_config().unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.bind_host.as_str()),
+            ("localhost", "0.0.0.0")
+        );
+    }
+
+    #[test]
+    fn rdma_is_refused_with_a_reason() {
+        let mut a = args("localhost");
+        a.protocol = "rdma".into();
+        assert!(a.client_config().unwrap_err().contains("RDMA"));
+        a.protocol = "carrier-pigeon".into();
+        assert!(a.client_config().is_err());
+    }
+}
