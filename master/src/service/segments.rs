@@ -94,159 +94,37 @@ impl MasterService {
         inventory: Vec<InventoryEntry>,
         complete: bool,
     ) -> MResult<RemountReport> {
-        for d in &segments {
-            if d.size < GRANULE || d.id.is_nil() {
-                return Err(ErrorCode::InvalidParams);
-            }
+        if segments.iter().any(|d| d.size < GRANULE || d.id.is_nil()) {
+            return Err(ErrorCode::InvalidParams);
         }
         let host = segments.first().map(|d| d.host.clone()).unwrap_or_default();
         let log = self.register_client(client, &host);
-        let buffer = {
-            let mut clients = self.clients.lock();
-            let entry = clients.get_mut(&client).ok_or(ErrorCode::ClientNotFound)?;
-            let buf = entry.restore.get_or_insert_with(RestoreBuffer::default);
-            if buf.entries.len() + inventory.len() > MAX_REMOUNT_ENTRIES {
-                entry.restore = None;
-                return Err(ErrorCode::InvalidParams);
-            }
-            for d in segments {
-                if !buf.segments.iter().any(|s| s.id == d.id) {
-                    buf.segments.push(d);
-                }
-            }
-            buf.entries.extend(inventory);
-            if !complete {
-                return Ok(RemountReport::default());
-            }
-            entry.restore.take().expect("just inserted")
+        let Some(buffer) = self.buffer_remount(client, segments, inventory, complete)? else {
+            return Ok(RemountReport::default());
         };
-        let inventory_seq = log.lock().restart();
-        let now = self.now_ms();
         let mut report = RemountReport {
-            inventory_seq,
+            inventory_seq: log.lock().restart(),
             ..Default::default()
         };
-
-        // Segments the master still has keep the master's state; new ones are rebuilt.
-        let mut fresh: Vec<SegmentDesc> = Vec::new();
-        {
-            let segs = self.segments.read();
-            for d in &buffer.segments {
-                match segs.by_id(&d.id) {
-                    Some(s) if s.owner != client => return Err(ErrorCode::SegmentAlreadyExists),
-                    Some(s) => *s.route.write() = (d.transport_endpoint.clone(), d.base),
-                    None => fresh.push(d.clone()),
-                }
-            }
-        }
-        let known: HashSet<SegmentId> = buffer.segments.iter().map(|d| d.id).collect();
-        let mut per_segment: HashMap<SegmentId, Vec<InventoryEntry>> = HashMap::new();
-        for e in buffer.entries {
-            if !known.contains(&e.segment_id) {
-                report.rejected.push(e);
-                continue;
-            }
-            if let Some(d) = fresh.iter().find(|d| d.id == e.segment_id) {
-                let valid = self.validate_key(&e.key).is_ok()
-                    && e.version <= unix_micros() + MAX_VERSION_SKEW_US
-                    && e.size > 0
-                    && e.offset % GRANULE == 0
-                    && e.offset
-                        .checked_add(allocated_len(e.size))
-                        .is_some_and(|end| end <= d.size);
-                if valid {
-                    per_segment.entry(e.segment_id).or_default().push(e);
-                } else {
-                    report.rejected.push(e);
-                }
-            }
-            // Entries for segments the master still knows are ignored: its metadata is newer.
-        }
-
+        let fresh = self.segments_to_rebuild(client, &buffer.segments)?;
+        let mut per_segment = self.sort_inventory(&buffer, &fresh, &mut report);
         let mut mounted: Vec<Arc<Segment>> = Vec::new();
         let mut max_version = 0;
         for d in fresh {
-            let mut entries = per_segment.remove(&d.id).unwrap_or_default();
-            // Newest version wins, per key and per byte range.
-            entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.version));
-            let mut seen_keys: HashSet<String> = HashSet::new();
-            let mut ranges: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut accepted: Vec<InventoryEntry> = Vec::new();
-            for e in entries {
-                let end = e.offset + allocated_len(e.size);
-                let overlaps_before = ranges
-                    .range(..end)
-                    .next_back()
-                    .is_some_and(|(_, &pend)| pend > e.offset);
-                if overlaps_before || seen_keys.contains(&e.key) {
-                    report.rejected.push(e);
-                    continue;
-                }
-                ranges.insert(e.offset, end);
-                seen_keys.insert(e.key.clone());
-                max_version = max_version.max(e.version);
-                accepted.push(e);
-            }
+            let entries = per_segment.remove(&d.id).unwrap_or_default();
+            let accepted = newest_without_overlaps(entries, &mut report);
+            max_version = accepted
+                .iter()
+                .map(|e| e.version)
+                .fold(max_version, u64::max);
             let allocated: Vec<(u64, u64)> = accepted.iter().map(|e| (e.offset, e.size)).collect();
             let allocator = RangeAllocator::with_allocated(d.size, &allocated);
             let seg = self
                 .segments
                 .write()
                 .insert(d.clone(), client, allocator, log.clone());
-            let slot = seg.slot;
             for e in accepted {
-                let hash = self.hash(&e.key);
-                let mut shard = self.shard(hash).lock();
-                let placement = Placement {
-                    offset: e.offset,
-                    segment: slot,
-                };
-                let applied = match shard.get_mut(hash, &e.key) {
-                    None => {
-                        let object = Object {
-                            size: e.size,
-                            version: e.version,
-                            lease_until: 0,
-                            last_access: now,
-                            replicas: Replicas::One(placement),
-                            soft_pin_until_s: 0,
-                            flags: FLAG_RESTORED,
-                            // Readers of the previous master incarnation may still
-                            // release grants: their count is not known here.
-                            readers: READERS_UNKNOWN,
-                        };
-                        shard.insert(hash, &e.key, object, &|k: &str| self.hasher.hash_one(k));
-                        true
-                    }
-                    Some(o) if o.version == e.version && o.size == e.size => {
-                        if !o.replicas.as_slice().iter().any(|p| p.segment == slot) {
-                            o.replicas.push(placement);
-                        }
-                        true
-                    }
-                    // A value written through this master is never replaced by an
-                    // inventory: only a newer copy of a value restored the same way.
-                    Some(o) if e.version > o.version && o.flags & FLAG_RESTORED != 0 => {
-                        let replaced = Object {
-                            size: e.size,
-                            version: e.version,
-                            lease_until: 0,
-                            last_access: now,
-                            replicas: Replicas::One(placement),
-                            soft_pin_until_s: 0,
-                            flags: FLAG_RESTORED,
-                            // Readers of the previous master incarnation may still
-                            // release grants: their count is not known here.
-                            readers: READERS_UNKNOWN,
-                        };
-                        let old = std::mem::replace(o, replaced);
-                        self.release_replaced(&self.segments.read(), &old, now);
-                        true
-                    }
-                    Some(_) => false,
-                };
-                drop(shard);
-                if applied {
+                if self.restore_object(seg.slot, &e) {
                     report.restored += 1;
                 } else {
                     seg.free(e.offset, e.size);
@@ -281,6 +159,131 @@ impl MasterService {
             "client remounted"
         );
         Ok(report)
+    }
+
+    /// Adds one chunk of a remount to the client's buffer; the whole remount once
+    /// the last chunk (`complete`) arrived.
+    fn buffer_remount(
+        &self,
+        client: ClientId,
+        segments: Vec<SegmentDesc>,
+        inventory: Vec<InventoryEntry>,
+        complete: bool,
+    ) -> MResult<Option<RestoreBuffer>> {
+        let mut clients = self.clients.lock();
+        let entry = clients.get_mut(&client).ok_or(ErrorCode::ClientNotFound)?;
+        let buf = entry.restore.get_or_insert_with(RestoreBuffer::default);
+        if buf.entries.len() + inventory.len() > MAX_REMOUNT_ENTRIES {
+            entry.restore = None;
+            return Err(ErrorCode::InvalidParams);
+        }
+        for d in segments {
+            if !buf.segments.iter().any(|s| s.id == d.id) {
+                buf.segments.push(d);
+            }
+        }
+        buf.entries.extend(inventory);
+        Ok(if complete { entry.restore.take() } else { None })
+    }
+
+    /// The segments to rebuild from the inventory: those this master does not
+    /// have. Segments it still has keep its state (their route is refreshed); one
+    /// owned by another client cannot be claimed.
+    fn segments_to_rebuild(
+        &self,
+        client: ClientId,
+        segments: &[SegmentDesc],
+    ) -> MResult<Vec<SegmentDesc>> {
+        let segs = self.segments.read();
+        let mut fresh = Vec::new();
+        for d in segments {
+            match segs.by_id(&d.id) {
+                Some(s) if s.owner != client => return Err(ErrorCode::SegmentAlreadyExists),
+                Some(s) => *s.route.write() = (d.transport_endpoint.clone(), d.base),
+                None => fresh.push(d.clone()),
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Valid inventory entries of the segments to rebuild, by segment; entries of
+    /// unknown segments and invalid ones (bad key, range outside the segment,
+    /// misaligned, a version from the future) go to the report's rejected list.
+    /// Entries of segments the master still has are ignored: its metadata is newer.
+    fn sort_inventory(
+        &self,
+        buffer: &RestoreBuffer,
+        fresh: &[SegmentDesc],
+        report: &mut RemountReport,
+    ) -> HashMap<SegmentId, Vec<InventoryEntry>> {
+        let known: HashSet<SegmentId> = buffer.segments.iter().map(|d| d.id).collect();
+        let mut per_segment: HashMap<SegmentId, Vec<InventoryEntry>> = HashMap::new();
+        for e in &buffer.entries {
+            if !known.contains(&e.segment_id) {
+                report.rejected.push(e.clone());
+                continue;
+            }
+            let Some(d) = fresh.iter().find(|d| d.id == e.segment_id) else {
+                continue;
+            };
+            let valid = self.validate_key(&e.key).is_ok()
+                && e.version <= unix_micros() + MAX_VERSION_SKEW_US
+                && e.size > 0
+                && e.offset % GRANULE == 0
+                && e.offset
+                    .checked_add(allocated_len(e.size))
+                    .is_some_and(|end| end <= d.size);
+            if valid {
+                per_segment.entry(e.segment_id).or_default().push(e.clone());
+            } else {
+                report.rejected.push(e.clone());
+            }
+        }
+        per_segment
+    }
+
+    /// Makes an inventory entry (space already allocated in segment `slot`) an
+    /// object again, unless the master has something better: a new key, another
+    /// replica of the same version, or a newer copy of a value itself restored.
+    /// A value written through this master is never replaced by an inventory.
+    fn restore_object(&self, slot: u32, e: &InventoryEntry) -> bool {
+        let now = self.now_ms();
+        let hash = self.hash(&e.key);
+        let mut shard = self.shard(hash).lock();
+        let placement = Placement {
+            offset: e.offset,
+            segment: slot,
+        };
+        let restored = || Object {
+            size: e.size,
+            version: e.version,
+            lease_until: 0,
+            last_access: now,
+            replicas: Replicas::One(placement),
+            soft_pin_until_s: 0,
+            flags: FLAG_RESTORED,
+            // Readers of the previous master incarnation may still release
+            // grants: their count is not known here.
+            readers: READERS_UNKNOWN,
+        };
+        match shard.get_mut(hash, &e.key) {
+            None => {
+                shard.insert(hash, &e.key, restored(), &|k: &str| self.hasher.hash_one(k));
+                true
+            }
+            Some(o) if o.version == e.version && o.size == e.size => {
+                if !o.replicas.as_slice().iter().any(|p| p.segment == slot) {
+                    o.replicas.push(placement);
+                }
+                true
+            }
+            Some(o) if e.version > o.version && o.flags & FLAG_RESTORED != 0 => {
+                let old = std::mem::replace(o, restored());
+                self.release_replaced(&self.segments.read(), &old, now);
+                true
+            }
+            Some(_) => false,
+        }
     }
 
     /// Heartbeat.
@@ -363,4 +366,31 @@ impl MasterService {
             .map(|s| (s.current_desc(), s.used.load(Relaxed)))
             .collect()
     }
+}
+
+/// The newest version wins, per key and per byte range: the entries kept, in
+/// newest-first order; the others go to the report's rejected list.
+fn newest_without_overlaps(
+    mut entries: Vec<InventoryEntry>,
+    report: &mut RemountReport,
+) -> Vec<InventoryEntry> {
+    entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.version));
+    let mut seen_keys: HashSet<String> = HashSet::new();
+    let mut ranges: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut accepted = Vec::new();
+    for e in entries {
+        let end = e.offset + allocated_len(e.size);
+        let overlaps_before = ranges
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &pend)| pend > e.offset);
+        if overlaps_before || seen_keys.contains(&e.key) {
+            report.rejected.push(e);
+            continue;
+        }
+        ranges.insert(e.offset, end);
+        seen_keys.insert(e.key.clone());
+        accepted.push(e);
+    }
+    accepted
 }

@@ -59,9 +59,16 @@ const UPSERT_WAIT: Duration = Duration::from_secs(5);
 /// Ranges of one object: (offset in the object, the dummy's memory).
 type Ranges = Vec<(u64, Translation)>;
 
-/// One object of a `transfer_ranges` call: its index in the call, its remote
-/// replicas, its ranges and its deadline.
-type RangeWork = (usize, Vec<ReplicaDesc>, Ranges, Instant);
+/// One object of a `transfer_ranges` call with remote work to do.
+struct RangeWork {
+    /// Its position in the call.
+    index: usize,
+    key: String,
+    /// Its remote replicas: all written, or read one after another on failure.
+    remote: Vec<ReplicaDesc>,
+    ranges: Ranges,
+    deadline: Instant,
+}
 
 /// A write started for a dummy and not yet ended.
 struct PendingWrite {

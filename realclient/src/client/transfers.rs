@@ -108,7 +108,9 @@ impl RealClient {
     }
 
     /// Moves object ranges between a dummy's registered memory and the remote
-    /// replicas (see [`RealClientService::transfer_ranges`]).
+    /// replicas (see [`RealClientService::transfer_ranges`]): writes go to every
+    /// remote replica of a pending write, reads come from the first remote replica
+    /// that answers.
     ///
     /// [`RealClientService::transfer_ranges`]: mooncake_proto::realclient::RealClientService::transfer_ranges
     pub async fn transfer_ranges(
@@ -118,125 +120,151 @@ impl RealClient {
         session: Option<&Arc<Session>>,
     ) -> Vec<MResult<u64>> {
         let started = Instant::now();
-        let own = self.segment().map(|d| d.id);
         let mut out: Vec<MResult<u64>> = Vec::with_capacity(items.len());
-        // Per item to transfer: its remote replicas (tried in turn for reads, all
-        // written for writes), its ranges, and its deadline.
-        let mut wanted: Vec<RangeWork> = Vec::new();
-        let mut keys: Vec<String> = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let replicas = if write {
-                match self.pending.lock().get(&item.key) {
-                    Some(w) => w.replicas.clone(),
-                    None => {
-                        out.push(Err(ErrorCode::InvalidParams));
-                        continue;
-                    }
+        let mut work: Vec<RangeWork> = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            match self.prepare_ranges(write, item, session, started) {
+                Ok((total, None)) => out.push(Ok(total)),
+                Ok((total, Some(mut w))) => {
+                    w.index = index;
+                    out.push(Ok(total));
+                    work.push(w);
                 }
-            } else {
-                item.replicas
-            };
-            let size = replicas.first().map_or(0, |r| r.size);
-            let remote: Vec<ReplicaDesc> = replicas
-                .into_iter()
-                .filter(|r| Some(r.segment_id) != own && r.size == size)
-                .collect();
-            let mut spans = Vec::with_capacity(item.ranges.len());
-            let mut total = 0u64;
-            let mut bad = None;
-            for range in &item.ranges {
-                let inside = range
-                    .object_offset
-                    .checked_add(range.buf.len)
-                    .is_some_and(|end| end <= size);
-                if !inside || range.buf.len == 0 {
-                    bad = Some(ErrorCode::InvalidParams);
-                    break;
-                }
-                match session.map(|s| s.translate(range.buf.addr, range.buf.len)) {
-                    Some(Ok(t)) => spans.push((range.object_offset, t)),
-                    _ => {
-                        bad = Some(ErrorCode::InvalidParams);
-                        break;
-                    }
-                }
-                total += range.buf.len;
+                Err(e) => out.push(Err(e)),
             }
-            if let Some(e) = bad {
-                out.push(Err(e));
-                continue;
-            }
-            if remote.is_empty() {
-                // Writes: nothing remote to write. Reads: the dummy should have
-                // copied from the local replica itself.
-                out.push(if write {
-                    Ok(total)
-                } else {
-                    Err(ErrorCode::TransferFail)
-                });
-                continue;
-            }
-            let deadline = if write {
-                started + self.config.transfer_timeout
-            } else {
-                started + Duration::from_millis(item.lease_left_ms.saturating_sub(50))
-            };
-            out.push(Ok(total));
-            wanted.push((i, remote, spans, deadline));
-            keys.push(item.key);
         }
         if write {
-            let mut jobs = Vec::new();
-            let mut owners: Vec<(usize, SegmentId)> = Vec::new();
-            let deadline = wanted.iter().map(|w| w.3).max().unwrap_or(started);
-            for (w, (_, remote, spans, _)) in wanted.iter().enumerate() {
-                for r in remote {
-                    for (off, t) in spans {
-                        jobs.push(range_job(Direction::Write, r, *off, t));
-                        owners.push((w, r.segment_id));
-                    }
-                }
-            }
-            let results = self.transfer(jobs, deadline).await;
-            let mut failures: Vec<Vec<SegmentId>> = vec![Vec::new(); wanted.len()];
-            let mut bytes = 0;
-            for ((r, n), (w, seg)) in results.into_iter().zip(owners) {
-                match r {
-                    Ok(()) => bytes += n,
-                    Err(e) => {
-                        if !failures[w].contains(&seg) {
-                            tracing::warn!(key = %keys[w], segment = %seg, "range write failed: {e}");
-                            failures[w].push(seg);
-                        }
-                    }
-                }
-            }
-            self.metrics.add_transfer_bytes(0, bytes);
-            let mut pending = self.pending.lock();
-            for (w, (i, remote, _, _)) in wanted.iter().enumerate() {
-                // A write revoked meanwhile has nothing left to record.
-                let Some(entry) = pending.get_mut(&keys[w]) else {
-                    continue;
-                };
-                let recorded = entry.ranged_failures.get_or_insert_with(Vec::new);
-                for seg in &failures[w] {
-                    if !recorded.contains(seg) {
-                        recorded.push(*seg);
-                    }
-                }
-                let has_local = entry.replicas.iter().any(|d| Some(d.segment_id) == own);
-                if !has_local && failures[w].len() == remote.len() {
-                    out[*i] = Err(ErrorCode::TransferFail);
-                }
-            }
-            return out;
+            self.write_ranges(work, started, &mut out).await;
+        } else {
+            self.read_ranges(work, started, &mut out).await;
         }
-        let deadline = wanted.iter().map(|w| w.3).min().unwrap_or(started);
-        let owners: Vec<usize> = wanted.iter().map(|w| w.0).collect();
-        let reads = wanted
+        out
+    }
+
+    /// Checks one item of a ranged transfer and translates its ranges: the bytes
+    /// it moves, and the remote work (`None` when nothing remote is to be done).
+    fn prepare_ranges(
+        &self,
+        write: bool,
+        item: RangeTransfer,
+        session: Option<&Arc<Session>>,
+        started: Instant,
+    ) -> MResult<(u64, Option<RangeWork>)> {
+        let own = self.segment().map(|d| d.id);
+        let replicas = if write {
+            let pending = self.pending.lock();
+            pending
+                .get(&item.key)
+                .ok_or(ErrorCode::InvalidParams)?
+                .replicas
+                .clone()
+        } else {
+            item.replicas
+        };
+        let size = replicas.first().map_or(0, |r| r.size);
+        let remote: Vec<ReplicaDesc> = replicas
             .into_iter()
-            .map(|(_, r, spans, _)| (r, spans))
+            .filter(|r| Some(r.segment_id) != own && r.size == size)
             .collect();
+        let mut ranges = Vec::with_capacity(item.ranges.len());
+        let mut total = 0u64;
+        for range in &item.ranges {
+            let inside = range
+                .object_offset
+                .checked_add(range.buf.len)
+                .is_some_and(|end| end <= size);
+            if !inside || range.buf.len == 0 {
+                return Err(ErrorCode::InvalidParams);
+            }
+            let span = session
+                .ok_or(ErrorCode::InvalidParams)?
+                .translate(range.buf.addr, range.buf.len)
+                .map_err(|_| ErrorCode::InvalidParams)?;
+            ranges.push((range.object_offset, span));
+            total += range.buf.len;
+        }
+        if remote.is_empty() {
+            // Writes: nothing remote to write. Reads: the dummy should have copied
+            // from the local replica itself.
+            return if write {
+                Ok((total, None))
+            } else {
+                Err(ErrorCode::TransferFail)
+            };
+        }
+        let deadline = if write {
+            started + self.config.transfer_timeout
+        } else {
+            started + Duration::from_millis(item.lease_left_ms.saturating_sub(50))
+        };
+        Ok((
+            total,
+            Some(RangeWork {
+                index: 0,
+                key: item.key,
+                remote,
+                ranges,
+                deadline,
+            }),
+        ))
+    }
+
+    /// Writes each item's ranges to all its remote replicas; records the replicas
+    /// that failed on the pending write (ended later by `put_complete`). An item
+    /// fails when it has no local replica and every remote one failed.
+    async fn write_ranges(&self, work: Vec<RangeWork>, started: Instant, out: &mut [MResult<u64>]) {
+        let own = self.segment().map(|d| d.id);
+        let mut jobs = Vec::new();
+        let mut owners: Vec<(usize, SegmentId)> = Vec::new();
+        let deadline = work.iter().map(|w| w.deadline).max().unwrap_or(started);
+        for (w, item) in work.iter().enumerate() {
+            for r in &item.remote {
+                for (off, t) in &item.ranges {
+                    jobs.push(range_job(Direction::Write, r, *off, t));
+                    owners.push((w, r.segment_id));
+                }
+            }
+        }
+        let results = self.transfer(jobs, deadline).await;
+        let mut failures: Vec<Vec<SegmentId>> = vec![Vec::new(); work.len()];
+        let mut bytes = 0;
+        for ((r, n), (w, seg)) in results.into_iter().zip(owners) {
+            match r {
+                Ok(()) => bytes += n,
+                Err(e) => {
+                    if !failures[w].contains(&seg) {
+                        tracing::warn!(key = %work[w].key, segment = %seg, "range write failed: {e}");
+                        failures[w].push(seg);
+                    }
+                }
+            }
+        }
+        self.metrics.add_transfer_bytes(0, bytes);
+        let mut pending = self.pending.lock();
+        for (item, failed) in work.iter().zip(failures) {
+            // A write revoked meanwhile has nothing left to record.
+            let Some(entry) = pending.get_mut(&item.key) else {
+                continue;
+            };
+            let recorded = entry.ranged_failures.get_or_insert_with(Vec::new);
+            for seg in &failed {
+                if !recorded.contains(seg) {
+                    recorded.push(*seg);
+                }
+            }
+            let has_local = entry.replicas.iter().any(|d| Some(d.segment_id) == own);
+            if !has_local && failed.len() == item.remote.len() {
+                out[item.index] = Err(ErrorCode::TransferFail);
+            }
+        }
+    }
+
+    /// Reads each item's ranges from its remote replicas, one after another on
+    /// failure, before the earliest lease runs out.
+    async fn read_ranges(&self, work: Vec<RangeWork>, started: Instant, out: &mut [MResult<u64>]) {
+        let deadline = work.iter().map(|w| w.deadline).min().unwrap_or(started);
+        let owners: Vec<usize> = work.iter().map(|w| w.index).collect();
+        let reads = work.into_iter().map(|w| (w.remote, w.ranges)).collect();
         for (i, r) in owners
             .into_iter()
             .zip(self.read_with_fallback(reads, deadline).await)
@@ -245,7 +273,6 @@ impl RealClient {
                 out[i] = Err(e);
             }
         }
-        out
     }
 
     /// Reads each item's ranges `(object offset, local span)` from its replicas,
