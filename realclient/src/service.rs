@@ -15,6 +15,7 @@ use mooncake_shm::CallRing;
 
 use crate::client::RealClient;
 use crate::metrics::Op;
+use crate::transfer::{CallerMemory, HeldSpan, LocalSpan};
 
 /// Name under which the segment's fd is exported on the IPC socket.
 pub const SEGMENT_EXPORT: &str = "segment";
@@ -40,6 +41,11 @@ impl Handler {
             session,
             rings: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The dummy's registered memory, through which the core reaches its buffers.
+    fn memory(&self) -> Option<&dyn CallerMemory> {
+        self.session.as_deref().map(|s| s as &dyn CallerMemory)
     }
 
     /// The real client this handler serves.
@@ -112,7 +118,7 @@ impl RealClientService for Handler {
 
     async fn put_complete(self, _: Context, items: Vec<PutCompletion>) -> Vec<MResult<()>> {
         let t = Instant::now();
-        let r = self.client.put_complete(items, self.session.as_ref()).await;
+        let r = self.client.put_complete(items, self.memory()).await;
         self.record(Op::PutComplete, t, &r);
         r
     }
@@ -126,10 +132,7 @@ impl RealClientService for Handler {
     ) -> Vec<MResult<GetOutcome>> {
         self.client.release_reads(released).await;
         let t = Instant::now();
-        let r = self
-            .client
-            .get_into(keys, dests, self.session.as_ref())
-            .await;
+        let r = self.client.get_into(keys, dests, self.memory()).await;
         let bytes: u64 = r
             .iter()
             .map(|o| match o {
@@ -170,7 +173,7 @@ impl RealClientService for Handler {
         let t = Instant::now();
         let r = self
             .client
-            .transfer_ranges(write, items, self.session.as_ref())
+            .transfer_ranges(write, items, self.memory())
             .await;
         let bytes: u64 = r.iter().filter_map(|o| o.as_ref().ok()).sum();
         if write {
@@ -300,5 +303,19 @@ impl RealClientService for Handler {
         let r = self.client.remove_all(force).await;
         self.record_one(Op::RemoveAll, t, &r);
         r
+    }
+}
+
+/// The IPC edge: a dummy's addresses resolve through its session's registrations,
+/// and each span holds the session open until the call using it ends.
+impl CallerMemory for Session {
+    fn translate(&self, addr: u64, len: u64) -> MResult<HeldSpan> {
+        let t = Session::translate(self, addr, len)?;
+        let span = LocalSpan {
+            region: t.region_arc().clone(),
+            offset: t.offset(),
+            len: t.len(),
+        };
+        Ok(HeldSpan::holding(span, t))
     }
 }

@@ -35,14 +35,15 @@ use crate::inventory::{self, Inventory, PersistedInventory};
 use crate::master_handle::MasterHandle;
 use crate::metrics::ClientMetrics;
 use crate::transfer::tcp::{TcpTransport, TransferServer};
-use crate::transfer::{Direction, LocalSpan, TransferJob, Transport};
-use mooncake_ipc::{Session, Translation};
+use crate::transfer::{CallerMemory, Direction, HeldSpan, LocalSpan, TransferJob, Transport};
 use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfer};
 
 mod metadata;
 mod segments;
 mod session;
 mod tasks;
+#[cfg(test)]
+mod tests;
 mod transfers;
 mod writes;
 
@@ -57,7 +58,7 @@ const PENDING_WRITE_TTL: Duration = Duration::from_secs(600);
 const UPSERT_WAIT: Duration = Duration::from_secs(5);
 
 /// Ranges of one object: (offset in the object, the dummy's memory).
-type Ranges = Vec<(u64, Translation)>;
+type Ranges = Vec<(u64, HeldSpan)>;
 
 /// One object of a `transfer_ranges` call with remote work to do.
 struct RangeWork {
@@ -116,14 +117,78 @@ pub struct RealClient {
     extra_segments: Mutex<Vec<ExtraSegment>>,
 }
 
+/// Builds a [`RealClient`] (see [`RealClient::builder`]).
+pub struct RealClientBuilder {
+    config: RealClientConfig,
+    local_master: Option<Arc<mooncake_master::MasterService>>,
+    transport: Option<Arc<dyn Transport>>,
+    transfer_port: bool,
+}
+
+impl RealClientBuilder {
+    /// Calls this master in the same process instead of connecting to
+    /// `master_server_address`.
+    pub fn with_local_master(mut self, master: Arc<mooncake_master::MasterService>) -> Self {
+        self.local_master = Some(master);
+        self
+    }
+
+    /// Moves bytes between hosts with `transport` instead of TCP.
+    pub fn with_transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Opens no transfer port (peers then reach this client's segment only
+    /// through a transport that does not need one).
+    pub fn without_transfer_port(mut self) -> Self {
+        self.transfer_port = false;
+        self
+    }
+
+    /// Creates or re-attaches the segment, connects to the master and starts the
+    /// background tasks, until `shutdown`.
+    pub async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Arc<RealClient>> {
+        RealClient::start_with(self, shutdown).await
+    }
+}
+
 impl RealClient {
     /// Creates or re-attaches the segment, connects to the master and starts the
-    /// heartbeat and inventory tasks.
+    /// heartbeat and inventory tasks: the TCP transport and transfer port, and the
+    /// master in this process when `local_master` is given.
     pub async fn start(
         config: RealClientConfig,
         shutdown: CancellationToken,
         local_master: Option<Arc<mooncake_master::MasterService>>,
     ) -> anyhow::Result<Arc<RealClient>> {
+        let mut builder = RealClient::builder(config);
+        if let Some(m) = local_master {
+            builder = builder.with_local_master(m);
+        }
+        builder.start(shutdown).await
+    }
+
+    /// A builder, for choosing the master connection and the transport.
+    pub fn builder(config: RealClientConfig) -> RealClientBuilder {
+        RealClientBuilder {
+            config,
+            local_master: None,
+            transport: None,
+            transfer_port: true,
+        }
+    }
+
+    async fn start_with(
+        b: RealClientBuilder,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<RealClient>> {
+        let RealClientBuilder {
+            config,
+            local_master,
+            transport,
+            transfer_port,
+        } = b;
         if config.protocol == Protocol::Rdma {
             anyhow::bail!(
                 "--protocol rdma: this build has no RDMA transport (build with the `rdma` feature); use tcp"
@@ -192,6 +257,7 @@ impl RealClient {
         };
         let mut segment = segment;
         let transfer_server = match &mut segment {
+            _ if !transfer_port => None,
             Some((region, desc)) => {
                 let bind = format!("{}:{}", config.bind_host, config.transfer_port);
                 let server = TransferServer::bind_tuned(
@@ -239,7 +305,8 @@ impl RealClient {
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
-            transport: Arc::new(TcpTransport::new(config_token).with_sockbuf(sockbuf)),
+            transport: transport
+                .unwrap_or_else(|| Arc::new(TcpTransport::new(config_token).with_sockbuf(sockbuf))),
             transfer_server: transfer_server.map(Arc::new),
             metrics: ClientMetrics::default(),
             shutdown,

@@ -30,7 +30,7 @@ impl RealClient {
         &self,
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
-        session: Option<&Arc<Session>>,
+        memory: Option<&dyn CallerMemory>,
     ) -> Vec<MResult<GetOutcome>> {
         if dests.len() != keys.len() {
             return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
@@ -43,7 +43,7 @@ impl RealClient {
         // dummy, which releases them once it has read.
         let mut done_with: Vec<(String, u64)> = Vec::new();
         // Per key wanting a transfer: its remote replicas and destination spans.
-        let mut wanted: Vec<(usize, ReplicaList, Vec<Translation>)> = Vec::new();
+        let mut wanted: Vec<(usize, ReplicaList, Vec<HeldSpan>)> = Vec::new();
         for (i, list) in lists.into_iter().enumerate() {
             let list = match list {
                 Ok(l) => l,
@@ -68,7 +68,7 @@ impl RealClient {
                 out.push(Err(ErrorCode::InvalidParams));
                 continue;
             }
-            match translate_all(session, &dests[i], list.size) {
+            match translate_all(memory, &dests[i], list.size) {
                 Ok(spans) => {
                     out.push(Ok(GetOutcome::Done(list.size)));
                     wanted.push((i, list, spans));
@@ -117,13 +117,13 @@ impl RealClient {
         &self,
         write: bool,
         items: Vec<RangeTransfer>,
-        session: Option<&Arc<Session>>,
+        memory: Option<&dyn CallerMemory>,
     ) -> Vec<MResult<u64>> {
         let started = Instant::now();
         let mut out: Vec<MResult<u64>> = Vec::with_capacity(items.len());
         let mut work: Vec<RangeWork> = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
-            match self.prepare_ranges(write, item, session, started) {
+            match self.prepare_ranges(write, item, memory, started) {
                 Ok((total, None)) => out.push(Ok(total)),
                 Ok((total, Some(mut w))) => {
                     w.index = index;
@@ -147,7 +147,7 @@ impl RealClient {
         &self,
         write: bool,
         item: RangeTransfer,
-        session: Option<&Arc<Session>>,
+        memory: Option<&dyn CallerMemory>,
         started: Instant,
     ) -> MResult<(u64, Option<RangeWork>)> {
         let own = self.segment().map(|d| d.id);
@@ -176,7 +176,7 @@ impl RealClient {
             if !inside || range.buf.len == 0 {
                 return Err(ErrorCode::InvalidParams);
             }
-            let span = session
+            let span = memory
                 .ok_or(ErrorCode::InvalidParams)?
                 .translate(range.buf.addr, range.buf.len)
                 .map_err(|_| ErrorCode::InvalidParams)?;
@@ -354,18 +354,14 @@ pub(super) fn range_job(
     direction: Direction,
     replica: &ReplicaDesc,
     offset: u64,
-    local: &Translation,
+    local: &HeldSpan,
 ) -> TransferJob {
     TransferJob {
         direction,
         endpoint: replica.transport_endpoint.clone(),
         segment_id: replica.segment_id,
         remote_offset: replica.offset + offset,
-        local: LocalSpan {
-            region: local.region_arc().clone(),
-            offset: local.offset(),
-            len: local.len(),
-        },
+        local: local.span().clone(),
     }
 }
 
@@ -374,7 +370,7 @@ pub(super) fn range_job(
 pub(super) fn replica_jobs(
     direction: Direction,
     replica: &ReplicaDesc,
-    spans: &[Translation],
+    spans: &[HeldSpan],
 ) -> Vec<TransferJob> {
     let mut at = 0;
     spans
@@ -387,15 +383,15 @@ pub(super) fn replica_jobs(
         .collect()
 }
 
-/// Translates a dummy's buffer list, checking it holds exactly `size` bytes... or
+/// Translates a caller's buffer list, checking it holds exactly `size` bytes... or
 /// more: a destination may be larger than the object, in which case only the first
 /// `size` bytes are used.
 pub(super) fn translate_all(
-    session: Option<&Arc<Session>>,
+    memory: Option<&dyn CallerMemory>,
     bufs: &[BufRef],
     size: u64,
-) -> MResult<Vec<Translation>> {
-    let session = session.ok_or(ErrorCode::InvalidParams)?;
+) -> MResult<Vec<HeldSpan>> {
+    let memory = memory.ok_or(ErrorCode::InvalidParams)?;
     let total: u64 = bufs.iter().map(|b| b.len).sum();
     if total < size || bufs.is_empty() {
         return Err(ErrorCode::InvalidParams);
@@ -410,7 +406,7 @@ pub(super) fn translate_all(
         if len == 0 {
             continue;
         }
-        spans.push(session.translate(b.addr, len)?);
+        spans.push(memory.translate(b.addr, len)?);
         left -= len;
     }
     Ok(spans)

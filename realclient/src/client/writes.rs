@@ -184,7 +184,7 @@ impl RealClient {
     pub async fn put_complete(
         &self,
         items: Vec<PutCompletion>,
-        session: Option<&Arc<Session>>,
+        memory: Option<&dyn CallerMemory>,
     ) -> Vec<MResult<()>> {
         let own = self.segment().map(|d| d.id);
         let mut failed: Vec<Vec<SegmentId>> = vec![Vec::new(); items.len()];
@@ -212,7 +212,7 @@ impl RealClient {
         // Jobs, and for each the (item, replica segment) it belongs to.
         let mut jobs: Vec<TransferJob> = Vec::new();
         let mut owners: Vec<(usize, SegmentId)> = Vec::new();
-        let mut held: Vec<Translation> = Vec::new();
+        let mut held: Vec<HeldSpan> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             for r in &replicas[i] {
                 if Some(r.segment_id) == own {
@@ -224,7 +224,7 @@ impl RealClient {
                 if ranged[i] {
                     continue;
                 }
-                let spans = match translate_all(session, &item.sources, r.size) {
+                let spans = match translate_all(memory, &item.sources, r.size) {
                     Ok(spans) => spans,
                     Err(code) => {
                         failed[i].push(r.segment_id);

@@ -36,6 +36,51 @@ pub struct LocalSpan {
     pub len: u64,
 }
 
+/// Caller memory mapped in this process, held for as long as this value lives
+/// (its owner's session cannot finish closing meanwhile).
+pub struct HeldSpan {
+    span: LocalSpan,
+    _hold: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl HeldSpan {
+    /// A span nothing else needs to hold.
+    pub fn new(span: LocalSpan) -> Self {
+        HeldSpan { span, _hold: None }
+    }
+
+    /// A span kept valid by `hold` (an IPC translation).
+    pub fn holding(span: LocalSpan, hold: impl std::any::Any + Send) -> Self {
+        HeldSpan {
+            span,
+            _hold: Some(Box::new(hold)),
+        }
+    }
+
+    /// The mapped bytes.
+    pub fn span(&self) -> &LocalSpan {
+        &self.span
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.span.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.span.len == 0
+    }
+}
+
+/// Where a caller's addresses are mapped in this process: an IPC session's
+/// registrations at the service edge, plain regions in tests. The store core
+/// moves bytes only through memory this resolves.
+pub trait CallerMemory: Send + Sync {
+    /// The `len` bytes the caller has at `addr`, or `INVALID_PARAMS`.
+    fn translate(&self, addr: u64, len: u64) -> MResult<HeldSpan>;
+}
+
 /// One contiguous transfer between local memory and a remote segment.
 #[derive(Clone)]
 pub struct TransferJob {

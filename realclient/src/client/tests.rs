@@ -1,0 +1,413 @@
+//! The real client's core in one process: an embedded master, several clients, an
+//! in-process transport that copies between their segments, and caller memory
+//! that is plain mapped regions — no socket, no IPC session, no other process.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mooncake_master::{MasterConfig, MasterService};
+use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion};
+use mooncake_proto::*;
+use mooncake_shm::{Region, RegionOptions};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::RealClient;
+use crate::RealClientConfig;
+use crate::transfer::{CallerMemory, Direction, HeldSpan, LocalSpan, TransferJob, Transport};
+
+/// A transport between segments of this process: copies bytes, and can be told
+/// to fail reads from some segments or to take longer than a deadline.
+#[derive(Default)]
+struct Loopback {
+    segments: Mutex<HashMap<SegmentId, Arc<Region>>>,
+    failing: Mutex<HashSet<SegmentId>>,
+    delay: Mutex<Duration>,
+}
+
+impl Loopback {
+    fn add(&self, client: &RealClient) {
+        if let (Some(desc), Some(region)) = (client.segment(), client.segment_region()) {
+            self.segments.lock().insert(desc.id, region);
+        }
+    }
+}
+
+impl Transport for Loopback {
+    fn run(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>> {
+        std::thread::sleep(*self.delay.lock());
+        jobs.iter()
+            .map(|job| {
+                if Instant::now() > deadline {
+                    return Err(match job.direction {
+                        Direction::Read => ErrorCode::LeaseExpired,
+                        Direction::Write => ErrorCode::TransferFail,
+                    });
+                }
+                if self.failing.lock().contains(&job.segment_id) {
+                    return Err(ErrorCode::TransferFail);
+                }
+                let remote = self
+                    .segments
+                    .lock()
+                    .get(&job.segment_id)
+                    .cloned()
+                    .ok_or(ErrorCode::SegmentNotFound)?;
+                let local = &job.local;
+                let copied = match job.direction {
+                    Direction::Read => {
+                        remote.copy_to(job.remote_offset, &local.region, local.offset, local.len)
+                    }
+                    Direction::Write => {
+                        local
+                            .region
+                            .copy_to(local.offset, &remote, job.remote_offset, local.len)
+                    }
+                };
+                copied.map_err(|_| ErrorCode::InvalidParams)
+            })
+            .collect()
+    }
+}
+
+/// Caller memory that is one plain region; addresses are the region's own.
+struct Plain(Arc<Region>);
+
+impl Plain {
+    fn new(len: u64) -> Plain {
+        Plain(Arc::new(
+            Region::anonymous("test-caller", len, &RegionOptions::default()).unwrap(),
+        ))
+    }
+    fn base(&self) -> u64 {
+        self.0.as_ptr() as u64
+    }
+    fn buf(&self, at: u64, len: u64) -> BufRef {
+        BufRef {
+            addr: self.base() + at,
+            len,
+        }
+    }
+}
+
+impl CallerMemory for Plain {
+    fn translate(&self, addr: u64, len: u64) -> MResult<HeldSpan> {
+        let offset = addr
+            .checked_sub(self.base())
+            .ok_or(ErrorCode::InvalidParams)?;
+        self.0
+            .check(offset, len)
+            .map_err(|_| ErrorCode::InvalidParams)?;
+        Ok(HeldSpan::new(LocalSpan {
+            region: self.0.clone(),
+            offset,
+            len,
+        }))
+    }
+}
+
+struct Cluster {
+    master: Arc<MasterService>,
+    transport: Arc<Loopback>,
+    stop: CancellationToken,
+}
+
+impl Cluster {
+    fn new(config: MasterConfig) -> Cluster {
+        Cluster {
+            master: Arc::new(MasterService::new(config)),
+            transport: Arc::new(Loopback::default()),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn config(host: &str, segment: u64) -> RealClientConfig {
+        let mut c = RealClientConfig::new(0);
+        c.host = host.to_string();
+        c.global_segment_size = segment;
+        c.ephemeral_segment = true;
+        c
+    }
+
+    async fn client_with(&self, config: RealClientConfig) -> Arc<RealClient> {
+        let client = RealClient::builder(config)
+            .with_local_master(self.master.clone())
+            .with_transport(self.transport.clone())
+            .without_transfer_port()
+            .start(self.stop.clone())
+            .await
+            .unwrap();
+        self.transport.add(&client);
+        client
+    }
+
+    async fn client(&self, host: &str, segment: u64) -> Arc<RealClient> {
+        self.client_with(Self::config(host, segment)).await
+    }
+}
+
+fn value(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `bytes` under `key` the way a dummy on `client`'s host does: into the
+/// local replica itself, then `put_complete` (remote replicas from `memory`).
+async fn put(
+    client: &RealClient,
+    key: &str,
+    bytes: &[u8],
+    config: ReplicateConfig,
+    memory: Option<&Plain>,
+) -> MResult<()> {
+    let descs = client
+        .put_start(vec![key.into()], vec![bytes.len() as u64], config, false, 1)
+        .await
+        .remove(0)?;
+    let own = client.segment().map(|d| d.id);
+    for d in &descs {
+        if Some(d.segment_id) == own {
+            client
+                .segment_region()
+                .unwrap()
+                .write(d.offset, bytes)
+                .unwrap();
+        }
+    }
+    let sources = match memory {
+        Some(m) => {
+            m.0.write(0, bytes).unwrap();
+            vec![m.buf(0, bytes.len() as u64)]
+        }
+        None => Vec::new(),
+    };
+    let item = PutCompletion {
+        key: key.into(),
+        local_failed: false,
+        sources,
+    };
+    client
+        .put_complete(vec![item], memory.map(|m| m as &dyn CallerMemory))
+        .await
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_put_and_get_through_the_segment() {
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 4 * MIB).await;
+    let bytes = value(3, 100_000);
+    put(&a, "k", &bytes, ReplicateConfig::default(), None)
+        .await
+        .unwrap();
+    let out = a.get_into(vec!["k".into()], vec![vec![]], None).await;
+    let Ok(GetOutcome::Local(list)) = &out[0] else {
+        panic!("{out:?}");
+    };
+    let replica = &list.replicas[0];
+    assert_eq!(Some(replica.segment_id), a.segment().map(|d| d.id));
+    let mut back = vec![0u8; bytes.len()];
+    a.segment_region()
+        .unwrap()
+        .read(replica.offset, &mut back)
+        .unwrap();
+    assert_eq!(back, bytes);
+    assert_eq!(a.inventory_len(), 1, "recorded for a restart");
+    a.release_reads(vec![("k".into(), replica.version)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_put_and_get_through_the_transport() {
+    let c = Cluster::new(MasterConfig::default());
+    let holder = c.client("host-a", 4 * MIB).await;
+    let caller = c.client("host-b", 0).await;
+    let memory = Plain::new(MIB);
+    let bytes = value(9, 200_000);
+    put(
+        &caller,
+        "remote",
+        &bytes,
+        ReplicateConfig::default(),
+        Some(&memory),
+    )
+    .await
+    .unwrap();
+    // The bytes are in the holder's segment...
+    let list = holder
+        .get_replicas(vec!["remote".into()])
+        .await
+        .remove(0)
+        .unwrap();
+    let mut there = vec![0u8; bytes.len()];
+    holder
+        .segment_region()
+        .unwrap()
+        .read(list.replicas[0].offset, &mut there)
+        .unwrap();
+    assert_eq!(there, bytes);
+    // ...and come back into the caller's memory.
+    let dest = memory.buf(MIB / 2, bytes.len() as u64);
+    let out = caller
+        .get_into(vec!["remote".into()], vec![vec![dest]], Some(&memory))
+        .await;
+    assert_eq!(out[0], Ok(GetOutcome::Done(bytes.len() as u64)));
+    let mut back = vec![0u8; bytes.len()];
+    memory.0.read(MIB / 2, &mut back).unwrap();
+    assert_eq!(back, bytes);
+    // A destination outside the caller's memory is refused, not written.
+    let bad = BufRef {
+        addr: 0x1000,
+        len: bytes.len() as u64,
+    };
+    let out = caller
+        .get_into(vec!["remote".into()], vec![vec![bad]], Some(&memory))
+        .await;
+    assert_eq!(out[0], Err(ErrorCode::InvalidParams));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fall_back_to_another_replica() {
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 4 * MIB).await;
+    let _other = c.client("host-c", 4 * MIB).await;
+    let caller = c.client("host-b", 0).await;
+    let memory = Plain::new(MIB);
+    let bytes = value(1, 50_000);
+    let two = ReplicateConfig::default().with_replica_num(2);
+    put(&caller, "twice", &bytes, two, Some(&memory))
+        .await
+        .unwrap();
+    let dest = || vec![vec![memory.buf(MIB / 2, bytes.len() as u64)]];
+    // The replica tried first fails.
+    let list = c.master.query_key("twice").unwrap();
+    assert_eq!(list.replicas.len(), 2);
+    c.transport
+        .failing
+        .lock()
+        .insert(list.replicas[0].segment_id);
+    assert!(
+        list.replicas
+            .iter()
+            .any(|r| Some(r.segment_id) == a.segment().map(|d| d.id))
+    );
+    let out = caller
+        .get_into(vec!["twice".into()], dest(), Some(&memory))
+        .await;
+    assert_eq!(out[0], Ok(GetOutcome::Done(bytes.len() as u64)));
+    let mut back = vec![0u8; bytes.len()];
+    memory.0.read(MIB / 2, &mut back).unwrap();
+    assert_eq!(back, bytes);
+    // With every replica failing, the read fails.
+    let all: Vec<SegmentId> = c.transport.segments.lock().keys().copied().collect();
+    c.transport.failing.lock().extend(all);
+    let out = caller
+        .get_into(vec!["twice".into()], dest(), Some(&memory))
+        .await;
+    assert_eq!(out[0], Err(ErrorCode::TransferFail));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_outlasting_its_lease_reports_lease_expired() {
+    let c = Cluster::new(MasterConfig::default().with_lease_ttl(Duration::from_millis(200)));
+    let _holder = c.client("host-a", 4 * MIB).await;
+    let caller = c.client("host-b", 0).await;
+    let memory = Plain::new(MIB);
+    let bytes = value(5, 10_000);
+    put(
+        &caller,
+        "slow",
+        &bytes,
+        ReplicateConfig::default(),
+        Some(&memory),
+    )
+    .await
+    .unwrap();
+    *c.transport.delay.lock() = Duration::from_millis(300);
+    let out = caller
+        .get_into(
+            vec!["slow".into()],
+            vec![vec![memory.buf(MIB / 2, bytes.len() as u64)]],
+            Some(&memory),
+        )
+        .await;
+    assert_eq!(out[0], Err(ErrorCode::LeaseExpired));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_sessions_unfinished_writes_are_revoked() {
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 4 * MIB).await;
+    let start = |owner| {
+        a.put_start(
+            vec!["orphan".into()],
+            vec![4096],
+            ReplicateConfig::default(),
+            false,
+            owner,
+        )
+    };
+    start(7).await.remove(0).unwrap();
+    assert_eq!(
+        start(8).await.remove(0),
+        Err(ErrorCode::ObjectAlreadyExists),
+        "in flight"
+    );
+    a.revoke_writes_of(7).await;
+    start(8).await.remove(0).expect("free again once revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_remounts_its_segment_with_the_inventory() {
+    let c = Cluster::new(MasterConfig::default());
+    let segment = PathBuf::from(format!(
+        "/dev/shm/mc-core-test-{}.segment",
+        std::process::id()
+    ));
+    let mut config = Cluster::config("host-a", 4 * MIB);
+    config.ephemeral_segment = false;
+    config.segment_path = segment.clone();
+    let a = c.client_with(config.clone()).await;
+    let values: Vec<Vec<u8>> = (0..5).map(|i| value(i, 30_000 + i as usize)).collect();
+    for (i, v) in values.iter().enumerate() {
+        put(
+            &a,
+            &format!("kept-{i}"),
+            v,
+            ReplicateConfig::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // A graceful stop persists the inventory and unmounts: the master forgets.
+    a.shutdown().await;
+    drop(a);
+    assert_eq!(
+        c.master.get_replica_list("kept-0"),
+        Err(ErrorCode::ObjectNotFound)
+    );
+    let again = c.client_with(config).await;
+    for (i, v) in values.iter().enumerate() {
+        let out = again
+            .get_into(vec![format!("kept-{i}")], vec![vec![]], None)
+            .await;
+        let Ok(GetOutcome::Local(list)) = &out[0] else {
+            panic!("kept-{i}: {out:?}");
+        };
+        let mut back = vec![0u8; v.len()];
+        again
+            .segment_region()
+            .unwrap()
+            .read(list.replicas[0].offset, &mut back)
+            .unwrap();
+        assert_eq!(&back, v, "kept-{i}");
+    }
+    again.shutdown().await;
+    let _ = std::fs::remove_file(&segment);
+    let _ = std::fs::remove_file(segment.with_extension("segment.inventory"));
+}
