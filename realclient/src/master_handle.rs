@@ -24,77 +24,82 @@ fn rpc_code(e: &tarpc::client::RpcError) -> ErrorCode {
 }
 
 macro_rules! forward {
-    ($( $(#[$doc:meta])* fn $name:ident( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {
+    ($( $(#[$doc:meta])* fn $name:ident( $($arg:ident : $ty:ty),* ) -> $kind:ident $ret:ty; )*) => {
         impl MasterHandle {
             $(
                 $(#[$doc])*
-                pub async fn $name(&self, $($arg: $ty),*) -> Result<$ret, ErrorCode> {
-                    match self {
+                pub async fn $name(&self, $($arg: $ty),*) -> MResult<$ret> {
+                    let answer = match self {
                         MasterHandle::Remote(c) => c
                             .$name(context::current(), $($arg),*)
                             .await
                             .map_err(|e| rpc_code(&e)),
                         MasterHandle::Local(s) => Ok(Master::$name(s.clone(), context::current(), $($arg),*).await),
-                    }
+                    };
+                    forward!(@$kind answer)
                 }
             )*
         }
     };
+    // The master answers `MResult<T>`: transport and master errors come back flat.
+    (@flat $answer:ident) => { $answer? };
+    // The master answers per-key lists (or nothing): only the transport can fail.
+    (@list $answer:ident) => { $answer };
 }
 
 forward! {
     /// `remount_segment`.
-    fn remount_segment(client: ClientId, segments: Vec<SegmentDesc>, inventory: Vec<InventoryEntry>, complete: bool) -> MResult<RemountReport>;
+    fn remount_segment(client: ClientId, segments: Vec<SegmentDesc>, inventory: Vec<InventoryEntry>, complete: bool) -> flat RemountReport;
     /// `ping`.
-    fn ping(client: ClientId) -> MResult<PingResponse>;
+    fn ping(client: ClientId) -> flat PingResponse;
     /// `sync_inventory`.
-    fn sync_inventory(client: ClientId, ack: u64) -> MResult<InventoryDelta>;
+    fn sync_inventory(client: ClientId, ack: u64) -> flat InventoryDelta;
     /// `fetch_inventory`.
-    fn fetch_inventory(client: ClientId) -> MResult<InventorySnapshot>;
+    fn fetch_inventory(client: ClientId) -> flat InventorySnapshot;
     /// `mount_segment`.
-    fn mount_segment(client: ClientId, segment: SegmentDesc) -> MResult<()>;
+    fn mount_segment(client: ClientId, segment: SegmentDesc) -> flat ();
     /// `unmount_segment`.
-    fn unmount_segment(client: ClientId, segment: SegmentId) -> MResult<()>;
+    fn unmount_segment(client: ClientId, segment: SegmentId) -> flat ();
     /// `batch_put_start`.
-    fn batch_put_start(client: ClientId, keys: Vec<String>, sizes: Vec<u64>, config: ReplicateConfig) -> Vec<MResult<Vec<ReplicaDesc>>>;
+    fn batch_put_start(client: ClientId, keys: Vec<String>, sizes: Vec<u64>, config: ReplicateConfig) -> list Vec<MResult<Vec<ReplicaDesc>>>;
     /// `batch_upsert_start`.
-    fn batch_upsert_start(client: ClientId, keys: Vec<String>, sizes: Vec<u64>, config: ReplicateConfig) -> Vec<MResult<Vec<ReplicaDesc>>>;
+    fn batch_upsert_start(client: ClientId, keys: Vec<String>, sizes: Vec<u64>, config: ReplicateConfig) -> list Vec<MResult<Vec<ReplicaDesc>>>;
     /// `batch_put_end`.
-    fn batch_put_end(client: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    fn batch_put_end(client: ClientId, keys: Vec<String>) -> list Vec<MResult<()>>;
     /// `batch_put_end_except`.
-    fn batch_put_end_except(client: ClientId, keys: Vec<String>, failed: Vec<Vec<SegmentId>>) -> Vec<MResult<()>>;
+    fn batch_put_end_except(client: ClientId, keys: Vec<String>, failed: Vec<Vec<SegmentId>>) -> list Vec<MResult<()>>;
     /// `batch_put_revoke`.
-    fn batch_put_revoke(client: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
+    fn batch_put_revoke(client: ClientId, keys: Vec<String>) -> list Vec<MResult<()>>;
     /// `batch_get_replica_list`.
-    fn batch_get_replica_list(keys: Vec<String>) -> Vec<MResult<ReplicaList>>;
+    fn batch_get_replica_list(keys: Vec<String>) -> list Vec<MResult<ReplicaList>>;
     /// `batch_release_reads`.
-    fn batch_release_reads(reads: Vec<(String, u64)>) -> ();
+    fn batch_release_reads(reads: Vec<(String, u64)>) -> list ();
     /// `batch_exist_key`.
-    fn batch_exist_key(keys: Vec<String>) -> Vec<MResult<bool>>;
+    fn batch_exist_key(keys: Vec<String>) -> list Vec<MResult<bool>>;
     /// `get_size`.
-    fn get_size(key: String) -> MResult<u64>;
+    fn get_size(key: String) -> flat u64;
     /// `batch_remove`.
-    fn batch_remove(keys: Vec<String>, force: bool) -> Vec<MResult<()>>;
+    fn batch_remove(keys: Vec<String>, force: bool) -> list Vec<MResult<()>>;
     /// `remove_by_regex`.
-    fn remove_by_regex(pattern: String, force: bool) -> MResult<u64>;
+    fn remove_by_regex(pattern: String, force: bool) -> flat u64;
     /// `remove_all`.
-    fn remove_all(force: bool) -> MResult<u64>;
+    fn remove_all(force: bool) -> flat u64;
     /// `create_copy_task`.
-    fn create_copy_task(key: String, targets: Vec<String>) -> MResult<TaskId>;
+    fn create_copy_task(key: String, targets: Vec<String>) -> flat TaskId;
     /// `create_move_task`.
-    fn create_move_task(key: String, source: String, target: String) -> MResult<TaskId>;
+    fn create_move_task(key: String, source: String, target: String) -> flat TaskId;
     /// `query_task`.
-    fn query_task(id: TaskId) -> MResult<TaskInfo>;
+    fn query_task(id: TaskId) -> flat TaskInfo;
     /// `fetch_tasks`.
-    fn fetch_tasks(client: ClientId, max: u32) -> MResult<Vec<TaskAssignment>>;
+    fn fetch_tasks(client: ClientId, max: u32) -> flat Vec<TaskAssignment>;
     /// `complete_task`.
-    fn complete_task(client: ClientId, id: TaskId, success: bool, message: String) -> MResult<()>;
+    fn complete_task(client: ClientId, id: TaskId, success: bool, message: String) -> flat ();
     /// `replica_copy_start`.
-    fn replica_copy_start(client: ClientId, key: String, source: SegmentId, targets: Vec<String>, remove_source: bool) -> MResult<ReplicaCopyPlan>;
+    fn replica_copy_start(client: ClientId, key: String, source: SegmentId, targets: Vec<String>, remove_source: bool) -> flat ReplicaCopyPlan;
     /// `replica_copy_end`.
-    fn replica_copy_end(client: ClientId, key: String, failed: Vec<SegmentId>) -> MResult<()>;
+    fn replica_copy_end(client: ClientId, key: String, failed: Vec<SegmentId>) -> flat ();
     /// `replica_copy_revoke`.
-    fn replica_copy_revoke(client: ClientId, key: String) -> MResult<()>;
+    fn replica_copy_revoke(client: ClientId, key: String) -> flat ();
     /// `batch_replica_clear`.
-    fn batch_replica_clear(keys: Vec<String>, client_id: ClientId, segment_name: String) -> MResult<Vec<String>>;
+    fn batch_replica_clear(keys: Vec<String>, client_id: ClientId, segment_name: String) -> flat Vec<String>;
 }

@@ -160,8 +160,10 @@ impl RealClientService for Handler {
             return Err(ErrorCode::InvalidParams);
         }
         let runtime = tokio::runtime::Handle::current();
-        crate::fastpath::serve(self.clone(), ring, session, runtime)
-            .map_err(|_| ErrorCode::InternalError)
+        crate::fastpath::serve(self.clone(), ring, session, runtime).map_err(|e| {
+            tracing::warn!("cannot serve a call ring: {e}");
+            ErrorCode::InternalError
+        })
     }
 
     async fn transfer_ranges(

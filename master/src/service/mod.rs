@@ -402,7 +402,10 @@ fn compile_regex(pattern: &str) -> MResult<regex::Regex> {
     regex::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()
-        .map_err(|_| ErrorCode::InvalidParams)
+        .map_err(|e| {
+            tracing::debug!("refused regex {pattern:?}: {e}");
+            ErrorCode::InvalidParams
+        })
 }
 
 #[cfg(test)]

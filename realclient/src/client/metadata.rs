@@ -23,7 +23,7 @@ impl RealClient {
 
     /// Size.
     pub async fn get_size(&self, key: String) -> MResult<u64> {
-        self.master()?.get_size(key).await?
+        self.master()?.get_size(key).await
     }
 
     /// Removes objects.
@@ -43,16 +43,16 @@ impl RealClient {
     ) -> MResult<Vec<String>> {
         self.master()?
             .batch_replica_clear(keys, self.client_id, segment_name)
-            .await?
+            .await
     }
 
     /// Removes by regex.
     pub async fn remove_by_regex(&self, pattern: String, force: bool) -> MResult<u64> {
-        self.master()?.remove_by_regex(pattern, force).await?
+        self.master()?.remove_by_regex(pattern, force).await
     }
 
     /// Removes everything.
     pub async fn remove_all(&self, force: bool) -> MResult<u64> {
-        self.master()?.remove_all(force).await?
+        self.master()?.remove_all(force).await
     }
 }

@@ -43,7 +43,7 @@ impl RealClient {
         let mounted = async {
             self.master()?
                 .mount_segment(self.client_id, desc.clone())
-                .await?
+                .await
         };
         if let Err(e) = mounted.await {
             server.remove_segment(&desc.id);
@@ -95,7 +95,10 @@ impl RealClient {
                 ErrorCode::InvalidParams
             })?;
         if let Some((uid, gid)) = caller {
-            let meta = fd.metadata().map_err(|_| ErrorCode::InvalidParams)?;
+            let meta = fd.metadata().map_err(|e| {
+                tracing::warn!("mount_segment: cannot stat {path}: {e}");
+                ErrorCode::InvalidParams
+            })?;
             if !may_read_write(uid, gid, meta.uid(), meta.gid(), meta.mode()) {
                 tracing::warn!(
                     uid,
@@ -179,8 +182,8 @@ impl RealClient {
         let mut result = Ok(());
         for id in ids {
             match master.unmount_segment(self.client_id, *id).await {
-                Ok(Ok(())) | Ok(Err(ErrorCode::SegmentNotFound)) => {}
-                Ok(Err(e)) | Err(e) => {
+                Ok(()) | Err(ErrorCode::SegmentNotFound) => {}
+                Err(e) => {
                     result = Err(e);
                     continue;
                 }

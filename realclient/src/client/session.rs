@@ -62,8 +62,7 @@ impl RealClient {
             report = master
                 .remount_segment(self.client_id, segs, chunk, i == last)
                 .await
-                .map_err(|e| anyhow::anyhow!("master unreachable: {e}"))?
-                .map_err(|e| anyhow::anyhow!("remount refused: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("remount failed: {e}"))?;
         }
         {
             let mut inv = self.inventory.lock();
@@ -105,7 +104,7 @@ impl RealClient {
                 Ok(m) => match tokio::time::timeout(Duration::from_secs(3), m.ping(self.client_id))
                     .await
                 {
-                    Ok(Ok(Ok(p))) => Some(p),
+                    Ok(Ok(p)) => Some(p),
                     _ => None,
                 },
                 Err(_) => None,
@@ -156,11 +155,11 @@ impl RealClient {
             }
             let Ok(master) = self.master() else { continue };
             let ack = self.inventory.lock().seq;
-            let Ok(Ok(delta)) = master.sync_inventory(self.client_id, ack).await else {
+            let Ok(delta) = master.sync_inventory(self.client_id, ack).await else {
                 continue;
             };
             if delta.resync_required {
-                if let Ok(Ok(snapshot)) = master.fetch_inventory(self.client_id).await {
+                if let Ok(snapshot) = master.fetch_inventory(self.client_id).await {
                     let mut inv = self.inventory.lock();
                     inv.replace(snapshot.entries);
                     inv.seq = snapshot.seq;

@@ -51,7 +51,10 @@ impl TcpTransport {
         }
         let addrs: Vec<SocketAddr> = endpoint
             .to_socket_addrs()
-            .map_err(|_| ErrorCode::TransferFail)?
+            .map_err(|e| {
+                tracing::debug!("transfer endpoint {endpoint}: {e}");
+                ErrorCode::TransferFail
+            })?
             .collect();
         let addr = addrs.first().ok_or(ErrorCode::TransferFail)?;
         let mut stream =
@@ -70,7 +73,10 @@ impl TcpTransport {
             stream.write_all(&hello)?;
             read_code(stream)
         };
-        let code = io(&mut stream).map_err(|_| ErrorCode::TransferFail)?;
+        let code = io(&mut stream).map_err(|e| {
+            tracing::debug!("transfer hello to {endpoint}: {e}");
+            ErrorCode::TransferFail
+        })?;
         code_result(code)?;
         Ok(stream)
     }
