@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mooncake_dummyclient::{DummyClient, HostMemAllocator};
+use mooncake_dummyclient::{DummyClient, HostMemAllocator, Item};
 use mooncake_proto::ReplicateConfig;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -124,12 +124,19 @@ fn batches(dummy: &DummyClient, bufs: &Buffers, cfg: &ReplicateConfig, tag: &str
         let keys: Vec<String> = (0..64)
             .map(|i| format!("batch-{tag}-{round}-{i}"))
             .collect();
+        let items = |addrs: &[u64]| -> Vec<Item> {
+            keys.iter()
+                .zip(addrs.iter().zip(&sizes))
+                .map(|(k, (&a, &n))| Item::new(k.clone(), a, n))
+                .collect()
+        };
+        let (put_items, get_items) = (items(&srcs), items(&dsts));
         let t = Instant::now();
-        let r = dummy.batch_put_from(&keys, &srcs, &sizes, cfg, false);
+        let r = dummy.batch_put_from(&put_items, cfg, false);
         put.push(t.elapsed());
         assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
         let t = Instant::now();
-        let r = dummy.batch_get_into(&keys, &dsts, &sizes);
+        let r = dummy.batch_get_into(&get_items);
         get.push(t.elapsed());
         assert!(r.iter().all(|r| *r == Ok(size)), "{r:?}");
         dummy.remove_all(true).unwrap();

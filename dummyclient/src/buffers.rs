@@ -108,14 +108,11 @@ impl DummyClient {
             .ok_or(ErrorCode::InvalidParams)
     }
 
-    pub(super) fn resolve_all(&self, addrs: &[u64], sizes: &[u64]) -> MResult<Vec<Span>> {
-        if addrs.len() != sizes.len() || addrs.is_empty() {
+    /// Resolves an item's buffers (all registered, none empty).
+    pub(super) fn resolve_bufs(&self, bufs: &[BufRef]) -> MResult<Vec<Span>> {
+        if bufs.is_empty() {
             return Err(ErrorCode::InvalidParams);
         }
-        addrs
-            .iter()
-            .zip(sizes)
-            .map(|(&a, &n)| self.resolve(a, n))
-            .collect()
+        bufs.iter().map(|b| self.resolve(b.addr, b.len)).collect()
     }
 }

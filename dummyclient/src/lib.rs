@@ -32,6 +32,7 @@ mod writes;
 pub use ranges::RangeResults;
 
 pub use hostmem::HostMemAllocator;
+pub use mooncake_proto::realclient::BufRef;
 pub use mooncake_shm::RegionOptions;
 
 use std::collections::HashMap;
@@ -46,8 +47,7 @@ use tokio_util::sync::CancellationToken;
 use mooncake_ipc::IpcClient;
 use mooncake_ipc::client::control_transport;
 use mooncake_proto::realclient::{
-    BufRef, GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient, RingRequest,
-    RingResponse,
+    GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient, RingRequest, RingResponse,
 };
 use mooncake_proto::*;
 use mooncake_shm::callring::RingShape;
@@ -386,6 +386,34 @@ async fn attach_ring(
 
 /// Released read grants held back at most, before they are sent on their own.
 const MAX_HELD_RELEASES: usize = 4096;
+
+/// One object of a zero-copy batch: its key and where its bytes are in
+/// registered memory (several buffers are concatenated, in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The key.
+    pub key: String,
+    /// The buffers (each an address and a length in registered memory).
+    pub buffers: Vec<BufRef>,
+}
+
+impl Item {
+    /// An object in one buffer of `len` bytes at `addr`.
+    pub fn new(key: impl Into<String>, addr: u64, len: u64) -> Item {
+        Item {
+            key: key.into(),
+            buffers: vec![BufRef { addr, len }],
+        }
+    }
+
+    /// An object spread over `buffers`.
+    pub fn scattered(key: impl Into<String>, buffers: Vec<BufRef>) -> Item {
+        Item {
+            key: key.into(),
+            buffers,
+        }
+    }
+}
 
 /// How a dummy connects.
 #[derive(Debug, Clone)]

@@ -43,47 +43,20 @@ impl DummyClient {
 
     /// Reads one object into registered memory; the object size or an error.
     pub fn get_into(&self, key: &str, addr: u64, size: u64) -> MResult<u64> {
-        self.batch_get_into(&[key.to_string()], &[addr], &[size])
-            .remove(0)
+        self.batch_get_into(&[Item::new(key, addr, size)]).remove(0)
     }
 
-    /// Reads objects into registered memory (zero-copy for remote replicas); per
-    /// key the object size, `INVALID_PARAMS` for a small or unregistered buffer,
-    /// `OBJECT_NOT_FOUND` when missing.
-    pub fn batch_get_into(
-        &self,
-        keys: &[String],
-        addrs: &[u64],
-        sizes: &[u64],
-    ) -> Vec<MResult<u64>> {
-        if keys.len() != addrs.len() || keys.len() != sizes.len() {
-            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
-        }
-        let mut dsts: Vec<Option<Dst>> = addrs
+    /// Reads objects into registered memory (zero-copy for remote replicas), each
+    /// spread over its item's buffers in order; per item the object size,
+    /// `INVALID_PARAMS` for small or unregistered buffers, `OBJECT_NOT_FOUND` when
+    /// missing.
+    pub fn batch_get_into(&self, items: &[Item]) -> Vec<MResult<u64>> {
+        let keys: Vec<String> = items.iter().map(|it| it.key.clone()).collect();
+        let mut dsts: Vec<Option<Dst>> = items
             .iter()
-            .zip(sizes)
-            .map(|(&a, &n)| self.resolve(a, n).ok().map(|s| Dst::Registered(vec![s])))
+            .map(|it| self.resolve_bufs(&it.buffers).ok().map(Dst::Registered))
             .collect();
-        self.get_core(keys, &mut dsts)
-    }
-
-    /// Reads objects scattered over several registered buffers each; per key the
-    /// total bytes or an error.
-    pub fn batch_get_into_multi_buffers(
-        &self,
-        keys: &[String],
-        addrs: &[Vec<u64>],
-        sizes: &[Vec<u64>],
-    ) -> Vec<MResult<u64>> {
-        if keys.len() != addrs.len() || keys.len() != sizes.len() {
-            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
-        }
-        let mut dsts: Vec<Option<Dst>> = addrs
-            .iter()
-            .zip(sizes)
-            .map(|(a, n)| self.resolve_all(a, n).ok().map(Dst::Registered))
-            .collect();
-        self.get_core(keys, &mut dsts)
+        self.get_core(&keys, &mut dsts)
     }
 
     /// The read path: one `get_into` call; local replicas copied here under the

@@ -60,49 +60,25 @@ impl DummyClient {
         size: u64,
         config: &ReplicateConfig,
     ) -> MResult<()> {
-        self.batch_put_from(&[key.to_string()], &[addr], &[size], config, false)
+        self.batch_put_from(&[Item::new(key, addr, size)], config, false)
             .remove(0)
     }
 
-    /// Zero-copy puts from registered memory; per key 0 or an error
-    /// (`INVALID_PARAMS` for memory that is not registered).
+    /// Zero-copy puts from registered memory, each object the concatenation of
+    /// its item's buffers; per item 0 or an error (`INVALID_PARAMS` for memory
+    /// that is not registered).
     pub fn batch_put_from(
         &self,
-        keys: &[String],
-        addrs: &[u64],
-        sizes: &[u64],
+        items: &[Item],
         config: &ReplicateConfig,
         upsert: bool,
     ) -> Vec<MResult<()>> {
-        if keys.len() != addrs.len() || keys.len() != sizes.len() {
-            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
-        }
-        let srcs = addrs
+        let keys: Vec<String> = items.iter().map(|it| it.key.clone()).collect();
+        let srcs = items
             .iter()
-            .zip(sizes)
-            .map(|(&a, &n)| self.resolve(a, n).ok().map(|s| Src::Registered(vec![s])))
+            .map(|it| self.resolve_bufs(&it.buffers).ok().map(Src::Registered))
             .collect();
-        self.put_core(keys, srcs, config, upsert)
-    }
-
-    /// Puts where each object is the concatenation of its buffers (registered).
-    pub fn batch_put_from_multi_buffers(
-        &self,
-        keys: &[String],
-        addrs: &[Vec<u64>],
-        sizes: &[Vec<u64>],
-        config: &ReplicateConfig,
-        upsert: bool,
-    ) -> Vec<MResult<()>> {
-        if keys.len() != addrs.len() || keys.len() != sizes.len() {
-            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
-        }
-        let srcs = addrs
-            .iter()
-            .zip(sizes)
-            .map(|(a, n)| self.resolve_all(a, n).ok().map(Src::Registered))
-            .collect();
-        self.put_core(keys, srcs, config, upsert)
+        self.put_core(&keys, srcs, config, upsert)
     }
 
     /// The write path: `put_start`, local replica copied here, remote replicas sent

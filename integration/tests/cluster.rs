@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mooncake_dummyclient::{DummyClient, HostMemAllocator};
+use mooncake_dummyclient::{DummyClient, HostMemAllocator, Item};
 use mooncake_integration::*;
 use mooncake_proto::realclient::{BufRef, PutCompletion, RealClientServiceClient};
 use mooncake_proto::{ErrorCode, ReplicateConfig};
@@ -74,14 +74,10 @@ fn put_through_host_a_read_through_host_b() {
         mem.write(src + i as u64 * len, &value_for(k, len as usize))
             .unwrap();
     }
-    let addrs: Vec<u64> = (0..64).map(|i| src + i * len).collect();
-    let r = a.batch_put_from(
-        &keys,
-        &addrs,
-        &vec![len; 64],
-        &ReplicateConfig::default(),
-        false,
-    );
+    let items: Vec<Item> = (0..64u64)
+        .map(|i| Item::new(keys[i as usize].clone(), src + i * len, len))
+        .collect();
+    let r = a.batch_put_from(&items, &ReplicateConfig::default(), false);
     assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
     let lists = b.batch_get_replicas(&keys[..1]);
     assert_eq!(
@@ -91,8 +87,10 @@ fn put_through_host_a_read_through_host_b() {
 
     // ... read on B straight into B's registered memory by B's real client.
     let dst = registered(&b, 64 * len);
-    let daddrs: Vec<u64> = (0..64).map(|i| dst + i * len).collect();
-    let r = b.batch_get_into(&keys, &daddrs, &vec![len; 64]);
+    let dests: Vec<Item> = (0..64u64)
+        .map(|i| Item::new(keys[i as usize].clone(), dst + i * len, len))
+        .collect();
+    let r = b.batch_get_into(&dests);
     assert!(r.iter().all(|r| *r == Ok(len)), "{r:?}");
     for (i, k) in keys.iter().enumerate() {
         assert!(
@@ -122,24 +120,28 @@ fn put_through_host_a_read_through_host_b() {
     assert_eq!(b.get("bytes-on-c").unwrap(), b"hello from A");
     let parts = [src, src + 100, src + 5000];
     let part_sizes = [100u64, 4900, 20_000];
-    a.batch_put_from_multi_buffers(
-        &["multi".into()],
-        &[parts.to_vec()],
-        &[part_sizes.to_vec()],
+    let bufs = |addrs: &[u64], lens: &[u64]| -> Vec<BufRef> {
+        addrs
+            .iter()
+            .zip(lens)
+            .map(|(&addr, &len)| BufRef { addr, len })
+            .collect()
+    };
+    a.batch_put_from(
+        &[Item::scattered("multi", bufs(&parts, &part_sizes))],
         &on_c,
         false,
     )[0]
     .unwrap();
-    let r = b.batch_get_into_multi_buffers(
-        &["multi".into()],
-        &[vec![dst, dst + 10_000]],
-        &[vec![10_000, 15_000]],
-    );
+    let r = b.batch_get_into(&[Item::scattered(
+        "multi",
+        bufs(&[dst, dst + 10_000], &[10_000, 15_000]),
+    )]);
     assert_eq!(r, vec![Ok(25_000)]);
     assert!(read_back(dst, 25_000) == read_back(src, 25_000));
 
     // Error codes across hosts.
-    let r = b.batch_get_into(&["kv-0".into(), "absent".into()], &[dst, dst], &[100, 100]);
+    let r = b.batch_get_into(&[Item::new("kv-0", dst, 100), Item::new("absent", dst, 100)]);
     assert_eq!(
         r,
         vec![
@@ -259,9 +261,13 @@ fn bad_input_gets_error_codes_and_harms_no_one() {
     );
     assert_eq!(a.put("", b"v", &cfg), Err(ErrorCode::InvalidKey));
     assert_eq!(a.is_exist(&"k".repeat(5000)), Err(ErrorCode::InvalidKey));
-    // Mismatched list lengths: one result per key, never a panic.
+    // An item without buffers, or with an empty one: that key fails, never a panic.
     assert_eq!(
-        a.batch_put_from(&["p".into(), "q".into()], &[reg], &[10, 10], &cfg, false),
+        a.batch_put_from(
+            &[Item::scattered("p", vec![]), Item::new("q", reg, 0)],
+            &cfg,
+            false
+        ),
         vec![Err(ErrorCode::InvalidParams); 2]
     );
 

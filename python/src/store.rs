@@ -12,7 +12,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use mooncake_dummyclient::{DummyClient, RangeResults};
+use mooncake_dummyclient::{BufRef, DummyClient, Item, RangeResults};
 use mooncake_proto::{ErrorCode, MResult};
 use mooncake_realclient::background::BackgroundClient;
 
@@ -60,6 +60,38 @@ fn code<T>(r: MResult<T>) -> i32 {
 
 fn codes<T>(rs: Vec<MResult<T>>) -> Vec<i32> {
     rs.into_iter().map(code).collect()
+}
+
+/// Upstream's parallel lists as the Rust API's items; `None` when their lengths
+/// differ (every key then fails with `INVALID_PARAMS`, as upstream).
+fn items(keys: &[String], ptrs: &[u64], sizes: &[u64]) -> Option<Vec<Item>> {
+    (keys.len() == ptrs.len() && keys.len() == sizes.len()).then(|| {
+        keys.iter()
+            .zip(ptrs.iter().zip(sizes))
+            .map(|(k, (&p, &n))| Item::new(k.clone(), p, n))
+            .collect()
+    })
+}
+
+/// Like [`items`] with several buffers per key; a key whose own two lists differ
+/// in length gets no buffers (that key fails with `INVALID_PARAMS`).
+fn scattered_items(keys: &[String], ptrs: &[Vec<u64>], sizes: &[Vec<u64>]) -> Option<Vec<Item>> {
+    (keys.len() == ptrs.len() && keys.len() == sizes.len()).then(|| {
+        keys.iter()
+            .zip(ptrs.iter().zip(sizes))
+            .map(|(k, (p, n))| {
+                let buffers = if p.len() == n.len() {
+                    p.iter()
+                        .zip(n)
+                        .map(|(&addr, &len)| BufRef { addr, len })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Item::scattered(k.clone(), buffers)
+            })
+            .collect()
+    })
 }
 
 fn sizes_or_codes(rs: Vec<MResult<u64>>) -> Vec<i64> {
@@ -702,7 +734,10 @@ impl MooncakeDistributedStore {
         self.with(
             py,
             |e| vec![e.as_i32() as i64; n],
-            |c| sizes_or_codes(c.batch_get_into(&keys, &buffer_ptrs, &sizes)),
+            |c| match items(&keys, &buffer_ptrs, &sizes) {
+                Some(items) => sizes_or_codes(c.batch_get_into(&items)),
+                None => vec![ErrorCode::InvalidParams.as_i32() as i64; n],
+            },
         )
     }
 
@@ -721,7 +756,10 @@ impl MooncakeDistributedStore {
         self.with(
             py,
             |e| vec![e.as_i32() as i64; n],
-            |c| sizes_or_codes(c.batch_get_into_multi_buffers(&keys, &all_buffer_ptrs, &all_sizes)),
+            |c| match scattered_items(&keys, &all_buffer_ptrs, &all_sizes) {
+                Some(items) => sizes_or_codes(c.batch_get_into(&items)),
+                None => vec![ErrorCode::InvalidParams.as_i32() as i64; n],
+            },
         )
     }
 
@@ -1266,7 +1304,10 @@ impl MooncakeDistributedStore {
         self.with(
             py,
             |e| vec![e.as_i32(); n],
-            |c| codes(c.batch_put_from(&keys, &ptrs, &sizes, &config, upsert)),
+            |c| match items(&keys, &ptrs, &sizes) {
+                Some(items) => codes(c.batch_put_from(&items, &config, upsert)),
+                None => vec![ErrorCode::InvalidParams.as_i32(); n],
+            },
         )
     }
 
@@ -1285,7 +1326,10 @@ impl MooncakeDistributedStore {
         self.with(
             py,
             |e| vec![e.as_i32(); n],
-            |c| codes(c.batch_put_from_multi_buffers(&keys, &ptrs, &sizes, &config, upsert)),
+            |c| match scattered_items(&keys, &ptrs, &sizes) {
+                Some(items) => codes(c.batch_put_from(&items, &config, upsert)),
+                None => vec![ErrorCode::InvalidParams.as_i32(); n],
+            },
         )
     }
 
