@@ -188,7 +188,8 @@ fn run_master(args: MasterArgs) -> anyhow::Result<()> {
             }
             tracing::info!("Master Metrics: {}", svc.summary_line());
         })
-        .await
+        .await?;
+        Ok(())
     })
 }
 

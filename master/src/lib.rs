@@ -30,5 +30,5 @@ mod shard;
 mod tasks;
 
 pub use config::{AllocationStrategy, MasterConfig};
-pub use run::{ServerOptions, run};
+pub use run::{ServerOptions, StartError, run};
 pub use service::MasterService;

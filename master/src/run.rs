@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,10 +39,41 @@ pub struct BoundAddrs {
     pub metadata: Option<SocketAddr>,
 }
 
-async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+/// Why a master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot bind the {what} listener to {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address asked for.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot bind the {what} listener to {addr}"))
+        .map_err(|source| StartError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        addr: "?".into(),
+        source,
+    })
 }
 
 /// Binds every listener, then serves until `shutdown` is cancelled. `on_bound`
@@ -53,8 +83,8 @@ pub async fn run(
     options: ServerOptions,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(&BoundAddrs, &Arc<MasterService>),
-) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
+) -> Result<(), StartError> {
+    config.validate().map_err(StartError::Config)?;
     let svc = Arc::new(MasterService::new(config));
     let rpc = bind(&options.rpc_addr, "RPC").await?;
     let metrics = match &options.metrics_addr {
@@ -66,9 +96,15 @@ pub async fn run(
         None => None,
     };
     let bound = BoundAddrs {
-        rpc: rpc.local_addr()?,
-        metrics: metrics.as_ref().map(|l| l.local_addr()).transpose()?,
-        metadata: metadata.as_ref().map(|l| l.local_addr()).transpose()?,
+        rpc: local_addr(&rpc, "RPC")?,
+        metrics: metrics
+            .as_ref()
+            .map(|l| local_addr(l, "metrics"))
+            .transpose()?,
+        metadata: metadata
+            .as_ref()
+            .map(|l| local_addr(l, "HTTP metadata"))
+            .transpose()?,
     };
     on_bound(&bound, &svc);
 

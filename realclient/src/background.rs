@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Endpoints, RealClient, RealClientConfig, run};
@@ -39,7 +38,7 @@ impl BackgroundClient {
         config: RealClientConfig,
         worker_threads: usize,
         master_wait: Duration,
-    ) -> anyhow::Result<BackgroundClient> {
+    ) -> crate::error::Result<BackgroundClient> {
         let master = config.master_server_address.clone();
         let shutdown = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel::<Result<(Arc<RealClient>, Endpoints), String>>();
@@ -67,16 +66,18 @@ impl BackgroundClient {
                     let _ = tx.send(Err(format!("{e:#}")));
                 }
             })
-            .context("cannot start the real client thread")?;
+            .map_err(crate::Error::io("cannot start the real client thread"))?;
         let (client, endpoints) = match rx.recv() {
             Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 let _ = thread.join();
-                anyhow::bail!(e);
+                return Err(crate::Error::Startup(e));
             }
             Err(_) => {
                 let _ = thread.join();
-                anyhow::bail!("the real client stopped before it was ready");
+                return Err(crate::Error::Startup(
+                    "the real client stopped before it was ready".into(),
+                ));
             }
         };
         let mut started = BackgroundClient {
@@ -89,7 +90,9 @@ impl BackgroundClient {
         while !started.client.healthy() {
             if Instant::now() >= deadline {
                 started.stop();
-                anyhow::bail!("cannot reach the master at {master}");
+                return Err(crate::Error::Startup(format!(
+                    "cannot reach the master at {master}"
+                )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

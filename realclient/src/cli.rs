@@ -170,6 +170,7 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
                 client.client_id()
             );
         })
-        .await
+        .await?;
+        Ok(())
     })
 }

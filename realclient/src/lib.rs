@@ -22,6 +22,7 @@ pub mod background;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod error;
 mod fastpath;
 pub mod inventory;
 pub mod master_handle;
@@ -31,11 +32,11 @@ pub mod transfer;
 
 pub use client::RealClient;
 pub use config::RealClientConfig;
+pub use error::Error;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -78,7 +79,7 @@ pub async fn run(
     config: RealClientConfig,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Arc<RealClient>, &Endpoints),
-) -> anyhow::Result<()> {
+) -> error::Result<()> {
     let mut config = config;
     let mut local_master = None;
     // Everything this function starts runs on `tasks` (waited for at the end);
@@ -107,7 +108,9 @@ pub async fn run(
                 tracing::error!("embedded master failed: {e:#}");
             }
         });
-        let (bound, svc) = rx.await.context("embedded master did not start")?;
+        let (bound, svc) = rx
+            .await
+            .map_err(|_| Error::Startup("the embedded master did not start".into()))?;
         tracing::info!("embedded master listening on {bound} (this process calls it directly)");
         config.master_server_address = bound.to_string();
         local_master = Some(svc);
@@ -126,8 +129,12 @@ pub async fn run(
     if let Some(segment) = client.segment_region() {
         ipc_config = ipc_config.with_export(service::SEGMENT_EXPORT, segment);
     }
-    let ipc = IpcServer::bind(ipc_config)
-        .with_context(|| format!("cannot listen on {}", config.ipc_socket_path.display()))?;
+    let ipc = IpcServer::bind(ipc_config).map_err(|e| {
+        Error::Startup(format!(
+            "cannot listen on {}: {e}",
+            config.ipc_socket_path.display()
+        ))
+    })?;
     tracing::info!(
         "serving dummy clients on {}",
         config.ipc_socket_path.display()
@@ -137,9 +144,12 @@ pub async fn run(
         let addr = format!("{}:{}", config.bind_host, config.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .with_context(|| format!("cannot listen on {addr} (--host/--port)"))?;
-        endpoints.tcp = Some(listener.local_addr()?);
-        tracing::info!("serving tools on tcp {}", listener.local_addr()?);
+            .map_err(Error::io(format!(
+                "cannot listen on {addr} (--host/--port)"
+            )))?;
+        let bound = listener.local_addr().map_err(Error::io("tcp --port"))?;
+        endpoints.tcp = Some(bound);
+        tracing::info!("serving tools on tcp {bound}");
         Some(listener)
     } else {
         None
@@ -149,9 +159,10 @@ pub async fn run(
         let addr = format!("{}:{}", config.bind_host, port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .with_context(|| format!("cannot listen on {addr} (--http_port)"))?;
-        endpoints.http = Some(listener.local_addr()?);
-        tracing::info!("HTTP health and metrics on {}", listener.local_addr()?);
+            .map_err(Error::io(format!("cannot listen on {addr} (--http_port)")))?;
+        let bound = listener.local_addr().map_err(Error::io("--http_port"))?;
+        endpoints.http = Some(bound);
+        tracing::info!("HTTP health and metrics on {bound}");
         let router = http_router(client.clone());
         tasks.spawn(serve_http(listener, router, shutdown.clone()));
     }
@@ -186,7 +197,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             conn = ipc.accept() => {
-                let conn = conn?;
+                let conn = conn.map_err(|e| Error::Startup(format!("the IPC listener stopped: {e}")))?;
                 let client = client.clone();
                 let requests = requests.clone();
                 let stop = shutdown.clone();

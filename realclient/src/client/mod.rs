@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +30,7 @@ use mooncake_proto::*;
 use mooncake_shm::Region;
 
 use crate::config::RealClientConfig;
+use crate::error::Error;
 use crate::inventory::{self, Inventory, PersistedInventory};
 use crate::master_handle::MasterHandle;
 use crate::metrics::ClientMetrics;
@@ -148,7 +148,7 @@ impl RealClientBuilder {
 
     /// Creates or re-attaches the segment, connects to the master and starts the
     /// background tasks, until `shutdown`.
-    pub async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Arc<RealClient>> {
+    pub async fn start(self, shutdown: CancellationToken) -> crate::error::Result<Arc<RealClient>> {
         RealClient::start_with(self, shutdown).await
     }
 }
@@ -161,7 +161,7 @@ impl RealClient {
         config: RealClientConfig,
         shutdown: CancellationToken,
         local_master: Option<Arc<mooncake_master::MasterService>>,
-    ) -> anyhow::Result<Arc<RealClient>> {
+    ) -> crate::error::Result<Arc<RealClient>> {
         let mut builder = RealClient::builder(config);
         if let Some(m) = local_master {
             builder = builder.with_local_master(m);
@@ -182,7 +182,7 @@ impl RealClient {
     async fn start_with(
         b: RealClientBuilder,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<Arc<RealClient>> {
+    ) -> crate::error::Result<Arc<RealClient>> {
         let RealClientBuilder {
             config,
             local_master,
@@ -190,9 +190,7 @@ impl RealClient {
             transfer_port,
         } = b;
         if config.protocol == Protocol::Rdma {
-            anyhow::bail!(
-                "--protocol rdma: this build has no RDMA transport (build with the `rdma` feature); use tcp"
-            );
+            return Err(Error::RdmaNotBuilt);
         }
         let persisted = if config.ephemeral_segment {
             None
@@ -213,10 +211,12 @@ impl RealClient {
             });
             let (region, id) = match reuse {
                 Some(p) => {
-                    let region =
-                        Region::open_named(&config.segment_path, &options).with_context(|| {
-                            format!("cannot re-attach {}", config.segment_path.display())
-                        })?;
+                    let region = Region::open_named(&config.segment_path, &options).map_err(
+                        Error::segment(format!(
+                            "cannot re-attach {}",
+                            config.segment_path.display()
+                        )),
+                    )?;
                     client_id = p.client_id;
                     entries = p.entries.clone();
                     tracing::info!(
@@ -229,7 +229,7 @@ impl RealClient {
                 None if config.ephemeral_segment => {
                     let region =
                         Region::anonymous("mooncake-segment", config.global_segment_size, &options)
-                            .context("cannot create the segment")?;
+                            .map_err(Error::segment("cannot create the segment"))?;
                     (region, Uuid::new_v4())
                 }
                 None => {
@@ -238,9 +238,10 @@ impl RealClient {
                         config.global_segment_size,
                         &options,
                     )
-                    .with_context(|| {
-                        format!("cannot create segment {}", config.segment_path.display())
-                    })?;
+                    .map_err(Error::segment(format!(
+                        "cannot create segment {}",
+                        config.segment_path.display()
+                    )))?;
                     (region, Uuid::new_v4())
                 }
             };
@@ -266,7 +267,7 @@ impl RealClient {
                     Some((desc.id, region.clone())),
                     config.transfer_sockbuf,
                 )
-                .with_context(|| format!("cannot listen for transfers on {bind}"))?;
+                .map_err(Error::io(format!("cannot listen for transfers on {bind}")))?;
                 desc.transport_endpoint = format!("{}:{}", config.host, server.local_addr().port());
                 if config.port == 0 {
                     // No service port to name the segment by: the transfer port is
@@ -289,7 +290,7 @@ impl RealClient {
                     None,
                     config.transfer_sockbuf,
                 )
-                .with_context(|| format!("cannot listen for transfers on {bind}"))?;
+                .map_err(Error::io(format!("cannot listen for transfers on {bind}")))?;
                 Some(server)
             }
         };

@@ -29,7 +29,7 @@ impl RealClient {
         }
     }
 
-    pub(super) async fn connect_and_remount(&self) -> anyhow::Result<()> {
+    pub(super) async fn connect_and_remount(&self) -> crate::error::Result<()> {
         let master = match &self.local_master {
             Some(local) => MasterHandle::Local(local.clone()),
             None => MasterHandle::Remote(
@@ -38,15 +38,21 @@ impl RealClient {
                     &self.config.cluster_token,
                 )
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+                .map_err(|source| Error::MasterUnreachable {
+                    address: self.config.master_server_address.clone(),
+                    source,
+                })?,
             ),
         };
         *self.master.write() = Some(master);
         self.remount().await
     }
 
-    pub(super) async fn remount(&self) -> anyhow::Result<()> {
-        let master = self.master().map_err(|e| anyhow::anyhow!("{e}"))?;
+    pub(super) async fn remount(&self) -> crate::error::Result<()> {
+        let master = self.master().map_err(|code| Error::MasterRefused {
+            what: "a connection",
+            code,
+        })?;
         let mut segments: Vec<SegmentDesc> = self.segment().cloned().into_iter().collect();
         segments.extend(self.extra_segments.lock().iter().map(|e| e.desc.clone()));
         let entries = self.inventory.lock().entries();
@@ -62,7 +68,10 @@ impl RealClient {
             report = master
                 .remount_segment(self.client_id, segs, chunk, i == last)
                 .await
-                .map_err(|e| anyhow::anyhow!("remount failed: {e}"))?;
+                .map_err(|code| Error::MasterRefused {
+                    what: "remount_segment",
+                    code,
+                })?;
         }
         {
             let mut inv = self.inventory.lock();
