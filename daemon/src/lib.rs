@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`gflags`]: upstream's command lines verbatim: gflags spellings and built-ins,
+//!   glog's flags, every upstream flag accepted.
 //! - [`logging`]: glog-style verbosity (`-v=N`, or `MOONCAKE_LOG` as a tracing
 //!   filter) to stderr, and how a fatal error becomes an exit code.
 //! - [`signals`]: a cancellation token for SIGTERM / Ctrl-C.
@@ -13,6 +15,7 @@
 //! - [`periodic`]: a task that runs every interval on a tracker until cancelled.
 //! - [`prometheus`]: Prometheus text exposition helpers.
 
+pub mod gflags;
 pub mod http;
 pub mod listener;
 pub mod logging;

@@ -183,3 +183,24 @@ fn filling_beyond_capacity_keeps_puts_succeeding_and_leased_objects_survive() {
     }
     assert_all_readable(&dummy, &first, 256 << 10);
 }
+
+#[test]
+fn mooncake_client_takes_upstreams_command_line_verbatim() {
+    let paths = Paths::new("verbatim");
+    let client = ClientBuilder::new(&paths)
+        .with_arg("--logtostderr=true")
+        .with_arg("-logtostderr")
+        .with_arg("--metadata_server=P2PHANDSHAKE")
+        .with_arg("--enable_offload=false")
+        .with_arg("-tenant_id")
+        .with_arg("default")
+        .with_arg("--nouse_mmap_arena_allocator")
+        .start();
+    // It came up (start() waits for readiness) and serves.
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    dummy
+        .put("verbatim", b"ok", &ReplicateConfig::default())
+        .unwrap();
+    assert_eq!(dummy.get("verbatim").unwrap(), b"ok");
+    drop(client);
+}

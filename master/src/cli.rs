@@ -3,6 +3,8 @@
 //! and what every mooncake-rs daemon does the same way: glog-style verbosity
 //! (`-v=1`, or `MOONCAKE_LOG` as a tracing filter) and shutdown on SIGTERM / Ctrl-C.
 
+#![allow(clippy::disallowed_methods)] // reads gflags' FLAGS_* variables for --fromenv
+
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,6 +15,8 @@ use clap::{ArgAction, Parser};
 use crate::{AllocationStrategy, MasterConfig, ServerOptions};
 use mooncake_proto::units::parse_duration_ms;
 
+use mooncake_daemon::gflags::parse_command;
+use mooncake_daemon::gflags::upstream::MASTER as MASTER_FLAGS;
 pub use mooncake_daemon::logging::{init_logging, report};
 pub use mooncake_daemon::signals::shutdown_on_signals;
 
@@ -122,9 +126,12 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = MasterArgs::parse_from(argv);
-    init_logging(args.verbosity);
-    report(run_master(args))
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let env = |name: &str| std::env::var(name).ok();
+    match parse_command::<MasterArgs>(argv, MASTER_FLAGS, "mooncake_master", |a| a.verbosity, env) {
+        Ok(args) => report(run_master(args)),
+        Err(e) => report(Err(anyhow::anyhow!(e))),
+    }
 }
 
 fn run_master(args: MasterArgs) -> anyhow::Result<()> {

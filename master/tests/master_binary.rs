@@ -469,3 +469,91 @@ async fn expired_client_segments_disappear() {
         ClientStatus::NeedRemount
     );
 }
+
+/// Runs `mooncake_master` with `flags` until it reports its RPC port; its log so far.
+fn start_and_collect(flags: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mooncake_master"))
+        .args([
+            "--rpc_address=127.0.0.1",
+            "--rpc_port=0",
+            "--metrics_host=127.0.0.1",
+            "--metrics_port=0",
+        ])
+        .args(flags)
+        .env("NO_COLOR", "1")
+        .env("FLAGS_eviction_ratio", "0.1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let done = line.contains("Master service started on port");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn upstreams_command_lines_verbatim_with_glog_and_gflags_flags() {
+    // The forms upstream's CI, e2e scripts and benchmark docs use.
+    let flagfile = std::env::temp_dir().join(format!("mc-master-flags-{}", std::process::id()));
+    std::fs::write(
+        &flagfile,
+        "# from a file\n--eviction_high_watermark_ratio=0.95\n",
+    )
+    .unwrap();
+    let log = start_and_collect(&[
+        "--logtostderr=true",
+        "-logtostderr",
+        "-v=1",
+        "--enable_oplog=true",
+        "--cluster_id",
+        "test-cluster",
+        "--noenable_snapshot",
+        "-minloglevel=0",
+        &format!("--flagfile={}", flagfile.display()),
+        "--fromenv=eviction_ratio",
+    ]);
+    std::fs::remove_file(&flagfile).unwrap();
+    let text = log.join("\n");
+    assert!(text.contains("Master service started on port"), "{text}");
+    for flag in [
+        "--enable_oplog=true",
+        "--cluster_id=test-cluster",
+        "--enable_snapshot=false",
+    ] {
+        assert!(
+            text.contains(&format!("{flag}: an upstream flag with no effect")),
+            "no warning for {flag}: {text}"
+        );
+    }
+    assert!(
+        !text.contains("--logtostderr"),
+        "glog's flags are honoured, not warned about"
+    );
+
+    // --log_dir writes the log there (and, with --alsologtostderr, to stderr too).
+    let dir = std::env::temp_dir().join(format!("mc-master-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = start_and_collect(&[&format!("--log_dir={}", dir.display()), "--alsologtostderr"]);
+    assert!(log.iter().any(|l| l.contains("Master service started")));
+    let file = std::fs::read_to_string(dir.join("mooncake_master.log")).unwrap();
+    assert!(file.contains("Master service started on port"), "{file}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A flag neither upstream nor this build has is still an error.
+    let out = Command::new(env!("CARGO_BIN_EXE_mooncake_master"))
+        .args(["--rpc_port=0", "--made_up_flag=1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

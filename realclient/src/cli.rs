@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use mooncake_daemon::logging::{init_logging, report};
+use mooncake_daemon::gflags::parse_command;
+use mooncake_daemon::gflags::upstream::CLIENT as CLIENT_FLAGS;
+use mooncake_daemon::logging::report;
 use mooncake_daemon::signals::shutdown_on_signals;
 use mooncake_proto::Protocol;
 use mooncake_proto::units::parse_size;
@@ -102,9 +104,12 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = ClientArgs::parse_from(argv);
-    init_logging(args.verbosity);
-    report(run_client(args))
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let env = |name: &str| std::env::var(name).ok();
+    match parse_command::<ClientArgs>(argv, CLIENT_FLAGS, "mooncake_client", |a| a.verbosity, env) {
+        Ok(args) => report(run_client(args)),
+        Err(e) => report(Err(anyhow::anyhow!(e))),
+    }
 }
 
 fn run_client(args: ClientArgs) -> anyhow::Result<()> {
