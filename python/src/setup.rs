@@ -25,7 +25,9 @@ pub fn size_from_py(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
         return Ok(n);
     }
     if let Ok(s) = obj.extract::<String>() {
-        return parse_size(&s).map_err(|e| PyTypeError::new_err(format!("{what}: {e}")));
+        // A string that is no size is a bad value (a failure code), not a bad type.
+        return parse_size(&s)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("{what}: {e}")));
     }
     Err(PyTypeError::new_err(format!(
         "{what}: expected a byte count (int or a string such as \"4gb\")"

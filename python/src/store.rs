@@ -94,6 +94,20 @@ fn scattered_items(keys: &[String], ptrs: &[Vec<u64>], sizes: &[Vec<u64>]) -> Op
     })
 }
 
+/// A size argument: a wrong type raises `TypeError`; a string that is no size
+/// (`"50%"`) is upstream's failure code, logged.
+fn size_or_code(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str) -> PyResult<Result<u64, i32>> {
+    match size_from_py(v, what) {
+        Ok(n) => Ok(Ok(n)),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) => {
+            crate::init_library_logging();
+            tracing::error!("setup: {}", e.value(py));
+            Ok(Err(ErrorCode::InvalidParams.as_i32()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn sizes_or_codes(rs: Vec<MResult<u64>>) -> Vec<i64> {
     rs.into_iter()
         .map(|r| match r {
@@ -268,7 +282,14 @@ impl MooncakeDistributedStore {
     ) -> PyResult<i32> {
         let _ = ssd_offload_path;
         if let Ok(dict) = local_hostname.cast::<PyDict>() {
-            let args = crate::setup::setup_args_from_dict(dict)?;
+            let args = match crate::setup::setup_args_from_dict(dict) {
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) => {
+                    crate::init_library_logging();
+                    tracing::error!("setup: {}", e.value(py));
+                    return Ok(ErrorCode::InvalidParams.as_i32());
+                }
+                other => other?,
+            };
             return Ok(self.setup_in_process(py, args));
         }
         let missing = |what: &str| {
@@ -289,8 +310,15 @@ impl MooncakeDistributedStore {
                 PyTypeError::new_err("setup(): local_hostname must be a str (or pass one dict)")
             })?,
             metadata_server: metadata_server.ok_or_else(|| missing("metadata_server"))?,
-            global_segment_size: size_from_py(global_segment_size, "global_segment_size")?,
-            local_buffer_size: size_from_py(local_buffer_size, "local_buffer_size")?,
+            global_segment_size: match size_or_code(py, global_segment_size, "global_segment_size")?
+            {
+                Ok(n) => n,
+                Err(code) => return Ok(code),
+            },
+            local_buffer_size: match size_or_code(py, local_buffer_size, "local_buffer_size")? {
+                Ok(n) => n,
+                Err(code) => return Ok(code),
+            },
             protocol: protocol.ok_or_else(|| missing("protocol"))?,
             rdma_devices: rdma_devices.ok_or_else(|| missing("rdma_devices"))?,
             master_server_addr: master_server_addr.ok_or_else(|| missing("master_server_addr"))?,
@@ -314,8 +342,14 @@ impl MooncakeDistributedStore {
         local_buffer_size: &Bound<'_, PyAny>,
         server_address: String,
     ) -> PyResult<i32> {
-        size_from_py(mem_pool_size, "mem_pool_size")?;
-        size_from_py(local_buffer_size, "local_buffer_size")?;
+        for (v, what) in [
+            (mem_pool_size, "mem_pool_size"),
+            (local_buffer_size, "local_buffer_size"),
+        ] {
+            if let Err(code) = size_or_code(py, v, what)? {
+                return Ok(code);
+            }
+        }
         crate::init_library_logging();
         let _lifecycle = self.lifecycle.lock();
         if self.connected().is_some() {

@@ -132,13 +132,13 @@ enum_name_value!(
 #[derive(Debug, Clone)]
 pub struct ReplicateConfig {
     /// Number of memory replicas.
-    #[pyo3(get, set)]
+    #[pyo3(get)]
     pub replica_num: usize,
     /// Soft-pin the object.
     #[pyo3(get, set)]
     pub with_soft_pin: bool,
     /// Soft-pin lifetime in ms (`None`: the master's default).
-    #[pyo3(get, set)]
+    #[pyo3(get)]
     pub soft_pin_ttl_ms: Option<u64>,
     /// Soft-pin handling of upserts.
     #[pyo3(get, set)]
@@ -162,10 +162,10 @@ pub struct ReplicateConfig {
     #[pyo3(get, set)]
     pub data_type: ObjectDataType,
     /// NVMe-oF replicas (accepted; no such tier in this build).
-    #[pyo3(get, set)]
+    #[pyo3(get)]
     pub nof_replica_num: usize,
     /// DFS replicas (accepted; no such tier in this build).
-    #[pyo3(get, set)]
+    #[pyo3(get)]
     pub dfs_replica_num: usize,
 }
 
@@ -188,11 +188,52 @@ impl Default for ReplicateConfig {
     }
 }
 
+/// An integer attribute: like upstream's binding, a value out of range or of the
+/// wrong type is a `TypeError` (not an `OverflowError`).
+fn int_attr<T: for<'a, 'py> pyo3::FromPyObject<'a, 'py>>(
+    value: &Bound<'_, PyAny>,
+    name: &str,
+) -> PyResult<T> {
+    value.extract::<T>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "ReplicateConfig.{name}: incompatible value {value}; expected a non-negative integer in range"
+        ))
+    })
+}
+
 #[pymethods]
 impl ReplicateConfig {
     #[new]
     fn py_new() -> Self {
         Self::default()
+    }
+
+    #[setter]
+    fn set_replica_num(&mut self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.replica_num = int_attr(value, "replica_num")?;
+        Ok(())
+    }
+
+    #[setter]
+    fn set_soft_pin_ttl_ms(&mut self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.soft_pin_ttl_ms = if value.is_none() {
+            None
+        } else {
+            Some(int_attr(value, "soft_pin_ttl_ms")?)
+        };
+        Ok(())
+    }
+
+    #[setter]
+    fn set_nof_replica_num(&mut self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.nof_replica_num = int_attr(value, "nof_replica_num")?;
+        Ok(())
+    }
+
+    #[setter]
+    fn set_dfs_replica_num(&mut self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.dfs_replica_num = int_attr(value, "dfs_replica_num")?;
+        Ok(())
     }
 
     fn __repr__(&self) -> String {

@@ -337,7 +337,25 @@ def test_setup_failures_are_codes_not_crashes(master):
     assert s.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", f"127.0.0.1:{_closed_port()}") < 0
     assert s.setup_dummy(0, 0, f"127.0.0.1:{_closed_port()}") < 0
     assert s.setup_dummy(0, 0, "127.0.0.1:notaport") == INVALID_PARAMS
+    # A size that is no size is a failure code (upstream), a wrong type a TypeError.
+    assert s.setup({"global_segment_size": "50%", "master_server_address": master.address}) == INVALID_PARAMS
+    assert s.setup("localhost", "P2PHANDSHAKE", "50%", 0, "tcp", "", master.address) == INVALID_PARAMS
+    assert s.setup_dummy("lots", 0, "127.0.0.1:50052") == INVALID_PARAMS
+    with pytest.raises(TypeError):
+        s.setup("localhost", "P2PHANDSHAKE", [1], 0, "tcp", "", master.address)
     assert s.health_check() == 1
+
+
+def test_replicate_config_integers_out_of_range_are_type_errors():
+    cfg = ReplicateConfig()
+    for attr in ("replica_num", "nof_replica_num", "dfs_replica_num", "soft_pin_ttl_ms"):
+        for bad in (-1, 2**64, "3", 1.5):
+            with pytest.raises(TypeError):
+                setattr(cfg, attr, bad)
+    cfg.replica_num = 3
+    cfg.soft_pin_ttl_ms = 10
+    cfg.soft_pin_ttl_ms = None
+    assert cfg.replica_num == 3 and cfg.soft_pin_ttl_ms is None
 
 
 def _closed_port():

@@ -152,6 +152,20 @@ def test_get_into_ranges_errors_are_per_range(store, buf):
     # Mismatched nesting answers every range with -600.
     assert store.get_into_ranges([buf, buf], [[k]], [[[0]]], [[[0]]], [[[10]]]) == [[[INVALID_PARAMS]]]
     assert store.get_into_ranges([], [], [], [], []) == []
+    # A key given no ranges gets no results (upstream), and does not spoil the others.
+    assert store.get_into_ranges([buf], [[k, missing]], [[[0], []]], [[[0], []]], [[[10], []]]) == [
+        [[10], []]
+    ]
+
+
+def test_a_soft_pin_lifetime_without_a_soft_pin_is_refused(store):
+    cfg = ReplicateConfig()
+    cfg.soft_pin_ttl_ms = 5000
+    k = uniq()
+    assert store.put(k, b"v", cfg) == INVALID_PARAMS
+    assert store.upsert(k, b"v", cfg) == INVALID_PARAMS
+    cfg.with_soft_pin = True
+    assert store.put(k, b"v", cfg) == 0
 
 
 # ------------------------------------------------------------- put sessions

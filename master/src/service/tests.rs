@@ -279,6 +279,21 @@ async fn remove_all_and_regex_skip_leased_objects_unless_forced() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_soft_pin_lifetime_without_a_soft_pin_is_refused() {
+    let m = master();
+    let c = Uuid::new_v4();
+    m.mount_segment(c, segment("a", "h", 16 * MIB)).unwrap();
+    let mut cfg = ReplicateConfig::default();
+    cfg.soft_pin_ttl_ms = Some(5_000);
+    assert_eq!(
+        put_with(&m, c, "k", 100, &cfg),
+        Err(ErrorCode::InvalidParams)
+    );
+    cfg.with_soft_pin = true;
+    put_with(&m, c, "k", 100, &cfg).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn forced_remove_keeps_leased_space_until_the_lease_ends() {
     let m = master();
     let c = Uuid::new_v4();

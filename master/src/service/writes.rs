@@ -16,6 +16,11 @@ impl MasterService {
         if size == 0 || config.replica_num == 0 {
             return Err(ErrorCode::InvalidParams);
         }
+        // A soft-pin lifetime for an object that is not soft-pinned is a mistake
+        // upstream refuses, not something to ignore.
+        if config.soft_pin_ttl_ms.is_some() && !config.wants_soft_pin() {
+            return Err(ErrorCode::InvalidParams);
+        }
         let soft_pin_ttl_ms = match config.soft_pin_action {
             SoftPinAction::Disable => None,
             _ if config.wants_soft_pin() => Some(
