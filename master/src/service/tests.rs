@@ -283,8 +283,10 @@ async fn a_soft_pin_lifetime_without_a_soft_pin_is_refused() {
     let m = master();
     let c = Uuid::new_v4();
     m.mount_segment(c, segment("a", "h", 16 * MIB)).unwrap();
-    let mut cfg = ReplicateConfig::default();
-    cfg.soft_pin_ttl_ms = Some(5_000);
+    let mut cfg = ReplicateConfig {
+        soft_pin_ttl_ms: Some(5_000),
+        ..Default::default()
+    };
     assert_eq!(
         put_with(&m, c, "k", 100, &cfg),
         Err(ErrorCode::InvalidParams)
