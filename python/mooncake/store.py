@@ -52,6 +52,27 @@ __all__ = [
     "TaskStatus",
     "TaskType",
     "error_name",
+    "bind_to_numa_node",
+    "UNDEFINED",
+    "INITIALIZED",
+    "COMPLETE",
+    "REMOVED",
+    "PENDING",
+    "PROCESSING",
+    "SUCCESS",
+    "FAILED",
+    "REPLICA_COPY",
+    "REPLICA_MOVE",
+    "UNKNOWN",
+    "KVCACHE",
+    "TENSOR",
+    "WEIGHT",
+    "SAMPLE",
+    "ACTIVATION",
+    "GRADIENT",
+    "OPTIMIZER_STATE",
+    "METADATA",
+    "GENERAL",
 ]
 
 _log = logging.getLogger("mooncake.store")
@@ -177,6 +198,32 @@ class MooncakeDistributedStore(_NativeStore):
         # not touch memory that was never registered.
         return self._is_registered(ptr, size)
 
+    def get_tensor_into_cuda(self, key, tensor):
+        """Reads the tensor stored under ``key`` into the CUDA tensor ``tensor``
+        (same shape and dtype): 0, or -600 when ``tensor`` is not a CUDA tensor
+        (this build has no GPU path; upstream's CPU-only wheel answers the same)."""
+        if not getattr(tensor, "is_cuda", False):
+            return _INVALID_PARAMS
+        value = self.get_tensor(key)
+        if value is None:
+            return _OBJECT_NOT_FOUND
+        try:
+            tensor.copy_(value)
+        except Exception:  # shape or dtype mismatch
+            return _INVALID_PARAMS
+        return 0
+
+    def batch_get_tensor_into_cuda(self, keys, tensors):
+        """Batch ``get_tensor_into_cuda``: one code per key."""
+        if len(keys) != len(tensors):
+            return [_INVALID_PARAMS] * len(keys)
+        return [self.get_tensor_into_cuda(k, t) for k, t in zip(keys, tensors)]
+
+    def unmount_local_disk_segment(self):
+        """Upstream unmounts its local SSD segment; this build has none: -1, as
+        upstream answers without one."""
+        return -1
+
     def get_tensor_into(self, key, buffer_ptr, size):
         """Reads the tensor into registered memory and returns a tensor viewing
         it (no copy; valid while the buffer is), or None."""
@@ -276,6 +323,50 @@ class MooncakeDistributedStore(_NativeStore):
         if t is None or self.upsert_tensor(key, t, config) != 0:
             return None
         return t
+
+
+# Upstream's binding also exports the enum values at module level; where two
+# enums share a name (PROCESSING, FAILED), TaskStatus's wins, as upstream.
+UNDEFINED = ReplicaStatus.UNDEFINED
+INITIALIZED = ReplicaStatus.INITIALIZED
+COMPLETE = ReplicaStatus.COMPLETE
+REMOVED = ReplicaStatus.REMOVED
+PENDING = TaskStatus.PENDING
+PROCESSING = TaskStatus.PROCESSING
+SUCCESS = TaskStatus.SUCCESS
+FAILED = TaskStatus.FAILED
+REPLICA_COPY = TaskType.REPLICA_COPY
+REPLICA_MOVE = TaskType.REPLICA_MOVE
+UNKNOWN = ObjectDataType.UNKNOWN
+KVCACHE = ObjectDataType.KVCACHE
+TENSOR = ObjectDataType.TENSOR
+WEIGHT = ObjectDataType.WEIGHT
+SAMPLE = ObjectDataType.SAMPLE
+ACTIVATION = ObjectDataType.ACTIVATION
+GRADIENT = ObjectDataType.GRADIENT
+OPTIMIZER_STATE = ObjectDataType.OPTIMIZER_STATE
+METADATA = ObjectDataType.METADATA
+GENERAL = ObjectDataType.GENERAL
+
+
+def bind_to_numa_node(node):
+    """Runs the calling thread on the CPUs of NUMA node ``node`` (best effort, as
+    upstream: an unknown node changes nothing). Returns None."""
+    try:
+        with open(f"/sys/devices/system/node/node{int(node)}/cpulist") as f:
+            spec = f.read().strip()
+        cpus = set()
+        for part in spec.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                cpus.update(range(int(lo), int(hi) + 1))
+            elif part:
+                cpus.add(int(part))
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    except (OSError, ValueError) as e:
+        _log.warning("bind_to_numa_node(%s): %s", node, e)
+    return None
 
 
 def __getattr__(name):

@@ -50,6 +50,7 @@ pub enum ObjectDataType {
     GRADIENT = 6,
     OPTIMIZER_STATE = 7,
     METADATA = 8,
+    GENERAL = 9,
 }
 
 /// State of a replica (upstream's `ReplicaStatus`, same names and values).
@@ -95,8 +96,9 @@ pub enum TaskType {
 pub enum TaskStatus {
     PENDING = 0,
     PROCESSING = 1,
-    SUCCESS = 2,
-    FAILED = 3,
+    // Upstream's values (checked against its wheel): FAILED before SUCCESS.
+    FAILED = 2,
+    SUCCESS = 3,
 }
 
 /// `name` and `value` as on upstream's pybind11 enums.

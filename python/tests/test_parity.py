@@ -429,3 +429,34 @@ def test_batch_replica_clear_drops_this_clients_unread_replicas(store):
     assert store.is_exist(cold) == 0 and store.is_exist(read_now) == 1
     assert store.batch_replica_clear([read_now], "no-such-segment") == []
     assert MooncakeDistributedStore().batch_replica_clear([cold]) == []
+
+
+def test_module_level_names_match_upstreams():
+    import mooncake.store as m
+
+    # Values and the enum each name belongs to, as upstream's binding exports them.
+    expected = {
+        "COMPLETE": (m.ReplicaStatus, 3), "REMOVED": (m.ReplicaStatus, 4),
+        "INITIALIZED": (m.ReplicaStatus, 1), "UNDEFINED": (m.ReplicaStatus, 0),
+        "PENDING": (m.TaskStatus, 0), "PROCESSING": (m.TaskStatus, 1),
+        "FAILED": (m.TaskStatus, 2), "SUCCESS": (m.TaskStatus, 3),
+        "REPLICA_COPY": (m.TaskType, 0), "REPLICA_MOVE": (m.TaskType, 1),
+        "UNKNOWN": (m.ObjectDataType, 0), "KVCACHE": (m.ObjectDataType, 1),
+        "TENSOR": (m.ObjectDataType, 2), "WEIGHT": (m.ObjectDataType, 3),
+        "SAMPLE": (m.ObjectDataType, 4), "ACTIVATION": (m.ObjectDataType, 5),
+        "GRADIENT": (m.ObjectDataType, 6), "OPTIMIZER_STATE": (m.ObjectDataType, 7),
+        "METADATA": (m.ObjectDataType, 8), "GENERAL": (m.ObjectDataType, 9),
+    }
+    for name, (enum, value) in expected.items():
+        v = getattr(m, name)
+        assert isinstance(v, enum) and int(v) == value, name
+    assert m.bind_to_numa_node(0) is None
+    assert m.bind_to_numa_node(999) is None
+
+
+def test_cuda_and_disk_calls_answer_with_codes_without_a_gpu(store):
+    k = uniq()
+    assert store.put(k, b"x") == 0
+    assert store.get_tensor_into_cuda(k, None) == INVALID_PARAMS
+    assert store.batch_get_tensor_into_cuda([k, uniq()], [None, None]) == [INVALID_PARAMS] * 2
+    assert store.unmount_local_disk_segment() == -1
