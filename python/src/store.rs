@@ -206,7 +206,8 @@ impl MooncakeDistributedStore {
             );
         }
         let token = config.cluster_token.clone();
-        let hostname = (args.global_segment_size == 0).then(|| args.display_host());
+        let no_segment = args.global_segment_size == 0;
+        let host = args.display_host();
         let started = py.detach(move || -> Result<Connected, String> {
             let background =
                 BackgroundClient::start(config, 2, MASTER_WAIT).map_err(|e| format!("{e:#}"))?;
@@ -215,6 +216,12 @@ impl MooncakeDistributedStore {
             // (upstream's contract for `register_buffer`).
             let dummy = unsafe { DummyClient::connect_in_process(background.socket(), &token) }
                 .map_err(|e| e.to_string())?;
+            // Upstream's `get_hostname`: `host:port` of this client's transfer
+            // port, also when it contributes no segment (then nothing else names it).
+            let hostname = no_segment.then(|| match background.endpoints().transfer {
+                Some(a) => format!("{host}:{}", a.port()),
+                None => host.clone(),
+            });
             Ok(Connected {
                 dummy,
                 background: Some(background),

@@ -460,3 +460,15 @@ def test_cuda_and_disk_calls_answer_with_codes_without_a_gpu(store):
     assert store.get_tensor_into_cuda(k, None) == INVALID_PARAMS
     assert store.batch_get_tensor_into_cuda([k, uniq()], [None, None]) == [INVALID_PARAMS] * 2
     assert store.unmount_local_disk_segment() == -1
+
+
+def test_get_hostname_is_host_and_port_as_upstream(master):
+    # Upstream: `<local_hostname>:<port>`, the port from 12300-14300 when none is given.
+    for segment in (0, 16 * MB):
+        s = MooncakeDistributedStore()
+        assert s.setup("127.0.0.1", "P2PHANDSHAKE", segment, 16 * MB, "tcp", "", master.address) == 0
+        try:
+            host, port = s.get_hostname().rsplit(":", 1)
+            assert host == "127.0.0.1" and 12300 <= int(port) < 14300, s.get_hostname()
+        finally:
+            s.close()

@@ -121,7 +121,8 @@ impl SetupArgs {
             Ok(ip) if !ip.is_unspecified() => host.clone(),
             _ => "0.0.0.0".into(),
         };
-        config.transfer_port = port.unwrap_or(0);
+        // Without a port, one from upstream's P2P handshake range, as upstream.
+        config.transfer_port = port.unwrap_or_else(|| p2p_port(&config.bind_host));
         config.serve_tcp = false;
         config.http_port = self
             .enable_client_http_server
@@ -137,6 +138,18 @@ impl SetupArgs {
         config.ephemeral_segment = true;
         Ok(config)
     }
+}
+
+/// Upstream draws a client's port from 12300–14300 when `local_hostname` names
+/// none; a free one from that range (0, any port, if none is free).
+fn p2p_port(bind_host: &str) -> u16 {
+    const FIRST: u16 = 12300;
+    const COUNT: u16 = 2000;
+    let start = (std::process::id() as u16).wrapping_mul(7919) % COUNT;
+    (0..COUNT)
+        .map(|i| FIRST + (start + i) % COUNT)
+        .find(|&p| std::net::TcpListener::bind((bind_host, p)).is_ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
