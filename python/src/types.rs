@@ -386,17 +386,45 @@ impl ReplicaDescriptor {
 }
 
 /// An object's bytes owned by Python: supports the buffer protocol (`memoryview`,
-/// `bytes(h)`, numpy), `len()`, `ptr()` and `size()`.
+/// `bytes(h)`, numpy, torch), writable like upstream's (LMCache wraps it in a
+/// tensor), with `len()`, `ptr()` and `size()`.
 #[pyclass(module = "mooncake.store", frozen, skip_from_py_object)]
 pub struct BufferHandle {
-    data: Box<[u8]>,
+    /// The bytes, owned (from a boxed slice); written only through buffer views.
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
 }
+
+// SAFETY: the handle owns its bytes exclusively; Rust code only reads `ptr` and
+// `len`, never the bytes, so sharing the handle between threads cannot race on
+// them from this side (Python consumers synchronise their own writes, as with any
+// writable buffer).
+unsafe impl Send for BufferHandle {}
+// SAFETY: see `Send`.
+unsafe impl Sync for BufferHandle {}
 
 impl BufferHandle {
     /// Takes ownership of `data`.
     pub fn new(data: Vec<u8>) -> Self {
+        let len = data.len();
+        let raw = Box::into_raw(data.into_boxed_slice()) as *mut u8;
         BufferHandle {
-            data: data.into_boxed_slice(),
+            ptr: std::ptr::NonNull::new(raw).unwrap_or(std::ptr::NonNull::dangling()),
+            len,
+        }
+    }
+}
+
+impl Drop for BufferHandle {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from `Box::into_raw` of a boxed slice of exactly
+        // `len` bytes in `new` and are freed only here, once; no view outlives the
+        // handle (each view holds a reference to it).
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.len,
+            )));
         }
     }
 }
@@ -405,20 +433,20 @@ impl BufferHandle {
 impl BufferHandle {
     /// Address of the first byte (valid while this handle lives).
     fn ptr(&self) -> u64 {
-        self.data.as_ptr() as u64
+        self.ptr.as_ptr() as u64
     }
     /// Size in bytes.
     fn size(&self) -> usize {
-        self.data.len()
+        self.len
     }
     fn __len__(&self) -> usize {
-        self.data.len()
+        self.len
     }
     fn __repr__(&self) -> String {
-        format!("BufferHandle(size={})", self.data.len())
+        format!("BufferHandle(size={})", self.len)
     }
 
-    /// Buffer protocol: a read-only view of the bytes.
+    /// Buffer protocol: a writable view of the bytes.
     ///
     /// # Safety
     /// Called by CPython with a valid `view` to fill.
@@ -427,17 +455,17 @@ impl BufferHandle {
         view: *mut ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        let data = &slf.get().data;
-        // SAFETY: `view` is CPython's to fill; the bytes live in a boxed slice that is
-        // never resized and is kept alive by the reference to `slf` the view holds
-        // (`PyBuffer_FillInfo` takes it); the view is read-only.
+        let (ptr, len) = (slf.get().ptr, slf.get().len);
+        // SAFETY: `view` is CPython's to fill; the bytes are owned by the handle,
+        // never moved or resized, and kept alive by the reference to `slf` the view
+        // holds (`PyBuffer_FillInfo` takes it).
         let rc = unsafe {
             ffi::PyBuffer_FillInfo(
                 view,
                 slf.as_ptr(),
-                data.as_ptr() as *mut std::os::raw::c_void,
-                data.len() as ffi::Py_ssize_t,
-                1,
+                ptr.as_ptr() as *mut std::os::raw::c_void,
+                len as ffi::Py_ssize_t,
+                0,
                 flags,
             )
         };

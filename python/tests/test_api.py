@@ -239,6 +239,12 @@ def test_parts_batches_buffers(store):
     assert handles[2].size() == 300 and handles[2].ptr() != 0
     one = store.get_buffer(keys[3])
     assert bytes(one) == values[3]
+    # Writable, as upstream's (LMCache wraps it in a tensor): a private copy.
+    view = memoryview(one)
+    assert not view.readonly
+    view[0] = 0x7A
+    assert bytes(one)[0] == 0x7A and store.get(keys[3]) == values[3]
+    del view
 
 
 def test_remove_family(store):
