@@ -257,6 +257,7 @@ pub fn admin_router(svc: Arc<MasterService>) -> Router {
         .route("/batch_query_keys", get(batch_query_keys))
         .route("/get_all_keys", get(all_keys))
         .route("/api/v1/drain_jobs/query", get(query_drain_job))
+        .route("/api/v1/segments/status", get(segment_status))
         .route_layer(axum::middleware::from_fn_with_state(
             AdminGate {
                 credentials: credentials.clone(),
@@ -333,6 +334,48 @@ async fn segments_detail(State(svc): State<Arc<MasterService>>) -> Json<serde_js
             .map(|(d, used)| segment_json(d, *used))
             .collect::<Vec<_>>()
     ))
+}
+
+/// Upstream's `/api/v1/segments/status?segment=NAME` (drain tooling polls it):
+/// `status` 1 / `OK` while the segment is mounted.
+async fn segment_status(
+    State(svc): State<Arc<MasterService>>,
+    Query(q): Query<SegmentQuery>,
+) -> Response {
+    let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
+        (
+            status,
+            Json(json!({"success": false, "error_code": code.as_i32(), "error_message": message})),
+        )
+            .into_response()
+    };
+    let Some(name) = q.segment.filter(|s| !s.is_empty()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidParams,
+            "Missing segment query parameter",
+        );
+    };
+    let mounted = svc
+        .all_segments()
+        .iter()
+        .any(|d| d.name == name || d.id.to_string() == name);
+    if !mounted {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            ErrorCode::SegmentNotFound,
+            ErrorCode::SegmentNotFound.name(),
+        );
+    }
+    Json(json!({
+        "success": true,
+        "segment": name,
+        "status": 1,
+        "status_name": "OK",
+        "error_code": 0,
+        "error_message": "",
+    }))
+    .into_response()
 }
 
 async fn query_segment(

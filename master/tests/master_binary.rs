@@ -55,6 +55,29 @@ async fn rpc_object_lifecycle_and_http_views() {
         http("GET", &m.metrics, "/get_all_segments", b"").1.trim(),
         "node-a"
     );
+    // Upstream's segment status endpoint (answers compared with its wheel).
+    let (status, body) = http(
+        "GET",
+        &m.metrics,
+        "/api/v1/segments/status?segment=node-a",
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""status":1"#) && body.contains(r#""status_name":"OK""#),
+        "{body}"
+    );
+    let (status, body) = http(
+        "GET",
+        &m.metrics,
+        "/api/v1/segments/status?segment=nope",
+        b"",
+    );
+    assert_eq!(status, 404);
+    assert!(body.contains("-101"), "{body}");
+    let (status, body) = http("GET", &m.metrics, "/api/v1/segments/status", b"");
+    assert_eq!(status, 400);
+    assert!(body.contains("-600"), "{body}");
 
     let keys: Vec<String> = (0..256).map(|i| format!("prefix-hash-{i:04}_k")).collect();
     let sizes = vec![4096u64; keys.len()];
