@@ -8,6 +8,7 @@ signature; exhaustion and misuse raise ``RuntimeError`` as upstream does (this
 is a Python helper, not a store call).
 """
 
+import sys
 import threading
 import time
 
@@ -23,6 +24,9 @@ class BufferLease:
         self._ptr = ptr
         self._capacity = capacity
         self._size = size
+        # The ctypes arrays behind the memoryviews handed out: while one of them
+        # is referenced by a live view, the buffer cannot go back to the pool.
+        self._exports = []
 
     @property
     def ptr(self):
@@ -40,10 +44,21 @@ class BufferLease:
 
         if self._pool is None:
             raise RuntimeError("buffer lease is closed")
-        return memoryview((ctypes.c_char * self._size).from_address(self._ptr)).cast("B")
+        array = (ctypes.c_char * self._size).from_address(self._ptr)
+        self._exports.append(array)
+        return memoryview(array).cast("B")
+
+    def _views_alive(self):
+        # A live memoryview holds a reference to its array (beyond this list's and
+        # getrefcount's own).
+        self._exports = [a for a in self._exports if sys.getrefcount(a) > 3]
+        return bool(self._exports)
 
     def release(self):
-        """Gives the buffer back to its pool (idempotent)."""
+        """Gives the buffer back to its pool (idempotent). Refused while a
+        memoryview of it is alive, as upstream: the memory must outlive its views."""
+        if self._pool is not None and self._views_alive():
+            raise RuntimeError("cannot release buffer while exported views exist")
         pool, self._pool = self._pool, None
         if pool is not None:
             pool._give_back(self._ptr, self._capacity)
@@ -56,6 +71,12 @@ class BufferLease:
         return False
 
     def __del__(self):
+        if self._pool is not None and self._views_alive():
+            # A view outlives its lease: the buffer stays out of the pool (and
+            # mapped) rather than being reused under it.
+            pool, self._pool = self._pool, None
+            pool._abandon(self._capacity)
+            return
         self.release()
 
 
@@ -117,8 +138,8 @@ class BufferPool:
 
     def acquire(self, size, block=None, timeout=None):
         """A lease on a registered buffer of at least ``size`` bytes."""
-        if size <= 0:
-            raise RuntimeError("size must be positive")
+        if not isinstance(size, int) or size < 0:
+            raise TypeError("acquire(): size must be a non-negative int")
         cls = self._class_of(size)
         if cls > self._max_bytes:
             raise RuntimeError("requested buffer size exceeds pool capacity")
@@ -143,6 +164,15 @@ class BufferPool:
                 self._cond.wait(left)
 
     buffer = acquire
+
+    def _abandon(self, cls):
+        """A lease dropped while views of it live: its buffer is never reused
+        (nor freed: the views may still read it), and no longer counts as in use."""
+        with self._cond:
+            self._in_use -= 1
+            self._held -= cls
+            self._regions -= 1
+            self._cond.notify_all()
 
     def _give_back(self, ptr, cls):
         with self._cond:

@@ -374,6 +374,37 @@ def test_buffer_pool_reuses_registered_buffers(store):
         pool.acquire(10)
 
 
+def test_buffer_pool_edge_cases_as_upstream(store):
+    pool = BufferPool(store, max_bytes=1 * MB, min_size_class=64 * 1024, block_on_exhaustion=False)
+    empty = pool.acquire(0)
+    assert empty.size == 0 and empty.ptr != 0
+    empty.release()
+    with pytest.raises(TypeError):
+        pool.acquire(-1)
+    # A memoryview keeps its buffer: the lease cannot go back while it lives.
+    lease = pool.acquire(4096)
+    view = lease.buffer
+    view[:3] = b"abc"
+    with pytest.raises(RuntimeError, match="exported views"):
+        lease.release()
+    assert bytes(view[:3]) == b"abc"
+    del view
+    lease.release()
+    # A view that outlives a dropped lease still reads its bytes (never reused).
+    lease = pool.acquire(4096)
+    view = lease.buffer
+    view[:3] = b"xyz"
+    ptr = lease.ptr
+    del lease
+    other = pool.acquire(4096)
+    assert other.ptr != ptr
+    assert bytes(view[:3]) == b"xyz"
+    other.release()
+    assert pool.stats()["in_use"] == 0
+    pool.close()
+    assert bytes(view[:3]) == b"xyz", "closing the pool does not free a viewed buffer"
+
+
 def test_buffer_pool_blocks_until_a_release(store):
     pool = BufferPool(store, max_bytes=128 * 1024, min_size_class=128 * 1024)
     lease = pool.acquire(1000)
