@@ -54,7 +54,7 @@ fn single_host_put_get_through_the_mapped_segment() {
     );
     assert_eq!(dummy.get("absent"), Err(ErrorCode::ObjectNotFound));
     assert_eq!(
-        dummy.put(&"k".repeat(5000), b"x", &ReplicateConfig::default()),
+        dummy.put(&"k".repeat(70_000), b"x", &ReplicateConfig::default()),
         Err(ErrorCode::InvalidKey)
     );
     assert_eq!(

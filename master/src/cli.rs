@@ -88,7 +88,7 @@ struct MasterArgs {
     #[arg(long = "memory_allocator", default_value = "offset")]
     memory_allocator: String,
     /// Longest key accepted, in bytes.
-    #[arg(long = "max_key_len", default_value_t = 4096)]
+    #[arg(long = "max_key_len", default_value_t = mooncake_proto::DEFAULT_MAX_KEY_LEN)]
     max_key_len: usize,
     /// Run the HTTP metadata server.
     #[arg(long = "enable_http_metadata_server", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]

@@ -10,8 +10,9 @@ pub type ClientId = Uuid;
 /// Identity of one mounted memory segment.
 pub type SegmentId = Uuid;
 
-/// Default limit on key length, in bytes (configurable on the master).
-pub const DEFAULT_MAX_KEY_LEN: usize = 4096;
+/// Default limit on key length, in bytes (configurable on the master). Upstream
+/// sets none (a 5 000-byte key works there); this bound keeps every frame bounded.
+pub const DEFAULT_MAX_KEY_LEN: usize = 64 << 10;
 
 /// Transport a segment is reachable with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -130,7 +131,7 @@ pub struct ReplicateConfig {
     pub soft_pin_ttl_ms: Option<u64>,
     /// Soft-pin handling for upserts.
     pub soft_pin_action: SoftPinAction,
-    /// Never evict the object; only a forced remove deletes it.
+    /// Never evict the object (a remove still deletes it, as upstream).
     pub with_hard_pin: bool,
     /// Segment names to try first, in order.
     pub preferred_segments: Vec<String>,

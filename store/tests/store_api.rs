@@ -39,7 +39,7 @@ fn upstreams_rust_surface_through_the_hosts_real_client() {
     assert_eq!(store.get("hello").unwrap(), b"again!");
     assert!(matches!(store.get("missing"), Err(StoreError::NotFound)));
     assert!(!store.is_exist("missing").unwrap());
-    let err = store.put(&"k".repeat(5000), b"v", None).unwrap_err();
+    let err = store.put(&"k".repeat(70_000), b"v", None).unwrap_err();
     assert_eq!(err.code(), -400, "{err}");
 
     let ks = keys("batch", 8);

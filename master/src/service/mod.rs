@@ -192,8 +192,14 @@ impl MasterService {
         (prev + 1).max(now)
     }
 
+    /// Upstream's answers for keys: an empty key names no object (reads and
+    /// removes: `OBJECT_NOT_FOUND`; writes check it first and answer
+    /// `INVALID_PARAMS`); a key longer than `--max_key_len` is `INVALID_KEY`.
     fn validate_key(&self, key: &str) -> MResult<()> {
-        if key.is_empty() || key.len() > self.config.max_key_len {
+        if key.is_empty() {
+            return Err(ErrorCode::ObjectNotFound);
+        }
+        if key.len() > self.config.max_key_len {
             return Err(ErrorCode::InvalidKey);
         }
         Ok(())

@@ -97,6 +97,9 @@ impl MasterService {
 
     /// Whether a complete object exists; refreshes recency, grants no lease.
     pub fn exist_key(&self, key: &str) -> MResult<bool> {
+        if key.is_empty() {
+            return Ok(false);
+        }
         self.validate_key(key)?;
         let hash = self.hash(key);
         let now = self.now_ms();

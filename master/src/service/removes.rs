@@ -12,9 +12,9 @@ impl MasterService {
         match shard.get(hash, key) {
             None if shard.processing.contains_key(key) => Err(ErrorCode::ReplicaIsNotReady),
             None => Err(ErrorCode::ObjectNotFound),
-            Some(o) if !force && (o.leased(now) || o.hard_pinned()) => {
-                Err(ErrorCode::ObjectHasLease)
-            }
+            // A hard pin protects from eviction only; a remove takes the object,
+            // as upstream's does.
+            Some(o) if !force && o.leased(now) => Err(ErrorCode::ObjectHasLease),
             Some(o) if !force && o.flags & FLAG_REPLICATING != 0 => {
                 Err(ErrorCode::ObjectHasReplicationTask)
             }
@@ -102,11 +102,7 @@ impl MasterService {
             }
             let segs = self.segments.read();
             shard.retain(
-                |k, o| {
-                    (force
-                        || (!o.leased(now) && !o.hard_pinned() && o.flags & FLAG_REPLICATING == 0))
-                        && matches(k)
-                },
+                |k, o| (force || (!o.leased(now) && o.flags & FLAG_REPLICATING == 0)) && matches(k),
                 |_, o| {
                     self.release_replaced(&segs, &o, now);
                     count += 1;

@@ -118,9 +118,11 @@ async fn revoke_frees_space_and_bad_input_gets_error_codes() {
     put(&m, c, "big2", MIB).unwrap();
     assert_eq!(m.put_revoke(c, "big2"), Err(ErrorCode::InvalidWrite));
 
-    assert_eq!(put(&m, c, "", 1), Err(ErrorCode::InvalidKey));
+    assert_eq!(put(&m, c, "", 1), Err(ErrorCode::InvalidParams));
     assert_eq!(put(&m, c, &"x".repeat(17), 1), Err(ErrorCode::InvalidKey));
-    assert_eq!(m.exist_key(""), Err(ErrorCode::InvalidKey));
+    assert_eq!(m.exist_key(""), Ok(false));
+    assert_eq!(m.get_size(""), Err(ErrorCode::ObjectNotFound));
+    assert_eq!(m.remove("", true), Err(ErrorCode::ObjectNotFound));
     assert_eq!(put(&m, c, "zero", 0), Err(ErrorCode::InvalidParams));
     assert_eq!(put(&m, c, "huge", MIB + 1), Err(ErrorCode::InvalidParams));
     let none = ReplicateConfig::default().with_replica_num(0);
@@ -240,7 +242,7 @@ async fn leases_protect_from_remove_until_they_expire_and_probes_grant_none() {
     put(&m, c, "forced", 100).unwrap();
     m.get_replica_list("forced").unwrap();
     m.remove("forced", true).unwrap();
-    // Hard-pinned objects need force.
+    // A hard pin protects from eviction, not from a remove (as upstream).
     put_with(
         &m,
         c,
@@ -249,8 +251,7 @@ async fn leases_protect_from_remove_until_they_expire_and_probes_grant_none() {
         &ReplicateConfig::default().with_hard_pin(true),
     )
     .unwrap();
-    assert_eq!(m.remove("pinned", false), Err(ErrorCode::ObjectHasLease));
-    m.remove("pinned", true).unwrap();
+    m.remove("pinned", false).unwrap();
 }
 
 #[tokio::test(start_paused = true)]

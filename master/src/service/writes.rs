@@ -12,6 +12,9 @@ impl MasterService {
         config: &ReplicateConfig,
         upsert: bool,
     ) -> MResult<Vec<ReplicaDesc>> {
+        if key.is_empty() {
+            return Err(ErrorCode::InvalidParams);
+        }
         self.validate_key(key)?;
         if size == 0 || config.replica_num == 0 {
             return Err(ErrorCode::InvalidParams);

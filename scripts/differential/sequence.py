@@ -1,0 +1,79 @@
+"""Runs one seeded, generated sequence of store calls and prints, per call, what
+came back (the value, or the exception type). Run once with upstream's package and
+once with ours; ``test_differential.py`` compares the two outputs.
+
+Usage: python sequence.py MASTER_ADDRESS SEED COUNT
+"""
+
+import json
+import random
+import sys
+
+from mooncake.store import MooncakeDistributedStore, ReplicateConfig
+
+
+def main():
+    master, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    rng = random.Random(seed)
+    store = MooncakeDistributedStore()
+    rc = store.setup("127.0.0.1", "P2PHANDSHAKE", 64 << 20, 16 << 20, "tcp", "", master)
+    out = [["setup", rc]]
+    keys = [f"diff-{seed}-{i}" for i in range(12)] + ["", "k" * 5000, "a/b c\u00e9"]
+
+    used = []
+
+    def key():
+        k = rng.choice(keys)
+        used.append(k[:24])
+        return k
+
+    def value():
+        n = rng.choice([0, 1, 17, 4096, 65536, rng.randrange(1, 300000)])
+        return bytes(rng.randrange(256) for _ in range(min(n, 64))) * (n // 64 + 1)
+
+    def cfg():
+        c = ReplicateConfig()
+        c.replica_num = rng.choice([1, 1, 2])
+        if rng.random() < 0.2:
+            c.with_hard_pin = True
+        return c
+
+    calls = [
+        ("put", lambda: store.put(key(), value()[: rng.randrange(0, 70000)])),
+        ("put_cfg", lambda: store.put(key(), value()[:5000] or b"x", cfg())),
+        ("upsert", lambda: store.upsert(key(), value()[:5000])),
+        ("get", lambda: store.get(key())),
+        ("is_exist", lambda: store.is_exist(key())),
+        ("get_size", lambda: store.get_size(key())),
+        ("remove", lambda: store.remove(key())),
+        ("remove_force", lambda: store.remove(key(), True)),
+        ("put_batch", lambda: store.put_batch([key(), key()], [b"b1" * 10, b"b2" * 20])),
+        ("get_batch", lambda: store.get_batch([key(), key(), key()])),
+        ("batch_is_exist", lambda: store.batch_is_exist([key(), key()])),
+        ("batch_remove", lambda: store.batch_remove([key(), key()], True)),
+        ("remove_by_regex", lambda: store.remove_by_regex(f"^diff-{seed}-1", True)),
+        ("put_mismatch", lambda: store.put_batch([key()], [b"a", b"b"])),
+        ("get_buffer", lambda: (lambda h: None if h is None else bytes(h))(store.get_buffer(key()))),
+    ]
+    for _ in range(count):
+        name, call = rng.choice(calls)
+        used.clear()
+        try:
+            result = call()
+            if isinstance(result, (bytes, bytearray)):
+                result = {"bytes": len(result), "head": result[:16].hex()}
+            elif isinstance(result, list):
+                result = [
+                    {"bytes": len(r), "head": r[:16].hex()} if isinstance(r, (bytes, bytearray)) else r
+                    for r in result
+                ]
+            out.append([name, result, list(used)])
+        except Exception as e:  # the type is what is compared
+            out.append([name, {"raised": type(e).__name__}, list(used)])
+    store.remove_all(True)
+    store.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
