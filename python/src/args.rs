@@ -1,6 +1,6 @@
 //! Argument extraction that turns bad values into error codes instead of
 //! exceptions: a negative or too-large size or pointer, or a key Python cannot
-//! encode (lone surrogates), reaches the store as a value it refuses with
+//! encode (lone surrogates), reaches the store as a value it answers with
 //! upstream's code, so calls keep their promise of returning codes. Arguments of
 //! the wrong Python type still raise `TypeError`.
 
@@ -31,8 +31,8 @@ pub fn nums2(ob: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u64>>> {
     seq(ob, nums)
 }
 
-/// A key; one Python cannot encode as UTF-8 becomes the empty key, which every
-/// store call refuses with `INVALID_KEY` (never a different, valid key).
+/// A key; one Python cannot encode as UTF-8 becomes the empty key, which names
+/// no object (upstream's answers for it) — never a different, valid key.
 pub fn key(ob: &Bound<'_, PyAny>) -> PyResult<String> {
     let s = ob.cast::<PyString>()?;
     Ok(s.to_str().map(str::to_string).unwrap_or_default())
