@@ -61,3 +61,14 @@ fi
 # Exactly what a user runs on a new machine.
 .venv/bin/python -m pip install -q --force-reinstall --no-deps ./python
 (cd python/tests && ../../.venv/bin/python -m pytest -q -rs)
+
+echo "== Differential run against upstream's wheel (scripts/differential, strict)"
+# Upstream's own package answers the same generated calls; any difference fails.
+UPSTREAM=/tmp/mooncake-upstream
+if apt_install libibverbs1 && { [ -x "$UPSTREAM/bin/mooncake_master" ] || {
+    "$PYTHON" -m venv "$UPSTREAM" &&
+    "$UPSTREAM/bin/pip" install -q mooncake-transfer-engine-non-cuda==0.3.13.post1; }; }; then
+  bash scripts/differential/run.sh 3 300 strict
+else
+  echo "skipped: upstream's wheel (mooncake-transfer-engine-non-cuda) could not be installed here"
+fi
