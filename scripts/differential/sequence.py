@@ -2,7 +2,10 @@
 came back (the value, or the exception type). Run once with upstream's package and
 once with ours; ``test_differential.py`` compares the two outputs.
 
-Usage: python sequence.py MASTER_ADDRESS SEED COUNT [strict]
+Usage: python sequence.py MASTER_ADDRESS SEED COUNT [strict] [dummy=HOST:PORT]
+
+With ``dummy=HOST:PORT`` the store is set up in dummy mode against the real client
+(``mooncake_client --port PORT``) instead of running a client in this process.
 
 ``strict`` leaves out what is known to differ on purpose (a remove without force
 right after an existence probe: upstream's probes grant a read lease, ours do not),
@@ -18,10 +21,15 @@ from mooncake.store import MooncakeDistributedStore, ReplicateConfig
 
 def main():
     master, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    strict = len(sys.argv) > 4 and sys.argv[4] == "strict"
+    extra = sys.argv[4:]
+    strict = "strict" in extra
+    dummy = next((a.split("=", 1)[1] for a in extra if a.startswith("dummy=")), None)
     rng = random.Random(seed)
     store = MooncakeDistributedStore()
-    rc = store.setup("127.0.0.1", "P2PHANDSHAKE", 64 << 20, 16 << 20, "tcp", "", master)
+    if dummy:
+        rc = store.setup_dummy(64 << 20, 16 << 20, dummy)
+    else:
+        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", 64 << 20, 16 << 20, "tcp", "", master)
     out = [["setup", rc]]
     keys = [f"diff-{seed}-{i}" for i in range(12)] + ["", "k" * 5000, "a/b c\u00e9"]
 
