@@ -27,14 +27,17 @@ impl DummyClient {
                 return Err(ErrorCode::InvalidParams);
             }
             let mut regs = self.shared.registrations.lock();
-            if !regs.iter().any(|r| r.addr == addr && r.len == len) {
-                regs.push(Registration {
-                    addr,
-                    len,
-                    region: None,
-                    offset: 0,
-                });
+            if regs.iter().any(|r| r.addr == addr && r.len == len) {
+                // Upstream's in-process client refuses a second registration of
+                // the same range (its transfer engine already has it).
+                return Err(ErrorCode::InvalidParams);
             }
+            regs.push(Registration {
+                addr,
+                len,
+                region: None,
+                offset: 0,
+            });
             return Ok(());
         };
         let conn = self.conn()?;

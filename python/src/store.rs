@@ -41,6 +41,20 @@ struct Connected {
     pool: Mutex<Vec<u64>>,
 }
 
+impl Connected {
+    /// The code `register_buffer` / `unregister_buffer` answer. In dummy mode
+    /// upstream answers -1 (`INTERNAL_ERROR`) for memory it cannot share (not from
+    /// its pool, wrong bounds, never registered); in-process it passes codes on.
+    fn buffer_code(&self, r: MResult<()>) -> i32 {
+        match r {
+            Err(ErrorCode::InvalidParams) if self.background.is_none() => {
+                ErrorCode::InternalError.as_i32()
+            }
+            r => code(r),
+        }
+    }
+}
+
 impl Drop for Connected {
     fn drop(&mut self) {
         let allocator = crate::setup::host_memory();
@@ -427,11 +441,10 @@ impl MooncakeDistributedStore {
         #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
         #[pyo3(from_py_with = crate::args::num)] size: u64,
     ) -> i32 {
-        self.with(
-            py,
-            |e| e.as_i32(),
-            |c| code(c.register_buffer(buffer_ptr, size)),
-        )
+        match self.connected() {
+            Some(c) => py.detach(|| c.buffer_code(c.dummy.register_buffer(buffer_ptr, size))),
+            None => NOT_READY.as_i32(),
+        }
     }
 
     /// Undoes `register_buffer`.
@@ -440,11 +453,10 @@ impl MooncakeDistributedStore {
         py: Python<'_>,
         #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
     ) -> i32 {
-        self.with(
-            py,
-            |e| e.as_i32(),
-            |c| code(c.unregister_buffer(buffer_ptr)),
-        )
+        match self.connected() {
+            Some(c) => py.detach(|| c.buffer_code(c.dummy.unregister_buffer(buffer_ptr))),
+            None => NOT_READY.as_i32(),
+        }
     }
 
     /// Registered shareable memory for the zero-copy calls; 0 on failure. Freed on close.

@@ -12,6 +12,7 @@ right after an existence probe: upstream's probes grant a read lease, ours do no
 so that every remaining difference is a bug on one side.
 """
 
+import ctypes
 import json
 import random
 import sys
@@ -31,6 +32,19 @@ def main():
     else:
         rc = store.setup("127.0.0.1", "P2PHANDSHAKE", 64 << 20, 16 << 20, "tcp", "", master)
     out = [["setup", rc]]
+    # Zero-copy calls work on caller memory: one registered buffer, one not.
+    # In dummy mode caller memory must come from the store's shared pool; plain
+    # process memory is refused (both sides answer -1).
+    unregistered = ctypes.create_string_buffer(1 << 20)
+    out.append(["register_plain", store.register_buffer(ctypes.addressof(unregistered), 1 << 20)])
+    if dummy:
+        reg_addr = store.alloc_from_mem_pool(1 << 20)
+        out.append(["alloc_from_mem_pool", reg_addr != 0])
+        registered = (ctypes.c_char * (1 << 20)).from_address(reg_addr)
+    else:
+        registered = unregistered
+        reg_addr = ctypes.addressof(registered)
+    out.append(["register_buffer", store.register_buffer(reg_addr, 1 << 20)])
     keys = [f"diff-{seed}-{i}" for i in range(12)] + ["", "k" * 5000, "a/b c\u00e9"]
 
     used = []
@@ -57,6 +71,29 @@ def main():
             c.with_hard_pin = True
         return c
 
+    def put_from():
+        data = value()[: rng.randrange(1, 70000)] or b"z"
+        ctypes.memmove(reg_addr, data, len(data))
+        return store.put_from(key(), reg_addr, len(data))
+
+    def get_into(capacity):
+        ctypes.memset(reg_addr, 0, 70000)
+        n = store.get_into(key(), reg_addr, capacity)
+        return [n, registered.raw[: max(0, min(n, 16))].hex()]
+
+    def batch_put_from():
+        ks = distinct(2)
+        sizes = [rng.randrange(1, 3000) for _ in ks]
+        for i, size in enumerate(sizes):
+            ctypes.memset(reg_addr + i * 4096, 0x41 + i, size)
+        return store.batch_put_from(ks, [reg_addr, reg_addr + 4096], sizes)
+
+    def batch_get_into():
+        ks = distinct(2)
+        ctypes.memset(reg_addr, 0, 140000)
+        got = store.batch_get_into(ks, [reg_addr, reg_addr + 70000], [70000, 70000])
+        return [got, [registered.raw[i * 70000 : i * 70000 + 8].hex() for i in range(2)]]
+
     calls = [
         ("put", lambda: store.put(key(), value()[: rng.randrange(0, 70000)])),
         ("put_cfg", lambda: store.put(key(), value()[:5000] or b"x", cfg())),
@@ -72,6 +109,11 @@ def main():
         ("batch_remove", lambda: store.batch_remove([key(), key()], True)),
         ("remove_by_regex", lambda: store.remove_by_regex(f"^diff-{seed}-1", True)),
         ("put_mismatch", lambda: store.put_batch([key()], [b"a", b"b"])),
+        ("put_from", put_from),
+        ("get_into", lambda: get_into(70000)),
+        ("get_into_small", lambda: get_into(8)),
+        ("batch_put_from", batch_put_from),
+        ("batch_get_into", batch_get_into),
         ("get_buffer", lambda: (lambda h: None if h is None else bytes(h))(store.get_buffer(key()))),
     ]
     for _ in range(count):
@@ -90,6 +132,7 @@ def main():
         except Exception as e:  # the type is what is compared
             out.append([name, {"raised": type(e).__name__}, list(used)])
     store.remove_all(True)
+    out.append(["unregister_buffer", store.unregister_buffer(reg_addr)])
     store.close()
     print(json.dumps(out))
 
