@@ -196,6 +196,8 @@ def test_unregistered_pointers(store):
     else:
         # In-process any memory of this process can be registered (LMCache's pool).
         assert store.register_buffer(addr, 4096) == 0
+        # A second registration of the same range is refused, as upstream does.
+        assert store.register_buffer(addr, 4096) == INVALID_PARAMS
         k = uniq()
         ctypes.memmove(addr, b"P" * 4096, 4096)
         assert store.put_from(k, addr, 4096) == 0
