@@ -283,8 +283,9 @@ impl DummyClient {
         results
     }
 
-    /// Makes put sessions readable; per key `Ok` or an error. Ending a key that
-    /// is already complete (a repeated end) succeeds.
+    /// Makes put sessions readable; per key `Ok` or an error. A key without an
+    /// open session (never started, refused at start, or already ended) gives
+    /// `INVALID_PARAMS`, as upstream answers.
     pub fn batch_put_session_end(&self, keys: &[String]) -> Vec<MResult<()>> {
         let n = keys.len();
         let conn = match self.conn() {
@@ -294,7 +295,6 @@ impl DummyClient {
         let mut results: Vec<MResult<()>> = invalid(n);
         let mut items = Vec::new();
         let mut owners = Vec::new();
-        let mut unknown = Vec::new();
         {
             let mut open = self.put_sessions.lock();
             for (i, k) in keys.iter().enumerate() {
@@ -308,7 +308,7 @@ impl DummyClient {
                         owners.push(i);
                     }
                     Some(_) => results[i] = Err(ErrorCode::RpcFail),
-                    None => unknown.push(i),
+                    None => {}
                 }
             }
         }
@@ -316,14 +316,6 @@ impl DummyClient {
             let ended = self.complete_puts(&conn, items);
             for (i, r) in owners.into_iter().zip(ended) {
                 results[i] = r;
-            }
-        }
-        if !unknown.is_empty() {
-            let probe: Vec<String> = unknown.iter().map(|&i| keys[i].clone()).collect();
-            for (i, exists) in unknown.into_iter().zip(self.batch_is_exist(&probe)) {
-                if exists == Ok(true) {
-                    results[i] = Ok(());
-                }
             }
         }
         results

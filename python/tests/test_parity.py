@@ -183,7 +183,8 @@ def test_put_session_writes_ranges_then_commits(store, buf):
                                                     [[0, 1024]]) == [4096]
     assert store.batch_put_session_end([k]) == [0]
     assert store.get(k) == data
-    assert store.batch_put_session_end([k]) == [0]  # a repeated end is fine
+    # a repeated end finds no open session: -600, as upstream answers
+    assert store.batch_put_session_end([k]) == [INVALID_PARAMS]
 
 
 def test_put_session_errors(store, buf):
@@ -199,6 +200,7 @@ def test_put_session_errors(store, buf):
     assert store.batch_put_from_multi_buffer_ranges([k], [[0x1000]], [[10]], [[0]]) == [INVALID_PARAMS]
     assert store.batch_put_from_multi_buffer_ranges([k], [[buf]], [[10]], [[0, 1]]) == [INVALID_PARAMS]
     assert store.batch_put_session_end([no_session]) == [INVALID_PARAMS]
+    assert store.batch_put_session_end([existing]) == [INVALID_PARAMS]  # refused at start
     assert store.batch_put_session_revoke([k, no_session]) == [0, INVALID_PARAMS]
     assert store.is_exist(k) == 0 and store.get(existing) == b"old"
     # The space is free again: the key can be written anew.

@@ -135,6 +135,32 @@ def main():
         )
         return [got, registered.raw[:16].hex(), registered.raw[100:108].hex()]
 
+    def put_session():
+        ks = distinct(2)
+        sizes = [rng.randrange(200, 5000), rng.randrange(1, 3000)]
+        started = store.batch_put_session_start(ks, sizes)
+        fill(0, 5000, 0x70)
+        fill(8192, 3000, 0x71)
+        wrote = store.batch_put_from_multi_buffer_ranges(
+            ks,
+            [[reg_addr, reg_addr + 100], [reg_addr + 8192]],
+            [[100, sizes[0] - 100], [sizes[1]]],
+            [[0, 100], [0]],
+        )
+        if rng.random() < 0.8:
+            return [started, wrote, "end", store.batch_put_session_end(ks)]
+        return [started, wrote, "revoke", store.batch_put_session_revoke(ks)]
+
+    def get_session():
+        ks = distinct(2)
+        started = store.batch_get_session_start(ks)
+        ctypes.memset(reg_addr, 0, 80000)
+        read = store.batch_get_into_multi_buffer_ranges(
+            ks, [[reg_addr], [reg_addr + 70000]], [[8], [4]], [[0], [2]]
+        )
+        ended = store.batch_get_session_end(ks)
+        return [started, read, ended, registered.raw[:8].hex(), registered.raw[70000:70004].hex()]
+
     def handles(hs):
         return [None if h is None else {"bytes": len(bytes(h)), "head": bytes(h)[:16].hex()} for h in hs]
 
@@ -168,8 +194,17 @@ def main():
         ("get_ranges", get_ranges),
         ("batch_get_buffer", lambda: handles(store.batch_get_buffer(distinct(3)))),
         ("health_check", lambda: store.health_check()),
+        ("put_session", put_session),
+        ("get_session", get_session),
+        ("replica_count", lambda: len(store.get_replica_desc(key()))),
+        ("batch_replica_keys", lambda: sorted(store.batch_get_replica_desc(distinct(3)))),
         ("get_buffer", lambda: (lambda h: None if h is None else bytes(h))(store.get_buffer(key()))),
     ]
+    if dummy and strict:
+        # Upstream's dummy client has no sessions (-600 for every key) and no
+        # replica descriptors (empty); ours serves both in dummy mode as in-process.
+        unsupported = {"put_session", "get_session", "replica_count", "batch_replica_keys"}
+        calls = [c for c in calls if c[0] not in unsupported]
     for _ in range(count):
         name, call = rng.choice(calls)
         used.clear()
