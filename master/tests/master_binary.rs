@@ -577,6 +577,31 @@ fn upstreams_command_lines_verbatim_with_glog_and_gflags_flags() {
     assert!(file.contains("Master service started on port"), "{file}");
     std::fs::remove_dir_all(&dir).unwrap();
 
+    // --config_path: upstream's JSON config file; the command line wins.
+    let config = std::env::temp_dir().join(format!("mc-master-config-{}.json", std::process::id()));
+    std::fs::write(
+        &config,
+        r#"{"rpc_port": 1, "cluster_id": "from-file", "eviction_high_watermark_ratio": 0.9}"#,
+    )
+    .unwrap();
+    let log = start_and_collect(&[&format!("--config_path={}", config.display())]);
+    std::fs::remove_file(&config).unwrap();
+    let text = log.join("\n");
+    assert!(
+        text.contains("--cluster_id=from-file: an upstream flag with no effect"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("port 1 "),
+        "--rpc_port=0 on the command line wins: {text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mooncake_master"))
+        .args(["--rpc_port=0", "--config_path=/nonexistent/master.json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/master.json"));
+
     // A flag neither upstream nor this build has is still an error.
     let out = Command::new(env!("CARGO_BIN_EXE_mooncake_master"))
         .args(["--rpc_port=0", "--made_up_flag=1"])

@@ -13,7 +13,7 @@
 pub mod upstream;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use upstream::UpstreamFlag;
 
@@ -143,159 +143,245 @@ where
     let ours_named = |n: &str| ours.iter().find(|f| f.name == n);
     let upstream_named = |n: &str| upstream.iter().find(|f| f.0 == n);
     let mut flagfiles = 0;
-    while let Some(raw) = queue.pop_front() {
-        let Some(text) = raw.to_str().map(str::to_string) else {
-            out.argv.push(raw);
-            continue;
-        };
-        if text == "--" {
-            out.argv.push(raw);
-            out.argv.extend(queue.drain(..));
-            break;
+    // `--config_path` settings: applied after the command line, each only when
+    // the command line did not set that flag (upstream's order of precedence).
+    let mut from_config: Vec<(String, String)> = Vec::new();
+    let mut config_applied = false;
+    let mut on_command_line = std::collections::HashSet::new();
+    loop {
+        if queue.is_empty() && !config_applied && !from_config.is_empty() {
+            config_applied = true;
+            for (name, value) in std::mem::take(&mut from_config) {
+                if !on_command_line.contains(&name) {
+                    queue.push_back(format!("--{name}={value}").into());
+                }
+            }
         }
-        let Some(body) = text
-            .strip_prefix("--")
-            .or_else(|| text.strip_prefix('-'))
-            .filter(|b| !b.is_empty())
-        else {
-            out.argv.push(raw);
-            continue;
-        };
-        let (mut name, mut value) = match body.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (body.to_string(), None),
-        };
-        // `--noname` negates a boolean.
-        let is_bool = |n: &str| {
-            ours_named(n).is_some_and(|f| f.boolean)
-                || upstream_named(n).is_some_and(|f| f.2 == "bool")
-                || GLOG_BOOLS.contains(&n)
-        };
-        if value.is_none()
-            && ours_named(&name).is_none()
-            && upstream_named(&name).is_none()
-            && let Some(base) = name.strip_prefix("no")
-            && is_bool(base)
+        let Some(raw) = queue.pop_front() else { break };
         {
-            name = base.to_string();
-            value = Some("false".into());
-        }
-        let boolean = is_bool(&name);
-        // A value in the next argument, for flags that take one.
-        let mut take_value = |value: &mut Option<String>| {
+            let Some(text) = raw.to_str().map(str::to_string) else {
+                out.argv.push(raw);
+                continue;
+            };
+            if text == "--" {
+                out.argv.push(raw);
+                out.argv.extend(queue.drain(..));
+                break;
+            }
+            let Some(body) = text
+                .strip_prefix("--")
+                .or_else(|| text.strip_prefix('-'))
+                .filter(|b| !b.is_empty())
+            else {
+                out.argv.push(raw);
+                continue;
+            };
+            let (mut name, mut value) = match body.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (body.to_string(), None),
+            };
+            // `--noname` negates a boolean.
+            let is_bool = |n: &str| {
+                ours_named(n).is_some_and(|f| f.boolean)
+                    || upstream_named(n).is_some_and(|f| f.2 == "bool")
+                    || GLOG_BOOLS.contains(&n)
+            };
             if value.is_none()
-                && !boolean
-                && let Some(next) = queue.front().and_then(|v| v.to_str())
-                && !(next.starts_with('-')
-                    && next.len() > 1
-                    && !next[1..].starts_with(|c: char| c.is_ascii_digit()))
+                && ours_named(&name).is_none()
+                && upstream_named(&name).is_none()
+                && let Some(base) = name.strip_prefix("no")
+                && is_bool(base)
             {
-                *value = queue.pop_front().and_then(|v| v.into_string().ok());
+                name = base.to_string();
+                value = Some("false".into());
             }
-        };
-        match name.as_str() {
-            "flagfile" => {
-                take_value(&mut value);
-                let path = value.ok_or("--flagfile needs a file")?;
-                flagfiles += 1;
-                if flagfiles > 32 {
-                    return Err("--flagfile: too many nested flag files".into());
-                }
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("--flagfile={path}: {e}"))?;
-                let flags: Vec<OsString> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(OsString::from)
-                    .collect();
-                for f in flags.into_iter().rev() {
-                    queue.push_front(f);
-                }
+            if !config_applied {
+                on_command_line.insert(name.clone());
             }
-            "fromenv" | "tryfromenv" => {
-                take_value(&mut value);
-                for flag in value
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|f| !f.is_empty())
+            let boolean = is_bool(&name);
+            // A value in the next argument, for flags that take one.
+            let mut take_value = |value: &mut Option<String>| {
+                if value.is_none()
+                    && !boolean
+                    && let Some(next) = queue.front().and_then(|v| v.to_str())
+                    && !(next.starts_with('-')
+                        && next.len() > 1
+                        && !next[1..].starts_with(|c: char| c.is_ascii_digit()))
                 {
-                    match env(&format!("FLAGS_{flag}")) {
-                        Some(v) => queue.push_back(format!("--{flag}={v}").into()),
-                        None if name == "tryfromenv" => {}
-                        None => return Err(format!("--fromenv: FLAGS_{flag} is not set")),
-                    }
+                    *value = queue.pop_front().and_then(|v| v.into_string().ok());
                 }
-            }
-            "undefok" | "tab_completion_columns" | "tab_completion_word" => {
-                take_value(&mut value);
-            }
-            "help" | "h" => out.argv.push("--help".into()),
-            "version" | "V" => out.argv.push("--version".into()),
-            h if HELP.contains(&h) => {
-                take_value(&mut value);
-                out.argv.push("--help".into());
-            }
-            "logtostderr" | "alsologtostderr" => {
-                let on = parse_bool(value.as_deref().unwrap_or(""))
-                    .ok_or_else(|| format!("--{name}: not a boolean"))?;
-                if name == "logtostderr" {
-                    out.glog.logtostderr = on;
-                } else {
-                    out.glog.alsologtostderr = on;
-                }
-            }
-            "stderrthreshold" | "minloglevel" | "max_log_size" | "log_dir" | "vmodule" => {
-                take_value(&mut value);
-                let v = value.unwrap_or_default();
-                let level = |v: &str| -> Result<u8, String> {
-                    v.trim()
-                        .parse::<u8>()
-                        .map(|l| l.min(3))
-                        .map_err(|_| format!("--{name}={v}: expected 0 to 3"))
-                };
-                match name.as_str() {
-                    "stderrthreshold" => out.glog.stderrthreshold = level(&v)?,
-                    "minloglevel" => out.glog.minloglevel = level(&v)?,
-                    "max_log_size" => {
-                        out.glog.max_log_size_mb = v
-                            .trim()
-                            .parse()
-                            .map_err(|_| format!("--max_log_size={v}: expected MB"))?
-                    }
-                    "log_dir" => out.glog.log_dir = (!v.is_empty()).then(|| PathBuf::from(v)),
-                    _ => out.glog.vmodule = v,
-                }
-            }
-            _ if ours_named(&name).is_some() => {
-                if boolean {
-                    match value {
-                        Some(v) => {
-                            let b = parse_bool(&v)
-                                .ok_or_else(|| format!("--{name}={v}: not a boolean"))?;
-                            out.argv.push(format!("--{name}={b}").into());
-                        }
-                        None => out.argv.push(format!("--{name}").into()),
-                    }
-                } else {
+            };
+            match name.as_str() {
+                "flagfile" => {
                     take_value(&mut value);
-                    match value {
-                        Some(v) => out.argv.push(format!("--{name}={v}").into()),
-                        None => out.argv.push(format!("--{name}").into()),
+                    let path = value.ok_or("--flagfile needs a file")?;
+                    flagfiles += 1;
+                    if flagfiles > 32 {
+                        return Err("--flagfile: too many nested flag files".into());
+                    }
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("--flagfile={path}: {e}"))?;
+                    let flags: Vec<OsString> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(OsString::from)
+                        .collect();
+                    for f in flags.into_iter().rev() {
+                        queue.push_front(f);
                     }
                 }
+                "config_path" if upstream_named("config_path").is_some() => {
+                    take_value(&mut value);
+                    let path = value.unwrap_or_default();
+                    if !path.is_empty() {
+                        from_config.extend(read_config_file(Path::new(&path))?);
+                    }
+                }
+                "fromenv" | "tryfromenv" => {
+                    take_value(&mut value);
+                    for flag in value
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|f| !f.is_empty())
+                    {
+                        match env(&format!("FLAGS_{flag}")) {
+                            Some(v) => queue.push_back(format!("--{flag}={v}").into()),
+                            None if name == "tryfromenv" => {}
+                            None => return Err(format!("--fromenv: FLAGS_{flag} is not set")),
+                        }
+                    }
+                }
+                "undefok" | "tab_completion_columns" | "tab_completion_word" => {
+                    take_value(&mut value);
+                }
+                "help" | "h" => out.argv.push("--help".into()),
+                "version" | "V" => out.argv.push("--version".into()),
+                h if HELP.contains(&h) => {
+                    take_value(&mut value);
+                    out.argv.push("--help".into());
+                }
+                "logtostderr" | "alsologtostderr" => {
+                    let on = parse_bool(value.as_deref().unwrap_or(""))
+                        .ok_or_else(|| format!("--{name}: not a boolean"))?;
+                    if name == "logtostderr" {
+                        out.glog.logtostderr = on;
+                    } else {
+                        out.glog.alsologtostderr = on;
+                    }
+                }
+                "stderrthreshold" | "minloglevel" | "max_log_size" | "log_dir" | "vmodule" => {
+                    take_value(&mut value);
+                    let v = value.unwrap_or_default();
+                    let level = |v: &str| -> Result<u8, String> {
+                        v.trim()
+                            .parse::<u8>()
+                            .map(|l| l.min(3))
+                            .map_err(|_| format!("--{name}={v}: expected 0 to 3"))
+                    };
+                    match name.as_str() {
+                        "stderrthreshold" => out.glog.stderrthreshold = level(&v)?,
+                        "minloglevel" => out.glog.minloglevel = level(&v)?,
+                        "max_log_size" => {
+                            out.glog.max_log_size_mb = v
+                                .trim()
+                                .parse()
+                                .map_err(|_| format!("--max_log_size={v}: expected MB"))?
+                        }
+                        "log_dir" => out.glog.log_dir = (!v.is_empty()).then(|| PathBuf::from(v)),
+                        _ => out.glog.vmodule = v,
+                    }
+                }
+                _ if ours_named(&name).is_some() => {
+                    if boolean {
+                        match value {
+                            Some(v) => {
+                                let b = parse_bool(&v)
+                                    .ok_or_else(|| format!("--{name}={v}: not a boolean"))?;
+                                out.argv.push(format!("--{name}={b}").into());
+                            }
+                            None => out.argv.push(format!("--{name}").into()),
+                        }
+                    } else {
+                        take_value(&mut value);
+                        match value {
+                            Some(v) => out.argv.push(format!("--{name}={v}").into()),
+                            None => out.argv.push(format!("--{name}").into()),
+                        }
+                    }
+                }
+                _ if upstream_named(&name).is_some() || GLOG_BOOLS.contains(&name.as_str()) => {
+                    take_value(&mut value);
+                    out.ignored.push(match value {
+                        Some(v) => format!("--{name}={v}"),
+                        None => format!("--{name}"),
+                    });
+                }
+                _ => out.argv.push(raw),
             }
-            _ if upstream_named(&name).is_some() || GLOG_BOOLS.contains(&name.as_str()) => {
-                take_value(&mut value);
-                out.ignored.push(match value {
-                    Some(v) => format!("--{name}={v}"),
-                    None => format!("--{name}"),
-                });
-            }
-            _ => out.argv.push(raw),
         }
     }
     Ok(out)
+}
+
+/// Reads upstream's `--config_path` file: a flat JSON object (`.json`) or flat
+/// YAML mapping (`.yaml` / `.yml`) of flag names to values.
+fn read_config_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--config_path={shown}: {e}"))?;
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    if yaml {
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split(" #").next().unwrap_or("").trim_end();
+            if line.trim().is_empty() || line.trim_start().starts_with('#') || line == "---" {
+                continue;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                return Err(format!(
+                    "--config_path={shown}: line {}: expected `name: value`",
+                    n + 1
+                ));
+            };
+            if key.starts_with(char::is_whitespace) || value.trim().is_empty() {
+                return Err(format!(
+                    "--config_path={shown}: line {}: only flat `name: value` settings are supported",
+                    n + 1
+                ));
+            }
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(value);
+            out.push((key.trim().to_string(), value.to_string()));
+        }
+        return Ok(out);
+    }
+    let parsed: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("--config_path={shown}: {e}"))?;
+    let serde_json::Value::Object(map) = parsed else {
+        return Err(format!("--config_path={shown}: expected a JSON object"));
+    };
+    map.into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(format!(
+                        "--config_path={shown}: `{key}` is {other}; only strings, numbers and booleans are supported"
+                    ));
+                }
+            };
+            Ok((key, value))
+        })
+        .collect()
 }
 
 /// Parses upstream-style `argv` (program name first) into `P`: gflags spellings
@@ -389,6 +475,63 @@ mod tests {
             ["prog", "--made_up=1"],
             "clap refuses"
         );
+    }
+
+    #[test]
+    fn config_path_settings_apply_unless_the_command_line_sets_them() {
+        let dir = std::env::temp_dir().join(format!("gflags-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("master.json");
+        std::fs::write(
+            &json,
+            r#"{"rpc_port": 7000, "enable_ha": true, "cluster_id": "c9"}"#,
+        )
+        .unwrap();
+        let path = json.to_str().unwrap();
+        let n = run(&["--config_path", path, "--rpc_port=99"]);
+        assert_eq!(strs(&n), ["prog", "--rpc_port=99", "--enable_ha=true"]);
+        assert_eq!(n.ignored, ["--cluster_id=c9"]);
+        // the command line wins wherever it stands relative to --config_path
+        let n = run(&["--noenable_ha", &format!("--config_path={path}")]);
+        assert_eq!(strs(&n), ["prog", "--enable_ha=false", "--rpc_port=7000"]);
+
+        let yaml = dir.join("master.yaml");
+        std::fs::write(&yaml, "# master\nrpc_port: 7100\nenable_ha: 'false'\n").unwrap();
+        let n = run(&[&format!("--config_path={}", yaml.display())]);
+        assert_eq!(strs(&n), ["prog", "--rpc_port=7100", "--enable_ha=false"]);
+
+        for (name, text, why) in [
+            (
+                "bad.json",
+                "{\"rpc_port\": [1]}",
+                "only strings, numbers and booleans",
+            ),
+            ("list.json", "[1]", "expected a JSON object"),
+            ("nested.yaml", "ha:\n  enable: true\n", "only flat"),
+        ] {
+            let file = dir.join(name);
+            std::fs::write(&file, text).unwrap();
+            let err = normalize(
+                [
+                    "prog".to_string(),
+                    format!("--config_path={}", file.display()),
+                ],
+                &ours(),
+                upstream::MASTER,
+                |_| None,
+            )
+            .unwrap_err();
+            assert!(err.contains(why), "{name}: {err}");
+        }
+        let err = normalize(
+            ["prog", "--config_path=/nonexistent.json"],
+            &ours(),
+            upstream::MASTER,
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(err.contains("/nonexistent.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
