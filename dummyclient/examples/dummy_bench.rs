@@ -195,8 +195,8 @@ fn main() {
         batches(&dummy, &bufs, &cfg, "local");
         // Existence probes.
         let keys: Vec<String> = (0..128).map(|i| format!("exist-{i}")).collect();
-        let small: Vec<&[u8]> = keys.iter().map(|_| &b"x"[..]).collect();
-        dummy.batch_put(&keys, &small, &cfg, false);
+        let small: Vec<(&str, &[u8])> = keys.iter().map(|k| (k.as_str(), &b"x"[..])).collect();
+        dummy.batch_put(&small, &cfg, false);
         let n = 5000;
         let t = Instant::now();
         for i in 0..n {

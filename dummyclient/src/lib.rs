@@ -29,7 +29,7 @@ mod ranges;
 mod reads;
 mod writes;
 
-pub use ranges::RangeResults;
+pub use ranges::{KeyRanges, ObjectRange};
 
 pub use hostmem::HostMemAllocator;
 pub use mooncake_proto::realclient::BufRef;
@@ -72,7 +72,20 @@ pub enum DummyError {
     Runtime(#[from] std::io::Error),
     /// The real client did not answer.
     #[error("real client did not answer: {0}")]
-    Rpc(String),
+    Rpc(#[from] tarpc::client::RpcError),
+}
+
+/// Why no call ring could be set up; the dummy then calls over the socket.
+#[derive(Debug, thiserror::Error)]
+enum RingError {
+    #[error("creating the ring: {0}")]
+    Create(#[from] mooncake_shm::ShmError),
+    #[error("registering the ring: {0}")]
+    Register(#[from] mooncake_ipc::IpcError),
+    #[error("asking the real client: {0}")]
+    Rpc(#[from] tarpc::client::RpcError),
+    #[error("the real client refused the ring: {0}")]
+    Refused(#[from] ErrorCode),
 }
 
 impl DummyError {
@@ -370,17 +383,11 @@ const RING_SHAPE: RingShape = RingShape {
 async fn attach_ring(
     ipc: &IpcClient,
     rpc: &RealClientServiceClient,
-) -> Result<CallRingClient, String> {
-    let ring = CallRing::create(RING_SHAPE).map_err(|e| e.to_string())?;
+) -> Result<CallRingClient, RingError> {
+    let ring = CallRing::create(RING_SHAPE)?;
     let region = ring.region().clone();
-    let base = ipc
-        .register(&region, 0, region.len() as u64)
-        .await
-        .map_err(|e| e.to_string())?;
-    rpc.attach_ring(ctx(PING_TIMEOUT), base)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let base = ipc.register(&region, 0, region.len() as u64).await?;
+    rpc.attach_ring(ctx(PING_TIMEOUT), base).await??;
     Ok(ring.client())
 }
 
@@ -452,10 +459,7 @@ impl Shared {
         let (ipc, control) = IpcClient::connect(&self.socket, &self.token).await?;
         let rpc =
             RealClientServiceClient::new(Default::default(), control_transport(control)).spawn();
-        let info = rpc
-            .info(ctx(PING_TIMEOUT))
-            .await
-            .map_err(|e| DummyError::Rpc(e.to_string()))?;
+        let info = rpc.info(ctx(PING_TIMEOUT)).await.map_err(DummyError::Rpc)?;
         // Populate the page tables now so no copy pays first-touch faults.
         let options = RegionOptions::default().with_prefault(true);
         let segment = match &info.segment {

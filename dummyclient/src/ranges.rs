@@ -11,7 +11,6 @@
 //! temporary shared buffer for memory the real client cannot map.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use mooncake_proto::realclient::{BufRef, PutCompletion, RangeRef, RangeTransfer};
@@ -22,45 +21,60 @@ use crate::{CALL_TIMEOUT, Conn, DummyClient, GetSession, PutSession, Span, Stagi
 /// The ranges of one object: `(offset inside the object, registered memory)`.
 type Ranges = Vec<(u64, Span)>;
 
-/// Results of one nested buffer of [`DummyClient::get_into_ranges`]: per key,
-/// per range, the bytes read or an error.
-pub type RangeResults = Vec<Vec<MResult<u64>>>;
+/// One range of an object and the registered memory its bytes come from (a
+/// write) or go to (a read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectRange {
+    /// Registered memory: the source of a write, the destination of a read.
+    pub addr: u64,
+    /// Where the range starts inside the object.
+    pub offset: u64,
+    /// Bytes in the range; never 0.
+    pub len: u64,
+}
+
+/// A key and the ranges of its object to move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRanges {
+    /// The object.
+    pub key: String,
+    /// At least one range, each inside the object.
+    pub ranges: Vec<ObjectRange>,
+}
+
+impl KeyRanges {
+    /// A key with its ranges.
+    pub fn new(key: impl Into<String>, ranges: Vec<ObjectRange>) -> KeyRanges {
+        KeyRanges {
+            key: key.into(),
+            ranges,
+        }
+    }
+}
 
 fn invalid<T>(n: usize) -> Vec<MResult<T>> {
     (0..n).map(|_| Err(ErrorCode::InvalidParams)).collect()
 }
 
 impl DummyClient {
-    /// Resolves one key's ranges (`addrs[j]`, `sizes[j]` at `offsets[j]` in the
-    /// object), checking each is registered and inside an object of `size` bytes.
-    fn ranges(&self, addrs: &[u64], sizes: &[u64], offsets: &[u64], size: u64) -> MResult<Ranges> {
-        if addrs.len() != sizes.len() || addrs.len() != offsets.len() || addrs.is_empty() {
+    /// Resolves one key's ranges, checking each is registered and inside an
+    /// object of `size` bytes.
+    fn ranges(&self, ranges: &[ObjectRange], size: u64) -> MResult<Ranges> {
+        if ranges.is_empty() {
             return Err(ErrorCode::InvalidParams);
         }
-        let mut out = Vec::with_capacity(addrs.len());
-        for ((&a, &n), &off) in addrs.iter().zip(sizes).zip(offsets) {
-            let end = off.checked_add(n).ok_or(ErrorCode::InvalidParams)?;
-            if n == 0 || end > size {
+        let mut out = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let end = r
+                .offset
+                .checked_add(r.len)
+                .ok_or(ErrorCode::InvalidParams)?;
+            if r.len == 0 || end > size {
                 return Err(ErrorCode::InvalidParams);
             }
-            out.push((off, self.resolve(a, n)?));
+            out.push((r.offset, self.resolve(r.addr, r.len)?));
         }
         Ok(out)
-    }
-
-    /// The connection for a per-key ranged call whose lists must all have `n`
-    /// entries; else the answer to give at once.
-    fn ranged_call(
-        &self,
-        n: usize,
-        addrs: &[Vec<u64>],
-        sizes: &[Vec<u64>],
-        offsets: &[Vec<u64>],
-    ) -> Result<Arc<Conn>, Vec<MResult<u64>>> {
-        if addrs.len() != n || sizes.len() != n || offsets.len() != n {
-            return Err(invalid(n));
-        }
-        self.conn().map_err(|e| vec![Err(e); n])
     }
 
     /// Sends ranges to the real client for the remote replicas. Spans of
@@ -149,18 +163,16 @@ impl DummyClient {
 
     // -------------------------------------------------------- put sessions
 
-    /// Opens writes of `sizes[i]` bytes for `keys[i]` (space reserved, not yet
+    /// Opens writes of `(key, size)` objects (space reserved, not yet
     /// readable). Per key `Ok` or an error: `OBJECT_ALREADY_EXISTS` for a key
-    /// that exists, `INVALID_PARAMS` for a key with a session already open.
+    /// that exists, `INVALID_PARAMS` for a size of 0 or a key with a session
+    /// already open (or named twice).
     pub fn batch_put_session_start(
         &self,
-        keys: &[String],
-        sizes: &[u64],
+        objects: &[(String, u64)],
         config: &ReplicateConfig,
     ) -> Vec<MResult<()>> {
-        if keys.len() != sizes.len() {
-            return invalid(keys.len());
-        }
+        let (keys, sizes): (Vec<String>, Vec<u64>) = objects.iter().cloned().unzip();
         let mut results: Vec<MResult<()>> = invalid(keys.len());
         let mut valid = Vec::new();
         {
@@ -200,34 +212,27 @@ impl DummyClient {
         results
     }
 
-    /// Writes ranges into open put sessions: for key `i`, `sizes[i][j]` bytes
-    /// from `addrs[i][j]` (registered) at `offsets[i][j]` in the object. Per key
-    /// the bytes written or an error (`INVALID_PARAMS` without a session, for
-    /// unregistered memory or a range outside the object).
-    pub fn batch_put_from_multi_buffer_ranges(
-        &self,
-        keys: &[String],
-        addrs: &[Vec<u64>],
-        sizes: &[Vec<u64>],
-        offsets: &[Vec<u64>],
-    ) -> Vec<MResult<u64>> {
-        let n = keys.len();
-        let conn = match self.ranged_call(n, addrs, sizes, offsets) {
+    /// Writes ranges into open put sessions, each from registered memory. Per
+    /// key the bytes written or an error (`INVALID_PARAMS` without a session,
+    /// for no ranges, unregistered memory or a range outside the object).
+    pub fn batch_put_from_multi_buffer_ranges(&self, writes: &[KeyRanges]) -> Vec<MResult<u64>> {
+        let n = writes.len();
+        let conn = match self.conn() {
             Ok(c) => c,
-            Err(early) => return early,
+            Err(e) => return vec![Err(e); n],
         };
         let ipc_session = conn.ipc.session();
         let mut results: Vec<MResult<u64>> = invalid(n);
         let mut remote: Vec<(usize, String, Vec<ReplicaDesc>, Ranges)> = Vec::new();
         let local = conn.local_segment();
         for i in 0..n {
-            let session = self.put_sessions.lock().get(&keys[i]).cloned();
+            let session = self.put_sessions.lock().get(&writes[i].key).cloned();
             let Some(session) = session else { continue };
             if session.ipc_session != ipc_session {
                 results[i] = Err(ErrorCode::RpcFail);
                 continue;
             }
-            let ranges = match self.ranges(&addrs[i], &sizes[i], &offsets[i], session.size) {
+            let ranges = match self.ranges(&writes[i].ranges, session.size) {
                 Ok(r) => r,
                 Err(e) => {
                     results[i] = Err(e);
@@ -242,7 +247,7 @@ impl DummyClient {
                     Some((segment, id)) if r.segment_id == id => {
                         for (off, span) in &ranges {
                             if let Err(e) = span.copy_into(segment, r.offset + off) {
-                                tracing::warn!(key = %keys[i], "local range write failed: {e}");
+                                tracing::warn!(key = %writes[i].key, "local range write failed: {e}");
                                 local_ok = false;
                             }
                         }
@@ -250,7 +255,7 @@ impl DummyClient {
                     _ => has_remote = true,
                 }
             }
-            if !local_ok && let Some(s) = self.put_sessions.lock().get_mut(&keys[i]) {
+            if !local_ok && let Some(s) = self.put_sessions.lock().get_mut(&writes[i].key) {
                 s.local_failed = true;
             }
             results[i] = if local_ok || has_remote {
@@ -259,7 +264,7 @@ impl DummyClient {
                 Err(ErrorCode::TransferFail)
             };
             if has_remote {
-                remote.push((i, keys[i].clone(), Vec::new(), ranges));
+                remote.push((i, writes[i].key.clone(), Vec::new(), ranges));
             }
         }
         if !remote.is_empty() {
@@ -270,11 +275,16 @@ impl DummyClient {
             let moved = self.transfer_remote(&conn, true, items);
             for ((i, ..), m) in remote.iter().zip(moved) {
                 // The local replica alone keeps the key readable.
-                let has_local = self.put_sessions.lock().get(&keys[*i]).is_some_and(|s| {
-                    !s.local_failed
-                        && local
-                            .is_some_and(|(_, id)| s.replicas.iter().any(|r| r.segment_id == id))
-                });
+                let has_local = self
+                    .put_sessions
+                    .lock()
+                    .get(&writes[*i].key)
+                    .is_some_and(|s| {
+                        !s.local_failed
+                            && local.is_some_and(|(_, id)| {
+                                s.replicas.iter().any(|r| r.segment_id == id)
+                            })
+                    });
                 if m.is_err() && !has_local {
                     results[*i] = m;
                 }
@@ -386,35 +396,27 @@ impl DummyClient {
             .collect()
     }
 
-    /// Reads ranges of objects with open get sessions: for key `i`,
-    /// `sizes[i][j]` bytes at `offsets[i][j]` in the object into `addrs[i][j]`
-    /// (registered). Per key the bytes read or an error: `INVALID_PARAMS`
-    /// without a session or for bad ranges, `LEASE_EXPIRED` once the session's
-    /// lease ran out (the session is then closed).
-    pub fn batch_get_into_multi_buffer_ranges(
-        &self,
-        keys: &[String],
-        addrs: &[Vec<u64>],
-        sizes: &[Vec<u64>],
-        offsets: &[Vec<u64>],
-    ) -> Vec<MResult<u64>> {
-        let n = keys.len();
-        let conn = match self.ranged_call(n, addrs, sizes, offsets) {
+    /// Reads ranges of objects with open get sessions into registered memory.
+    /// Per key the bytes read or an error: `INVALID_PARAMS` without a session
+    /// or for bad ranges, `LEASE_EXPIRED` once the session's lease ran out (the
+    /// session is then closed).
+    pub fn batch_get_into_multi_buffer_ranges(&self, reads: &[KeyRanges]) -> Vec<MResult<u64>> {
+        let n = reads.len();
+        let conn = match self.conn() {
             Ok(c) => c,
-            Err(early) => return early,
+            Err(e) => return vec![Err(e); n],
         };
         let mut work = Vec::with_capacity(n);
-        for i in 0..n {
-            let session = self.get_sessions.lock().get(&keys[i]).cloned();
+        for read in reads {
+            let session = self.get_sessions.lock().get(&read.key).cloned();
             work.push(match session {
                 None => Err(ErrorCode::InvalidParams),
                 Some(s) if s.ipc_session != conn.ipc.session() => Err(ErrorCode::RpcFail),
-                Some(s) => self
-                    .ranges(&addrs[i], &sizes[i], &offsets[i], s.list.size)
-                    .map(|r| (s, r)),
+                Some(s) => self.ranges(&read.ranges, s.list.size).map(|r| (s, r)),
             });
         }
-        let results = self.read_ranges(&conn, keys, &work);
+        let keys: Vec<String> = reads.iter().map(|r| r.key.clone()).collect();
+        let results = self.read_ranges(&conn, &keys, &work);
         let mut open = self.get_sessions.lock();
         for (k, r) in keys.iter().zip(&results) {
             if *r == Err(ErrorCode::LeaseExpired) {
@@ -508,51 +510,20 @@ impl DummyClient {
         results
     }
 
-    /// Reads ranges of objects into registered buffers in one go (upstream's
-    /// `get_into_ranges`): for buffer `b`, key `k`, range `r`: `sizes[b][k][r]`
-    /// bytes at `src_offsets[b][k][r]` in object `keys[b][k]` into
-    /// `buffers[b] + dst_offsets[b][k][r]`. One master round trip for all keys.
-    /// Results have the same nesting: bytes read per range, or an error.
-    pub fn get_into_ranges(
-        &self,
-        buffers: &[u64],
-        keys: &[Vec<String>],
-        dst_offsets: &[Vec<Vec<u64>>],
-        src_offsets: &[Vec<Vec<u64>>],
-        sizes: &[Vec<Vec<u64>>],
-    ) -> Vec<RangeResults> {
-        let b = buffers.len();
-        // Shape errors answer each range of the offending buffer or key.
-        let shape_ok =
-            keys.len() == b && dst_offsets.len() == b && src_offsets.len() == b && sizes.len() == b;
-        let fail = |code: ErrorCode| -> Vec<RangeResults> {
-            (0..keys.len())
-                .map(|bi| {
-                    keys[bi]
-                        .iter()
-                        .enumerate()
-                        .map(|(ki, _)| {
-                            let ranges =
-                                sizes.get(bi).and_then(|s| s.get(ki)).map_or(0, |s| s.len());
-                            vec![Err(code); ranges]
-                        })
-                        .collect()
-                })
-                .collect()
-        };
-        if !shape_ok {
-            return fail(ErrorCode::InvalidParams);
-        }
+    /// Reads ranges of objects into registered memory in one go (upstream's
+    /// `get_into_ranges`): one master round trip for all keys, a key named more
+    /// than once asked for once. Per entry the bytes read or an error
+    /// (`INVALID_PARAMS` for no ranges, unregistered memory or a range outside
+    /// the object).
+    pub fn get_into_ranges(&self, reads: &[KeyRanges]) -> Vec<MResult<u64>> {
         let conn = match self.conn() {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(e) => return vec![Err(e); reads.len()],
         };
         let mut unique: Vec<String> = Vec::new();
-        for ks in keys {
-            for k in ks {
-                if !unique.contains(k) {
-                    unique.push(k.clone());
-                }
+        for read in reads {
+            if !unique.contains(&read.key) {
+                unique.push(read.key.clone());
             }
         }
         let granted = Instant::now();
@@ -562,52 +533,22 @@ impl DummyClient {
             .zip(self.batch_get_replicas(&unique))
             .collect();
         let ipc_session = conn.ipc.session();
-        // One work item per (buffer, key).
-        let mut flat_keys = Vec::new();
-        let mut work = Vec::new();
-        for bi in 0..b {
-            for (ki, key) in keys[bi].iter().enumerate() {
-                let item = (|| {
-                    let d = dst_offsets[bi].get(ki).ok_or(ErrorCode::InvalidParams)?;
-                    let s = src_offsets[bi].get(ki).ok_or(ErrorCode::InvalidParams)?;
-                    let n = sizes[bi].get(ki).ok_or(ErrorCode::InvalidParams)?;
-                    if d.len() != n.len() {
-                        return Err(ErrorCode::InvalidParams);
-                    }
-                    let addrs = d
-                        .iter()
-                        .map(|off| {
-                            buffers[bi]
-                                .checked_add(*off)
-                                .ok_or(ErrorCode::InvalidParams)
-                        })
-                        .collect::<MResult<Vec<u64>>>()?;
-                    let list = lists[key].clone()?;
-                    let ranges = self.ranges(&addrs, n, s, list.size)?;
-                    Ok((
-                        GetSession {
-                            ipc_session,
-                            list,
-                            granted,
-                        },
-                        ranges,
-                    ))
-                })();
-                flat_keys.push(key.clone());
-                work.push(item);
-            }
-        }
-        let mut flat = self.read_ranges(&conn, &flat_keys, &work).into_iter();
-        (0..b)
-            .map(|bi| {
-                (0..keys[bi].len())
-                    .map(|ki| {
-                        let r = flat.next().unwrap_or(Err(ErrorCode::InternalError));
-                        let lens = sizes[bi].get(ki).map_or(&[][..], |s| &s[..]);
-                        lens.iter().map(|&len| r.map(|_| len)).collect()
-                    })
-                    .collect()
+        let work: Vec<_> = reads
+            .iter()
+            .map(|read| {
+                let list = lists[&read.key].clone()?;
+                let ranges = self.ranges(&read.ranges, list.size)?;
+                Ok((
+                    GetSession {
+                        ipc_session,
+                        list,
+                        granted,
+                    },
+                    ranges,
+                ))
             })
-            .collect()
+            .collect();
+        let keys: Vec<String> = reads.iter().map(|r| r.key.clone()).collect();
+        self.read_ranges(&conn, &keys, &work)
     }
 }

@@ -5,8 +5,7 @@ use super::*;
 impl DummyClient {
     /// Puts one object (a copy of `value`).
     pub fn put(&self, key: &str, value: &[u8], config: &ReplicateConfig) -> MResult<()> {
-        self.batch_put(&[key.to_string()], &[value], config, false)
-            .remove(0)
+        self.batch_put(&[(key, value)], config, false).remove(0)
     }
 
     /// Puts the concatenation of `parts` as one object.
@@ -40,16 +39,16 @@ impl DummyClient {
     /// put of an existing key succeeds and keeps the old value.
     pub fn batch_put(
         &self,
-        keys: &[String],
-        values: &[&[u8]],
+        objects: &[(&str, &[u8])],
         config: &ReplicateConfig,
         upsert: bool,
     ) -> Vec<MResult<()>> {
-        if keys.len() != values.len() {
-            return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
-        }
-        let srcs = values.iter().map(|v| Some(Src::Bytes(vec![*v]))).collect();
-        self.put_core(keys, srcs, config, upsert)
+        let keys: Vec<String> = objects.iter().map(|(k, _)| k.to_string()).collect();
+        let srcs = objects
+            .iter()
+            .map(|(_, v)| Some(Src::Bytes(vec![*v])))
+            .collect();
+        self.put_core(&keys, srcs, config, upsert)
     }
 
     /// Zero-copy put of `size` bytes at `addr` (registered memory).

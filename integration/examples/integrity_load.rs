@@ -72,7 +72,7 @@ fn main() {
                 let (op, r) = if i % 2 == 0 {
                     (
                         "upsert",
-                        dummy.batch_put(std::slice::from_ref(key), &[&value], &config, true)[0],
+                        dummy.batch_put(&[(key, &value)], &config, true)[0],
                     )
                 } else {
                     let _ = dummy.remove(key, true);

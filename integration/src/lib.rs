@@ -342,9 +342,13 @@ pub fn put_many_with(
 ) -> Vec<String> {
     let keys: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let values: Vec<Vec<u8>> = keys.iter().map(|k| value_for(k, len)).collect();
-    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+    let objects: Vec<(&str, &[u8])> = keys
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(Vec::as_slice))
+        .collect();
     for (i, r) in dummy
-        .batch_put(&keys, &refs, config, false)
+        .batch_put(&objects, config, false)
         .into_iter()
         .enumerate()
     {

@@ -154,7 +154,7 @@ fn concurrent_upserts_keep_the_key_readable() {
         Duration::from_secs(6),
         move |dummy, key, seq| {
             let value = versioned_value(key, seq);
-            dummy.batch_put(&[key.to_string()], &[&value], &config, true)[0]
+            dummy.batch_put(&[(key, &value)], &config, true)[0]
         },
     );
     let writes = Tally::get(&tally.writes_ok);
@@ -258,9 +258,13 @@ fn mid_batch_child_entry() {
         .iter()
         .map(|k| value_for(&format!("{k}@child"), 1 << 20))
         .collect();
-    let refs: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+    let objects: Vec<(&str, &[u8])> = keys
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(|v| &v[..]))
+        .collect();
     println!("MC:PUTTING");
     loop {
-        dummy.batch_put(&keys, &refs, &ReplicateConfig::default(), false);
+        dummy.batch_put(&objects, &ReplicateConfig::default(), false);
     }
 }

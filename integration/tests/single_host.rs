@@ -68,13 +68,7 @@ fn single_host_put_get_through_the_mapped_segment() {
     assert_eq!(dummy.remove_all(true), Ok(246));
     // Upsert replaces.
     dummy.put("u", b"one", &ReplicateConfig::default()).unwrap();
-    dummy.batch_put(
-        &["u".into()],
-        &[b"two-two"],
-        &ReplicateConfig::default(),
-        true,
-    )[0]
-    .unwrap();
+    dummy.batch_put(&[("u", b"two-two")], &ReplicateConfig::default(), true)[0].unwrap();
     assert_eq!(dummy.get("u").unwrap(), b"two-two");
 }
 

@@ -44,17 +44,30 @@ impl PeerPolicy {
         self
     }
 
-    /// `Err(reason)` when the peer is not admitted.
-    pub fn check(&self, peer: &PeerInfo) -> Result<(), String> {
+    /// An error naming the peer when it is not admitted.
+    pub fn check(&self, peer: &PeerInfo) -> Result<(), PeerRejected> {
         if self.allowed_uids.contains(&peer.uid) {
             Ok(())
         } else {
-            Err(format!(
-                "peer uid {} (pid {:?}) is not in the allow-list {:?}",
-                peer.uid, peer.pid, self.allowed_uids
-            ))
+            Err(PeerRejected {
+                uid: peer.uid,
+                pid: peer.pid,
+                allowed: self.allowed_uids.clone(),
+            })
         }
     }
+}
+
+/// A peer whose uid is not in the allow-list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer uid {uid} (pid {pid:?}) is not in the allow-list {allowed:?}")]
+pub struct PeerRejected {
+    /// The peer's uid.
+    pub uid: u32,
+    /// The peer's pid, when the kernel gave it.
+    pub pid: Option<i32>,
+    /// The uids admitted.
+    pub allowed: Vec<u32>,
 }
 
 #[cfg(test)]
@@ -89,7 +102,8 @@ mod tests {
                 pid: Some(7),
             })
             .unwrap_err();
-        assert!(err.contains("not in the allow-list"));
+        assert_eq!(err.uid, stranger);
+        assert!(err.to_string().contains("not in the allow-list"));
         assert!(
             PeerPolicy::only([5])
                 .with_uid(6)

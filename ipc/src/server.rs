@@ -243,7 +243,7 @@ async fn admit(shared: &Arc<Shared>, stream: UnixStream) -> Result<Option<IpcCon
     };
     let config = &shared.config;
     if let Err(reason) = config.policy.check(&peer) {
-        return Err(refuse(&stream, ErrorCode::IllegalClient, reason).await);
+        return Err(refuse(&stream, ErrorCode::IllegalClient, reason.to_string()).await);
     }
     if hello.magic != wire::MAGIC || hello.version != wire::VERSION {
         return Err(refuse(

@@ -156,7 +156,7 @@ fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         cluster_token: args.cluster_token.clone(),
         ..MasterConfig::default()
     };
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     let host = join_host_port;
     let options = ServerOptions {
         rpc_addr: host(&args.rpc_address, args.rpc_port.unwrap_or(args.port)),

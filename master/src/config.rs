@@ -139,27 +139,42 @@ impl MasterConfig {
         self
     }
 
-    /// Checks ratios and durations; returns a human-readable reason on error.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(self.eviction_ratio > 0.0 && self.eviction_ratio <= 1.0) {
-            return Err(format!(
-                "eviction_ratio must be in (0, 1], got {}",
-                self.eviction_ratio
-            ));
-        }
-        if !(self.eviction_high_watermark_ratio > 0.0 && self.eviction_high_watermark_ratio <= 1.0)
-        {
-            return Err(format!(
-                "eviction_high_watermark_ratio must be in (0, 1], got {}",
-                self.eviction_high_watermark_ratio
-            ));
-        }
+    /// Checks ratios and durations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ratio = |name: &'static str, value: f64| {
+            if value > 0.0 && value <= 1.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::RatioOutOfRange { name, value })
+            }
+        };
+        ratio("eviction_ratio", self.eviction_ratio)?;
+        ratio(
+            "eviction_high_watermark_ratio",
+            self.eviction_high_watermark_ratio,
+        )?;
         if self.client_ttl.is_zero() {
-            return Err("client_ttl must be positive".into());
+            return Err(ConfigError::NotPositive("client_ttl"));
         }
         if self.max_key_len == 0 {
-            return Err("max key length must be positive".into());
+            return Err(ConfigError::NotPositive("max key length"));
         }
         Ok(())
     }
+}
+
+/// A [`MasterConfig`] setting out of its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A ratio outside (0, 1].
+    #[error("{name} must be in (0, 1], got {value}")]
+    RatioOutOfRange {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A count or duration that must be above zero.
+    #[error("{0} must be positive")]
+    NotPositive(&'static str),
 }

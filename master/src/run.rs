@@ -44,7 +44,7 @@ pub struct BoundAddrs {
 pub enum StartError {
     /// A setting is out of range.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
     /// A listener could not be bound.
     #[error("cannot bind the {what} listener to {addr}: {source}")]
     Bind {

@@ -35,15 +35,20 @@ impl Protocol {
 }
 
 impl std::str::FromStr for Protocol {
-    type Err = String;
+    type Err = UnknownProtocol;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Protocol::Tcp),
             "rdma" => Ok(Protocol::Rdma),
-            other => Err(format!("unknown protocol {other:?} (expected tcp or rdma)")),
+            other => Err(UnknownProtocol(other.to_string())),
         }
     }
 }
+
+/// A transport name that is neither `tcp` nor `rdma`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?} (expected tcp or rdma)")]
+pub struct UnknownProtocol(pub String);
 
 /// A contiguous memory region contributed to the pool by a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

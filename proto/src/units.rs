@@ -1,12 +1,49 @@
 //! Parsing of human-written sizes and durations, with upstream's conventions:
 //! size units are binary (`4 GB` = 4 GiB), durations without a unit are milliseconds.
 
+/// Why a size or duration could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// Nothing but blanks.
+    #[error("empty {what}")]
+    Empty {
+        /// `size` or `duration`.
+        what: &'static str,
+    },
+    /// A suffix that is no unit of this kind.
+    #[error("unknown {what} unit in {text:?}")]
+    UnknownUnit {
+        /// `size` or `duration`.
+        what: &'static str,
+        /// The text as given.
+        text: String,
+    },
+    /// The part before the unit is no number.
+    #[error("invalid number in {what} {text:?}")]
+    InvalidNumber {
+        /// `size` or `duration`.
+        what: &'static str,
+        /// The text as given.
+        text: String,
+    },
+    /// Negative, infinite or beyond 64 bits.
+    #[error("{what} {text:?} out of range")]
+    OutOfRange {
+        /// `size` or `duration`.
+        what: &'static str,
+        /// The text as given.
+        text: String,
+    },
+}
+
 /// Parses a size such as `4294967296`, `4GB`, `4 GB`, `4gb`, `4GiB`, `512M`, `3.125 GiB`.
 /// Units are binary multiples (as upstream's `string_to_byte_size`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    const WHAT: &str = "size";
+    let text_of = || text.to_string();
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err("empty size".into());
+        return Err(UnitError::Empty { what: WHAT });
     }
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -19,28 +56,45 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("unknown size unit in {text:?}")),
+        _ => {
+            return Err(UnitError::UnknownUnit {
+                what: WHAT,
+                text: text_of(),
+            });
+        }
     };
     if number.is_empty() {
-        return Err(format!("no number in size {text:?}"));
+        return Err(UnitError::InvalidNumber {
+            what: WHAT,
+            text: text_of(),
+        });
     }
     if let Ok(whole) = number.parse::<u64>() {
         return whole
             .checked_mul(multiplier)
-            .ok_or_else(|| format!("size {text:?} overflows"));
+            .ok_or_else(|| UnitError::OutOfRange {
+                what: WHAT,
+                text: text_of(),
+            });
     }
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid number in size {text:?}"))?;
+    let value: f64 = number.parse().map_err(|_| UnitError::InvalidNumber {
+        what: WHAT,
+        text: text_of(),
+    })?;
     let bytes = value * multiplier as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("size {text:?} out of range"));
+        return Err(UnitError::OutOfRange {
+            what: WHAT,
+            text: text_of(),
+        });
     }
     Ok(bytes.round() as u64)
 }
 
 /// Parses a duration in milliseconds: `10000`, `500ms`, `5s`, `30m`, `1h`.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
+    const WHAT: &str = "duration";
+    let text_of = || text.to_string();
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -51,14 +105,23 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "s" | "sec" => 1_000.0,
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
-        _ => return Err(format!("unknown duration unit in {text:?}")),
+        _ => {
+            return Err(UnitError::UnknownUnit {
+                what: WHAT,
+                text: text_of(),
+            });
+        }
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let value: f64 = number.parse().map_err(|_| UnitError::InvalidNumber {
+        what: WHAT,
+        text: text_of(),
+    })?;
     let ms = value * multiplier;
     if !ms.is_finite() || ms < 0.0 || ms > u64::MAX as f64 {
-        return Err(format!("duration {text:?} out of range"));
+        return Err(UnitError::OutOfRange {
+            what: WHAT,
+            text: text_of(),
+        });
     }
     Ok(ms.round() as u64)
 }

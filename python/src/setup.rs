@@ -112,7 +112,9 @@ pub fn setup_args_from_dict(d: &Bound<'_, PyDict>) -> PyResult<SetupArgs> {
 
 /// The in-process real client's configuration for `args`, with the settings this
 /// process's environment gives; an error message for settings this build cannot honour.
-pub fn client_config(args: &SetupArgs) -> Result<mooncake_realclient::RealClientConfig, String> {
+pub fn client_config(
+    args: &SetupArgs,
+) -> Result<mooncake_realclient::RealClientConfig, mooncake_store::setup::SetupError> {
     let mut config = args.client_config()?;
     config.cluster_token = cluster_token();
     config.region = region_options();

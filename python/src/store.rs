@@ -12,7 +12,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use mooncake_dummyclient::{BufRef, DummyClient, Item, RangeResults};
+use mooncake_dummyclient::{BufRef, DummyClient, Item, KeyRanges, ObjectRange};
 use mooncake_proto::{ErrorCode, MResult};
 use mooncake_realclient::background::BackgroundClient;
 
@@ -120,6 +120,40 @@ fn size_or_code(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str) -> PyResult<Re
         }
         Err(e) => Err(e),
     }
+}
+
+/// Per-key range requests from upstream's parallel lists (`addrs[i][j]`,
+/// `sizes[i][j]`, `offsets[i][j]` for key `i`). A key whose lists differ in
+/// length gets no ranges, which the client answers with INVALID_PARAMS; `None`
+/// when the outer lists differ in length.
+fn key_ranges(
+    keys: &[String],
+    addrs: &[Vec<u64>],
+    sizes: &[Vec<u64>],
+    offsets: &[Vec<u64>],
+) -> Option<Vec<KeyRanges>> {
+    let n = keys.len();
+    if addrs.len() != n || sizes.len() != n || offsets.len() != n {
+        return None;
+    }
+    let requests = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let (a, s, o) = (&addrs[i], &sizes[i], &offsets[i]);
+            let ranges = if a.len() == s.len() && a.len() == o.len() {
+                a.iter()
+                    .zip(s)
+                    .zip(o)
+                    .map(|((&addr, &len), &offset)| ObjectRange { addr, offset, len })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            KeyRanges::new(key.clone(), ranges)
+        })
+        .collect();
+    Some(requests)
 }
 
 fn sizes_or_codes(rs: Vec<MResult<u64>>) -> Vec<i64> {
@@ -1169,35 +1203,78 @@ impl MooncakeDistributedStore {
         all_src_offsets: Vec<Vec<Vec<u64>>>,
         all_sizes: Vec<Vec<Vec<u64>>>,
     ) -> Vec<Vec<Vec<i64>>> {
-        let nested = |c: &DummyClient| {
-            c.get_into_ranges(
-                &buffer_ptrs,
-                &all_keys,
-                &all_dst_offsets,
-                &all_src_offsets,
-                &all_sizes,
-            )
-        };
-        let convert = |r: Vec<RangeResults>| -> Vec<Vec<Vec<i64>>> {
-            r.into_iter()
-                .map(|keys| keys.into_iter().map(sizes_or_codes).collect())
-                .collect()
-        };
-        match self.connected() {
-            Some(c) => convert(py.detach(|| nested(&c.dummy))),
-            None => all_keys
+        // Per (buffer, key) the number of ranges, which the answer repeats.
+        let per_range = |code: i64| -> Vec<Vec<Vec<i64>>> {
+            all_keys
                 .iter()
                 .enumerate()
                 .map(|(b, keys)| {
                     (0..keys.len())
                         .map(|k| {
                             let n = all_sizes.get(b).and_then(|s| s.get(k)).map_or(0, Vec::len);
-                            vec![NOT_READY.as_i32() as i64; n]
+                            vec![code; n]
                         })
                         .collect()
                 })
-                .collect(),
+                .collect()
+        };
+        let Some(c) = self.connected() else {
+            return per_range(NOT_READY.as_i32() as i64);
+        };
+        let b = buffer_ptrs.len();
+        if all_keys.len() != b
+            || all_dst_offsets.len() != b
+            || all_src_offsets.len() != b
+            || all_sizes.len() != b
+        {
+            return per_range(ErrorCode::InvalidParams.as_i32() as i64);
         }
+        // One request per (buffer, key); a key whose lists do not line up, or
+        // whose destination overflows, gets no ranges and so INVALID_PARAMS.
+        let mut reads = Vec::new();
+        for (bi, keys) in all_keys.iter().enumerate() {
+            for (ki, key) in keys.iter().enumerate() {
+                let dst = all_dst_offsets[bi].get(ki);
+                let src = all_src_offsets[bi].get(ki);
+                let lens = all_sizes[bi].get(ki);
+                let ranges = match (dst, src, lens) {
+                    (Some(d), Some(s), Some(n)) if d.len() == n.len() && s.len() == n.len() => d
+                        .iter()
+                        .zip(s)
+                        .zip(n)
+                        .map(|((&d, &offset), &len)| {
+                            buffer_ptrs[bi].checked_add(d).map(|addr| ObjectRange {
+                                addr,
+                                offset,
+                                len,
+                            })
+                        })
+                        .collect::<Option<Vec<_>>>()
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                reads.push(KeyRanges::new(key.clone(), ranges));
+            }
+        }
+        let mut results = py.detach(|| c.dummy.get_into_ranges(&reads)).into_iter();
+        all_keys
+            .iter()
+            .enumerate()
+            .map(|(bi, keys)| {
+                (0..keys.len())
+                    .map(|ki| {
+                        let r = results.next().unwrap_or(Err(ErrorCode::InternalError));
+                        let lens = all_sizes[bi].get(ki).map_or(&[][..], |s| &s[..]);
+                        lens.iter()
+                            .map(|&len| match r {
+                                Ok(_) => len as i64,
+                                Err(e) => e.as_i32() as i64,
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Opens reads: replicas and a read lease fetched once for later
@@ -1231,13 +1308,9 @@ impl MooncakeDistributedStore {
         self.with(
             py,
             |e| vec![e.as_i32() as i64; n],
-            |c| {
-                sizes_or_codes(c.batch_get_into_multi_buffer_ranges(
-                    &keys,
-                    &all_buffer_ptrs,
-                    &all_sizes,
-                    &all_src_offsets,
-                ))
+            |c| match key_ranges(&keys, &all_buffer_ptrs, &all_sizes, &all_src_offsets) {
+                Some(reads) => sizes_or_codes(c.batch_get_into_multi_buffer_ranges(&reads)),
+                None => vec![ErrorCode::InvalidParams.as_i32() as i64; n],
             },
         )
     }
@@ -1268,7 +1341,13 @@ impl MooncakeDistributedStore {
         self.with(
             py,
             |e| vec![e.as_i32(); n],
-            |c| codes(c.batch_put_session_start(&keys, &sizes, &config)),
+            |c| {
+                if keys.len() != sizes.len() {
+                    return vec![ErrorCode::InvalidParams.as_i32(); n];
+                }
+                let objects: Vec<(String, u64)> = keys.iter().cloned().zip(sizes.clone()).collect();
+                codes(c.batch_put_session_start(&objects, &config))
+            },
         )
     }
 
@@ -1287,13 +1366,9 @@ impl MooncakeDistributedStore {
         self.with(
             py,
             |e| vec![e.as_i32() as i64; n],
-            |c| {
-                sizes_or_codes(c.batch_put_from_multi_buffer_ranges(
-                    &keys,
-                    &all_buffer_ptrs,
-                    &all_sizes,
-                    &all_dst_offsets,
-                ))
+            |c| match key_ranges(&keys, &all_buffer_ptrs, &all_sizes, &all_dst_offsets) {
+                Some(writes) => sizes_or_codes(c.batch_put_from_multi_buffer_ranges(&writes)),
+                None => vec![ErrorCode::InvalidParams.as_i32() as i64; n],
             },
         )
     }
@@ -1404,8 +1479,12 @@ impl MooncakeDistributedStore {
             py,
             |e| vec![e.as_i32(); n],
             |c| {
-                let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
-                codes(c.batch_put(&keys, &slices, &config, upsert))
+                let objects: Vec<(&str, &[u8])> = keys
+                    .iter()
+                    .map(String::as_str)
+                    .zip(views.iter().map(ByteView::as_slice))
+                    .collect();
+                codes(c.batch_put(&objects, &config, upsert))
             },
         ))
     }

@@ -165,7 +165,9 @@ impl MooncakeStore {
                 "already set up; close() it first".into(),
             ));
         }
-        let mut config = args.client_config().map_err(StoreError::InvalidArgument)?;
+        let mut config = args
+            .client_config()
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
         config.cluster_token = self.cluster_token.clone();
         let background = BackgroundClient::start(config, 2, MASTER_WAIT).map_err(|e| {
             tracing::error!("setup failed: {e:#}");
@@ -234,12 +236,9 @@ impl MooncakeStore {
     ) -> Result<(), StoreError> {
         let default = ReplicateConfig::default();
         let c = self.connected()?;
-        let r = c.dummy.batch_put(
-            &[key.to_string()],
-            &[value],
-            config.unwrap_or(&default),
-            true,
-        );
+        let r = c
+            .dummy
+            .batch_put(&[(key, value)], config.unwrap_or(&default), true);
         Ok(r.into_iter()
             .next()
             .unwrap_or(Err(ErrorCode::InternalError))?)
@@ -364,9 +363,13 @@ impl MooncakeStore {
         }
         let default = ReplicateConfig::default();
         let c = self.connected()?;
+        let objects: Vec<(&str, &[u8])> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().copied())
+            .collect();
         Ok(per_key(c.dummy.batch_put(
-            keys,
-            values,
+            &objects,
             config.unwrap_or(&default),
             false,
         )))

@@ -9,6 +9,17 @@ use mooncake_proto::Protocol;
 use mooncake_realclient::RealClientConfig;
 use mooncake_realclient::config::advertise_host;
 
+/// A `setup` argument this build cannot honour.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// Neither `tcp` nor `rdma`.
+    #[error(transparent)]
+    Protocol(#[from] mooncake_proto::UnknownProtocol),
+    /// `rdma` in a build without the RDMA transport.
+    #[error("protocol \"rdma\": this build has no RDMA transport yet; use \"tcp\"")]
+    RdmaNotBuilt,
+}
+
 /// What `setup` was given.
 #[derive(Debug, Clone)]
 pub struct SetupArgs {
@@ -88,19 +99,12 @@ impl SetupArgs {
         self.host_and_port().0
     }
 
-    /// The in-process real client's configuration; an error message for settings
-    /// this build cannot honour.
-    pub fn client_config(&self) -> Result<RealClientConfig, String> {
-        let protocol: Protocol = self
-            .protocol
-            .trim()
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|e: String| format!("protocol {:?}: {e}", self.protocol))?;
+    /// The in-process real client's configuration; an error for settings this
+    /// build cannot honour.
+    pub fn client_config(&self) -> Result<RealClientConfig, SetupError> {
+        let protocol: Protocol = self.protocol.trim().parse()?;
         if protocol == Protocol::Rdma {
-            return Err(
-                "protocol \"rdma\": this build has no RDMA transport yet; use \"tcp\"".into(),
-            );
+            return Err(SetupError::RdmaNotBuilt);
         }
         let (host, port) = self.host_and_port();
         let wildcard = host.is_empty() || host == "0.0.0.0" || host == "::";
@@ -203,8 +207,13 @@ mod tests {
     fn rdma_is_refused_with_a_reason() {
         let mut a = args("localhost");
         a.protocol = "rdma".into();
-        assert!(a.client_config().unwrap_err().contains("RDMA"));
+        let err = a.client_config().unwrap_err();
+        assert_eq!(err, SetupError::RdmaNotBuilt);
+        assert!(err.to_string().contains("RDMA"));
         a.protocol = "carrier-pigeon".into();
-        assert!(a.client_config().is_err());
+        assert!(matches!(
+            a.client_config(),
+            Err(SetupError::Protocol(p)) if p.0 == "carrier-pigeon"
+        ));
     }
 }

@@ -20,7 +20,7 @@ impl RealClient {
                     let outcome = me.run_replica_task(&master, &t).await;
                     let (ok, message) = match outcome {
                         Ok(()) => (true, "Task completed successfully".to_string()),
-                        Err(e) => (false, e),
+                        Err(e) => (false, e.to_string()),
                     };
                     if !ok {
                         tracing::warn!(task = %t.id, key = %t.key, "replica task failed: {message}");
@@ -43,8 +43,8 @@ impl RealClient {
         &self,
         master: &MasterHandle,
         task: &TaskAssignment,
-    ) -> Result<(), String> {
-        let failed = |what: &str, e: ErrorCode| format!("{what} failed: {e} ({})", e.as_i32());
+    ) -> Result<(), ReplicaTaskError> {
+        let failed = |step: &'static str, code: ErrorCode| ReplicaTaskError::Master { step, code };
         let plan = master
             .replica_copy_start(
                 self.client_id,
@@ -59,7 +59,7 @@ impl RealClient {
             let _ = master
                 .replica_copy_revoke(self.client_id, task.key.clone())
                 .await;
-            return Err("the source segment is not this client's".into());
+            return Err(ReplicaTaskError::NotOurSegment);
         };
         let jobs: Vec<TransferJob> = plan
             .targets
@@ -120,4 +120,20 @@ impl RealClient {
     pub async fn query_task(&self, id: TaskId) -> MResult<TaskInfo> {
         self.master()?.query_task(id).await
     }
+}
+
+/// Why a replica task failed; its text is what the master records for the task.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReplicaTaskError {
+    /// The master refused a step of the copy.
+    #[error("{step} failed: {code} ({})", code.as_i32())]
+    Master {
+        /// `copy_start` or `copy_end`.
+        step: &'static str,
+        /// The master's answer.
+        code: ErrorCode,
+    },
+    /// The task named a source segment this client does not hold.
+    #[error("the source segment is not this client's")]
+    NotOurSegment,
 }
