@@ -29,6 +29,9 @@ pub async fn serve_http(
         ConnectionLimiter::new(HTTP_CONNECTIONS_PER_PEER, HTTP_CONNECTIONS),
         "http",
     );
+    // Connections live on their own tracker, so that this task (on the
+    // daemon's tracker) ends only once every connection has.
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer, permit) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -36,7 +39,7 @@ pub async fn serve_http(
         };
         let router = router.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
                 req.extensions_mut()
@@ -58,4 +61,6 @@ pub async fn serve_http(
             }
         });
     }
+    connections.close();
+    connections.wait().await;
 }

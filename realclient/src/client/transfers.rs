@@ -16,7 +16,8 @@ impl RealClient {
                 let _ = master.batch_release_reads(reads).await;
             }
             MasterHandle::Remote(_) => {
-                tokio::spawn(async move {
+                // Off the caller's path, but on the tracker so shutdown waits for it.
+                self.tasks.spawn(async move {
                     let _ = master.batch_release_reads(reads).await;
                 });
             }
