@@ -1,9 +1,17 @@
 """Tensor encoding for the store's tensor APIs, and safetensors files.
 
-A tensor object is an 80-byte header followed by the tensor's bytes in C order:
-``b"MCT1"``, dtype code (u32), ndim (u32), reserved (u32, 0), then 8 dims (u64),
-all little-endian (docs/PYTHON.md lists the dtype codes). Tensors are
-``torch.Tensor`` when torch imports; numpy arrays are accepted too, and reads
+A tensor object is upstream's ``TensorMetadata`` (304 bytes, little-endian)
+followed by the tensor's bytes in C order, so objects written here read back in
+upstream's client and the other way round. The header: magic ``0x4d4f4f4e``
+(u32), version 1 (u16), header size 304 (u16), dtype (i32, upstream's
+``TensorDtype``), ndim (i32, <= 8), layout kind (u32: 0 full, 1 shard), flags
+(u32, 0), data offset (u64, 304), data bytes (u64); then the global and the local
+shape (8 x i64 each, unused dims -1), the axis count (u32) and a reserved u32, and
+4 layout axes (kind, axis index, shard rank, shard count, split dim, reserved:
+i32 each; then an i64, the local extent of the split dim). A tensor stored whole
+has layout "full" and no axes; a tensor-parallel shard ``<key>_tp_<r>`` has layout
+"shard", the whole tensor's shape as its global shape and one TP axis. Tensors
+are ``torch.Tensor`` when torch imports; numpy arrays are accepted too, and reads
 return numpy arrays when torch is absent.
 """
 
@@ -19,29 +27,35 @@ try:
 except Exception:  # pragma: no cover - depends on the environment
     _np = None
 
-MAGIC = b"MCT1"
-HEADER = struct.Struct("<4sIII8Q")
+MAGIC = 0x4D4F4F4E
+VERSION = 1
 MAX_DIMS = 8
+MAX_AXES = 4
+LAYOUT_FULL, LAYOUT_SHARD = 0, 1
+AXIS_TP = 1
+_OBJECT = struct.Struct("<IHHiiIIQQ")
+_SHAPE = struct.Struct("<8q")
+_AXES_HEAD = struct.Struct("<II")
+_AXIS = struct.Struct("<iiiiiiq")
+HEADER_SIZE = _OBJECT.size + 2 * _SHAPE.size + _AXES_HEAD.size + MAX_AXES * _AXIS.size
 
-# Codes are positions in this list (part of the stored format: append only).
+# Upstream's TensorDtype: codes are positions in this list.
 DTYPE_NAMES = [
-    "float32", "float64", "float16", "bfloat16", "int8", "uint8", "int16",
-    "int32", "int64", "bool", "float8_e4m3fn", "float8_e5m2", "complex64",
-    "complex128", "uint16", "uint32", "uint64",
+    "float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32",
+    "int64", "uint64", "bool", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
 ]
 _CODES = {name: code for code, name in enumerate(DTYPE_NAMES)}
 _ITEMSIZE = {
-    "float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1,
-    "int16": 2, "int32": 4, "int64": 8, "bool": 1, "float8_e4m3fn": 1,
-    "float8_e5m2": 1, "complex64": 8, "complex128": 16, "uint16": 2, "uint32": 4,
-    "uint64": 8,
+    "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
+    "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1, "float16": 2,
+    "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
 }
 # safetensors' dtype names.
 _ST_NAMES = {
     "float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
     "int8": "I8", "uint8": "U8", "int16": "I16", "int32": "I32", "int64": "I64",
     "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "complex64": "C64", "uint16": "U16", "uint32": "U32", "uint64": "U64",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64",
 }
 _FROM_ST = {v: k for k, v in _ST_NAMES.items()}
 
@@ -76,29 +90,78 @@ def raw(obj):
     return None
 
 
-def encode(obj):
-    """``(header, payload)`` of a tensor, or None when this format cannot hold it."""
+def _shape(dims):
+    return _SHAPE.pack(*(list(dims) + [-1] * (MAX_DIMS - len(dims))))
+
+
+def header(name, local_shape, nbytes, global_shape=None, axes=()):
+    """Upstream's ``TensorMetadata`` for a tensor of dtype ``name``: layout
+    "full" without ``axes``, else "shard" with ``axes`` (tuples of kind, rank,
+    count, split dim, local extent of the split dim)."""
+    layout = LAYOUT_SHARD if axes else LAYOUT_FULL
+    out = _OBJECT.pack(
+        MAGIC, VERSION, HEADER_SIZE, _CODES[name], len(local_shape), layout, 0,
+        HEADER_SIZE, nbytes,
+    )
+    out += _shape(global_shape if global_shape is not None else local_shape)
+    out += _shape(local_shape)
+    out += _AXES_HEAD.pack(len(axes), 0)
+    for i in range(MAX_AXES):
+        if i < len(axes):
+            kind, rank, count, split_dim, extent = axes[i]
+            out += _AXIS.pack(kind, i, rank, count, split_dim, 0, extent)
+        else:
+            out += bytes(_AXIS.size)
+    return out
+
+
+def encode(obj, global_shape=None, axes=()):
+    """``(header, payload)`` of a tensor, or None when this format cannot hold it
+    (a dtype upstream has no code for, more than 8 dims)."""
     r = raw(obj)
     if r is None or len(r[1]) > MAX_DIMS:
         return None
     name, shape, data = r
-    dims = list(shape) + [0] * (MAX_DIMS - len(shape))
-    return HEADER.pack(MAGIC, _CODES[name], len(shape), 0, *dims), data
+    return header(name, shape, len(data), global_shape, axes), data
 
 
-def parse_header(data):
-    """``(dtype name, shape, payload bytes)`` from a stored object's start, or None."""
-    if data is None or len(data) < HEADER.size:
+def parse_header(data, total_length):
+    """``(dtype name, local shape, data offset, data bytes)`` of a stored object
+    of ``total_length`` bytes whose start is ``data``, or None unless the header
+    passes every check upstream's reader makes."""
+    if data is None or total_length < HEADER_SIZE or len(data) < HEADER_SIZE:
         return None
-    magic, code, ndim, _, *dims = HEADER.unpack_from(data, 0)
-    if magic != MAGIC or code >= len(DTYPE_NAMES) or ndim > MAX_DIMS:
+    magic, version, size, code, ndim, layout, _, offset, nbytes = _OBJECT.unpack_from(data, 0)
+    if magic != MAGIC or version != VERSION or size != HEADER_SIZE:
+        return None
+    if not 0 <= code < len(DTYPE_NAMES) or not 0 <= ndim <= MAX_DIMS or layout > LAYOUT_SHARD:
+        return None
+    at = _OBJECT.size
+    global_shape = _SHAPE.unpack_from(data, at)
+    local_shape = _SHAPE.unpack_from(data, at + _SHAPE.size)
+    axis_count, _ = _AXES_HEAD.unpack_from(data, at + 2 * _SHAPE.size)
+    if axis_count > MAX_AXES:
+        return None
+    if not HEADER_SIZE <= offset <= total_length or nbytes != total_length - offset:
+        return None
+    if any(d < 0 for d in global_shape[:ndim] + local_shape[:ndim]):
+        return None
+    if any(d != -1 for d in global_shape[ndim:] + local_shape[ndim:]):
         return None
     name = DTYPE_NAMES[code]
-    shape = tuple(dims[:ndim])
     count = 1
-    for d in shape:
+    for d in local_shape[:ndim]:
         count *= d
-    return name, shape, count * _ITEMSIZE[name]
+    if count * _ITEMSIZE[name] != nbytes:
+        return None
+    axes_at = at + 2 * _SHAPE.size + _AXES_HEAD.size
+    for i in range(axis_count):
+        kind, _, rank, shards, split_dim, _, _ = _AXIS.unpack_from(data, axes_at + i * _AXIS.size)
+        if not 0 <= kind <= 4 or shards <= 0 or not 0 <= rank < shards:
+            return None
+        if not -1 <= split_dim < ndim:
+            return None
+    return name, tuple(local_shape[:ndim]), offset, nbytes
 
 
 def build(name, shape, payload):
@@ -123,28 +186,44 @@ def build(name, shape, payload):
 def decode(data, copy=True):
     """The tensor stored in ``data`` (bytes-like), or None. ``copy=False`` keeps a
     view of ``data`` (which must then be writable and outlive the tensor)."""
-    parsed = parse_header(data)
+    if data is None:
+        return None
+    parsed = parse_header(data, len(data))
     if parsed is None:
         return None
-    name, shape, nbytes = parsed
-    if len(data) != HEADER.size + nbytes:
-        return None
-    body = memoryview(data)[HEADER.size:]
+    name, shape, offset, nbytes = parsed
+    body = memoryview(data)[offset:offset + nbytes]
     return build(name, shape, bytearray(body) if copy else body)
 
 
-def split(obj, parts, dim):
-    """``obj`` cut into ``parts`` contiguous shards along ``dim`` (as even as
-    possible), or None."""
+def shards(obj, parts, dim):
+    """``obj`` cut into ``parts`` equal contiguous shards along ``dim`` with the
+    header each is stored under (``[(header, payload)]``), or None. As upstream,
+    the dim's size must be a multiple of ``parts`` and ``dim`` non-negative."""
     if _torch is not None and isinstance(obj, _torch.Tensor):
-        if not -obj.dim() <= dim < obj.dim() or obj.shape[dim] < parts:
+        ndim, size, cut = obj.dim(), None, None
+        if 0 <= dim < ndim:
+            size = obj.shape[dim]
+            cut = lambda start, n: obj.narrow(dim, start, n).contiguous()  # noqa: E731
+    elif _np is not None and isinstance(obj, _np.ndarray):
+        ndim, size, cut = obj.ndim, None, None
+        if 0 <= dim < ndim:
+            size = obj.shape[dim]
+            cut = lambda start, n: _np.ascontiguousarray(  # noqa: E731
+                _np.take(obj, range(start, start + n), axis=dim))
+    else:
+        return None
+    if size is None or parts <= 0 or size % parts != 0:
+        return None
+    whole = tuple(obj.shape)
+    n = size // parts
+    out = []
+    for rank in range(parts):
+        e = encode(cut(rank * n, n), whole, [(AXIS_TP, rank, parts, dim, n)])
+        if e is None:
             return None
-        return list(_torch.tensor_split(obj, parts, dim=dim))
-    if _np is not None and isinstance(obj, _np.ndarray):
-        if not -obj.ndim <= dim < obj.ndim or obj.shape[dim] < parts:
-            return None
-        return _np.array_split(obj, parts, axis=dim)
-    return None
+        out.append(e)
+    return out
 
 
 def save_safetensors(path, tensors):

@@ -7,8 +7,9 @@ getters ``None``. The GIL is released inside every native call.
 Tensor APIs (``put_tensor`` / ``get_tensor`` and their batch, ``_from`` /
 ``_into``, ``upsert_`` / ``pub_``, tensor-parallel and safetensors forms) take
 ``torch.Tensor`` (or numpy arrays) and return torch tensors when torch imports,
-numpy arrays otherwise. A tensor is stored as an 80-byte header followed by its
-bytes in C order (``mooncake._tensor``, docs/PYTHON.md).
+numpy arrays otherwise. A tensor is stored as upstream stores it: its 304-byte
+``TensorMetadata`` header, then its bytes in C order (``mooncake._tensor``,
+docs/PYTHON.md).
 """
 
 import ctypes
@@ -115,7 +116,9 @@ class MooncakeDistributedStore(_NativeStore):
     def _put_tensors(self, keys, tensors, config, upsert):
         if len(keys) != len(tensors):
             return [_INVALID_PARAMS] * len(keys)
-        encoded = [_tensor.encode(t) for t in tensors]
+        return self._put_encoded(keys, [_tensor.encode(t) for t in tensors], config, upsert)
+
+    def _put_encoded(self, keys, encoded, config, upsert):
         results = [_INVALID_PARAMS] * len(keys)
         put = self.upsert_parts if upsert else self.put_parts
         for i, (k, e) in enumerate(zip(keys, encoded)):
@@ -158,10 +161,9 @@ class MooncakeDistributedStore(_NativeStore):
         return [_tensor.decode(b) for b in self.batch_get_buffer(list(keys))]
 
     def _check_encoded(self, ptr, size):
-        if size < _tensor.HEADER.size:
+        if size < _tensor.HEADER_SIZE:
             return False
-        parsed = _tensor.parse_header(_view(ptr, _tensor.HEADER.size))
-        return parsed is not None and _tensor.HEADER.size + parsed[2] == size
+        return _tensor.parse_header(_view(ptr, _tensor.HEADER_SIZE), size) is not None
 
     def put_tensor_from(self, key, buffer_ptr, size, config=None):
         """Stores an encoded tensor (header and bytes, as ``get_tensor_into``
@@ -248,13 +250,16 @@ class MooncakeDistributedStore(_NativeStore):
             return self._put_tensors(keys, tensors, config, upsert)
         results = []
         for key, t in zip(keys, tensors):
-            shards = _tensor.split(t, tp_size, split_dim) if _tensor.is_tensor(t) else None
+            shards = _tensor.shards(t, tp_size, split_dim)
             if shards is None:
-                _log.error("put_tensor_with_tp(%r): cannot split into %d shards on dim %d", key, tp_size, split_dim)
+                _log.error(
+                    "put_tensor_with_tp(%r): cannot cut into %d equal shards on dim %d",
+                    key, tp_size, split_dim,
+                )
                 results.append(_INVALID_PARAMS)
                 continue
             shard_keys = [_tp_key(key, r) for r in range(tp_size)]
-            results.append(_first_error(self._put_tensors(shard_keys, shards, config, upsert)))
+            results.append(_first_error(self._put_encoded(shard_keys, shards, config, upsert)))
         return results
 
     def put_tensor_with_tp(self, key, tensor, tp_rank=0, tp_size=1, split_dim=0, config=None):

@@ -37,17 +37,60 @@ ARRAYS = [
 ]
 
 
-def test_header_layout_is_the_documented_one():
-    header, payload = _tensor.encode(np.arange(6, dtype=np.int32).reshape(2, 3))
-    assert len(header) == 80
-    magic, code, ndim, reserved, *dims = struct.unpack("<4sIII8Q", header)
-    assert (magic, _tensor.DTYPE_NAMES[code], ndim, reserved) == (b"MCT1", "int32", 2, 0)
-    assert dims == [2, 3, 0, 0, 0, 0, 0, 0]
-    assert bytes(payload) == np.arange(6, dtype=np.int32).tobytes()
+def upstream_header(dtype, ndim, glob, local, layout=0, axes=(), offset=304, nbytes=0):
+    """Upstream's ``TensorMetadata`` (mooncake-integration/integration_utils.h),
+    packed field by field as its C struct lays it out."""
+    pad = lambda dims: list(dims) + [-1] * (8 - len(dims))  # noqa: E731
+    out = struct.pack("<IHHiiIIQQ", 0x4D4F4F4E, 1, 304, dtype, ndim, layout, 0, offset, nbytes)
+    out += struct.pack("<8q", *pad(glob)) + struct.pack("<8q", *pad(local))
+    out += struct.pack("<II", len(axes), 0)
+    for i in range(4):
+        out += struct.pack("<iiiiiiq", *axes[i]) if i < len(axes) else bytes(32)
+    assert len(out) == 304
+    return out
+
+
+def test_header_is_upstreams_tensor_metadata():
+    a = np.arange(6, dtype=np.int32).reshape(2, 3)
+    header, payload = _tensor.encode(a)
+    # int32 is upstream's TensorDtype 6; layout FULL, global = local shape.
+    assert header == upstream_header(6, 2, [2, 3], [2, 3], nbytes=24)
+    assert bytes(payload) == a.tobytes()
+    # An object written by upstream's put_tensor decodes here.
+    f16 = np.arange(4, dtype=np.float16)
+    assert same(_tensor.decode(upstream_header(11, 1, [4], [4], nbytes=8) + f16.tobytes()), f16)
     assert _tensor.encode(np.zeros([1] * 9)) is None  # more than 8 dims
+    assert _tensor.encode(np.zeros(2, dtype=np.complex64)) is None  # no upstream dtype code
     assert _tensor.encode("not a tensor") is None
-    assert _tensor.decode(b"XXXX" + bytes(100)) is None
-    assert _tensor.decode(header + bytes(payload)[:-1]) is None  # truncated body
+    assert _tensor.decode(b"XXXX" + bytes(400)) is None
+    good = header + bytes(payload)
+    assert same(_tensor.decode(good), a)
+    assert _tensor.decode(good[:-1]) is None  # truncated body
+    assert _tensor.decode(good + b"x") is None  # data_bytes disagrees with the length
+    # Every field upstream's reader checks is checked here too.
+    bad = [
+        upstream_header(6, 2, [2, 3], [2, 3], nbytes=20),  # bytes != numel * size
+        upstream_header(15, 2, [2, 3], [2, 3], nbytes=24),  # no such dtype
+        upstream_header(6, 9, [2, 3], [2, 3], nbytes=24),  # ndim > 8
+        upstream_header(6, 2, [2, 3], [2, 3], layout=2, nbytes=24),  # no such layout
+        upstream_header(6, 2, [2, 3], [2, 3], offset=8, nbytes=24),  # data inside the header
+        upstream_header(6, 1, [2, 3], [6], nbytes=24),  # unused dims must be -1
+        upstream_header(6, 2, [2, 3], [2, 3], layout=1, axes=[(1, 0, 2, 2, 0, 0, 1)], nbytes=24),  # rank >= count
+    ]
+    for h in bad:
+        assert _tensor.decode(h + a.tobytes()) is None
+
+
+def test_shards_carry_upstreams_shard_layout(store):
+    full = np.arange(8 * 6, dtype=np.int64).reshape(8, 6)
+    k = uniq()
+    assert store.put_tensor_with_tp(k, full, tp_size=2, split_dim=1) == 0
+    raw = store.get(f"{k}_tp_1")
+    shard = full[:, 3:]
+    # SHARD layout, global shape the whole tensor's, one TP axis (kind 1, index 0,
+    # rank 1 of 2, split dim 1, local extent 3).
+    expected = upstream_header(8, 2, [8, 6], [8, 3], layout=1, axes=[(1, 0, 1, 2, 1, 0, 3)], nbytes=shard.nbytes)
+    assert raw[:304] == expected and raw[304:] == shard.tobytes()
 
 
 @pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype}{list(a.shape)}")
@@ -93,7 +136,7 @@ def test_tensor_from_and_into_registered_memory(store):
         a = np.arange(1000, dtype=np.float32)
         k = uniq()
         assert store.put_tensor(k, a) == 0
-        n = 80 + a.nbytes
+        n = _tensor.HEADER_SIZE + a.nbytes
         view = store.get_tensor_into(k, addr, MB)
         assert same(view, a)
         view[0] = 42.0  # a view of the registered buffer, not a copy
@@ -134,6 +177,9 @@ def test_tensor_parallel_shards(store):
     assert store.batch_pub_tensor_with_tp(keys, [full, full], ReplicateConfig(), 0, 2) == [0, 0]
     assert store.put_tensor_with_tp(uniq(), full, tp_size=9, split_dim=0) == INVALID_PARAMS
     assert store.put_tensor_with_tp(uniq(), full, tp_size=2, split_dim=5) == INVALID_PARAMS
+    # As upstream: only equal shards, and no negative dims.
+    assert store.put_tensor_with_tp(uniq(), full, tp_size=4, split_dim=1) == INVALID_PARAMS
+    assert store.put_tensor_with_tp(uniq(), full, tp_size=2, split_dim=-1) == INVALID_PARAMS
     assert store.get_tensor_with_tp(k, tp_rank=7, tp_size=8) is None
 
 
