@@ -27,6 +27,7 @@ pub mod hostmem;
 mod metadata;
 mod ranges;
 mod reads;
+mod staging;
 mod writes;
 
 pub use ranges::{KeyRanges, ObjectRange};
@@ -52,6 +53,8 @@ use mooncake_proto::realclient::{
 use mooncake_proto::*;
 use mooncake_shm::callring::RingShape;
 use mooncake_shm::{CallRing, CallRingClient, Region, ShmError};
+
+use staging::{Staging, StagingPool};
 use tarpc::context;
 
 /// How often the real client is pinged (and a lost one reconnected).
@@ -73,6 +76,9 @@ pub enum DummyError {
     /// The real client did not answer.
     #[error("real client did not answer: {0}")]
     Rpc(#[from] tarpc::client::RpcError),
+    /// The staging pool (`local_buffer_size`) could not be created.
+    #[error("cannot create the {0}-byte staging pool: {1}")]
+    Staging(u64, #[source] ShmError),
 }
 
 /// Why no call ring could be set up; the dummy then calls over the socket.
@@ -120,6 +126,8 @@ struct Conn {
     info: RealClientInfo,
     segment: Option<Region>,
     broken: AtomicBool,
+    /// Where this connection registered the staging pool, when there is one.
+    staging_base: Option<u64>,
     /// Read grants this side is done with, sent along with the next `get_into`
     /// (or by the pinger within a second).
     released: Mutex<Vec<(String, u64)>>,
@@ -261,41 +269,6 @@ impl Dst<'_> {
     }
 }
 
-/// Temporary registered memory for values in unregistered buffers that must cross
-/// hosts; unregistered on drop.
-struct Staging<'a> {
-    conn: &'a Conn,
-    runtime: &'a tokio::runtime::Runtime,
-    region: Region,
-    base: u64,
-}
-
-impl<'a> Staging<'a> {
-    fn new(
-        conn: &'a Conn,
-        runtime: &'a tokio::runtime::Runtime,
-        size: u64,
-    ) -> MResult<Staging<'a>> {
-        let region = Region::anonymous("mooncake-staging", size.max(1), &RegionOptions::default())
-            .map_err(|e| e.code())?;
-        let base = runtime
-            .block_on(conn.ipc.register(&region, 0, size.max(1)))
-            .map_err(|e| e.code())?;
-        Ok(Staging {
-            conn,
-            runtime,
-            region,
-            base,
-        })
-    }
-}
-
-impl Drop for Staging<'_> {
-    fn drop(&mut self) {
-        let _ = self.runtime.block_on(self.conn.ipc.unregister(self.base));
-    }
-}
-
 /// A write opened by `batch_put_session_start`: space reserved, bytes written
 /// range by range, made readable by `batch_put_session_end`.
 #[derive(Clone)]
@@ -426,11 +399,15 @@ impl Item {
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     call_ring: bool,
+    staging_budget: Option<u64>,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { call_ring: true }
+        ConnectOptions {
+            call_ring: true,
+            staging_budget: None,
+        }
     }
 }
 
@@ -441,6 +418,18 @@ impl ConnectOptions {
         self.call_ring = on;
         self
     }
+
+    /// Upstream's `local_buffer_size`: the bytes this client stages values
+    /// through. With a budget, values moved by the copying calls (`put`,
+    /// `batch_put`, `put_parts`, `get`, `batch_get`, ...) larger than it are
+    /// refused with `INVALID_PARAMS` (all of them with 0), as upstream, and
+    /// staging comes from one registered pool of this size instead of a
+    /// temporary buffer per call. `None` (the default): no limit, temporary
+    /// buffers.
+    pub fn with_staging_budget(mut self, bytes: Option<u64>) -> Self {
+        self.staging_budget = bytes;
+        self
+    }
 }
 
 /// State shared with the pinger task.
@@ -448,6 +437,8 @@ struct Shared {
     socket: PathBuf,
     token: String,
     options: ConnectOptions,
+    /// The pool values are staged through (`local_buffer_size`), when one is set.
+    staging: Option<Arc<StagingPool>>,
     conn: RwLock<Option<Arc<Conn>>>,
     registrations: Mutex<Vec<Registration>>,
     reconnects: AtomicU64,
@@ -472,6 +463,10 @@ impl Shared {
                 ipc.register(region, r.offset, r.len).await?;
             }
         }
+        let staging_base = match &self.staging {
+            Some(pool) => Some(ipc.register(pool.region(), 0, pool.capacity()).await?),
+            None => None,
+        };
         let ring = if !self.options.call_ring {
             None
         } else {
@@ -490,6 +485,7 @@ impl Shared {
             info,
             segment,
             broken: AtomicBool::new(false),
+            staging_base,
             released: Mutex::new(Vec::new()),
         }))
     }
@@ -582,8 +578,9 @@ impl DummyClient {
     pub unsafe fn connect_in_process(
         socket: &Path,
         token: &str,
+        options: ConnectOptions,
     ) -> Result<DummyClient, DummyError> {
-        Self::connect_with(socket, token, ConnectOptions::default(), true)
+        Self::connect_with(socket, token, options, true)
     }
 
     /// [`connect`](Self::connect) with options.
@@ -606,10 +603,17 @@ impl DummyClient {
             .thread_name("mooncake-dummy")
             .enable_all()
             .build()?;
+        let staging = match options.staging_budget {
+            Some(budget) if budget > 0 => Some(Arc::new(
+                StagingPool::new(budget).map_err(|e| DummyError::Staging(budget, e))?,
+            )),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             socket: socket.to_path_buf(),
             token: token.to_string(),
             options,
+            staging,
             conn: RwLock::new(None),
             registrations: Mutex::new(Vec::new()),
             reconnects: AtomicU64::new(0),

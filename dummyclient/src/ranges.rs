@@ -94,7 +94,12 @@ impl DummyClient {
             .map(|(_, s)| s.len)
             .sum();
         let staging = if staged_len > 0 {
-            match Staging::new(conn, &self.runtime, staged_len) {
+            match Staging::new(
+                conn,
+                &self.runtime,
+                self.shared.staging.as_deref(),
+                staged_len,
+            ) {
                 Ok(st) => Some(st),
                 Err(e) => return vec![Err(e); n],
             }
@@ -112,7 +117,7 @@ impl DummyClient {
                 let buf = match (span.shared_ref(), &staging) {
                     (Some(b), _) => b,
                     (None, Some(st)) => {
-                        if write && let Err(e) = span.copy_into(&st.region, at) {
+                        if write && let Err(e) = span.copy_into(st.region(), st.start + at) {
                             prepared[i] = Err(e);
                         }
                         staged.push((i, at, span));
@@ -152,7 +157,7 @@ impl DummyClient {
         if !write && let Some(st) = &staging {
             for (i, at, span) in staged {
                 if results[i].is_ok()
-                    && let Err(e) = span.fill_from(&st.region, at, span.len)
+                    && let Err(e) = span.fill_from(st.region(), st.start + at, span.len)
                 {
                     results[i] = Err(e);
                 }

@@ -97,9 +97,18 @@ impl DummyClient {
         let mut done_with: Vec<(String, u64)> = Vec::new();
         for (&i, outcome) in valid.iter().zip(outcomes) {
             let dst = dsts[i].as_mut().expect("valid");
+            // A copying read of a value larger than the local buffer fails, as
+            // upstream's does.
+            let copies = !matches!(dst, Dst::Registered(_));
             results[i] = match outcome {
                 Err(e) => Err(e),
                 Ok(GetOutcome::Done(n)) => Ok(n),
+                Ok(GetOutcome::Local(list)) | Ok(GetOutcome::Remote(list))
+                    if copies && !self.copies_fit([list.size]) =>
+                {
+                    done_with.extend(grant_of(&keys[i], &list));
+                    Err(ErrorCode::InvalidParams)
+                }
                 Ok(GetOutcome::Local(list)) => {
                     let r = Self::copy_local(&conn, &list, dst, asked);
                     done_with.extend(grant_of(&keys[i], &list));
@@ -121,6 +130,23 @@ impl DummyClient {
         }
         self.release_reads(&conn, done_with);
         results
+    }
+
+    /// Whether copying calls moving values of these sizes stay within the
+    /// local buffer (`local_buffer_size`), when one is set; logs when not.
+    pub(super) fn copies_fit(&self, sizes: impl IntoIterator<Item = u64>) -> bool {
+        let Some(budget) = self.shared.options.staging_budget else {
+            return true;
+        };
+        let total: u64 = sizes.into_iter().sum();
+        if total > budget {
+            tracing::warn!(
+                "{total} bytes do not fit the local buffer (local_buffer_size = {budget}); \
+                 use the zero-copy calls or a larger local_buffer_size"
+            );
+            return false;
+        }
+        true
     }
 
     /// Notes that this side is done reading the values it was granted; the next
@@ -194,7 +220,8 @@ impl DummyClient {
         done_with: &mut Vec<(String, u64)>,
     ) {
         let total: u64 = remote.iter().map(|(_, n)| n).sum();
-        let staging = match Staging::new(conn, &self.runtime, total) {
+        let staging = match Staging::new(conn, &self.runtime, self.shared.staging.as_deref(), total)
+        {
             Ok(s) => s,
             Err(e) => {
                 for &(i, _) in remote {
@@ -221,7 +248,9 @@ impl DummyClient {
             let dst = dsts[i].as_mut().expect("valid");
             results[i] = match outcome {
                 Err(e) => Err(e),
-                Ok(GetOutcome::Done(n)) => dst.fill_from(&staging.region, off, n).map(|_| n),
+                Ok(GetOutcome::Done(n)) => dst
+                    .fill_from(staging.region(), staging.start + off, n)
+                    .map(|_| n),
                 Ok(GetOutcome::Local(list)) => {
                     let r = Self::copy_local(conn, &list, dst, asked);
                     done_with.extend(grant_of(&keys[i], &list));

@@ -91,6 +91,12 @@ impl DummyClient {
         upsert: bool,
     ) -> Vec<MResult<()>> {
         let mut results: Vec<MResult<()>> = vec![Err(ErrorCode::InvalidParams); keys.len()];
+        if !self.copies_fit(srcs.iter().flatten().filter_map(|s| match s {
+            Src::Bytes(_) => Some(s.len()),
+            Src::Registered(_) => None,
+        })) {
+            return results;
+        }
         let valid: Vec<usize> = (0..keys.len())
             .filter(|&i| srcs[i].as_ref().is_some_and(|s| s.len() > 0))
             .collect();
@@ -167,7 +173,12 @@ impl DummyClient {
             .map(|&c| srcs[completions[c].0].as_ref().map_or(0, |s| s.len()))
             .sum();
         let staging = if staging_size > 0 {
-            match Staging::new(&conn, &self.runtime, staging_size) {
+            match Staging::new(
+                &conn,
+                &self.runtime,
+                self.shared.staging.as_deref(),
+                staging_size,
+            ) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!("cannot stage values for remote replicas: {e}");
@@ -182,7 +193,7 @@ impl DummyClient {
             for &c in &to_stage {
                 let src = srcs[completions[c].0].as_ref().expect("valid");
                 let len = src.len();
-                if src.copy_into(&st.region, at).is_ok() {
+                if src.copy_into(st.region(), st.start + at).is_ok() {
                     completions[c].1.sources = vec![BufRef {
                         addr: st.base + at,
                         len,

@@ -256,14 +256,17 @@ impl MooncakeDistributedStore {
         let token = config.cluster_token.clone();
         let no_segment = args.global_segment_size == 0;
         let host = args.display_host();
+        let options =
+            crate::setup::dummy_options().with_staging_budget(Some(args.local_buffer_size));
         let started = py.detach(move || -> Result<Connected, String> {
             let background =
                 BackgroundClient::start(config, 2, MASTER_WAIT).map_err(|e| format!("{e:#}"))?;
             // SAFETY: the real client was just started in this process; the Python
             // API hands it only memory the caller registered for this purpose
             // (upstream's contract for `register_buffer`).
-            let dummy = unsafe { DummyClient::connect_in_process(background.socket(), &token) }
-                .map_err(|e| e.to_string())?;
+            let dummy =
+                unsafe { DummyClient::connect_in_process(background.socket(), &token, options) }
+                    .map_err(|e| e.to_string())?;
             // Upstream's `get_hostname`: `host:port` of this client's transfer
             // port, also when it contributes no segment (then nothing else names it).
             let hostname = no_segment.then(|| match background.endpoints().transfer {
@@ -387,8 +390,9 @@ impl MooncakeDistributedStore {
     }
 
     /// Connects to the host's real client (`mooncake_client --port P`) at
-    /// `server_address` = `"host:P"`. `mem_pool_size` and `local_buffer_size` are
-    /// hints (buffers are registered one by one). 0 on success.
+    /// `server_address` = `"host:P"`. `mem_pool_size` is a hint (buffers are
+    /// registered one by one); `local_buffer_size` bounds what the copying calls
+    /// move, as upstream (docs/PYTHON.md). 0 on success.
     #[pyo3(signature = (mem_pool_size, local_buffer_size, server_address))]
     fn setup_dummy(
         &self,
@@ -397,14 +401,13 @@ impl MooncakeDistributedStore {
         local_buffer_size: &Bound<'_, PyAny>,
         server_address: String,
     ) -> PyResult<i32> {
-        for (v, what) in [
-            (mem_pool_size, "mem_pool_size"),
-            (local_buffer_size, "local_buffer_size"),
-        ] {
-            if let Err(code) = size_or_code(py, v, what)? {
-                return Ok(code);
-            }
+        if let Err(code) = size_or_code(py, mem_pool_size, "mem_pool_size")? {
+            return Ok(code);
         }
+        let local_buffer_size = match size_or_code(py, local_buffer_size, "local_buffer_size")? {
+            Ok(n) => n,
+            Err(code) => return Ok(code),
+        };
         crate::init_library_logging();
         let _lifecycle = self.lifecycle.lock();
         if self.connected().is_some() {
@@ -419,7 +422,7 @@ impl MooncakeDistributedStore {
             }
         };
         let token = crate::setup::cluster_token();
-        let options = crate::setup::dummy_options();
+        let options = crate::setup::dummy_options().with_staging_budget(Some(local_buffer_size));
         let connected = py.detach(|| DummyClient::connect_with_options(&socket, &token, options));
         Ok(match connected {
             Ok(dummy) => self.install(Connected {

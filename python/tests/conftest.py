@@ -137,8 +137,8 @@ def real_client(master):
     rc.cleanup()
 
 
-def setup_in_process(store, master, segment=64 * MB):
-    return store.setup("localhost", "P2PHANDSHAKE", segment, 16 * MB, "tcp", "", master.address)
+def setup_in_process(store, master, segment=64 * MB, local_buffer=16 * MB):
+    return store.setup("localhost", "P2PHANDSHAKE", segment, local_buffer, "tcp", "", master.address)
 
 
 @pytest.fixture(params=["dummy", "in_process"])

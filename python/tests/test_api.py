@@ -333,15 +333,69 @@ def test_calls_before_setup_and_after_close(master):
     assert s.batch_get_into(["a", "b"], [1, 2], [3, 4]) == [NOT_SET_UP] * 2
     assert s.batch_get_buffer(["a"]) == [None]
     assert s.get_hostname() == ""
-    assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 0, "tcp", "", master.address) == 0
+    assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 16 * MB, "tcp", "", master.address) == 0
     k = uniq()
     assert s.put(k, b"v") == 0
-    assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 0, "tcp", "", master.address) == INVALID_PARAMS
+    assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 16 * MB, "tcp", "", master.address) == INVALID_PARAMS
     assert s.close() == 0
     assert s.close() == 0
     assert s.put(k, b"v") == NOT_SET_UP
     assert s.remove_all() == NOT_SET_UP
     assert s.health_check() == 1
+
+
+@pytest.mark.parametrize("mode", ["dummy", "in_process"])
+def test_local_buffer_size_bounds_the_copying_calls(master, real_client, mode):
+    """As upstream (compared with its wheel): values moved by the copying calls
+    must fit ``local_buffer_size``; the zero-copy calls are not bound by it."""
+    big_writer = MooncakeDistributedStore()
+    assert big_writer.setup_dummy(64 * MB, 16 * MB, real_client.address) == 0
+    small, big = uniq("lbs-small"), uniq("lbs-big")
+    assert big_writer.put(small, b"s" * 1000) == 0
+    assert big_writer.put(big, b"b" * (2 * MB)) == 0
+
+    def open_store(local_buffer_size):
+        s = MooncakeDistributedStore()
+        if mode == "dummy":
+            assert s.setup_dummy(64 * MB, local_buffer_size, real_client.address) == 0
+        else:
+            assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, local_buffer_size, "tcp", "",
+                           master.address) == 0
+        return s
+
+    s = open_store(1 * MB)
+    try:
+        assert s.put(uniq(), b"x" * (512 << 10)) == 0
+        assert s.put(uniq(), b"x" * (2 * MB)) == INVALID_PARAMS
+        assert s.put_batch([uniq(), uniq()], [b"y" * (600 << 10)] * 2) == INVALID_PARAMS  # 1.2 MB in all
+        assert s.put_parts(uniq(), b"a" * (600 << 10), b"b" * (600 << 10)) == INVALID_PARAMS
+        assert s.get(big) == b"" and s.get(small) == b"s" * 1000
+        assert [len(v) for v in s.get_batch([big, small])] == [0, 1000]
+        assert s.get_buffer(big) is None and s.get_buffer(small).size() == 1000
+        # Zero-copy calls move registered memory: no staging budget applies.
+        alloc = MooncakeHostMemAllocator()
+        addr = alloc.alloc(4 * MB)
+        try:
+            assert s.register_buffer(addr, 4 * MB) == 0
+            ctypes.memset(addr, 0x5A, 2 * MB)
+            zc = uniq("lbs-zc")
+            assert s.put_from(zc, addr, 2 * MB) == 0
+            assert s.get_into(big, addr + 2 * MB, 2 * MB) == 2 * MB
+            assert ctypes.string_at(addr + 2 * MB, 16) == b"b" * 16
+            assert big_writer.get(zc) == b"\x5a" * (2 * MB)
+            assert s.unregister_buffer(addr) == 0
+        finally:
+            alloc.free(addr)
+    finally:
+        s.close()
+    s = open_store(0)  # nothing to stage through: every copying call fails
+    try:
+        assert s.put(uniq(), b"v") == INVALID_PARAMS
+        assert s.get(small) == b"" and s.get_buffer(small) is None
+        assert s.is_exist(small) == 1
+    finally:
+        s.close()
+    big_writer.close()
 
 
 def test_setup_failures_are_codes_not_crashes(master):

@@ -50,7 +50,7 @@ def test_master_default_command():
         status, body = wait_http("http://127.0.0.1:9003/metrics")
         assert status == 200 and b"master" in body
         s = MooncakeDistributedStore()
-        assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 0, "tcp", "", "127.0.0.1:50051") == 0
+        assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 16 * MB, "tcp", "", "127.0.0.1:50051") == 0
         assert s.put("via-default-master", b"ok") == 0 and s.get("via-default-master") == b"ok"
         status, body = http("GET", "http://127.0.0.1:9003/get_all_segments")
         assert status == 200 and body.strip()  # SGLang's check_server waits for this
@@ -68,7 +68,7 @@ def test_master_with_metadata_server_command():
         assert http("PUT", "http://127.0.0.1:8080/metadata?key=mooncake/ram/x", b"desc")[0] == 200
         assert http("GET", "http://127.0.0.1:8080/metadata?key=mooncake/ram/x") == (200, b"desc")
         s = MooncakeDistributedStore()
-        assert s.setup("localhost", "http://127.0.0.1:8080/metadata", 16 * MB, 0, "tcp", "",
+        assert s.setup("localhost", "http://127.0.0.1:8080/metadata", 16 * MB, 16 * MB, "tcp", "",
                        "127.0.0.1:50051") == 0
         assert s.put("k", b"v") == 0
         s.close()
@@ -86,7 +86,7 @@ def test_master_kubernetes_command_and_verbose_logging():
         m.wait_for(r"Master service started on port 50051 \(127\.0\.0\.1:50051\)")
         m.wait_for(r"HTTP metrics server started on port 9003")
         s = MooncakeDistributedStore()
-        assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 0, "tcp", "", f"{pod_ip}:50051") == 0
+        assert s.setup("localhost", "P2PHANDSHAKE", 16 * MB, 16 * MB, "tcp", "", f"{pod_ip}:50051") == 0
         assert s.put("counted", b"1") == 0
         # the periodic summary line, every 10 s, shows the key
         m.wait_for(r"Master Metrics: Storage: [^|]+/[^|]+\| Keys: 1", timeout=25)
@@ -179,7 +179,7 @@ def test_store_service_from_json_config(tmp_path, master):
         "protocol": "tcp",
         "device_name": "",
         "global_segment_size": "64mb",
-        "local_buffer_size": 0,
+        "local_buffer_size": "16mb",  # it serves puts and gets itself
     }))
     before = segment_count(master)
     port = free_port()
@@ -207,7 +207,7 @@ def test_store_service_from_environment(master):
         "MOONCAKE_PROTOCOL": "tcp",
         "MOONCAKE_DEVICE": "",
         "MOONCAKE_GLOBAL_SEGMENT_SIZE": "33554432",
-        "MOONCAKE_LOCAL_BUFFER_SIZE": "0",
+        "MOONCAKE_LOCAL_BUFFER_SIZE": "16777216",  # it serves puts and gets itself
     }
     p = Proc([sys.executable, "-m", "mooncake.mooncake_store_service", f"--port={port}"], env=env)
     try:

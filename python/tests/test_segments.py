@@ -40,7 +40,8 @@ def small(master):
     """A real client with a small global segment and a dummy connected to it."""
     rc = RealClient(master, segment="16MB")
     s = MooncakeDistributedStore()
-    assert s.setup_dummy(16 * MB, 16 * MB, rc.address) == 0
+    # Its local buffer takes the 24 MB values these tests put as bytes.
+    assert s.setup_dummy(16 * MB, 64 * MB, rc.address) == 0
     yield s
     s.close()
     rc.cleanup()
@@ -139,7 +140,7 @@ def test_segment_calls_reject_bad_input(small):
 
 def test_in_process_store_mounts_its_own_segments(master):
     s = MooncakeDistributedStore()
-    assert setup_in_process(s, master, 16 * MB) == 0
+    assert setup_in_process(s, master, 16 * MB, local_buffer=32 * MB) == 0
     try:
         r = s.allocate_and_mount_segment(32 * MB)
         assert r["ret"] == 0

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use mooncake_dummyclient::DummyClient;
+use mooncake_dummyclient::{ConnectOptions, DummyClient};
 use mooncake_proto::ErrorCode;
 use mooncake_realclient::background::BackgroundClient;
 
@@ -173,12 +173,14 @@ impl MooncakeStore {
             tracing::error!("setup failed: {e:#}");
             StoreError::OperationFailed(ErrorCode::InternalError.as_i32())
         })?;
+        let options = ConnectOptions::default().with_staging_budget(Some(args.local_buffer_size));
         // SAFETY: the real client was just started in this process. Memory reaches
         // it only through `register_buffer`, whose own contract (an `unsafe fn`)
         // makes the caller vouch for it.
-        let dummy =
-            unsafe { DummyClient::connect_in_process(background.socket(), &self.cluster_token) }
-                .map_err(|e| StoreError::OperationFailed(e.code().as_i32()))?;
+        let dummy = unsafe {
+            DummyClient::connect_in_process(background.socket(), &self.cluster_token, options)
+        }
+        .map_err(|e| StoreError::OperationFailed(e.code().as_i32()))?;
         self.install(Connected {
             dummy,
             _background: Some(background),
