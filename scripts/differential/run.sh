@@ -11,12 +11,14 @@
 # `strict` leaves out the one known, deliberate difference (see sequence.py); the
 # script then exits non-zero when any call answers differently.
 #
-# Installs upstream's wheel into /tmp/mooncake-upstream (needs the Debian package
-# libibverbs1) and this project's into .venv (scripts/test.sh does that).
+# Installs upstream's wheel into /tmp/mooncake-upstream or $MOONCAKE_UPSTREAM_VENV
+# (needs the Debian package libibverbs1) and this project's into .venv
+# (scripts/test.sh does that). Tensor objects are compared too when torch imports
+# in upstream's venv (scripts/differential/tensors.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEEDS="${1:-3}" CALLS="${2:-300}" MODE="${3:-}"
-UP=/tmp/mooncake-upstream
+UP="${MOONCAKE_UPSTREAM_VENV:-/tmp/mooncake-upstream}"
 if [ ! -x "$UP/bin/mooncake_master" ]; then
   dpkg -s libibverbs1 >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libibverbs1; }
   python3 -m venv "$UP"
@@ -54,7 +56,17 @@ for seed in $(seq 1 "$SEEDS"); do
   "$UP/bin/python" scripts/differential/sequence.py 127.0.0.1:51551 "$seed" "$CALLS" $MODE dummy=127.0.0.1:51557 >"$work/up-dummy-$seed.json" 2>/dev/null
   .venv/bin/python scripts/differential/sequence.py 127.0.0.1:52551 "$seed" "$CALLS" $MODE dummy=127.0.0.1:52557 >"$work/ours-dummy-$seed.json" 2>/dev/null
 done
-python3 - "$work" "$SEEDS" "$MODE" <<'PY'
+# Tensor objects byte for byte: upstream's tensor calls need torch, which its venv
+# has only when installed by hand (`$UP/bin/pip install torch`: several GB).
+tensors=0
+if "$UP/bin/python" -c "import torch" 2>/dev/null; then
+  "$UP/bin/python" scripts/differential/tensors.py write 127.0.0.1:51551 "$work/t-up.json" 2>/dev/null
+  .venv/bin/python scripts/differential/tensors.py check 127.0.0.1:52551 "$work/t-up.json" "$work/t-ours.json" 2>/dev/null || tensors=1
+  "$UP/bin/python" scripts/differential/tensors.py read 127.0.0.1:51551 "$work/t-ours.json" 2>/dev/null || tensors=1
+else
+  echo "tensors: skipped (torch does not import in $UP; install it there to compare tensor objects)"
+fi
+python3 - "$work" "$SEEDS" "$MODE" "$tensors" <<'PY'
 import json, sys
 work, seeds = sys.argv[1], int(sys.argv[2])
 total = differing = 0
@@ -76,5 +88,5 @@ for seed in range(1, seeds + 1):
                 print(f"{mode}seed {seed} call {i} {a[0]} {a[2] if len(a) > 2 else ''}: upstream {a[1]!r} ours {b[1]!r}")
 print(f"{differing} of {total} calls answered differently")
 print(f"differential: {total - differing} passed, {differing} failed")
-sys.exit(1 if differing and sys.argv[3] == "strict" else 0)
+sys.exit(1 if (differing or sys.argv[4] == "1") and sys.argv[3] == "strict" else 0)
 PY
