@@ -31,14 +31,24 @@ from mooncake._native import (  # noqa: F401
     TaskStatus,
     TaskType,
     error_name,
+    get_alloc_func_addr,
+    get_free_func_addr,
 )
 from mooncake._native import MooncakeDistributedStore as _NativeStore
 from mooncake.buffer_pool import BufferLease, BufferPool  # noqa: F401
+
+# Upstream's other names for the same classes.
+RegisteredBufferPool = BufferPool
+RegisteredBufferLease = BufferLease
 
 __all__ = [
     "BufferHandle",
     "BufferLease",
     "BufferPool",
+    "RegisteredBufferLease",
+    "RegisteredBufferPool",
+    "get_alloc_func_addr",
+    "get_free_func_addr",
     "Descriptor",
     "MemoryDescriptor",
     "MooncakeDistributedStore",
@@ -152,6 +162,14 @@ class MooncakeDistributedStore(_NativeStore):
         """Publishes tensors; per key 0 or a negative code."""
         return self._put_tensors(list(keys), list(tensors), config, False)
 
+    def upsert_pub_tensor(self, key, tensor, config=None):
+        """``pub_tensor`` replacing an existing value."""
+        return self._put_tensors([key], [tensor], config, True)[0]
+
+    def batch_upsert_pub_tensor(self, keys, tensors, config=None):
+        """``batch_pub_tensor`` replacing existing values."""
+        return self._put_tensors(list(keys), list(tensors), config, True)
+
     def get_tensor(self, key):
         """The tensor stored under ``key`` (on CPU), or None."""
         return _tensor.decode(self.get_buffer(key))
@@ -190,6 +208,25 @@ class MooncakeDistributedStore(_NativeStore):
     def batch_put_tensor_from(self, keys, buffer_ptrs, sizes, config=None):
         """Batch ``put_tensor_from``; per key 0 or a negative code."""
         return self._tensors_from(list(keys), list(buffer_ptrs), list(sizes), config, False)
+
+    def put_tensor_with_tp_from(self, key, buffer_ptr, size, tp_rank=0, tp_size=1, split_dim=0):
+        """``put_tensor_with_tp`` of the encoded tensor in registered memory (as
+        ``put_tensor_from`` takes it); 0 or the first negative code."""
+        return self.batch_put_tensor_with_tp_from([key], [buffer_ptr], [size], tp_rank, tp_size, split_dim)[0]
+
+    def batch_put_tensor_with_tp_from(self, base_keys, buffer_ptrs, sizes, tp_rank=0, tp_size=1, split_dim=0):
+        """Batch ``put_tensor_with_tp_from``; per key 0 or a negative code."""
+        keys, ptrs, sizes = list(base_keys), list(buffer_ptrs), list(sizes)
+        if tp_size <= 1:
+            return self.batch_put_tensor_from(keys, ptrs, sizes)
+        if not (len(keys) == len(ptrs) == len(sizes)):
+            return [_INVALID_PARAMS] * len(keys)
+        results = []
+        for key, p, n in zip(keys, ptrs, sizes):
+            ok = p != 0 and self._registered(p, n) and self._check_encoded(p, n)
+            t = _tensor.decode(_view(p, n)) if ok else None
+            results.append(_INVALID_PARAMS if t is None else self._tp_put([key], [t], tp_size, split_dim, None)[0])
+        return results
 
     def batch_upsert_tensor_from(self, keys, buffer_ptrs, sizes, config=None):
         """Batch ``upsert_tensor_from``."""

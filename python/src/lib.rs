@@ -79,6 +79,28 @@ fn error_name(code: i32) -> String {
     }
 }
 
+/// Upstream's NoF (NVMe-over-Fabrics) hugepage allocator, whose address
+/// `get_alloc_func_addr` gives: without NoF (upstream's non-NoF wheels, and this
+/// build) it has no memory to give and returns null.
+extern "C" fn hugepage_memory_alloc(_size: usize) -> *mut std::ffi::c_void {
+    std::ptr::null_mut()
+}
+
+/// The matching free: nothing was allocated, so nothing to do.
+extern "C" fn hugepage_memory_free(_ptr: *mut std::ffi::c_void) {}
+
+/// Address of `void* hugepage_memory_alloc(size_t)`, as upstream.
+#[pyfunction]
+fn get_alloc_func_addr() -> usize {
+    hugepage_memory_alloc as extern "C" fn(usize) -> *mut std::ffi::c_void as usize
+}
+
+/// Address of `void hugepage_memory_free(void*)`, as upstream.
+#[pyfunction]
+fn get_free_func_addr() -> usize {
+    hugepage_memory_free as extern "C" fn(*mut std::ffi::c_void) as usize
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::MooncakeDistributedStore>()?;
@@ -98,6 +120,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(client_main, m)?)?;
     m.add_function(wrap_pyfunction!(metadata_server_main, m)?)?;
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
+    m.add_function(wrap_pyfunction!(get_alloc_func_addr, m)?)?;
+    m.add_function(wrap_pyfunction!(get_free_func_addr, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

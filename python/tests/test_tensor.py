@@ -217,3 +217,34 @@ def test_torch_tensors(store):
     assert isinstance(got, torch.Tensor) and got.dtype == torch.bfloat16 and torch.equal(got, t)
     assert store.put_tensor_with_tp(k + "tp", t, tp_size=2, split_dim=1) == 0
     assert torch.equal(store.get_tensor_with_tp(k + "tp", tp_rank=1, tp_size=2), t[:, 2:])
+
+
+def test_tp_from_registered_memory_and_upsert_pub(store):
+    alloc = MooncakeHostMemAllocator()
+    addr = alloc.alloc(MB)
+    assert store.register_buffer(addr, MB) == 0
+    try:
+        full = np.arange(8 * 6, dtype=np.int32).reshape(8, 6)
+        k = uniq()
+        assert store.put_tensor(k, full) == 0
+        assert same(store.get_tensor_into(k, addr, MB), full)
+        n = _tensor.HEADER_SIZE + full.nbytes
+        base = uniq("tpfrom")
+        assert store.put_tensor_with_tp_from(base, addr, n, tp_size=2, split_dim=0) == 0
+        assert same(store.get_tensor_with_tp(base, tp_rank=1, tp_size=2), full[4:])
+        assert store.batch_put_tensor_with_tp_from([uniq(), uniq()], [addr, 0x1000], [n, n], tp_size=2) == [
+            0, INVALID_PARAMS]
+        assert store.put_tensor_with_tp_from(uniq(), addr, n - 1, tp_size=2) == INVALID_PARAMS
+        assert store.put_tensor_with_tp_from(uniq(), addr, n, tp_size=4, split_dim=1) == INVALID_PARAMS
+        # tp_size 1: stored whole, as put_tensor_from.
+        whole = uniq()
+        assert store.put_tensor_with_tp_from(whole, addr, n) == 0 and same(store.get_tensor(whole), full)
+    finally:
+        store.unregister_buffer(addr)
+        alloc.free(addr)
+    k = uniq()
+    assert store.put_tensor(k, np.zeros(3)) == 0
+    assert store.upsert_pub_tensor(k, np.ones(2), ReplicateConfig()) == 0
+    assert same(store.get_tensor(k), np.ones(2))
+    assert store.batch_upsert_pub_tensor([k, uniq()], [np.ones(1), np.ones(4)], ReplicateConfig()) == [0, 0]
+    assert same(store.get_tensor(k), np.ones(1))
