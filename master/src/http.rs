@@ -38,28 +38,33 @@ struct SegmentQuery {
     segment: Option<String>,
 }
 
-fn error_response(status: StatusCode, code: ErrorCode) -> Response {
-    (
-        status,
-        Json(json!({"error": code.name(), "code": code.as_i32()})),
-    )
-        .into_response()
+/// Upstream's replica entry (`size_`, `buffer_address_`, `protocol_`,
+/// `transport_endpoint_`), with this master's own fields after them.
+fn replica_values(list: &ReplicaList) -> Vec<serde_json::Value> {
+    list.replicas
+        .iter()
+        .map(|r| {
+            json!({
+                "size_": r.size,
+                "buffer_address_": r.buffer_address,
+                "protocol_": "tcp",
+                "transport_endpoint_": r.transport_endpoint,
+                "segment_id": r.segment_id.to_string(),
+                "segment_name": r.segment_name,
+                "offset": r.offset,
+                "status": format!("{:?}", r.status).to_uppercase(),
+            })
+        })
+        .collect()
 }
 
-fn replica_json(list: &ReplicaList) -> serde_json::Value {
-    json!({
-        "size": list.size,
-        "lease_ttl_ms": list.lease_ttl_ms,
-        "replicas": list.replicas.iter().map(|r| json!({
-            "segment_id": r.segment_id.to_string(),
-            "segment_name": r.segment_name,
-            "transport_endpoint": r.transport_endpoint,
-            "offset": r.offset,
-            "buffer_address": r.buffer_address,
-            "size": r.size,
-            "status": format!("{:?}", r.status).to_uppercase(),
-        })).collect::<Vec<_>>(),
-    })
+/// Upstream's failure body of `/query_key`.
+fn key_error(code: ErrorCode) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"success": false, "error_code": code.as_i32(), "error_message": code.name()})),
+    )
+        .into_response()
 }
 
 /// Upstream's error body for the `/api/v1` endpoints.
@@ -283,6 +288,7 @@ pub fn admin_router(svc: Arc<MasterService>) -> Router {
         .route("/get_all_segments", get(all_segments))
         .merge(layout)
         .merge(changes)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "404 Not Found") })
         .with_state(svc)
 }
 
@@ -297,11 +303,15 @@ async fn summary(State(svc): State<Arc<MasterService>>) -> String {
 
 async fn health(State(svc): State<Arc<MasterService>>) -> Json<serde_json::Value> {
     let g = svc.gauges();
+    // Upstream's fields first; without HA it reports no leader address.
     Json(json!({
         "status": "ok",
         "role": "leader",
-        "version": mooncake_proto::VERSION,
+        "ha_state": "serving",
+        "service_ready": true,
+        "leader_address": null,
         "view_version": svc.view_version(),
+        "version": mooncake_proto::VERSION,
         "keys": g.key_count,
         "segments": g.segment_count,
         "clients": g.active_clients,
@@ -315,25 +325,66 @@ async fn all_segments(State(svc): State<Arc<MasterService>>) -> String {
     names.into_iter().map(|n| n + "\n").collect()
 }
 
-fn segment_json(desc: &mooncake_proto::SegmentDesc, used: u64) -> serde_json::Value {
-    json!({
-        "id": desc.id.to_string(),
-        "name": desc.name,
-        "host": desc.host,
-        "transport_endpoint": desc.transport_endpoint,
-        "protocol": desc.protocol.as_str(),
-        "capacity_bytes": desc.size,
-        "used_bytes": used,
-    })
+/// `x` as a C++ stream prints a double by default (`%g`, 6 significant digits),
+/// as upstream writes `size_human`.
+fn general6(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let trim = |t: String| -> String {
+        if t.contains('.') {
+            t.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            t
+        }
+    };
+    let exp = x.abs().log10().floor() as i32;
+    if !(-5..6).contains(&exp) {
+        let text = format!("{x:.5e}");
+        let (mantissa, e) = text.split_once('e').unwrap_or((&text, "0"));
+        let e: i32 = e.parse().unwrap_or(0);
+        let sign = if e < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa.to_string()), e.abs());
+    }
+    trim(format!("{x:.*}", (5 - exp).max(0) as usize))
 }
 
+/// Upstream's `/get_segments_detail`: `total_segments` and one entry per
+/// segment with upstream's fields, then this master's own (`id`, `name`, `host`,
+/// `transport_endpoint`, `capacity_bytes`, `used_bytes`).
 async fn segments_detail(State(svc): State<Arc<MasterService>>) -> Json<serde_json::Value> {
-    Json(json!(
-        svc.segment_usage()
-            .iter()
-            .map(|(d, used)| segment_json(d, *used))
-            .collect::<Vec<_>>()
-    ))
+    let segments: Vec<serde_json::Value> = svc
+        .segment_details()
+        .iter()
+        .map(|(d, used, owner)| {
+            let percent = if d.size == 0 {
+                0.0
+            } else {
+                *used as f64 * 100.0 / d.size as f64
+            };
+            json!({
+                "segment_name": d.name,
+                "segment_id": d.id.to_string(),
+                "client_id": owner.to_string(),
+                "base_address": format!("{:#x}", d.base),
+                "size_bytes": d.size,
+                "size_human": format!("{} GiB", general6(d.size as f64 / (1u64 << 30) as f64)),
+                "te_endpoint": d.transport_endpoint,
+                "protocol": d.protocol.as_str(),
+                "status": "OK",
+                "allocator_used_bytes": used,
+                "allocator_capacity_bytes": d.size,
+                "allocator_usage_percent": percent,
+                "id": d.id.to_string(),
+                "name": d.name,
+                "host": d.host,
+                "transport_endpoint": d.transport_endpoint,
+                "capacity_bytes": d.size,
+                "used_bytes": used,
+            })
+        })
+        .collect();
+    Json(json!({"total_segments": segments.len(), "segments": segments}))
 }
 
 /// Upstream's `/api/v1/segments/status?segment=NAME` (drain tooling polls it):
@@ -378,52 +429,79 @@ async fn segment_status(
     .into_response()
 }
 
+/// Upstream's `/query_segment?segment=NAME`: the name, used and capacity bytes
+/// as text; 500 `Failed to query segment` for an unknown one.
 async fn query_segment(
     State(svc): State<Arc<MasterService>>,
     Query(q): Query<SegmentQuery>,
 ) -> Response {
-    let Some(name) = q.segment else {
-        return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidParams);
-    };
-    let matches: Vec<_> = svc
+    let name = q.segment.unwrap_or_default();
+    let found = svc
         .segment_usage()
-        .iter()
-        .filter(|(d, _)| d.name == name || d.id.to_string() == name)
-        .map(|(d, used)| segment_json(d, *used))
-        .collect();
-    if matches.is_empty() {
-        return error_response(StatusCode::NOT_FOUND, ErrorCode::SegmentNotFound);
+        .into_iter()
+        .find(|(d, _)| !name.is_empty() && (d.name == name || d.id.to_string() == name));
+    match found {
+        Some((d, used)) => format!(
+            "{}\nUsed(bytes): {used}\nCapacity(bytes) : {}\n",
+            d.name, d.size
+        )
+        .into_response(),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "Failed to query segment").into_response(),
     }
-    Json(json!(matches)).into_response()
 }
 
+/// Upstream's `/query_key?key=K`: `{"success": true, "data": [replica...]}`, or
+/// 404 with the error code.
 async fn query_key(State(svc): State<Arc<MasterService>>, Query(q): Query<KeyQuery>) -> Response {
-    let Some(key) = q.key else {
-        return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidParams);
-    };
+    let key = q.key.unwrap_or_default();
+    if key.is_empty() {
+        return key_error(ErrorCode::ObjectNotFound);
+    }
     match svc.query_key(&key) {
-        Ok(list) => Json(replica_json(&list)).into_response(),
-        Err(code @ ErrorCode::InvalidKey) => error_response(StatusCode::BAD_REQUEST, code),
-        Err(code) => error_response(StatusCode::NOT_FOUND, code),
+        Ok(list) => Json(json!({"success": true, "data": replica_values(&list)})).into_response(),
+        Err(code) => key_error(code),
     }
 }
 
+/// Upstream's `/batch_query_keys?keys=A,B`: per key `ok`, `error` and `values`
+/// (the memory replicas; the disk fields are null: no disk tier).
 async fn batch_query_keys(
     State(svc): State<Arc<MasterService>>,
     Query(q): Query<KeysQuery>,
 ) -> Response {
-    let Some(keys) = q.keys else {
-        return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidParams);
-    };
-    let mut out = serde_json::Map::new();
-    for key in keys.split(',').filter(|k| !k.is_empty()) {
-        let value = match svc.query_key(key) {
-            Ok(list) => replica_json(&list),
-            Err(code) => json!({"error": code.name(), "code": code.as_i32()}),
-        };
-        out.insert(key.to_string(), value);
+    let keys: Vec<String> = q
+        .keys
+        .unwrap_or_default()
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect();
+    if keys.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"success": false, "error": "No keys provided. Use ?keys=key1,key2,..."})),
+        )
+            .into_response();
     }
-    Json(serde_json::Value::Object(out)).into_response()
+    let mut data = serde_json::Map::new();
+    for key in keys {
+        let (ok, error, values) = match svc.query_key(&key) {
+            Ok(list) => (true, json!(null), json!(replica_values(&list))),
+            Err(code) => (false, json!(code.name()), json!(null)),
+        };
+        data.insert(
+            key,
+            json!({
+                "ok": ok,
+                "error": error,
+                "values": values,
+                "disk_values": null,
+                "local_disk_values": null,
+                "nof_values": null,
+            }),
+        );
+    }
+    Json(json!({"success": true, "data": data})).into_response()
 }
 
 async fn all_keys(State(svc): State<Arc<MasterService>>) -> String {
@@ -480,5 +558,20 @@ async fn metadata_delete(
     match store.write().remove(&key) {
         Some(_) => (StatusCode::OK, "metadata deleted").into_response(),
         None => (StatusCode::NOT_FOUND, "metadata not found").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::general6;
+
+    #[test]
+    fn sizes_print_as_a_cpp_stream_prints_doubles() {
+        assert_eq!(general6(0.0625), "0.0625");
+        assert_eq!(general6(3_355_443_200.0 / (1u64 << 30) as f64), "3.125");
+        assert_eq!(general6(3_200_000_000.0 / (1u64 << 30) as f64), "2.98023");
+        assert_eq!(general6(1024.0), "1024");
+        assert_eq!(general6(4096.0 / (1u64 << 30) as f64), "3.8147e-06");
+        assert_eq!(general6(2_000_000.0), "2e+06");
     }
 }

@@ -166,12 +166,43 @@ async fn rpc_object_lifecycle_and_http_views() {
         b"",
     );
     assert_eq!(status, 200);
+    // Upstream's shape: success and the replicas' size_ / transport_endpoint_.
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["size"], 4096);
-    assert_eq!(v["replicas"][0]["segment_name"], "node-a");
+    assert_eq!(v["success"], true);
+    assert_eq!(v["data"][0]["size_"], 4096);
+    assert_eq!(v["data"][0]["segment_name"], "node-a");
     let (status, body) = http("GET", &m.metrics, "/query_key?key=missing", b"");
     assert_eq!(status, 404);
-    assert!(body.contains("OBJECT_NOT_FOUND"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["error_code"].as_i64(), v["error_message"].as_str()),
+        (Some(-704), Some("OBJECT_NOT_FOUND"))
+    );
+    let (status, body) = http(
+        "GET",
+        &m.metrics,
+        &format!("/batch_query_keys?keys={},missing", keys[100]),
+        b"",
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"][&keys[100]]["values"][0]["size_"], 4096);
+    assert_eq!(v["data"]["missing"]["error"], "OBJECT_NOT_FOUND");
+    assert_eq!(http("GET", &m.metrics, "/batch_query_keys", b"").0, 400);
+    let (status, body) = http("GET", &m.metrics, "/query_segment?segment=node-a", b"");
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("node-a\nUsed(bytes): 847872\nCapacity(bytes) : "),
+        "{body}"
+    );
+    assert_eq!(
+        http("GET", &m.metrics, "/query_segment?segment=nope", b"").0,
+        500
+    );
+    assert_eq!(
+        http("GET", &m.metrics, "/no/such/page", b""),
+        (404, "404 Not Found".into())
+    );
     let (_, summary) = http("GET", &m.metrics, "/metrics/summary", b"");
     assert!(summary.contains("Keys: 207"), "{summary}");
     assert!(summary.contains("Clients: 1"), "{summary}");
@@ -181,7 +212,10 @@ async fn rpc_object_lifecycle_and_http_views() {
     let (_, keys_body) = http("GET", &m.metrics, "/get_all_keys", b"");
     assert_eq!(keys_body.lines().count(), 207);
     let (_, detail) = http("GET", &m.metrics, "/get_segments_detail", b"");
-    assert!(detail.contains("\"used_bytes\":847872"), "{detail}");
+    let v: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(v["total_segments"], 1);
+    assert_eq!(v["segments"][0]["allocator_used_bytes"], 847872);
+    assert_eq!(v["segments"][0]["segment_name"], "node-a");
     assert_eq!(c.remove_all(ctx(), true).await.unwrap(), Ok(207));
 }
 

@@ -22,7 +22,7 @@ NOT_SET_UP = -1010
 def segment_ids(master):
     url = f"http://127.0.0.1:{master.metrics_port}/get_segments_detail"
     with urllib.request.urlopen(url, timeout=10) as r:
-        return {s["id"]: s["capacity_bytes"] for s in json.loads(r.read())}
+        return {s["segment_id"]: s["size_bytes"] for s in json.loads(r.read())["segments"]}
 
 
 def big_put(store, size, seed):

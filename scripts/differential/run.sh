@@ -4,7 +4,9 @@
 # against upstream's wheel with upstream's master, and against this project's
 # package with its master; prints every call whose answer differs. Each seed runs
 # twice: once with the client in the Python process (`setup`), once in dummy mode
-# (`setup_dummy`) against each side's own `mooncake_client`.
+# (`setup_dummy`) against each side's own `mooncake_client`. Then the masters'
+# admin HTTP answers (admin_http.py) and, when torch is there, tensor objects
+# (tensors.py).
 #
 #   scripts/differential/run.sh [SEEDS] [CALLS] [strict]   (default: 3 seeds x 300 calls)
 #
@@ -35,13 +37,18 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 "$UPBIN/mooncake_master" --rpc_address=127.0.0.1 --rpc_port=51551 --metrics_port=19553 >"$work/up.log" 2>&1 &
 pids+=($!)
-target/debug/mooncake_master --rpc_address=127.0.0.1 --rpc_port=52551 --metrics_port=0 >"$work/ours.log" 2>&1 &
+target/debug/mooncake_master --rpc_address=127.0.0.1 --rpc_port=52551 --metrics_port=19554 >"$work/ours.log" 2>&1 &
 pids+=($!)
 sleep 2
 for seed in $(seq 1 "$SEEDS"); do
   "$UP/bin/python" scripts/differential/sequence.py 127.0.0.1:51551 "$seed" "$CALLS" $MODE >"$work/up-$seed.json" 2>/dev/null
   .venv/bin/python scripts/differential/sequence.py 127.0.0.1:52551 "$seed" "$CALLS" $MODE >"$work/ours-$seed.json" 2>/dev/null
 done
+# The admin HTTP answers, while each master has only the asking client's segment.
+admin=0
+"$UP/bin/python" scripts/differential/admin_http.py 127.0.0.1:51551 127.0.0.1:19553 "$work/admin-up.json" 2>/dev/null
+.venv/bin/python scripts/differential/admin_http.py 127.0.0.1:52551 127.0.0.1:19554 "$work/admin-ours.json" 2>/dev/null
+python3 scripts/differential/admin_http.py compare "$work/admin-up.json" "$work/admin-ours.json" || admin=1
 # The real clients start only now: with one mounted, the in-process runs above could
 # place replicas on its segment, and upstream's in-process client then fails some
 # transfers to it (-800) where ours does not, which is not what this run compares.
@@ -66,7 +73,7 @@ if "$UP/bin/python" -c "import torch" 2>/dev/null; then
 else
   echo "tensors: skipped (torch does not import in $UP; install it there to compare tensor objects)"
 fi
-python3 - "$work" "$SEEDS" "$MODE" "$tensors" <<'PY'
+python3 - "$work" "$SEEDS" "$MODE" "$((tensors | admin))" <<'PY'
 import json, sys
 work, seeds = sys.argv[1], int(sys.argv[2])
 total = differing = 0

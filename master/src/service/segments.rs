@@ -358,6 +358,15 @@ impl MasterService {
             .collect()
     }
 
+    /// Per-segment descriptor, usage and owning client: `(desc, used bytes, owner)`.
+    pub fn segment_details(&self) -> Vec<(SegmentDesc, u64, ClientId)> {
+        self.segments
+            .read()
+            .iter()
+            .map(|s| (s.current_desc(), s.used.load(Relaxed), s.owner))
+            .collect()
+    }
+
     /// Per-segment capacity and usage: `(desc, used bytes)`.
     pub fn segment_usage(&self) -> Vec<(SegmentDesc, u64)> {
         self.segments
