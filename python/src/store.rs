@@ -156,6 +156,17 @@ fn key_ranges(
     Some(requests)
 }
 
+/// The code the segment calls answer: upstream's real client answers -1 for
+/// everything it checks itself (a bad path or size, an id it did not mount, no
+/// client set up) and passes the master's codes on.
+fn segment_code(e: ErrorCode) -> i32 {
+    match e {
+        ErrorCode::InvalidParams | ErrorCode::SegmentNotFound => ErrorCode::InternalError.as_i32(),
+        e if e == NOT_READY => ErrorCode::InternalError.as_i32(),
+        e => e.as_i32(),
+    }
+}
+
 fn sizes_or_codes(rs: Vec<MResult<u64>>) -> Vec<i64> {
     rs.into_iter()
         .map(|r| match r {
@@ -205,15 +216,18 @@ impl MooncakeDistributedStore {
             .map(|i| uuid::Uuid::parse_str(i))
             .collect::<Result<Vec<_>, _>>()
         else {
-            return ErrorCode::InvalidParams.as_i32();
+            return segment_code(ErrorCode::InvalidParams);
         };
+        if self.connected().is_none() {
+            return segment_code(NOT_READY);
+        }
         if ids.is_empty() {
-            return ErrorCode::InvalidParams.as_i32();
+            return 0; // nothing to unmount, as upstream
         }
         let grace = Duration::from_secs(grace_s);
         match self.with(py, Err, |c| c.unmount_segment(&ids, grace, allocated)) {
             Ok(()) => 0,
-            Err(e) => e.as_i32(),
+            Err(e) => segment_code(e),
         }
     }
 
@@ -1077,7 +1091,7 @@ impl MooncakeDistributedStore {
                 )?;
             }
             Err(e) => {
-                out.set_item("ret", e.as_i32())?;
+                out.set_item("ret", segment_code(e))?;
                 out.set_item("segment_ids", Vec::<String>::new())?;
             }
         }
@@ -1099,7 +1113,7 @@ impl MooncakeDistributedStore {
         let out = PyDict::new(py);
         let (ret, ids, allocated) = match r {
             Ok((ids, n)) => (0, ids.iter().map(|i| i.to_string()).collect(), n),
-            Err(e) => (e.as_i32(), Vec::<String>::new(), 0),
+            Err(e) => (segment_code(e), Vec::<String>::new(), 0),
         };
         out.set_item("ret", ret)?;
         out.set_item("segment_ids", ids)?;

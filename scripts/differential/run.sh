@@ -5,8 +5,8 @@
 # package with its master; prints every call whose answer differs. Each seed runs
 # twice: once with the client in the Python process (`setup`), once in dummy mode
 # (`setup_dummy`) against each side's own `mooncake_client`. Then the masters'
-# admin HTTP answers (admin_http.py) and, when torch is there, tensor objects
-# (tensors.py).
+# admin HTTP answers (admin_http.py), replica tasks and segment calls
+# (segments_tasks.py) and, when torch is there, tensor objects (tensors.py).
 #
 #   scripts/differential/run.sh [SEEDS] [CALLS] [strict]   (default: 3 seeds x 300 calls)
 #
@@ -49,6 +49,9 @@ admin=0
 "$UP/bin/python" scripts/differential/admin_http.py 127.0.0.1:51551 127.0.0.1:19553 "$work/admin-up.json" 2>/dev/null
 .venv/bin/python scripts/differential/admin_http.py 127.0.0.1:52551 127.0.0.1:19554 "$work/admin-ours.json" 2>/dev/null
 python3 scripts/differential/admin_http.py compare "$work/admin-up.json" "$work/admin-ours.json" || admin=1
+"$UP/bin/python" scripts/differential/segments_tasks.py 127.0.0.1:51551 "$work/st-up.json" 2>/dev/null
+.venv/bin/python scripts/differential/segments_tasks.py 127.0.0.1:52551 "$work/st-ours.json" 2>/dev/null
+python3 scripts/differential/segments_tasks.py compare "$work/st-up.json" "$work/st-ours.json" || admin=1
 # The real clients start only now: with one mounted, the in-process runs above could
 # place replicas on its segment, and upstream's in-process client then fails some
 # transfers to it (-800) where ours does not, which is not what this run compares.

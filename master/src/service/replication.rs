@@ -58,6 +58,8 @@ impl MasterService {
     /// Queues a task moving the replica of `key` on `source` to `target`.
     pub fn create_move_task(&self, key: &str, source: &str, target: &str) -> MResult<TaskId> {
         self.validate_key(key)?;
+        // A missing key is OBJECT_NOT_FOUND whatever the segments, as upstream.
+        self.query_key(key)?;
         if source == target || !self.segment_name_known(target) {
             return Err(ErrorCode::InvalidParams);
         }
