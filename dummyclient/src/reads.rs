@@ -77,7 +77,7 @@ impl DummyClient {
             Err(e) => return vec![Err(e); keys.len()],
         };
         let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
-        let dests: Vec<Vec<BufRef>> = valid
+        let mut dests: Vec<Vec<BufRef>> = valid
             .iter()
             .map(|&i| match &dsts[i] {
                 // Process memory: the real client cannot write it; staged instead.
@@ -89,6 +89,35 @@ impl DummyClient {
                 _ => Vec::new(),
             })
             .collect();
+        // Destinations of known size that the real client cannot reach get space
+        // in the staging pool up front, so a remote object comes in this one
+        // round instead of a second one.
+        let unreachable: Vec<(usize, u64)> = valid
+            .iter()
+            .enumerate()
+            .filter(|&(j, &i)| {
+                dests[j].is_empty() && !matches!(dsts[i], Some(Dst::Owned(_)) | None)
+            })
+            .map(|(j, &i)| (j, dsts[i].as_ref().map_or(0, Dst::capacity)))
+            .collect();
+        let wanted: u64 = unreachable.iter().map(|(_, n)| n).sum();
+        let prestaged = match Staging::pooled(&conn, self.shared.staging.as_deref(), wanted) {
+            Some(Ok(st)) => Some(st),
+            _ => None,
+        };
+        // Where each prestaged destination's bytes land in the staging space.
+        let mut staged_at: HashMap<usize, u64> = HashMap::new();
+        if let Some(st) = &prestaged {
+            let mut at = 0;
+            for &(j, n) in &unreachable {
+                dests[j] = vec![BufRef {
+                    addr: st.base + at,
+                    len: n,
+                }];
+                staged_at.insert(valid[j], at);
+                at += n;
+            }
+        }
         let asked = Instant::now();
         let outcomes = self.get_into_call(&conn, req_keys, dests);
         let mut remote: Vec<(usize, u64)> = Vec::new();
@@ -102,7 +131,12 @@ impl DummyClient {
             let copies = !matches!(dst, Dst::Registered(_));
             results[i] = match outcome {
                 Err(e) => Err(e),
-                Ok(GetOutcome::Done(n)) => Ok(n),
+                Ok(GetOutcome::Done(n)) => match (&prestaged, staged_at.get(&i)) {
+                    (Some(st), Some(&at)) => {
+                        dst.fill_from(st.region(), st.start + at, n).map(|_| n)
+                    }
+                    _ => Ok(n),
+                },
                 Ok(GetOutcome::Local(list)) | Ok(GetOutcome::Remote(list))
                     if copies && !self.copies_fit([list.size]) =>
                 {
@@ -125,6 +159,8 @@ impl DummyClient {
                 }
             };
         }
+        // Before the second round, which may want the pool itself.
+        drop(prestaged);
         if !remote.is_empty() {
             self.get_staged(&conn, keys, dsts, &remote, &mut results, &mut done_with);
         }

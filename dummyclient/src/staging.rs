@@ -108,6 +108,24 @@ pub(crate) struct Staging<'a> {
 }
 
 impl<'a> Staging<'a> {
+    /// Space in the pool for `size` bytes, when there is a pool registered on
+    /// this connection and `size` fits in it; never a temporary buffer.
+    pub(crate) fn pooled(
+        conn: &'a Conn,
+        pool: Option<&'a StagingPool>,
+        size: u64,
+    ) -> Option<MResult<Staging<'a>>> {
+        let (pool, pool_base) = (pool?, conn.staging_base?);
+        if size == 0 || !pool.fits(size) {
+            return None;
+        }
+        Some(pool.take(size).map(|offset| Staging {
+            start: offset,
+            base: pool_base + offset,
+            hold: Hold::Pooled(pool, offset),
+        }))
+    }
+
     pub(crate) fn new(
         conn: &'a Conn,
         runtime: &'a tokio::runtime::Runtime,

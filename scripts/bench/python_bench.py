@@ -20,6 +20,13 @@ KIB, MIB = 1 << 10, 1 << 20
 SIZES = [4 * KIB, 64 * KIB, MIB, 16 * MIB]
 
 
+def size_of(text):
+    """Bytes in ``2GB``, ``512 MB``, ``0``: upstream's setup takes only integers."""
+    t = text.strip().upper().replace(" ", "").removesuffix("B").removesuffix("I")
+    units = {"K": KIB, "M": MIB, "G": 1 << 30, "T": 1 << 40}
+    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+
+
 def label(n):
     return f"{n // MIB} MiB" if n >= MIB else f"{n // KIB} KiB"
 
@@ -92,7 +99,8 @@ def main():
     if args.mode == "dummy":
         rc = store.setup_dummy(2 * span, 16 * MIB, args.client)
     else:
-        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", args.segment, 16 * MIB, "tcp", "", args.master)
+        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", size_of(args.segment), 16 * MIB, "tcp", "",
+                         args.master)
     assert rc == 0, f"setup failed: {rc}"
     assert store.register_buffer(buf_a, span) == 0 and store.register_buffer(buf_b, span) == 0
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# In-process mode side by side with upstream (issue "in-process client at least 2x
+# upstream"): a master and a `mooncake_client` holding the segment, and
+# scripts/bench/python_bench.py in `--mode in_process --segment 0` (the benchmark
+# process contributes no memory: every byte crosses TCP to the real client), run
+# once with upstream's wheel against upstream's binaries and once with this
+# project's package against its binaries, one after the other on this machine.
+#
+#   scripts/bench/inprocess.sh [--rounds N]
+#
+# Upstream's wheel goes to /tmp/mooncake-upstream (or $MOONCAKE_UPSTREAM_VENV), as
+# scripts/differential/run.sh installs it. Results: docs/PERFORMANCE.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export MC_TCP_BIND_ADDRESS=127.0.0.1
+UP="${MOONCAKE_UPSTREAM_VENV:-/tmp/mooncake-upstream}"
+if [ ! -x "$UP/bin/python" ] || ! "$UP/bin/python" -c "import mooncake.store" 2>/dev/null; then
+  dpkg -s libibverbs1 >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libibverbs1; }
+  python3 -m venv "$UP"
+  "$UP/bin/pip" install -q mooncake-transfer-engine-non-cuda==0.3.13.post1
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q maturin
+.venv/bin/python -m pip install -q --force-reinstall --no-deps ./python
+UPBIN=$(echo "$UP"/lib/python3*/site-packages/mooncake)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+run_side() { # name master client python
+  local name=$1 master=$2 client=$3 py=$4
+  "$master" --rpc_address=127.0.0.1 --rpc_port=59261 --metrics_port=59262 >"$work/$name-master.log" 2>&1 &
+  pids+=($!)
+  sleep 2
+  "$client" --host=127.0.0.1 --port=59263 --global_segment_size="${SEGMENT:-2 GB}" \
+    --master_server_address=127.0.0.1:59261 --metadata_server=P2PHANDSHAKE >"$work/$name-client.log" 2>&1 &
+  pids+=($!)
+  sleep 4
+  echo "### $name"
+  "$py" scripts/bench/python_bench.py --mode in_process --segment 0 --master 127.0.0.1:59261 "${@:5}" 2>"$work/$name-bench.log" || { tail -20 "$work/$name-bench.log"; exit 1; }
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  pids=()
+  echo
+}
+run_side upstream "$UPBIN/mooncake_master" "$UPBIN/mooncake_client" "$UP/bin/python" "$@"
+run_side ours .venv/bin/mooncake_master .venv/bin/mooncake_client .venv/bin/python "$@"
