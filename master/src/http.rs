@@ -71,7 +71,9 @@ fn key_error(code: ErrorCode) -> Response {
 fn api_error(code: ErrorCode, message: &str) -> Response {
     let status = match code {
         ErrorCode::InvalidParams => StatusCode::BAD_REQUEST,
-        ErrorCode::JobNotFound | ErrorCode::SegmentNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::JobNotFound | ErrorCode::SegmentNotFound | ErrorCode::ObjectNotFound => {
+            StatusCode::NOT_FOUND
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let message = if message.is_empty() {
@@ -161,6 +163,7 @@ async fn query_drain_job(
             "failed_units": j.failed_units,
             "blocked_units": j.blocked_units,
             "active_units": j.active_units,
+            "pending_units": j.pending_units,
             "migrated_bytes": j.migrated_bytes,
             "message": j.message,
             "error_code": 0,
@@ -169,6 +172,45 @@ async fn query_drain_job(
         .into_response(),
         Err(code) => api_error(code, ""),
     }
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    keys: Option<String>,
+    force: Option<bool>,
+}
+
+/// `POST /api/v1/remove?keys=a,b[&force=true]` (the `mooncake remove` command;
+/// needs the credential): per key 0 or the error code, as `remove` answers.
+async fn remove_keys(
+    State(svc): State<Arc<MasterService>>,
+    Query(q): Query<RemoveQuery>,
+) -> Response {
+    let keys: Vec<&str> = q
+        .keys
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .collect();
+    if keys.is_empty() {
+        return api_error(
+            ErrorCode::InvalidParams,
+            "No keys provided. Use ?keys=key1,key2,...",
+        );
+    }
+    let force = q.force.unwrap_or(false);
+    let results: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            let code = match svc.remove(k, force) {
+                Ok(()) => 0,
+                Err(code) => code.as_i32(),
+            };
+            (k.to_string(), json!(code))
+        })
+        .collect();
+    Json(json!({"success": true, "results": results})).into_response()
 }
 
 async fn cancel_drain_job(
@@ -273,6 +315,7 @@ pub fn admin_router(svc: Arc<MasterService>) -> Router {
     let changes = Router::new()
         .route("/api/v1/drain_jobs", post(create_drain_job))
         .route("/api/v1/drain_jobs/cancel", post(cancel_drain_job))
+        .route("/api/v1/remove", post(remove_keys))
         .route_layer(axum::middleware::from_fn_with_state(
             AdminGate {
                 credentials,

@@ -1,5 +1,6 @@
-"""Console scripts: ``mooncake_master``, ``mooncake_client`` and
-``mooncake_http_metadata_server``, all served by the package's one native library."""
+"""Console scripts: ``mooncake_master``, ``mooncake_client``,
+``mooncake_http_metadata_server`` and ``mooncake`` (the operator's command), all
+served by the package's one native library."""
 
 import sys
 
@@ -27,3 +28,9 @@ def client_main():
 def metadata_server_main():
     """``mooncake_http_metadata_server`` (``--host 0.0.0.0 --port 8080``)."""
     _run(_native.metadata_server_main)
+
+
+def admin_main():
+    """``mooncake`` (``status``, ``health``, ``keys``, ``query``, ``remove``, ``drain``,
+    ``segments``; ``--json`` on each)."""
+    _run(_native.admin_main)

@@ -63,6 +63,12 @@ fn client_main(py: Python<'_>, argv: Vec<String>) -> i32 {
     run_command(py, mooncake_realclient::cli::client_main, argv)
 }
 
+/// `mooncake` (the operator's command) with these arguments.
+#[pyfunction]
+fn admin_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    run_command(py, mooncake_realclient::admin::admin_main, argv)
+}
+
 /// `mooncake_http_metadata_server` with these arguments.
 #[pyfunction]
 fn metadata_server_main(py: Python<'_>, argv: Vec<String>) -> i32 {
@@ -118,6 +124,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::MooncakeHostMemAllocator>()?;
     m.add_function(wrap_pyfunction!(master_main, m)?)?;
     m.add_function(wrap_pyfunction!(client_main, m)?)?;
+    m.add_function(wrap_pyfunction!(admin_main, m)?)?;
     m.add_function(wrap_pyfunction!(metadata_server_main, m)?)?;
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
     m.add_function(wrap_pyfunction!(get_alloc_func_addr, m)?)?;

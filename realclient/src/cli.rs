@@ -77,6 +77,17 @@ struct ClientArgs {
     /// Shared-memory file of the segment (default: /dev/shm/mooncake_client_<port>.segment).
     #[arg(long = "segment_path")]
     segment_path: Option<PathBuf>,
+    /// Keep the segment file after a clean stop so a restart finds the cache
+    /// (default); `--keep_segment=false` removes it and its inventory.
+    #[arg(
+        long = "keep_segment",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = mooncake_daemon::gflags::bool_value
+    )]
+    keep_segment: bool,
     /// Cluster token.
     #[arg(
         long = "cluster_token",
@@ -149,6 +160,7 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     if let Some(p) = args.segment_path {
         config.segment_path = p;
     }
+    config.keep_segment = args.keep_segment;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         runtime.worker_threads(args.threads);

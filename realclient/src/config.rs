@@ -38,6 +38,9 @@ pub struct RealClientConfig {
     /// Keep the segment in anonymous memory that dies with the process, with no
     /// persisted inventory (the in-process client of the Python `setup()`).
     pub ephemeral_segment: bool,
+    /// Keep the segment file and its inventory after a clean stop, so that a
+    /// restart finds the cache (the default); `false` removes them.
+    pub keep_segment: bool,
     /// Cluster token for the master and dummies.
     pub cluster_token: String,
     /// Run a master inside this process.
@@ -68,6 +71,7 @@ impl RealClientConfig {
             ipc_socket_path: default_socket_path(port),
             segment_path: PathBuf::from(format!("/dev/shm/mooncake_client_{port}.segment")),
             ephemeral_segment: false,
+            keep_segment: true,
             cluster_token: String::new(),
             embedded_master: false,
             embedded_metrics_address: None,

@@ -27,6 +27,9 @@ pub enum Error {
         #[source]
         source: ShmError,
     },
+    /// The segment file is another running real client's, or cannot be locked.
+    #[error(transparent)]
+    SegmentLock(#[from] crate::segfiles::LockError),
     /// `--protocol rdma` without an RDMA build.
     #[error(
         "--protocol rdma: this build has no RDMA transport (build with the `rdma` feature); use tcp"

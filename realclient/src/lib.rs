@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`admin`]: the `mooncake` operator command (master admin HTTP, segment files).
 //! - [`cli`]: the `mooncake_client` command line (shared with the Python console script).
 //! - [`background`]: [`background::BackgroundClient`], a real client inside another
 //!   program (the Python `setup()`).
@@ -13,11 +14,14 @@
 //! - [`client`]: [`RealClient`], the master session and the store operations.
 //! - [`master_handle`]: the master, remote over TCP or embedded in this process.
 //! - [`metrics`]: operation counters and latencies for `--http_port`.
+//! - [`segfiles`]: the lock on this client's segment file, and segment files left
+//!   on disk by real clients that stopped.
 //! - `fastpath`: serves a dummy's shared-memory call ring.
 //! - [`service`]: the tarpc service for dummies ([`mooncake_proto::realclient`]).
 //! - [`transfer`]: the transfer engine ([`transfer::Transport`]; TCP in [`transfer::tcp`]).
 //! - [`run`](crate::run()): starts everything for the `mooncake_client` binary.
 
+pub mod admin;
 pub mod background;
 pub mod cli;
 pub mod client;
@@ -27,6 +31,7 @@ mod fastpath;
 pub mod inventory;
 pub mod master_handle;
 pub mod metrics;
+pub mod segfiles;
 pub mod service;
 pub mod transfer;
 
@@ -54,6 +59,28 @@ use mooncake_proto::auth::Credentials;
 use mooncake_proto::codec::transport;
 use mooncake_proto::limits::ConnectionLimiter;
 use mooncake_proto::realclient::RealClientService as _;
+
+/// Logs the segment files beside `own` that no running real client holds: memory
+/// nobody may come back for (`mooncake segments --reclaim` removes them).
+fn report_stale_segments(own: &std::path::Path) {
+    let Some(dir) = own.parent() else { return };
+    let Ok(files) = segfiles::scan(dir) else {
+        return;
+    };
+    for f in files.iter().filter(|f| !f.owner_alive && f.path != own) {
+        let age = f
+            .modified
+            .and_then(|m| m.elapsed().ok())
+            .map_or("unknown".to_string(), |a| format!("{} s", a.as_secs()));
+        tracing::warn!(
+            "stale segment {} ({} bytes, {} objects, last written {age} ago, no running owner): \
+             `mooncake segments --reclaim` frees it",
+            f.path.display(),
+            f.size,
+            f.objects.map_or("?".to_string(), |n| n.to_string()),
+        );
+    }
+}
 
 /// How long a SIGTERM waits for calls in progress before the session ends.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +143,7 @@ pub async fn run(
         local_master = Some(svc);
     }
     let client = RealClient::start(config.clone(), client_token.clone(), local_master).await?;
+    report_stale_segments(&config.segment_path);
     let requests = TaskTracker::new();
     let mut endpoints = Endpoints {
         ipc_socket: config.ipc_socket_path.clone(),
@@ -242,6 +270,20 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("background tasks still running after 5 s; stopping anyway");
+    }
+    if !config.keep_segment && !config.ephemeral_segment && config.global_segment_size > 0 {
+        // Still under this client's lock, so no other client is robbed.
+        for path in [config.segment_path.clone(), config.inventory_path()] {
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+        tracing::info!(
+            "removed segment {} (--keep_segment=false)",
+            config.segment_path.display()
+        );
     }
     tracing::info!("stopped");
     Ok(())

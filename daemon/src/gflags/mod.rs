@@ -111,6 +111,12 @@ const HELP: &[&str] = &[
     "helpon",
 ];
 
+/// A boolean flag's value for clap (`value_parser = bool_value`), in every
+/// spelling gflags takes (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn bool_value(s: &str) -> Result<bool, String> {
+    parse_bool(s).ok_or_else(|| format!("expected true or false, got {s:?}"))
+}
+
 fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "" | "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),

@@ -80,6 +80,8 @@ pub struct DrainJobInfo {
     pub blocked_units: u64,
     /// Moves running now.
     pub active_units: u64,
+    /// Objects still waiting to be moved (not upstream's; progress needs it).
+    pub pending_units: u64,
     /// Bytes moved.
     pub migrated_bytes: u64,
     /// Outcome, or why it failed.
@@ -162,6 +164,7 @@ impl MasterService {
                 failed_units: 0,
                 blocked_units: 0,
                 active_units: 0,
+                pending_units: 0,
                 migrated_bytes: 0,
                 message: String::new(),
             },
@@ -187,6 +190,7 @@ impl MasterService {
         let mut info = job.info.clone();
         info.active_units = job.active.len() as u64;
         info.blocked_units = job.queue.iter().filter(|u| u.attempts > 0).count() as u64;
+        info.pending_units = job.queue.len() as u64;
         Ok(info)
     }
 

@@ -96,6 +96,8 @@ struct ExtraSegment {
 
 /// The real client.
 pub struct RealClient {
+    /// The lock on the segment file, released when the client goes.
+    _segment_lock: Option<crate::segfiles::SegmentLock>,
     config: RealClientConfig,
     client_id: ClientId,
     segment: Option<(Arc<Region>, SegmentDesc)>,
@@ -192,6 +194,16 @@ impl RealClient {
         if config.protocol == Protocol::Rdma {
             return Err(Error::RdmaNotBuilt);
         }
+        // Held for this client's life: no second real client takes the same
+        // segment, and `mooncake segments` sees the file is in use.
+        let segment_lock = if config.ephemeral_segment || config.global_segment_size == 0 {
+            None
+        } else {
+            Some(
+                crate::segfiles::SegmentLock::acquire(&config.segment_path)
+                    .map_err(Error::SegmentLock)?,
+            )
+        };
         let persisted = if config.ephemeral_segment {
             None
         } else {
@@ -314,6 +326,7 @@ impl RealClient {
             tasks: TaskTracker::new(),
             running_replica_tasks: AtomicBool::new(false),
             extra_segments: Mutex::new(Vec::new()),
+            _segment_lock: segment_lock,
         });
         client.persist();
         if let Err(e) = client.connect_and_remount().await {
