@@ -58,6 +58,8 @@ fi
 # numpy exercises the tensor APIs; torch's CPU wheels are not reachable from CI
 # (its tests skip with the reason when it does not import).
 .venv/bin/python -m pip install -q --upgrade pip maturin pytest numpy
+# Offline validation of deploy/k8s (python/tests/test_deploy.py skips without it).
+.venv/bin/python -m pip install -q kubernetes-validate || echo "kubernetes-validate not installed: the manifest test will skip"
 # Exactly what a user runs on a new machine.
 .venv/bin/python -m pip install -q --force-reinstall --no-deps ./python
 (cd python/tests && ../../.venv/bin/python -m pytest -q -rs)
