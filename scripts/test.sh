@@ -64,6 +64,11 @@ fi
 .venv/bin/python -m pip install -q --force-reinstall --no-deps ./python
 (cd python/tests && ../../.venv/bin/python -m pytest -q -rs)
 
+echo "== Binary wheels for machines without Rust (scripts/build-wheel.sh, scripts/test-wheel.sh)"
+rm -rf target/wheels
+bash scripts/build-wheel.sh target/wheels
+bash scripts/test-wheel.sh target/wheels
+
 echo "== Differential run against upstream's wheel (scripts/differential, strict)"
 # Upstream's own package answers the same generated calls; any difference fails.
 UPSTREAM=/tmp/mooncake-upstream
