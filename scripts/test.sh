@@ -60,6 +60,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip maturin pytest numpy
 # Offline validation of deploy/k8s (python/tests/test_deploy.py skips without it).
 .venv/bin/python -m pip install -q kubernetes-validate || echo "kubernetes-validate not installed: the manifest test will skip"
+# The dashboard's browser test drives the system's Chromium with Playwright (it
+# skips, saying why, when either is missing).
+apt_install chromium || echo "chromium not installed: the dashboard test will skip"
+.venv/bin/python -m pip install -q playwright || echo "playwright not installed: the dashboard test will skip"
 # Exactly what a user runs on a new machine.
 .venv/bin/python -m pip install -q --force-reinstall --no-deps ./python
 (cd python/tests && ../../.venv/bin/python -m pytest -q -rs)

@@ -299,6 +299,7 @@ pub fn admin_router(svc: Arc<MasterService>) -> Router {
     let credentials = Arc::new(Credentials::new(&svc.config().cluster_token));
     let layout = Router::new()
         .route("/get_segments_detail", get(segments_detail))
+        .route("/dashboard/data", get(dashboard_data))
         .route("/query_segment", get(query_segment))
         .route("/query_key", get(query_key))
         .route("/batch_query_keys", get(batch_query_keys))
@@ -326,6 +327,7 @@ pub fn admin_router(svc: Arc<MasterService>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/metrics/summary", get(summary))
+        .route("/dashboard", get(dashboard))
         .route("/health", get(health))
         .route("/role", get(|| async { "leader" }))
         .route("/get_all_segments", get(all_segments))
@@ -333,6 +335,55 @@ pub fn admin_router(svc: Arc<MasterService>) -> Router {
         .merge(changes)
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 Not Found") })
         .with_state(svc)
+}
+
+/// The live dashboard: one page with its script inside (no internet needed); it
+/// polls `/metrics`, `/health` and `/dashboard/data`.
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
+/// What the dashboard shows beyond `/metrics`: segments with usage and state,
+/// drain jobs with progress, unfinished replica tasks.
+async fn dashboard_data(State(svc): State<Arc<MasterService>>) -> Json<serde_json::Value> {
+    let segments: Vec<serde_json::Value> = svc
+        .segment_details()
+        .iter()
+        .map(|(d, used, _, serving)| {
+            json!({
+                "name": d.name,
+                "host": d.host,
+                "capacity_bytes": d.size,
+                "used_bytes": used,
+                "state": if *serving { "serving" } else { "draining" },
+            })
+        })
+        .collect();
+    let drains: Vec<serde_json::Value> = svc
+        .drain_jobs()
+        .iter()
+        .map(|j| {
+            json!({
+                "job_id": j.id.to_string(),
+                "status_name": j.status.name(),
+                "segments": j.segments,
+                "succeeded_units": j.succeeded_units,
+                "failed_units": j.failed_units,
+                "active_units": j.active_units,
+                "pending_units": j.pending_units,
+                "migrated_bytes": j.migrated_bytes,
+            })
+        })
+        .collect();
+    Json(json!({
+        "segments": segments,
+        "drain_jobs": drains,
+        "unfinished_replica_tasks": svc.unfinished_tasks(),
+    }))
 }
 
 async fn metrics(State(svc): State<Arc<MasterService>>) -> Response {
@@ -399,7 +450,7 @@ async fn segments_detail(State(svc): State<Arc<MasterService>>) -> Json<serde_js
     let segments: Vec<serde_json::Value> = svc
         .segment_details()
         .iter()
-        .map(|(d, used, owner)| {
+        .map(|(d, used, owner, serving)| {
             let percent = if d.size == 0 {
                 0.0
             } else {
@@ -424,6 +475,7 @@ async fn segments_detail(State(svc): State<Arc<MasterService>>) -> Json<serde_js
                 "transport_endpoint": d.transport_endpoint,
                 "capacity_bytes": d.size,
                 "used_bytes": used,
+                "serving": serving,
             })
         })
         .collect();

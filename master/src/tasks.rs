@@ -166,6 +166,11 @@ impl TaskTable {
         }
     }
 
+    /// Tasks queued or running.
+    pub fn unfinished(&self) -> usize {
+        self.unfinished
+    }
+
     /// Fails hung tasks and forgets long-finished ones.
     pub fn prune(&mut self) {
         let now = epoch_ms();

@@ -183,6 +183,21 @@ impl MasterService {
         Ok(id)
     }
 
+    /// Every drain job still remembered, newest first.
+    pub fn drain_jobs(&self) -> Vec<DrainJobInfo> {
+        let mut jobs: Vec<DrainJobInfo> = self
+            .drains
+            .lock()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .iter()
+            .filter_map(|id| self.query_drain_job(id).ok())
+            .collect();
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_at_ms));
+        jobs
+    }
+
     /// A drain job's state; `JOB_NOT_FOUND` for an unknown id.
     pub fn query_drain_job(&self, id: &Uuid) -> MResult<DrainJobInfo> {
         let drains = self.drains.lock();

@@ -97,6 +97,11 @@ impl MasterService {
         self.tasks.lock().query(id)
     }
 
+    /// Replica tasks queued or running (the dashboard shows it).
+    pub fn unfinished_tasks(&self) -> usize {
+        self.tasks.lock().unfinished()
+    }
+
     /// Up to `max` queued tasks of `client`.
     pub fn fetch_tasks(&self, client: ClientId, max: u32) -> Vec<TaskAssignment> {
         self.tasks

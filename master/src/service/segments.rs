@@ -358,12 +358,21 @@ impl MasterService {
             .collect()
     }
 
-    /// Per-segment descriptor, usage and owning client: `(desc, used bytes, owner)`.
-    pub fn segment_details(&self) -> Vec<(SegmentDesc, u64, ClientId)> {
-        self.segments
-            .read()
+    /// Per-segment descriptor, usage, owning client and whether it takes new
+    /// objects (not when drained): `(desc, used bytes, owner, serving)`.
+    pub fn segment_details(&self) -> Vec<(SegmentDesc, u64, ClientId, bool)> {
+        let table = self.segments.read();
+        let active = table.active_slots();
+        table
             .iter()
-            .map(|s| (s.current_desc(), s.used.load(Relaxed), s.owner))
+            .map(|s| {
+                (
+                    s.current_desc(),
+                    s.used.load(Relaxed),
+                    s.owner,
+                    active.contains(&s.slot),
+                )
+            })
             .collect()
     }
 
