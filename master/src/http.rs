@@ -379,9 +379,17 @@ async fn dashboard_data(State(svc): State<Arc<MasterService>>) -> Json<serde_jso
             })
         })
         .collect();
+    let remounts: Vec<serde_json::Value> = svc
+        .remounts_in_progress()
+        .iter()
+        .map(|(client, host, objects)| {
+            json!({"client_id": client.to_string(), "host": host, "objects_received": objects})
+        })
+        .collect();
     Json(json!({
         "segments": segments,
         "drain_jobs": drains,
+        "remounts": remounts,
         "unfinished_replica_tasks": svc.unfinished_tasks(),
     }))
 }
@@ -409,6 +417,7 @@ async fn health(State(svc): State<Arc<MasterService>>) -> Json<serde_json::Value
         "keys": g.key_count,
         "segments": g.segment_count,
         "clients": g.active_clients,
+        "dummies": g.connected_dummies,
     }))
 }
 

@@ -38,6 +38,7 @@ ops! {
     RemountSegment => "remount_segment", false;
     UnmountSegment => "unmount_segment", false;
     Ping => "ping", false;
+    ReportLoad => "report_load", false;
     SyncInventory => "sync_inventory", false;
     FetchInventory => "fetch_inventory", false;
     CreateCopyTask => "create_copy_task", false;
@@ -131,6 +132,8 @@ pub struct Gauges {
     pub active_clients: u64,
     /// Mounted segments.
     pub segment_count: u64,
+    /// Dummy clients the live real clients serve.
+    pub connected_dummies: u64,
 }
 
 impl Metrics {
@@ -178,6 +181,11 @@ impl Metrics {
             ),
             ("master_active_clients", "Live clients", g.active_clients),
             ("master_segment_count", "Mounted segments", g.segment_count),
+            (
+                "master_connected_dummies",
+                "Dummy clients the live real clients serve",
+                g.connected_dummies,
+            ),
         ] {
             e.gauge(name, help, v);
         }

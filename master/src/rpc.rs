@@ -329,6 +329,13 @@ impl Master for MasterRpc {
         self.timed(Op::Ping, |s| Ok(s.ping(client_id)))
     }
 
+    async fn report_load(self, _: Context, client_id: ClientId, dummies: u64) -> MResult<()> {
+        self.timed(Op::ReportLoad, |s| {
+            s.report_load(client_id, dummies);
+            Ok(())
+        })
+    }
+
     async fn sync_inventory(
         self,
         _: Context,

@@ -125,6 +125,9 @@ pub trait Master {
     async fn unmount_segment(client_id: ClientId, segment_id: SegmentId) -> MResult<()>;
     /// Liveness heartbeat (every second).
     async fn ping(client_id: ClientId) -> MResult<PingResponse>;
+    /// How many dummy clients the real client serves now (sent when it changes;
+    /// the master shows the total in its metrics and dashboard).
+    async fn report_load(client_id: ClientId, dummies: u64) -> MResult<()>;
     /// Changes to the objects in the client's segments after `ack_seq`.
     async fn sync_inventory(client_id: ClientId, ack_seq: u64) -> MResult<InventoryDelta>;
     /// Every complete object in the client's segments.

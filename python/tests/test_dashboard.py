@@ -53,6 +53,7 @@ def test_dashboard_renders_what_metrics_say(master, real_client):
         assert int(text("keys")) == int(m["master_key_count"])
         assert int(text("clients")) == int(m["master_active_clients"])
         assert int(text("segment-count")) == int(m["master_segment_count"])
+        assert int(text("dummies")) == int(m["master_connected_dummies"])
         assert int(text("puts-total")) == int(m["master_batch_put_end_items_total"])
         assert int(text("lookups-total")) == int(m["master_batch_get_replica_list_items_total"])
         assert int(text("misses-total")) == int(m["master_batch_get_replica_list_failed_items_total"])
@@ -75,4 +76,6 @@ def test_dashboard_renders_what_metrics_say(master, real_client):
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    # This test's dummy (and the session's others) reached the master's count.
+    assert metrics(master.metrics_port)["master_connected_dummies"] >= 1
     store.close()

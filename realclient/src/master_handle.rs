@@ -52,6 +52,8 @@ forward! {
     fn remount_segment(client: ClientId, segments: Vec<SegmentDesc>, inventory: Vec<InventoryEntry>, complete: bool) -> flat RemountReport;
     /// `ping`.
     fn ping(client: ClientId) -> flat PingResponse;
+    /// `report_load`.
+    fn report_load(client: ClientId, dummies: u64) -> flat ();
     /// `sync_inventory`.
     fn sync_inventory(client: ClientId, ack: u64) -> flat InventoryDelta;
     /// `fetch_inventory`.

@@ -104,6 +104,11 @@ impl ClientMetrics {
         }
     }
 
+    /// Dummies connected now.
+    pub fn dummies(&self) -> u64 {
+        self.dummy_connections.load(Relaxed).max(0) as u64
+    }
+
     /// A call arrived through a shared-memory call ring.
     pub fn ring_request(&self) {
         self.ring_requests.fetch_add(1, Relaxed);

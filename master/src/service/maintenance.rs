@@ -93,13 +93,22 @@ impl MasterService {
             key_count += s.len() as u64;
             processing_count += s.processing.len() as u64;
         }
+        // One lock: a guard in the struct literal below would live to its end.
+        let (active_clients, connected_dummies) = {
+            let clients = self.clients.lock();
+            (
+                clients.len() as u64,
+                clients.values().map(|c| c.dummies).sum(),
+            )
+        };
         Gauges {
             capacity_bytes,
             allocated_bytes,
             key_count,
             processing_count,
-            active_clients: self.clients.lock().len() as u64,
+            active_clients,
             segment_count,
+            connected_dummies,
         }
     }
 

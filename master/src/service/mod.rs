@@ -63,6 +63,8 @@ const FAILED_REPLICA_GRACE_MS: u64 = 10_000;
 
 struct ClientEntry {
     last_seen: u64,
+    /// Dummies it serves, as it last reported.
+    dummies: u64,
     host: String,
     segments: Vec<SegmentId>,
     log: Arc<Mutex<InventoryLog>>,
@@ -389,6 +391,7 @@ impl MasterService {
         let mut clients = self.clients.lock();
         let entry = clients.entry(client).or_insert_with(|| ClientEntry {
             last_seen: now,
+            dummies: 0,
             host: host.to_string(),
             segments: Vec::new(),
             log: Arc::new(Mutex::new(InventoryLog::new(

@@ -286,6 +286,27 @@ impl MasterService {
         }
     }
 
+    /// A real client's count of dummies (see [`Gauges::connected_dummies`]); an
+    /// unknown client is not an error: it remounts at its next ping.
+    pub fn report_load(&self, client: ClientId, dummies: u64) {
+        if let Some(c) = self.clients.lock().get_mut(&client) {
+            c.dummies = dummies;
+        }
+    }
+
+    /// Remounts whose inventory is still arriving: `(client, host, objects so far)`.
+    pub fn remounts_in_progress(&self) -> Vec<(ClientId, String, usize)> {
+        self.clients
+            .lock()
+            .iter()
+            .filter_map(|(id, c)| {
+                c.restore
+                    .as_ref()
+                    .map(|r| (*id, c.host.clone(), r.entries.len()))
+            })
+            .collect()
+    }
+
     /// Heartbeat.
     pub fn ping(&self, client: ClientId) -> PingResponse {
         let now = self.now_ms();

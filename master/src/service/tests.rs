@@ -1187,3 +1187,28 @@ async fn cancelled_drain_puts_the_segment_back_in_service() {
         .count();
     assert_eq!(on_b, 1);
 }
+
+#[test]
+fn real_clients_report_their_dummies_and_remounts_show_until_complete() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    m.mount_segment(a, segment("a", "h1", 16 * MIB)).unwrap();
+    m.mount_segment(b, segment("b", "h2", 16 * MIB)).unwrap();
+    m.report_load(a, 3);
+    m.report_load(b, 2);
+    m.report_load(Uuid::new_v4(), 9); // unknown: ignored
+    let g = m.gauges();
+    assert_eq!((g.active_clients, g.connected_dummies), (2, 5));
+    m.report_load(a, 0);
+    assert_eq!(m.gauges().connected_dummies, 2);
+    assert!(m.remounts_in_progress().is_empty());
+    // A remount whose inventory comes in chunks is in progress until the last one.
+    let c = Uuid::new_v4();
+    let seg = segment("c", "h3", 16 * MIB);
+    m.remount_segment(c, vec![seg], Vec::new(), false).unwrap();
+    let ongoing = m.remounts_in_progress();
+    assert_eq!(ongoing.len(), 1);
+    assert_eq!((ongoing[0].0, ongoing[0].1.as_str()), (c, "h3"));
+    m.remount_segment(c, Vec::new(), Vec::new(), true).unwrap();
+    assert!(m.remounts_in_progress().is_empty());
+}

@@ -63,8 +63,16 @@ impl RealClient {
         }
         let last = chunks.len() - 1;
         let mut report = RemountReport::default();
+        let total_objects = entries.len();
+        let mut sent = 0;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let segs = if i == 0 { segments.clone() } else { Vec::new() };
+            sent += chunk.len();
+            // A large inventory takes a while: show how far it is (the master's
+            // dashboard shows it too).
+            if last > 0 && (i % 8 == 0 || i == last) {
+                tracing::info!("remount: {sent} of {total_objects} objects sent to the master");
+            }
             report = master
                 .remount_segment(self.client_id, segs, chunk, i == last)
                 .await
@@ -95,6 +103,9 @@ impl RealClient {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut repaired = mooncake_shm::guard::repaired_faults();
+        // The dummy count the master last heard (reported when it changes, and
+        // again after every reconnect).
+        let mut reported_dummies: Option<u64> = None;
         while self
             .shutdown
             .run_until_cancelled(tick.tick())
@@ -124,16 +135,26 @@ impl RealClient {
             {
                 self.tasks.spawn(self.clone().run_replica_tasks());
             }
+            let dummies = self.metrics.dummies();
+            if status.is_some()
+                && reported_dummies != Some(dummies)
+                && let Ok(m) = self.master()
+                && m.report_load(self.client_id, dummies).await.is_ok()
+            {
+                reported_dummies = Some(dummies);
+            }
             let status = status.map(|p| p.status);
             match status {
                 Some(ClientStatus::Ok) => self.healthy.store(true, Ordering::Relaxed),
                 Some(_) => {
+                    reported_dummies = None;
                     tracing::warn!("master asks for a remount (it restarted or expired us)");
                     if let Err(e) = self.remount().await {
                         tracing::warn!("remount failed: {e:#}");
                     }
                 }
                 None => {
+                    reported_dummies = None;
                     self.healthy.store(false, Ordering::Relaxed);
                     if let Err(e) = self.connect_and_remount().await {
                         tracing::debug!("master still unreachable: {e:#}");
