@@ -10,6 +10,8 @@
 //! - [`region`]: [`Region`], a mapped shared-memory region (memfd, `/dev/shm` file, or
 //!   an fd received from a peer, validated), bounds-checked reads and writes, huge
 //!   pages with a clear fallback, and a [`Gate`] that lets unmapping wait for in-flight users.
+//! - [`copy`]: the copy behind every region read and write; large ones split over a
+//!   helper thread when a second core is there.
 //! - [`buffers`]: [`BufferAllocator`], carving a region into buffers (best fit, aligned).
 //! - [`staging`]: [`StagingRing`], a circular staging area for copy-style payloads with
 //!   out-of-order completion.
@@ -21,6 +23,7 @@
 
 pub mod buffers;
 pub mod callring;
+pub mod copy;
 pub mod error;
 pub mod guard;
 pub mod region;

@@ -439,9 +439,11 @@ impl Region {
     pub fn write(&self, offset: u64, src: &[u8]) -> Result<(), ShmError> {
         self.check(offset, src.len() as u64)?;
         // SAFETY: the destination range was bounds-checked against the live mapping
-        // (borrowed through `&self`); `ptr::copy` tolerates overlap should `src` itself
+        // (borrowed through `&self`); `copy_bytes` tolerates overlap should `src` itself
         // point into shared memory.
-        unsafe { std::ptr::copy(src.as_ptr(), self.as_ptr().add(offset as usize), src.len()) };
+        unsafe {
+            crate::copy::copy_bytes(src.as_ptr(), self.as_ptr().add(offset as usize), src.len())
+        };
         Ok(())
     }
 
@@ -451,7 +453,7 @@ impl Region {
         // SAFETY: the source range was bounds-checked against the live mapping; `dst`
         // is an exclusive Rust slice of the same length.
         unsafe {
-            std::ptr::copy(
+            crate::copy::copy_bytes(
                 self.as_ptr().add(offset as usize),
                 dst.as_mut_ptr(),
                 dst.len(),
@@ -473,8 +475,8 @@ impl Region {
     ) -> Result<(), ShmError> {
         self.check(offset, len)?;
         // SAFETY: the destination was bounds-checked against the live mapping; the
-        // caller vouches for the source; `ptr::copy` tolerates overlap.
-        unsafe { std::ptr::copy(src, self.as_ptr().add(offset as usize), len as usize) };
+        // caller vouches for the source; `copy_bytes` tolerates overlap.
+        unsafe { crate::copy::copy_bytes(src, self.as_ptr().add(offset as usize), len as usize) };
         Ok(())
     }
 
@@ -492,7 +494,7 @@ impl Region {
         self.check(offset, len)?;
         // SAFETY: the source was bounds-checked against the live mapping; the caller
         // vouches for the destination.
-        unsafe { std::ptr::copy(self.as_ptr().add(offset as usize), dst, len as usize) };
+        unsafe { crate::copy::copy_bytes(self.as_ptr().add(offset as usize), dst, len as usize) };
         Ok(())
     }
 
@@ -507,9 +509,9 @@ impl Region {
         self.check(offset, len)?;
         dst.check(dst_offset, len)?;
         // SAFETY: both ranges were bounds-checked against live mappings borrowed for the
-        // duration of the call; `ptr::copy` is correct even if both map the same pages.
+        // duration of the call; `copy_bytes` is memmove-correct for overlapping addresses.
         unsafe {
-            std::ptr::copy(
+            crate::copy::copy_bytes(
                 self.as_ptr().add(offset as usize),
                 dst.as_ptr().add(dst_offset as usize),
                 len as usize,
