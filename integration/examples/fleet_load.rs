@@ -39,9 +39,9 @@ impl Rng {
 
 /// The value size of a key: fixed per key, 4–64 KiB, so any reader can check it.
 fn size_of(key: &str) -> usize {
-    let h = key
-        .bytes()
-        .fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+    let h = key.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    });
     4096 + (h % 15) as usize * 4096
 }
 
@@ -109,12 +109,14 @@ fn main() {
                     Ok(n) => {
                         // SAFETY: `buf` is `buf_len` bytes of live memory this
                         // thread alone uses, and `n` bytes of it were just filled.
-                        let got = unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) };
+                        let got =
+                            unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) };
                         if got != value_for(&k, size_of(&k)).as_slice() {
                             wrong += 1;
                         }
                     }
-                    Err(ErrorCode::ObjectNotFound) => misses += 1,
+                    // Not there, or its put still in flight: a miss to the engine.
+                    Err(ErrorCode::ObjectNotFound | ErrorCode::ReplicaIsNotReady) => misses += 1,
                     Err(e) => {
                         errors += 1;
                         last_error = format!("get: {e}");
@@ -131,12 +133,15 @@ fn main() {
                         Ok(n) => {
                             let at = it.buffers[0].addr;
                             // SAFETY: as above, within this item's part of `buf`.
-                            let got = unsafe { std::slice::from_raw_parts(at as *const u8, n as usize) };
+                            let got =
+                                unsafe { std::slice::from_raw_parts(at as *const u8, n as usize) };
                             if got != value_for(&it.key, size_of(&it.key)).as_slice() {
                                 wrong += 1;
                             }
                         }
-                        Err(ErrorCode::ObjectNotFound) => misses += 1,
+                        Err(ErrorCode::ObjectNotFound | ErrorCode::ReplicaIsNotReady) => {
+                            misses += 1
+                        }
                         Err(e) => {
                             errors += 1;
                             last_error = format!("batch get: {e}");
