@@ -434,6 +434,48 @@ def test_names_cover_upstreams():
     assert missing == []
 
 
+def test_a_small_local_buffer_shared_by_racing_threads_never_mixes_bytes(master, real_client):
+    """Eight threads of one in-process store with no segment of its own (every byte
+    crosses to the real client's segment through the 1 MiB staging pool) put and
+    read 256-512 KiB values at once: every call succeeds and every read is exactly
+    the value written for its key."""
+    s = MooncakeDistributedStore()
+    assert s.setup("localhost", "P2PHANDSHAKE", 0, 1 * MB, "tcp", "", master.address) == 0
+    alloc = MooncakeHostMemAllocator()
+    region = alloc.alloc(8 * MB)
+    assert s.register_buffer(region, 8 * MB) == 0
+    failures = []
+
+    def value(key, n):
+        return (key.encode() * (n // len(key) + 1))[:n]
+
+    def worker(t):
+        try:
+            mine = region + t * MB
+            for i in range(12):
+                k = uniq(f"pool-{t}-{i}")
+                n = (256 + 23 * i) << 10
+                if s.put(k, value(k, n)) != 0:
+                    failures.append(f"put {k}")
+                    continue
+                if s.get(k) != value(k, n):
+                    failures.append(f"get {k}")
+                if s.get_into(k, mine, MB) != n or ctypes.string_at(mine, n) != value(k, n):
+                    failures.append(f"get_into {k}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    s.unregister_buffer(region)
+    alloc.free(region)
+    s.close()
+    assert failures == []
+
+
 def test_nof_allocator_addresses_are_upstreams_null_allocator():
     """Upstream's non-NoF wheel hands out a hugepage allocator with nothing to
     allocate from: alloc gives NULL, free does nothing."""
