@@ -16,10 +16,26 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", chain_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, joined by ": ", leaving out a cause whose text the
+/// message before it already ends with (errors that print their source).
+pub fn chain_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Logs to stderr (once per process; later calls keep the first setup) at `info`
@@ -178,5 +194,24 @@ mod tests {
             "nothing lost but older files"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::chain_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {source}")]
+    struct Outer {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_already_shows_is_not_repeated() {
+        let inner = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Outer { source: inner }).context("starting");
+        assert_eq!(chain_text(&e), "starting: outer: disk on fire");
     }
 }

@@ -68,6 +68,12 @@ pub enum ConnectError {
     /// The peer spoke something else.
     #[error("handshake failed: {0}")]
     Protocol(String),
+    /// An `etcd://` master address: the masters of an HA cluster, which this build
+    /// cannot follow yet.
+    #[error(
+        "etcd:// master addresses name an HA master cluster, which this build does not support yet; give the master's host:port"
+    )]
+    HaNotBuilt(String),
     /// The peer refused us (wrong token, wrong service).
     #[error("refused by peer ({code}): {message}")]
     Refused {
@@ -84,6 +90,7 @@ impl ConnectError {
         match self {
             ConnectError::Refused { code, .. } => *code,
             ConnectError::Timeout => ErrorCode::RpcTimeout,
+            ConnectError::HaNotBuilt(_) => ErrorCode::InvalidParams,
             _ => ErrorCode::RpcFail,
         }
     }
@@ -266,6 +273,13 @@ pub async fn connect_master(
     addr: &str,
     token: &str,
 ) -> Result<crate::master::MasterClient, ConnectError> {
+    if addr
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("etcd://")
+    {
+        return Err(ConnectError::HaNotBuilt(addr.to_string()));
+    }
     let transport = connect_tcp(addr, "master", token).await?;
     let mut config = tarpc::client::Config::default();
     config.max_in_flight_requests = 10_000;

@@ -194,6 +194,16 @@ impl RealClient {
         if config.protocol == Protocol::Rdma {
             return Err(Error::RdmaNotBuilt);
         }
+        let master_address = config.master_server_address.trim().to_ascii_lowercase();
+        if local_master.is_none() && master_address.starts_with("etcd://") {
+            // It could never connect: say so now instead of retrying forever.
+            return Err(Error::MasterUnreachable {
+                address: config.master_server_address.clone(),
+                source: mooncake_proto::codec::ConnectError::HaNotBuilt(
+                    config.master_server_address.clone(),
+                ),
+            });
+        }
         // Held for this client's life: no second real client takes the same
         // segment, and `mooncake segments` sees the file is in use.
         let segment_lock = if config.ephemeral_segment || config.global_segment_size == 0 {
