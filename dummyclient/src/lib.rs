@@ -31,6 +31,7 @@ mod staging;
 mod writes;
 
 pub use ranges::{KeyRanges, ObjectRange};
+pub use reads::OpenRead;
 
 pub use hostmem::HostMemAllocator;
 pub use mooncake_proto::realclient::BufRef;

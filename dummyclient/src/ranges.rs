@@ -443,7 +443,7 @@ impl DummyClient {
 
     /// Reads ranges under the sessions' leases: local replicas copied here,
     /// remote ones by the real client.
-    fn read_ranges(
+    pub(super) fn read_ranges(
         &self,
         conn: &Conn,
         keys: &[String],

@@ -24,6 +24,37 @@ impl DummyClient {
             .collect()
     }
 
+    /// Looks an object up (one call, one master lookup) and holds its read lease,
+    /// so a caller that must size its buffer first (a new `bytes` object) reads
+    /// it with [`OpenRead::read_into`] without asking the master again. A copying
+    /// read: bound by the local buffer (`local_buffer_size`) when one is set.
+    pub fn open_read(&self, key: &str) -> MResult<OpenRead<'_>> {
+        let conn = self.conn()?;
+        let asked = Instant::now();
+        let outcome = self
+            .get_into_call(&conn, vec![key.to_string()], vec![Vec::new()])
+            .pop()
+            .unwrap_or(Err(ErrorCode::InternalError))?;
+        let list = match outcome {
+            GetOutcome::Local(list) | GetOutcome::Remote(list) => list,
+            GetOutcome::Done(_) => return Err(ErrorCode::InternalError),
+        };
+        if !self.copies_fit([list.size]) {
+            self.release_reads(&conn, grant_of(key, &list).into_iter().collect());
+            return Err(ErrorCode::InvalidParams);
+        }
+        Ok(OpenRead {
+            client: self,
+            conn,
+            key: key.to_string(),
+            session: GetSession {
+                ipc_session: 0,
+                list,
+                granted: asked,
+            },
+        })
+    }
+
     /// Reads objects into byte slices; per key the object size, `INVALID_PARAMS`
     /// when the buffer is too small, `OBJECT_NOT_FOUND` when missing.
     pub fn batch_get_into_slices(
@@ -298,5 +329,51 @@ impl DummyClient {
                 }
             };
         }
+    }
+}
+
+/// An object looked up by [`DummyClient::open_read`], its read lease held.
+pub struct OpenRead<'a> {
+    client: &'a DummyClient,
+    conn: Arc<Conn>,
+    key: String,
+    session: GetSession,
+}
+
+impl OpenRead<'_> {
+    /// The object's size.
+    pub fn size(&self) -> u64 {
+        self.session.list.size
+    }
+
+    /// Reads the whole object into `dst` (at least [`size`](Self::size) bytes):
+    /// copied here from the local segment, or moved by the real client from the
+    /// holder through staging, without another master lookup. The object size,
+    /// `INVALID_PARAMS` for a short `dst`, `LEASE_EXPIRED` when the lease ran out.
+    pub fn read_into(self, dst: &mut [u8]) -> MResult<u64> {
+        let size = self.size();
+        let result = if (dst.len() as u64) < size {
+            Err(ErrorCode::InvalidParams)
+        } else if size == 0 {
+            Ok(0)
+        } else {
+            // Process memory the real client cannot map: `read_ranges` copies it
+            // here from the local segment, or stages it for a remote holder.
+            let span = Span {
+                region: None,
+                offset: 0,
+                len: size,
+                addr: dst.as_mut_ptr() as u64,
+            };
+            let work = [Ok((self.session.clone(), vec![(0, span)]))];
+            self.client
+                .read_ranges(&self.conn, std::slice::from_ref(&self.key), &work)
+                .pop()
+                .unwrap_or(Err(ErrorCode::InternalError))
+        };
+        let grant = grant_of(&self.key, &self.session.list);
+        self.client
+            .release_reads(&self.conn, grant.into_iter().collect());
+        result.map(|_| size)
     }
 }

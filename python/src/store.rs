@@ -742,24 +742,22 @@ impl MooncakeDistributedStore {
             Err(ErrorCode::InvalidParams) => {}
             Err(_) => return empty(),
         }
-        // Large ones are read straight into the new bytes object: a fresh buffer
-        // for them would cost a page fault per 4 KiB, more than the copy itself.
-        let Ok(size) = py.detach(|| c.dummy.get_size(&key)) else {
+        // Large ones: one lookup gives the size and holds the lease, then the bytes
+        // go straight into the new object (no second master lookup; a fresh
+        // buffer for them would cost a page fault per 4 KiB, more than the copy).
+        let Ok(opened) = py.detach(|| c.dummy.open_read(&key)) else {
             return empty();
         };
-        PyBytes::new_with(py, size as usize, |buf| {
-            let got = py.detach(|| {
-                let mut dst = [buf];
-                c.dummy
-                    .batch_get_into_slices(std::slice::from_ref(&key), &mut dst)
-                    .remove(0)
-            });
-            match got {
-                Ok(n) if n == size => Ok(()),
+        let size = opened.size() as usize;
+        let mut opened = Some(opened);
+        PyBytes::new_with(py, size, |buf| {
+            let read = opened.take().map(|o| py.detach(|| o.read_into(buf)));
+            match read {
+                Some(Ok(n)) if n as usize == size => Ok(()),
                 _ => Err(PyTypeError::new_err("object changed while read")),
             }
         })
-        .unwrap_or_else(|_| PyBytes::new(py, &py.detach(|| c.dummy.get(&key).unwrap_or_default())))
+        .unwrap_or_else(|_| empty())
     }
 
     /// Objects as `bytes` (empty for missing ones); as long as `keys`.
