@@ -228,6 +228,38 @@ pub fn start_master(port: u16) -> (Daemon, String) {
     start_master_on(None, "127.0.0.1", port)
 }
 
+/// Starts `mooncake_master` on loopback with its admin HTTP on a known port, and
+/// `extra` flags; returns it, its RPC address and its admin address, once the
+/// admin port answers.
+pub fn start_master_with_http(extra: &[&str]) -> (Daemon, String, String) {
+    let http_port = test_port();
+    let mut args = vec![
+        "--rpc_address=127.0.0.1".to_string(),
+        "--rpc_port=0".into(),
+        "--metrics_host=127.0.0.1".into(),
+        format!("--metrics_port={http_port}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let d = Daemon::spawn(
+        &workspace_bin("mooncake_master"),
+        &args,
+        "Master service started on port",
+    );
+    let rpc = d
+        .ready_line
+        .rsplit('(')
+        .next()
+        .expect("address in parentheses")
+        .trim_end_matches(')')
+        .to_string();
+    let http = format!("127.0.0.1:{http_port}");
+    assert!(wait_until(Duration::from_secs(10), || http_get(
+        &http, "/health"
+    )
+    .is_ok()));
+    (d, rpc, http)
+}
+
 /// Options of a `mooncake_client` to start.
 pub struct ClientBuilder<'a> {
     paths: &'a Paths,

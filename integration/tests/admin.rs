@@ -34,24 +34,8 @@ fn json(text: &str) -> serde_json::Value {
 
 #[test]
 fn status_keys_query_remove_and_drain_through_the_command() {
-    let admin_port = test_port();
-    let master = Daemon::spawn(
-        &workspace_bin("mooncake_master"),
-        &[
-            "--rpc_address=127.0.0.1".into(),
-            "--rpc_port=0".into(),
-            "--metrics_host=127.0.0.1".into(),
-            format!("--metrics_port={admin_port}"),
-        ],
-        "Master service started on port",
-    );
-    let rpc = master
-        .ready_line
-        .rsplit('(')
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
+    let (_master, rpc, http) = start_master_with_http(&[]);
+    let admin_port: u16 = http.rsplit(':').next().unwrap().parse().unwrap();
     let (pa, pb) = (Paths::new("admin-a"), Paths::new("admin-b"));
     let _a = start_client(&pa, Some(&rpc), "64MB");
     let _b = start_client(&pb, Some(&rpc), "64MB");

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use mooncake_integration::*;
 
@@ -40,32 +39,7 @@ fn served(addr: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_metric_the_dashboard_queries_is_served() {
-    let admin_port = test_port();
-    let _master = Daemon::spawn(
-        &workspace_bin("mooncake_master"),
-        &[
-            "--rpc_address=127.0.0.1".into(),
-            "--rpc_port=0".into(),
-            "--metrics_host=127.0.0.1".into(),
-            format!("--metrics_port={admin_port}"),
-        ],
-        "Master service started on port",
-    );
-    let master_http = format!("127.0.0.1:{admin_port}");
-    assert!(wait_until(Duration::from_secs(10), || http_get(
-        &master_http,
-        "/health"
-    )
-    .is_ok()));
-    let rpc = format!(
-        "127.0.0.1:{}",
-        _master
-            .ready_line
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .trim_end_matches(')')
-    );
+    let (_master, rpc, master_http) = start_master_with_http(&[]);
     let paths = Paths::new("grafana");
     let client = start_client(&paths, Some(&rpc), "16MB");
     let client_http = client.ready_field("http").expect("client http address");

@@ -17,36 +17,6 @@ use mooncake_integration::*;
 use mooncake_proto::ErrorCode;
 use mooncake_proto::codec::client_handshake;
 
-/// A master on loopback with its admin HTTP on a known port: (daemon, rpc, http).
-fn master_with_http(extra: &[&str]) -> (Daemon, String, String) {
-    let http_port = test_port();
-    let mut args = vec![
-        "--rpc_address=127.0.0.1".to_string(),
-        "--rpc_port=0".into(),
-        "--metrics_host=127.0.0.1".into(),
-        format!("--metrics_port={http_port}"),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let d = Daemon::spawn(
-        &workspace_bin("mooncake_master"),
-        &args,
-        "Master service started on port",
-    );
-    let rpc = d
-        .ready_line
-        .rsplit('(')
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
-    let http = format!("127.0.0.1:{http_port}");
-    assert!(wait_until(Duration::from_secs(10), || http_get(
-        &http, "/health"
-    )
-    .is_ok()));
-    (d, rpc, http)
-}
-
 /// The handshake outcome on a tarpc door presenting `credential`.
 fn tarpc_door(addr: &str, service: &str, credential: &str) -> Result<(), ErrorCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -104,7 +74,7 @@ fn illegal() -> i32 {
 #[test]
 fn without_a_token_local_peers_need_the_host_secret_at_every_door() {
     let secret = mooncake_proto::auth::shared_host_secret().unwrap();
-    let (_master, rpc, http) = master_with_http(&[]);
+    let (_master, rpc, http) = start_master_with_http(&[]);
     let paths = Paths::new("sec-open");
     let client = start_client(&paths, Some(&rpc), "32MB");
     let tcp = format!("127.0.0.1:{}", paths.port);
@@ -153,7 +123,7 @@ fn without_a_token_local_peers_need_the_host_secret_at_every_door() {
 #[test]
 fn with_a_cluster_token_every_door_needs_the_token() {
     let secret = mooncake_proto::auth::shared_host_secret().unwrap();
-    let (_master, rpc, http) = master_with_http(&["--cluster_token=t0ken"]);
+    let (_master, rpc, http) = start_master_with_http(&["--cluster_token=t0ken"]);
     let paths = Paths::new("sec-token");
     let client = ClientBuilder::new(&paths)
         .with_master(&rpc)
@@ -209,7 +179,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn nothing_is_buffered_for_a_peer_before_it_authenticates() {
-    let (master, rpc, _) = master_with_http(&[]);
+    let (master, rpc, _) = start_master_with_http(&[]);
     let paths = Paths::new("sec-preauth");
     let _client = start_client(&paths, Some(&rpc), "16MB");
     let tcp = format!("127.0.0.1:{}", paths.port);
@@ -247,7 +217,7 @@ fn nothing_is_buffered_for_a_peer_before_it_authenticates() {
 
 #[test]
 fn half_sent_http_headers_are_dropped() {
-    let (_master, _rpc, http) = master_with_http(&[]);
+    let (_master, _rpc, http) = start_master_with_http(&[]);
     let mut slow = Vec::new();
     for _ in 0..50 {
         let mut s = TcpStream::connect(&http).unwrap();
@@ -278,7 +248,7 @@ fn another_local_user_is_refused_at_every_door() {
         eprintln!("skipped: needs root to run a child as another user");
         return;
     }
-    let (_master, rpc, http) = master_with_http(&[]);
+    let (_master, rpc, http) = start_master_with_http(&[]);
     let paths = Paths::new("sec-other");
     let client = start_client(&paths, Some(&rpc), "16MB");
     let home = std::env::temp_dir().join(format!("mc-other-home-{}", std::process::id()));

@@ -36,94 +36,96 @@ pub enum UnitError {
     },
 }
 
+/// A text being parsed as a `what` (`size`, `duration`), for its errors.
+struct Parsing<'a> {
+    what: &'static str,
+    text: &'a str,
+}
+
+impl Parsing<'_> {
+    fn unknown_unit(&self) -> UnitError {
+        UnitError::UnknownUnit {
+            what: self.what,
+            text: self.text.to_string(),
+        }
+    }
+    fn invalid_number(&self) -> UnitError {
+        UnitError::InvalidNumber {
+            what: self.what,
+            text: self.text.to_string(),
+        }
+    }
+    fn out_of_range(&self) -> UnitError {
+        UnitError::OutOfRange {
+            what: self.what,
+            text: self.text.to_string(),
+        }
+    }
+
+    /// The number and the unit after it (lower case, blanks trimmed).
+    fn split(&self) -> (&str, String) {
+        let trimmed = self.text.trim();
+        let at = trimmed
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(at);
+        (number, unit.trim().to_ascii_lowercase())
+    }
+
+    /// `number * multiplier`, rounded, when it is a finite `u64`.
+    fn scaled(&self, number: &str, multiplier: f64) -> Result<u64, UnitError> {
+        let value: f64 = number.parse().map_err(|_| self.invalid_number())?;
+        let scaled = value * multiplier;
+        if !scaled.is_finite() || scaled < 0.0 || scaled > u64::MAX as f64 {
+            return Err(self.out_of_range());
+        }
+        Ok(scaled.round() as u64)
+    }
+}
+
 /// Parses a size such as `4294967296`, `4GB`, `4 GB`, `4gb`, `4GiB`, `512M`, `3.125 GiB`.
 /// Units are binary multiples (as upstream's `string_to_byte_size`).
 pub fn parse_size(text: &str) -> Result<u64, UnitError> {
-    const WHAT: &str = "size";
-    let text_of = || text.to_string();
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(UnitError::Empty { what: WHAT });
+    let p = Parsing { what: "size", text };
+    if text.trim().is_empty() {
+        return Err(UnitError::Empty { what: p.what });
     }
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let unit = unit.trim().to_ascii_lowercase();
+    let (number, unit) = p.split();
     let multiplier: u64 = match unit.as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        _ => {
-            return Err(UnitError::UnknownUnit {
-                what: WHAT,
-                text: text_of(),
-            });
-        }
+        _ => return Err(p.unknown_unit()),
     };
     if number.is_empty() {
-        return Err(UnitError::InvalidNumber {
-            what: WHAT,
-            text: text_of(),
-        });
+        return Err(p.invalid_number());
     }
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole
+    // Whole numbers exactly; fractions through f64.
+    match number.parse::<u64>() {
+        Ok(whole) => whole
             .checked_mul(multiplier)
-            .ok_or_else(|| UnitError::OutOfRange {
-                what: WHAT,
-                text: text_of(),
-            });
+            .ok_or_else(|| p.out_of_range()),
+        Err(_) => p.scaled(number, multiplier as f64),
     }
-    let value: f64 = number.parse().map_err(|_| UnitError::InvalidNumber {
-        what: WHAT,
-        text: text_of(),
-    })?;
-    let bytes = value * multiplier as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(UnitError::OutOfRange {
-            what: WHAT,
-            text: text_of(),
-        });
-    }
-    Ok(bytes.round() as u64)
 }
 
 /// Parses a duration in milliseconds: `10000`, `500ms`, `5s`, `30m`, `1h`.
 pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
-    const WHAT: &str = "duration";
-    let text_of = || text.to_string();
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let p = Parsing {
+        what: "duration",
+        text,
+    };
+    let (number, unit) = p.split();
+    let multiplier: f64 = match unit.as_str() {
         "" | "ms" => 1.0,
         "s" | "sec" => 1_000.0,
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
-        _ => {
-            return Err(UnitError::UnknownUnit {
-                what: WHAT,
-                text: text_of(),
-            });
-        }
+        _ => return Err(p.unknown_unit()),
     };
-    let value: f64 = number.parse().map_err(|_| UnitError::InvalidNumber {
-        what: WHAT,
-        text: text_of(),
-    })?;
-    let ms = value * multiplier;
-    if !ms.is_finite() || ms < 0.0 || ms > u64::MAX as f64 {
-        return Err(UnitError::OutOfRange {
-            what: WHAT,
-            text: text_of(),
-        });
-    }
-    Ok(ms.round() as u64)
+    p.scaled(number, multiplier)
 }
 
 #[cfg(test)]

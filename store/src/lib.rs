@@ -237,13 +237,10 @@ impl MooncakeStore {
         config: Option<&ReplicateConfig>,
     ) -> Result<(), StoreError> {
         let default = ReplicateConfig::default();
-        let c = self.connected()?;
-        let r = c
+        Ok(self
+            .connected()?
             .dummy
-            .batch_put(&[(key, value)], config.unwrap_or(&default), true);
-        Ok(r.into_iter()
-            .next()
-            .unwrap_or(Err(ErrorCode::InternalError))?)
+            .upsert_parts(key, &[value], config.unwrap_or(&default))?)
     }
 
     /// Stores the `size` bytes at `buffer`, which must lie in memory registered
