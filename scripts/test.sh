@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Incremental caches double the size of target/ and buy nothing on a fresh machine.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+disk() { # what the build takes and what is left, so a full disk is seen coming
+  echo "   disk: target/ $(du -sh target 2>/dev/null | cut -f1), free $(df -h . | awk 'NR==2 {print $4}')"
+}
 
 apt_install() {
   # Installs Debian packages that are missing (needs root; prints why when not).
@@ -25,7 +31,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
-apt_install pkg-config
+# protoc builds the etcd client (HA); etcd itself serves the HA tests (they skip,
+# saying why, without it).
+apt_install pkg-config protobuf-compiler
+apt_install etcd-server || echo "etcd-server not installed: the HA tests will skip"
 
 echo "== cargo fmt --check"
 if cargo fmt --version >/dev/null 2>&1; then
@@ -46,6 +55,16 @@ cargo build --workspace --bins
 
 echo "== cargo test"
 cargo test --workspace --all-targets
+disk
+# What follows needs only the debug binaries (the differential run starts them):
+# where disk is short, the test build's intermediate files go before the release
+# builds of the wheels.
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "$free_kib" -lt $((12 * 1024 * 1024)) ]; then
+  echo "   less than 12 GiB free: removing target/debug's intermediate files"
+  rm -rf target/debug/deps target/debug/build target/debug/examples target/debug/incremental
+  disk
+fi
 
 echo "== Python package (wheel built from this checkout) and its tests"
 PYTHON="${PYTHON:-python3}"
@@ -66,11 +85,13 @@ apt_install chromium || echo "chromium not installed: the dashboard test will sk
 .venv/bin/python -m pip install -q playwright || echo "playwright not installed: the dashboard test will skip"
 # Exactly what a user runs on a new machine.
 .venv/bin/python -m pip install -q --force-reinstall --no-deps ./python
+disk
 (cd python/tests && ../../.venv/bin/python -m pytest -q -rs)
 
 echo "== Binary wheels for machines without Rust (scripts/build-wheel.sh, scripts/test-wheel.sh)"
 rm -rf target/wheels
 bash scripts/build-wheel.sh target/wheels
+disk
 bash scripts/test-wheel.sh target/wheels
 
 echo "== Differential run against upstream's wheel (scripts/differential, strict)"

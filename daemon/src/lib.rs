@@ -12,10 +12,12 @@
 //!   backing off on accept errors and rate-limiting its warnings.
 //! - [`rpc`]: the tarpc serve loop: accept, handshake (credential), serve, stop.
 //! - [`http`]: the HTTP serve loop with a header read timeout.
+//! - [`ha`]: etcd: master addresses, following the leader, the campaign and its fence.
 //! - [`periodic`]: a task that runs every interval on a tracker until cancelled.
 //! - [`prometheus`]: Prometheus text exposition helpers.
 
 pub mod gflags;
+pub mod ha;
 pub mod http;
 pub mod listener;
 pub mod logging;

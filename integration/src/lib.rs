@@ -10,7 +10,9 @@
 //! - [`start_master`], [`ClientBuilder`]: start the two daemons.
 //! - [`value_for`], [`put_many`], [`assert_all_readable`], [`wait_readable`]: data checks.
 //! - [`netns`]: network namespaces joined by a veth pair (root only).
+//! - [`etcd`]: a real etcd server for the HA tests.
 
+pub mod etcd;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};

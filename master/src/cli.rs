@@ -110,9 +110,29 @@ struct MasterArgs {
     /// RPC worker threads (0 = number of cores).
     #[arg(long = "rpc_thread_num", default_value_t = 0)]
     rpc_thread_num: usize,
-    /// High availability through etcd (not available yet).
+    /// High availability: masters elect a leader through etcd (see docs/HA.md).
     #[arg(long = "enable_ha", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
     enable_ha: bool,
+    /// HA backend: etcd (redis and k8s are upstream's, not built here).
+    #[arg(long = "ha_backend_type", default_value = "etcd")]
+    ha_backend_type: String,
+    /// HA backend endpoints: `h1:2379;h2:2379`.
+    #[arg(long = "ha_backend_connstring", default_value = "")]
+    ha_backend_connstring: String,
+    /// Older spelling of --ha_backend_connstring (etcd endpoints).
+    #[arg(long = "etcd_endpoints", default_value = "")]
+    etcd_endpoints: String,
+    /// Names the cluster in etcd (`mooncake-store/<cluster_id>/master_view`).
+    #[arg(long = "cluster_id", default_value = mooncake_daemon::ha::DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
+    /// Seconds the leader's etcd lease lasts without renewal (this project's flag;
+    /// etcd grants at least about 2 s).
+    #[arg(long = "ha_lease_ttl_sec", default_value_t = 2)]
+    ha_lease_ttl_sec: u64,
+    /// Milliseconds a new leader serves only remounts before reads and writes
+    /// (this project's flag).
+    #[arg(long = "ha_warmup_ms", default_value_t = 200)]
+    ha_warmup_ms: u64,
     /// Verbose logging level (glog style: -v=1).
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     verbosity: u8,
@@ -135,9 +155,7 @@ where
 }
 
 fn run_master(args: MasterArgs) -> anyhow::Result<()> {
-    if args.enable_ha {
-        anyhow::bail!("--enable_ha: high availability is not available in this build yet");
-    }
+    let ha = ha_options(&args)?;
     if args.memory_allocator != "offset" && args.memory_allocator != "cachelib" {
         anyhow::bail!("--memory_allocator must be offset (or the deprecated cachelib)");
     }
@@ -181,6 +199,21 @@ fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_on_signals();
+        if let Some(ha) = ha {
+            tracing::info!(
+                "HA mode: etcd {:?}, cluster {}, advertising {}",
+                ha.endpoints,
+                ha.cluster_id,
+                ha.advertise
+            );
+            crate::ha::run_ha(config, options, ha, shutdown, |http| {
+                if let Some(m) = http {
+                    tracing::info!("HTTP metrics server started on port {} ({m})", m.port());
+                }
+            })
+            .await?;
+            return Ok(());
+        }
         crate::run(config, options, shutdown, |bound, svc| {
             tracing::info!(
                 "Master service started on port {} ({})",
@@ -198,6 +231,49 @@ fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+/// The HA settings, when `--enable_ha` is on.
+fn ha_options(args: &MasterArgs) -> anyhow::Result<Option<crate::ha::HaOptions>> {
+    if !args.enable_ha {
+        return Ok(None);
+    }
+    match args.ha_backend_type.to_ascii_lowercase().as_str() {
+        "etcd" => {}
+        "redis" | "k8s" => anyhow::bail!(
+            "--ha_backend_type={}: upstream's {} backend is not built here; use etcd",
+            args.ha_backend_type,
+            args.ha_backend_type
+        ),
+        other => {
+            anyhow::bail!("--ha_backend_type={other}: expected etcd (or upstream's redis, k8s)")
+        }
+    }
+    let connstring = if args.ha_backend_connstring.is_empty() {
+        &args.etcd_endpoints
+    } else {
+        &args.ha_backend_connstring
+    };
+    let endpoints = mooncake_daemon::ha::parse_endpoints(connstring);
+    if endpoints.is_empty() {
+        anyhow::bail!(
+            "--enable_ha needs the etcd endpoints: --ha_backend_connstring=\"h1:2379;h2:2379\""
+        );
+    }
+    let port = args.rpc_port.unwrap_or(args.port);
+    let host = args.rpc_address.trim();
+    if host.is_empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || port == 0 {
+        anyhow::bail!(
+            "--enable_ha: --rpc_address and --rpc_port must be the address clients reach this master at (it is written to etcd), not {host}:{port}"
+        );
+    }
+    Ok(Some(crate::ha::HaOptions {
+        endpoints,
+        cluster_id: args.cluster_id.clone(),
+        advertise: join_host_port(host, port),
+        lease_ttl: Duration::from_secs(args.ha_lease_ttl_sec.max(1)),
+        warmup: Duration::from_millis(args.ha_warmup_ms),
+    }))
 }
 
 #[derive(Parser, Debug)]

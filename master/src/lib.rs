@@ -14,11 +14,14 @@
 //! - [`rpc`]: the tarpc server over TCP (handshake with cluster token).
 //! - [`http`]: the admin/metrics HTTP server and the HTTP metadata server.
 //! - [`run`]: starts everything for the `mooncake_master` binary.
+//! - [`ha`]: HA mode: terms won through etcd, the fence every call passes, the
+//!   HTTP port across terms.
 //! - [`cli`]: logging and signal handling shared by the daemon binaries.
 
 pub mod allocator;
 pub mod cli;
 pub mod config;
+pub mod ha;
 pub mod http;
 pub mod inventory;
 pub mod metrics;

@@ -19,6 +19,7 @@ use mooncake_proto::limits::ConnectionLimiter;
 use mooncake_proto::master::Master;
 use mooncake_proto::*;
 
+use crate::ha::TermGate;
 use crate::metrics::Op;
 use crate::service::MasterService;
 
@@ -26,15 +27,34 @@ use crate::service::MasterService;
 #[derive(Clone)]
 pub struct MasterRpc {
     svc: Arc<MasterService>,
+    /// In HA mode, the term this service serves: calls are refused before it
+    /// serves and once its lease is lost.
+    gate: Option<Arc<TermGate>>,
 }
 
 impl MasterRpc {
     /// Wraps a service.
     pub fn new(svc: Arc<MasterService>) -> Self {
-        MasterRpc { svc }
+        MasterRpc { svc, gate: None }
+    }
+
+    /// Wraps a service that answers only while `gate` admits its calls.
+    pub fn gated(svc: Arc<MasterService>, gate: Option<Arc<TermGate>>) -> Self {
+        MasterRpc { svc, gate }
+    }
+
+    /// Whether the term admits `op` now (always, outside HA mode).
+    fn admit(&self, op: Op) -> MResult<()> {
+        match &self.gate {
+            Some(gate) => gate.admit(op).inspect_err(|_| {
+                self.svc.metrics.record(op, Default::default(), true, 0, 0);
+            }),
+            None => Ok(()),
+        }
     }
 
     fn timed<T>(&self, op: Op, f: impl FnOnce(&MasterService) -> MResult<T>) -> MResult<T> {
+        self.admit(op)?;
         let start = Instant::now();
         let result = f(&self.svc);
         self.svc
@@ -46,8 +66,12 @@ impl MasterRpc {
     fn timed_batch<T>(
         &self,
         op: Op,
+        keys: usize,
         f: impl FnOnce(&MasterService) -> Vec<MResult<T>>,
     ) -> Vec<MResult<T>> {
+        if let Err(code) = self.admit(op) {
+            return (0..keys).map(|_| Err(code)).collect();
+        }
         let start = Instant::now();
         let results = f(&self.svc);
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
@@ -70,7 +94,7 @@ impl MasterRpc {
         config: &ReplicateConfig,
         upsert: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
-        self.timed_batch(op, |s| {
+        self.timed_batch(op, keys.len(), |s| {
             if keys.len() != sizes.len() {
                 return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
             }
@@ -125,7 +149,7 @@ impl Master for MasterRpc {
         client_id: ClientId,
         keys: Vec<String>,
     ) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchPutEnd, |s| {
+        self.timed_batch(Op::BatchPutEnd, keys.len(), |s| {
             keys.iter().map(|k| s.put_end(client_id, k)).collect()
         })
     }
@@ -140,7 +164,7 @@ impl Master for MasterRpc {
         if failed.len() != keys.len() {
             return vec![Err(ErrorCode::InvalidParams); keys.len()];
         }
-        self.timed_batch(Op::BatchPutEnd, |s| {
+        self.timed_batch(Op::BatchPutEnd, keys.len(), |s| {
             keys.iter()
                 .zip(&failed)
                 .map(|(k, f)| s.put_end_except(client_id, k, f))
@@ -154,7 +178,7 @@ impl Master for MasterRpc {
         client_id: ClientId,
         keys: Vec<String>,
     ) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchPutRevoke, |s| {
+        self.timed_batch(Op::BatchPutRevoke, keys.len(), |s| {
             keys.iter().map(|k| s.put_revoke(client_id, k)).collect()
         })
     }
@@ -204,7 +228,7 @@ impl Master for MasterRpc {
         client_id: ClientId,
         keys: Vec<String>,
     ) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchPutEnd, |s| {
+        self.timed_batch(Op::BatchPutEnd, keys.len(), |s| {
             keys.iter().map(|k| s.put_end(client_id, k)).collect()
         })
     }
@@ -215,7 +239,7 @@ impl Master for MasterRpc {
         client_id: ClientId,
         keys: Vec<String>,
     ) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchPutRevoke, |s| {
+        self.timed_batch(Op::BatchPutRevoke, keys.len(), |s| {
             keys.iter().map(|k| s.put_revoke(client_id, k)).collect()
         })
     }
@@ -229,7 +253,7 @@ impl Master for MasterRpc {
         _: Context,
         keys: Vec<String>,
     ) -> Vec<MResult<ReplicaList>> {
-        self.timed_batch(Op::BatchGetReplicaList, |s| {
+        self.timed_batch(Op::BatchGetReplicaList, keys.len(), |s| {
             keys.iter().map(|k| s.get_replica_list(k)).collect()
         })
     }
@@ -253,7 +277,7 @@ impl Master for MasterRpc {
     }
 
     async fn batch_exist_key(self, _: Context, keys: Vec<String>) -> Vec<MResult<bool>> {
-        self.timed_batch(Op::BatchExistKey, |s| {
+        self.timed_batch(Op::BatchExistKey, keys.len(), |s| {
             keys.iter().map(|k| s.exist_key(k)).collect()
         })
     }
@@ -275,7 +299,7 @@ impl Master for MasterRpc {
     }
 
     async fn batch_remove(self, _: Context, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
-        self.timed_batch(Op::BatchRemove, |s| {
+        self.timed_batch(Op::BatchRemove, keys.len(), |s| {
             keys.iter().map(|k| s.remove(k, force)).collect()
         })
     }
@@ -442,6 +466,7 @@ impl Master for MasterRpc {
 pub async fn serve(
     listener: TcpListener,
     svc: Arc<MasterService>,
+    gate: Option<Arc<TermGate>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -455,10 +480,10 @@ pub async fn serve(
         shutdown,
         tracker,
         move |framed| {
-            let (svc, requests) = (svc.clone(), requests.clone());
+            let (svc, gate, requests) = (svc.clone(), gate.clone(), requests.clone());
             async move {
                 BaseChannel::with_defaults(transport(framed))
-                    .execute(MasterRpc::new(svc).serve())
+                    .execute(MasterRpc::gated(svc, gate).serve())
                     .for_each(|request| {
                         requests.spawn(request);
                         async {}

@@ -58,7 +58,7 @@ pub enum StartError {
     },
 }
 
-async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
+pub(crate) async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -68,7 +68,10 @@ async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, StartError>
         })
 }
 
-fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> {
+pub(crate) fn local_addr(
+    listener: &TcpListener,
+    what: &'static str,
+) -> Result<SocketAddr, StartError> {
     listener.local_addr().map_err(|source| StartError::Bind {
         what,
         addr: "?".into(),
@@ -112,6 +115,7 @@ pub async fn run(
     tracker.spawn(crate::rpc::serve(
         rpc,
         svc.clone(),
+        None,
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -123,30 +127,41 @@ pub async fn run(
         let router = metadata_router(MetadataStore::default());
         tracker.spawn(serve_http(listener, router, shutdown.clone()));
     }
-    let stop = || shutdown.clone();
-    // Eviction watcher: cheap atomic checks every 10 ms, like upstream's thread.
-    let s = svc.clone();
-    every_blocking(&tracker, stop(), Duration::from_millis(10), move || {
-        s.evict_if_needed();
-    });
-    let s = svc.clone();
-    every_blocking(&tracker, stop(), Duration::from_secs(1), move || {
-        s.housekeeping()
-    });
-    // Drain jobs advance as their moves finish.
-    let s = svc.clone();
-    every_blocking(&tracker, stop(), Duration::from_millis(200), move || {
-        s.drive_drain_jobs()
-    });
-    if let Some(period) = options.summary_interval {
-        let s = svc.clone();
-        every(&tracker, stop(), period, move || {
-            tracing::info!("Master Metrics: {}", s.summary_line());
-            std::future::ready(())
-        });
-    }
+    spawn_service_tasks(&tracker, &svc, &shutdown, options.summary_interval);
     shutdown.cancelled().await;
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     Ok(())
+}
+
+/// The service's own loops (eviction, housekeeping, drain jobs, the summary log
+/// line) on `tracker` until `stop`.
+pub(crate) fn spawn_service_tasks(
+    tracker: &TaskTracker,
+    svc: &Arc<MasterService>,
+    stop: &CancellationToken,
+    summary_interval: Option<Duration>,
+) {
+    let stop = || stop.clone();
+    // Eviction watcher: cheap atomic checks every 10 ms, like upstream's thread.
+    let s = svc.clone();
+    every_blocking(tracker, stop(), Duration::from_millis(10), move || {
+        s.evict_if_needed();
+    });
+    let s = svc.clone();
+    every_blocking(tracker, stop(), Duration::from_secs(1), move || {
+        s.housekeeping()
+    });
+    // Drain jobs advance as their moves finish.
+    let s = svc.clone();
+    every_blocking(tracker, stop(), Duration::from_millis(200), move || {
+        s.drive_drain_jobs()
+    });
+    if let Some(period) = summary_interval {
+        let s = svc.clone();
+        every(tracker, stop(), period, move || {
+            tracing::info!("Master Metrics: {}", s.summary_line());
+            std::future::ready(())
+        });
+    }
 }

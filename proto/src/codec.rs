@@ -68,10 +68,11 @@ pub enum ConnectError {
     /// The peer spoke something else.
     #[error("handshake failed: {0}")]
     Protocol(String),
-    /// An `etcd://` master address: the masters of an HA cluster, which this build
-    /// cannot follow yet.
+    /// A master address that cannot be dialled: `etcd://` names an HA cluster
+    /// (the real client resolves its leader first), `redis://` and `k8s://` are
+    /// upstream's other HA backends, not built here.
     #[error(
-        "etcd:// master addresses name an HA master cluster, which this build does not support yet; give the master's host:port"
+        "{0}: not a master host:port; etcd:// addresses are followed by the real client, and upstream's redis:// and k8s:// HA backends are not built here (use etcd://)"
     )]
     HaNotBuilt(String),
     /// The peer refused us (wrong token, wrong service).

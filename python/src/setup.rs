@@ -107,6 +107,7 @@ pub fn setup_args_from_dict(d: &Bound<'_, PyDict>) -> PyResult<SetupArgs> {
         },
         enable_ssd_offload: flag("enable_ssd_offload")?,
         tenant_id: text(&["tenant_id"], "default")?,
+        cluster_id: cluster_id_from_env(),
     })
 }
 
@@ -181,6 +182,14 @@ pub fn dummy_socket(server_address: &str) -> Result<PathBuf, String> {
             .map_err(|_| format!("server address {a:?}: expected host:port"))?,
     };
     Ok(default_socket_path(port))
+}
+
+/// The HA cluster an `etcd://` master address names, as upstream's clients read
+/// it: `MC_STORE_CLUSTER_ID`.
+pub fn cluster_id_from_env() -> Option<String> {
+    std::env::var("MC_STORE_CLUSTER_ID")
+        .ok()
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -399,6 +399,7 @@ impl MooncakeDistributedStore {
             client_http_port,
             enable_ssd_offload,
             tenant_id,
+            cluster_id: crate::setup::cluster_id_from_env(),
         };
         Ok(self.setup_in_process(py, args))
     }

@@ -495,8 +495,10 @@ def test_setup_failures_are_codes_not_crashes(master):
     assert s.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", f"127.0.0.1:{_closed_port()}") < 0
     assert s.setup_dummy(0, 0, f"127.0.0.1:{_closed_port()}") < 0
     assert s.setup_dummy(0, 0, "127.0.0.1:notaport") == INVALID_PARAMS
-    # An HA cluster's etcd:// address fails at once with a reason, not after retries.
-    assert s.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", "etcd://127.0.0.1:2379;127.0.0.1:2380") < 0
+    # Upstream's other HA backends fail at once with a reason, not after retries;
+    # an etcd:// cluster with no etcd behind it fails once no leader appears.
+    assert s.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", "redis://127.0.0.1:6379") < 0
+    assert s.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", f"etcd://127.0.0.1:{_closed_port()}") < 0
     # A size that is no size is a failure code (upstream), a wrong type a TypeError.
     assert s.setup({"global_segment_size": "50%", "master_server_address": master.address}) == INVALID_PARAMS
     assert s.setup("localhost", "P2PHANDSHAKE", "50%", 0, "tcp", "", master.address) == INVALID_PARAMS

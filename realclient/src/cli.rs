@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -102,6 +103,10 @@ struct ClientArgs {
     /// Metrics port of the embedded master.
     #[arg(long = "embedded_metrics_port", default_value_t = 9003)]
     embedded_metrics_port: u16,
+    /// With an `etcd://` master address: seconds a call waits for a new leader
+    /// before it fails (this project's flag).
+    #[arg(long = "master_failover_timeout_sec", default_value_t = 10)]
+    master_failover_timeout_sec: u64,
     /// Verbose logging (glog style: -v=1).
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     verbosity: u8,
@@ -142,6 +147,10 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     config.global_segment_size = args.global_segment_size;
     config.local_buffer_size = args.local_buffer_size;
     config.master_server_address = args.master_server_address.clone();
+    if let Some(id) = var_nonempty("MC_STORE_CLUSTER_ID") {
+        config.cluster_id = id;
+    }
+    config.master_failover_timeout = Duration::from_secs(args.master_failover_timeout_sec);
     config.protocol = args.protocol;
     config.cluster_token = args.cluster_token.clone();
     // The environment is read here (and in the Python setup), nowhere below.
@@ -190,4 +199,8 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+fn var_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }

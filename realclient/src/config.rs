@@ -27,8 +27,14 @@ pub struct RealClientConfig {
     pub global_segment_size: u64,
     /// Staging buffer for copy-style calls.
     pub local_buffer_size: u64,
-    /// `host:port` of the master.
+    /// `host:port` of the master, or `etcd://h1:p;h2:p` to follow the leader of
+    /// an HA cluster.
     pub master_server_address: String,
+    /// The HA cluster's id (upstream reads `MC_STORE_CLUSTER_ID`).
+    pub cluster_id: String,
+    /// With an `etcd://` master: how long a call waits for a new leader after the
+    /// old one went away before it fails.
+    pub master_failover_timeout: Duration,
     /// Transfer protocol.
     pub protocol: Protocol,
     /// Unix socket dummies connect to.
@@ -67,6 +73,8 @@ impl RealClientConfig {
             global_segment_size: 4 << 30,
             local_buffer_size: 0,
             master_server_address: "127.0.0.1:50051".into(),
+            cluster_id: mooncake_daemon::ha::DEFAULT_CLUSTER_ID.into(),
+            master_failover_timeout: Duration::from_secs(10),
             protocol: Protocol::Tcp,
             ipc_socket_path: default_socket_path(port),
             segment_path: PathBuf::from(format!("/dev/shm/mooncake_client_{port}.segment")),

@@ -1,9 +1,18 @@
 //! The inventory of the objects in this client's segment, kept in memory and
 //! persisted next to the segment file, so that a restarted master or a restarted real
 //! client can rebuild the metadata of every object whose bytes are still there.
+//!
+//! On disk: a snapshot (`<segment>.inventory`, rewritten now and then) and a
+//! journal (`<segment>.inventory.journal`) every change is appended to before the
+//! write it records is acknowledged, so that a real client killed together with
+//! the master still knows every acknowledged object when it comes back. Both live
+//! next to the segment file (page cache, like the segment itself: they survive the
+//! process, not the machine).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +26,32 @@ pub struct Inventory {
     /// Last acknowledged master sequence number.
     pub seq: u64,
     dirty: bool,
+    journal: Option<Journal>,
+}
+
+/// The append-only change log beside the snapshot.
+#[derive(Debug)]
+struct Journal {
+    file: File,
+    /// Records not yet written.
+    pending: Vec<u8>,
+    /// Bytes in the file.
+    len: u64,
+}
+
+/// One journal record (postcard, after a `u32` length).
+#[derive(Debug, Serialize, Deserialize)]
+enum JournalRecord {
+    Added(InventoryEntry),
+    Removed { offset: u64, version: u64 },
+    Cleared,
+}
+
+/// Where the journal of the snapshot at `snapshot` lives.
+pub fn journal_path(snapshot: &Path) -> PathBuf {
+    let mut p = snapshot.as_os_str().to_owned();
+    p.push(".journal");
+    PathBuf::from(p)
 }
 
 /// What is written to disk.
@@ -50,8 +85,9 @@ impl Inventory {
             return;
         }
         match self.by_offset.get(&entry.offset) {
-            Some(existing) if existing.version > entry.version => {}
+            Some(existing) if existing.version >= entry.version => {}
             _ => {
+                self.log(&JournalRecord::Added(entry.clone()));
                 self.by_offset.insert(entry.offset, entry);
                 self.dirty = true;
             }
@@ -66,7 +102,84 @@ impl Inventory {
             .is_some_and(|e| e.version == version)
         {
             self.by_offset.remove(&offset);
+            self.log(&JournalRecord::Removed { offset, version });
             self.dirty = true;
+        }
+    }
+
+    /// Appends every later change to the journal at `path` (created, or
+    /// continued), until the next [`Inventory::compact_journal`].
+    pub fn with_journal(mut self, path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        self.journal = Some(Journal {
+            file,
+            pending: Vec::new(),
+            len,
+        });
+        Ok(self)
+    }
+
+    fn log(&mut self, record: &JournalRecord) {
+        if let Some(j) = &mut self.journal
+            && let Ok(bytes) = postcard::to_stdvec(record)
+        {
+            j.pending
+                .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            j.pending.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Writes the changes made since the last call to the journal (one write):
+    /// call it before acknowledging what they record.
+    pub fn flush(&mut self) {
+        let Some(j) = &mut self.journal else {
+            return;
+        };
+        if j.pending.is_empty() {
+            return;
+        }
+        match j.file.write_all(&j.pending) {
+            Ok(()) => j.len += j.pending.len() as u64,
+            Err(e) => tracing::warn!("cannot append to the inventory journal: {e}"),
+        }
+        j.pending.clear();
+    }
+
+    /// Whether changes go to a journal.
+    pub fn has_journal(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Bytes in the journal (how far it grew since the last snapshot).
+    pub fn journal_len(&self) -> u64 {
+        self.journal.as_ref().map_or(0, |j| j.len)
+    }
+
+    /// After a snapshot taken when the journal had `covered` bytes: drops those
+    /// bytes, keeping what was appended since.
+    pub fn compact_journal(&mut self, covered: u64) {
+        self.flush();
+        let Some(j) = &mut self.journal else {
+            return;
+        };
+        let result = (|| -> std::io::Result<()> {
+            let mut tail = Vec::new();
+            if j.len > covered {
+                j.file.seek(SeekFrom::Start(covered))?;
+                j.file.read_to_end(&mut tail)?;
+            }
+            j.file.set_len(0)?;
+            j.file.write_all(&tail)?;
+            j.len = tail.len() as u64;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!("cannot compact the inventory journal: {e}");
         }
     }
 
@@ -89,6 +202,7 @@ impl Inventory {
     /// Replaces everything (after a master snapshot).
     pub fn replace(&mut self, entries: Vec<InventoryEntry>) {
         self.by_offset.clear();
+        self.log(&JournalRecord::Cleared);
         for e in entries {
             self.add(e);
         }
@@ -125,10 +239,46 @@ pub fn save(path: &Path, state: &PersistedInventory) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Reads a saved inventory; `None` when absent or unreadable.
+/// Reads a saved inventory and replays its journal; `None` when absent or
+/// unreadable. A record torn by a kill ends the replay.
 pub fn load(path: &Path) -> Option<PersistedInventory> {
     let bytes = std::fs::read(path).ok()?;
-    postcard::from_bytes(&bytes).ok()
+    let mut state: PersistedInventory = postcard::from_bytes(&bytes).ok()?;
+    let Ok(journal) = std::fs::read(journal_path(path)) else {
+        return Some(state);
+    };
+    let mut by_offset: HashMap<u64, InventoryEntry> =
+        state.entries.drain(..).map(|e| (e.offset, e)).collect();
+    let mut rest = journal.as_slice();
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let Some(record) = rest.get(4..4 + len) else {
+            break;
+        };
+        let Ok(record) = postcard::from_bytes::<JournalRecord>(record) else {
+            break;
+        };
+        rest = &rest[4 + len..];
+        match record {
+            JournalRecord::Added(e) if e.segment_id == state.segment.id => {
+                if by_offset
+                    .get(&e.offset)
+                    .is_none_or(|old| old.version < e.version)
+                {
+                    by_offset.insert(e.offset, e);
+                }
+            }
+            JournalRecord::Added(_) => {}
+            JournalRecord::Removed { offset, version } => {
+                if by_offset.get(&offset).is_some_and(|e| e.version == version) {
+                    by_offset.remove(&offset);
+                }
+            }
+            JournalRecord::Cleared => by_offset.clear(),
+        }
+    }
+    state.entries = by_offset.into_values().collect();
+    Some(state)
 }
 
 #[cfg(test)]
@@ -193,5 +343,68 @@ mod tests {
         std::fs::write(&path, b"garbage").unwrap();
         assert!(load(&path).is_none());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_journal_keeps_changes_made_after_the_snapshot() {
+        let seg = SegmentDesc {
+            id: Uuid::new_v4(),
+            name: "h:1".into(),
+            host: "h".into(),
+            base: 0,
+            size: 1 << 20,
+            transport_endpoint: "h:2".into(),
+            protocol: mooncake_proto::Protocol::Tcp,
+        };
+        let path = std::env::temp_dir().join(format!("inv-journal-{}", std::process::id()));
+        let journal = journal_path(&path);
+        let _ = std::fs::remove_file(&journal);
+        let mut inv = Inventory::new(Some(seg.id), vec![entry(seg.id, 0, 1)])
+            .with_journal(&journal)
+            .unwrap();
+        let snapshot = |inv: &Inventory| PersistedInventory {
+            client_id: Uuid::nil(),
+            segment: seg.clone(),
+            entries: inv.entries(),
+        };
+        save(&path, &snapshot(&inv)).unwrap();
+        // Changes after the snapshot, flushed as a write would before its ack.
+        inv.add(entry(seg.id, 64, 2));
+        inv.add(entry(seg.id, 128, 3));
+        inv.remove(0, 1);
+        inv.flush();
+        let mut keys: Vec<u64> = load(&path)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![64, 128],
+            "snapshot + journal = what was acknowledged"
+        );
+        // A snapshot covering the journal so far, then one more change.
+        let covered = inv.journal_len();
+        save(&path, &snapshot(&inv)).unwrap();
+        inv.add(entry(seg.id, 192, 4));
+        inv.flush();
+        inv.compact_journal(covered);
+        assert!(inv.journal_len() > 0 && inv.journal_len() < covered);
+        assert_eq!(load(&path).unwrap().entries.len(), 3);
+        // A torn last record (a kill in the middle of a write) is ignored.
+        inv.add(entry(seg.id, 256, 5));
+        inv.flush();
+        let len = std::fs::metadata(&journal).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert_eq!(load(&path).unwrap().entries.len(), 3);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&journal).unwrap();
     }
 }

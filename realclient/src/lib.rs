@@ -273,7 +273,9 @@ pub async fn run(
     }
     if !config.keep_segment && !config.ephemeral_segment && config.global_segment_size > 0 {
         // Still under this client's lock, so no other client is robbed.
-        for path in [config.segment_path.clone(), config.inventory_path()] {
+        let inventory = config.inventory_path();
+        let journal = crate::inventory::journal_path(&inventory);
+        for path in [config.segment_path.clone(), inventory, journal] {
             if let Err(e) = std::fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

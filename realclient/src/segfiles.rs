@@ -145,6 +145,7 @@ pub fn reclaim(file: &SegmentFile) -> Result<(), LockError> {
         _ => Ok(()),
     };
     remove(&file.inventory_path())?;
+    remove(&inventory::journal_path(&file.inventory_path()))?;
     remove(&file.path)
 }
 

@@ -47,6 +47,9 @@ pub struct SetupArgs {
     pub enable_ssd_offload: bool,
     /// Tenant (accepted).
     pub tenant_id: String,
+    /// The HA cluster an `etcd://` master address names (upstream reads
+    /// `MC_STORE_CLUSTER_ID`); `None`: the default cluster.
+    pub cluster_id: Option<String>,
 }
 
 impl SetupArgs {
@@ -73,6 +76,7 @@ impl SetupArgs {
             client_http_port: 9300,
             enable_ssd_offload: false,
             tenant_id: "default".to_string(),
+            cluster_id: None,
         }
     }
 
@@ -134,6 +138,9 @@ impl SetupArgs {
         config.global_segment_size = self.global_segment_size;
         config.local_buffer_size = self.local_buffer_size;
         config.master_server_address = self.master_server_addr.trim().to_string();
+        if let Some(id) = &self.cluster_id {
+            config.cluster_id = id.clone();
+        }
         config.protocol = protocol;
         config.ipc_socket_path = self
             .ipc_socket_path
@@ -174,6 +181,7 @@ mod tests {
             client_http_port: 9300,
             enable_ssd_offload: false,
             tenant_id: "default".into(),
+            cluster_id: None,
         }
     }
 

@@ -5,34 +5,38 @@ use super::*;
 impl RealClient {
     /// Readable replicas with a lease.
     pub async fn get_replicas(&self, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
-        let n = keys.len();
-        per_key(
-            n,
-            async { self.master()?.batch_get_replica_list(keys).await }.await,
-        )
+        let call = |m: MasterHandle| {
+            let keys = keys.clone();
+            async move { m.batch_get_replica_list(keys).await }
+        };
+        per_key(keys.len(), self.call_master_batch(call).await)
     }
 
     /// Existence.
     pub async fn exist(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
-        let n = keys.len();
-        per_key(
-            n,
-            async { self.master()?.batch_exist_key(keys).await }.await,
-        )
+        let call = |m: MasterHandle| {
+            let keys = keys.clone();
+            async move { m.batch_exist_key(keys).await }
+        };
+        per_key(keys.len(), self.call_master_batch(call).await)
     }
 
     /// Size.
     pub async fn get_size(&self, key: String) -> MResult<u64> {
-        self.master()?.get_size(key).await
+        let call = |m: MasterHandle| {
+            let key = key.clone();
+            async move { m.get_size(key).await }
+        };
+        self.call_master(call).await
     }
 
     /// Removes objects.
     pub async fn remove(&self, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
-        let n = keys.len();
-        per_key(
-            n,
-            async { self.master()?.batch_remove(keys, force).await }.await,
-        )
+        let call = |m: MasterHandle| {
+            let keys = keys.clone();
+            async move { m.batch_remove(keys, force).await }
+        };
+        per_key(keys.len(), self.call_master_batch(call).await)
     }
 
     /// Drops this client's replicas of `keys`; the keys cleared.
@@ -48,11 +52,16 @@ impl RealClient {
 
     /// Removes by regex.
     pub async fn remove_by_regex(&self, pattern: String, force: bool) -> MResult<u64> {
-        self.master()?.remove_by_regex(pattern, force).await
+        let call = |m: MasterHandle| {
+            let pattern = pattern.clone();
+            async move { m.remove_by_regex(pattern, force).await }
+        };
+        self.call_master(call).await
     }
 
     /// Removes everything.
     pub async fn remove_all(&self, force: bool) -> MResult<u64> {
-        self.master()?.remove_all(force).await
+        self.call_master(|m: MasterHandle| async move { m.remove_all(force).await })
+            .await
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use mooncake_daemon::ha::{LeaderView, MasterAddress};
 use mooncake_proto::codec::connect_master;
 use mooncake_proto::*;
 use mooncake_shm::Region;
@@ -35,7 +36,9 @@ use crate::inventory::{self, Inventory, PersistedInventory};
 use crate::master_handle::MasterHandle;
 use crate::metrics::ClientMetrics;
 use crate::transfer::tcp::{TcpTransport, TransferServer};
-use crate::transfer::{CallerMemory, Direction, HeldSpan, LocalSpan, TransferJob, Transport};
+use crate::transfer::{
+    CallerMemory, Direction, HeldSpan, Landed, LocalSpan, TransferJob, Transport,
+};
 use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfer};
 
 mod metadata;
@@ -49,6 +52,10 @@ mod writes;
 
 use transfers::{replica_jobs, translate_all};
 
+/// The inventory snapshot is rewritten once its journal is this long...
+const JOURNAL_COMPACT_BYTES: u64 = 4 << 20;
+/// ... or this long after the last one.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 /// Inventory entries per `remount_segment` chunk.
 const REMOUNT_CHUNK: usize = 100_000;
 /// Writes started but never ended are forgotten after this.
@@ -102,6 +109,15 @@ pub struct RealClient {
     client_id: ClientId,
     segment: Option<(Arc<Region>, SegmentDesc)>,
     master: RwLock<Option<MasterHandle>>,
+    /// With an `etcd://` master address: the leader as etcd shows it.
+    leader: Option<tokio::sync::watch::Receiver<Option<LeaderView>>>,
+    /// Counts the master sessions made (connected and remounted): calls waiting
+    /// for a new leader wait for it to change.
+    master_generation: tokio::sync::watch::Sender<u64>,
+    /// One reconnect or remount at a time (heartbeat and leader changes).
+    reconnecting: tokio::sync::Mutex<()>,
+    /// The term (view version) of the leader this client is connected to.
+    connected_view: Mutex<Option<u64>>,
     /// The embedded master, when this process runs one.
     local_master: Option<mooncake_master::rpc::MasterRpc>,
     inventory: Mutex<Inventory>,
@@ -194,16 +210,26 @@ impl RealClient {
         if config.protocol == Protocol::Rdma {
             return Err(Error::RdmaNotBuilt);
         }
-        let master_address = config.master_server_address.trim().to_ascii_lowercase();
-        if local_master.is_none() && master_address.starts_with("etcd://") {
-            // It could never connect: say so now instead of retrying forever.
-            return Err(Error::MasterUnreachable {
-                address: config.master_server_address.clone(),
-                source: mooncake_proto::codec::ConnectError::HaNotBuilt(
-                    config.master_server_address.clone(),
-                ),
-            });
-        }
+        let leader = match local_master {
+            Some(_) => None,
+            None => match MasterAddress::parse(&config.master_server_address) {
+                Ok(MasterAddress::Direct(_)) => None,
+                Ok(MasterAddress::Etcd(endpoints)) => Some(mooncake_daemon::ha::follow_leader(
+                    endpoints,
+                    &config.cluster_id,
+                    shutdown.child_token(),
+                )),
+                // It could never connect: say so now instead of retrying forever.
+                Ok(MasterAddress::Unsupported(_)) | Err(_) => {
+                    return Err(Error::MasterUnreachable {
+                        address: config.master_server_address.clone(),
+                        source: mooncake_proto::codec::ConnectError::HaNotBuilt(
+                            config.master_server_address.clone(),
+                        ),
+                    });
+                }
+            },
+        };
         // Held for this client's life: no second real client takes the same
         // segment, and `mooncake segments` sees the file is in use.
         let segment_lock = if config.ephemeral_segment || config.global_segment_size == 0 {
@@ -316,7 +342,21 @@ impl RealClient {
                 Some(server)
             }
         };
-        let inventory = Inventory::new(segment.as_ref().map(|(_, d)| d.id), entries);
+        let segment_id = segment.as_ref().map(|(_, d)| d.id);
+        let mut inventory = Inventory::new(segment_id, entries.clone());
+        if segment.is_some() && !config.ephemeral_segment {
+            let journal = inventory::journal_path(&config.inventory_path());
+            inventory = match inventory.with_journal(&journal) {
+                Ok(inv) => inv,
+                Err(e) => {
+                    tracing::warn!(
+                        "no inventory journal at {} ({e}): objects acknowledged in the last moments before a crash of this client and the master together can be lost",
+                        journal.display()
+                    );
+                    Inventory::new(segment_id, entries)
+                }
+            };
+        }
         let config_token = config.cluster_token.clone();
         let sockbuf = config.transfer_sockbuf;
         let client = Arc::new(RealClient {
@@ -324,6 +364,10 @@ impl RealClient {
             client_id,
             segment,
             master: RwLock::new(None),
+            leader,
+            master_generation: tokio::sync::watch::Sender::new(0),
+            reconnecting: tokio::sync::Mutex::new(()),
+            connected_view: Mutex::new(None),
             local_master: local_master.map(mooncake_master::rpc::MasterRpc::new),
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),
@@ -339,6 +383,14 @@ impl RealClient {
             _segment_lock: segment_lock,
         });
         client.persist();
+        if let Some(server) = &client.transfer_server {
+            let owner = Arc::downgrade(&client);
+            server.on_landed(Box::new(move |segment, objects| {
+                if let Some(client) = owner.upgrade() {
+                    client.record_landed(segment, objects);
+                }
+            }));
+        }
         if let Err(e) = client.connect_and_remount().await {
             tracing::warn!(
                 "master {} not reachable yet: {e:#}",
@@ -346,6 +398,9 @@ impl RealClient {
             );
         }
         client.tasks.spawn(client.clone().heartbeat());
+        if client.leader.is_some() {
+            client.tasks.spawn(client.clone().follow_leader());
+        }
         client.tasks.spawn(client.clone().inventory_sync());
         Ok(client)
     }
@@ -389,6 +444,22 @@ impl RealClient {
     /// The transfer port's address, when this client has a segment.
     pub fn transfer_addr(&self) -> Option<std::net::SocketAddr> {
         self.transfer_server.as_ref().map(|s| s.local_addr())
+    }
+
+    /// Records objects a peer wrote into this client's segment (its landed note).
+    fn record_landed(&self, segment: SegmentId, objects: Vec<Landed>) {
+        let mut inv = self.inventory.lock();
+        for o in objects {
+            inv.add(InventoryEntry {
+                segment_id: segment,
+                key: o.key,
+                offset: o.offset,
+                size: o.size,
+                version: o.version,
+            });
+        }
+        // On disk before the writer hears back.
+        inv.flush();
     }
 
     /// Objects recorded in the inventory.

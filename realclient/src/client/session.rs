@@ -14,41 +14,117 @@ impl RealClient {
         if self.config.ephemeral_segment {
             return;
         }
-        let entries = {
+        let (entries, covered) = {
             let mut inv = self.inventory.lock();
+            inv.flush();
             inv.take_dirty();
-            inv.entries()
+            (inv.entries(), inv.journal_len())
         };
         let state = PersistedInventory {
             client_id: self.client_id,
             segment: desc.clone(),
             entries,
         };
-        if let Err(e) = inventory::save(&self.config.inventory_path(), &state) {
-            tracing::warn!("cannot persist the inventory: {e}");
+        match inventory::save(&self.config.inventory_path(), &state) {
+            // The snapshot covers the journal up to here.
+            Ok(()) => self.inventory.lock().compact_journal(covered),
+            Err(e) => tracing::warn!("cannot persist the inventory: {e}"),
         }
     }
 
     pub(super) async fn connect_and_remount(&self) -> crate::error::Result<()> {
+        let _one_at_a_time = self.reconnecting.lock().await;
+        let (address, view) = match self.leader_view().await {
+            Some(view) => (view.address.clone(), Some(view.version)),
+            None => (self.config.master_server_address.clone(), None),
+        };
         let master = match &self.local_master {
             Some(local) => MasterHandle::Local(local.clone()),
-            None => MasterHandle::Remote(
-                connect_master(
-                    &self.config.master_server_address,
-                    &self.config.cluster_token,
-                )
-                .await
-                .map_err(|source| Error::MasterUnreachable {
-                    address: self.config.master_server_address.clone(),
+            None if self.leader.is_some() && view.is_none() => {
+                return Err(Error::MasterUnreachable {
+                    address,
+                    source: mooncake_proto::codec::ConnectError::Timeout,
+                });
+            }
+            None => {
+                let connecting = connect_master(&address, &self.config.cluster_token);
+                // A leader that stopped (not died) accepts TCP but never answers
+                // the handshake: do not let it hold the session for long.
+                let connected = match self.leader {
+                    Some(_) => tokio::time::timeout(Duration::from_secs(2), connecting)
+                        .await
+                        .unwrap_or(Err(mooncake_proto::codec::ConnectError::Timeout)),
+                    None => connecting.await,
+                };
+                MasterHandle::Remote(connected.map_err(|source| Error::MasterUnreachable {
+                    address: address.clone(),
                     source,
-                })?,
-            ),
+                })?)
+            }
         };
         *self.master.write() = Some(master);
-        self.remount().await
+        *self.connected_view.lock() = view;
+        self.remount_now().await
+    }
+
+    /// With an `etcd://` master: the leader, waiting a little for one to appear.
+    async fn leader_view(&self) -> Option<LeaderView> {
+        let mut rx = self.leader.clone()?;
+        let wait = rx.wait_for(|v| v.is_some());
+        match tokio::time::timeout(Duration::from_secs(3), wait).await {
+            Ok(Ok(view)) => view.clone(),
+            _ => None,
+        }
+    }
+
+    /// With an `etcd://` master: reconnects as soon as etcd shows a new leader,
+    /// instead of waiting for pings to fail.
+    pub(super) async fn follow_leader(self: Arc<Self>) {
+        let Some(mut rx) = self.leader.clone() else {
+            return;
+        };
+        while let Some(Ok(())) = self.shutdown.run_until_cancelled(rx.changed()).await {
+            let Some(view) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if *self.connected_view.lock() == Some(view.version) {
+                continue;
+            }
+            tracing::info!(
+                view_version = view.version,
+                "the master leader is now {}; reconnecting",
+                view.address
+            );
+            self.healthy.store(false, Ordering::Relaxed);
+            // The new leader writes the view before its RPC port is up: retry
+            // briefly (the heartbeat keeps trying after that).
+            for attempt in 0..30 {
+                match self.connect_and_remount().await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 29 => {
+                        tracing::warn!("cannot reach the new leader yet: {e:#}")
+                    }
+                    Err(_) => {}
+                }
+                if rx.has_changed().unwrap_or(true)
+                    || self
+                        .shutdown
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_millis(50)))
+                        .await
+                        .is_none()
+                {
+                    break;
+                }
+            }
+        }
     }
 
     pub(super) async fn remount(&self) -> crate::error::Result<()> {
+        let _one_at_a_time = self.reconnecting.lock().await;
+        self.remount_now().await
+    }
+
+    async fn remount_now(&self) -> crate::error::Result<()> {
         let master = self.master().map_err(|code| Error::MasterRefused {
             what: "a connection",
             code,
@@ -86,10 +162,12 @@ impl RealClient {
             for rejected in &report.rejected {
                 inv.remove(rejected.offset, rejected.version);
             }
+            inv.flush();
             inv.seq = report.inventory_seq;
         }
         self.persist();
         self.healthy.store(true, Ordering::Relaxed);
+        self.master_generation.send_modify(|g| *g += 1);
         tracing::info!(
             restored = report.restored,
             rejected = report.rejected.len(),
@@ -97,6 +175,93 @@ impl RealClient {
             self.config.master_server_address
         );
         Ok(())
+    }
+
+    /// Calls the master. With an `etcd://` master, a call that failed because the
+    /// leader went away (connection lost, or a master that is not serving) is made
+    /// again once the next leader has this client's remount, until
+    /// `master_failover_timeout`; only then does the caller see the error.
+    pub(super) async fn call_master<T, F, Fut>(&self, call: F) -> MResult<T>
+    where
+        F: Fn(MasterHandle) -> Fut,
+        Fut: std::future::Future<Output = MResult<T>>,
+    {
+        self.call_master_with(call, |r| r.as_ref().err().copied())
+            .await
+    }
+
+    /// [`Self::call_master`] for per-key answers: a batch every key of which a
+    /// deposed or warming-up master refused counts as the leader gone.
+    pub(super) async fn call_master_batch<T, F, Fut>(&self, call: F) -> MResult<Vec<MResult<T>>>
+    where
+        F: Fn(MasterHandle) -> Fut,
+        Fut: std::future::Future<Output = MResult<Vec<MResult<T>>>>,
+    {
+        self.call_master_with(call, |r| match r {
+            Err(code) => Some(*code),
+            Ok(list)
+                if !list.is_empty()
+                    && list
+                        .iter()
+                        .all(|x| matches!(x, Err(ErrorCode::UnavailableInCurrentStatus))) =>
+            {
+                Some(ErrorCode::UnavailableInCurrentStatus)
+            }
+            Ok(_) => None,
+        })
+        .await
+    }
+
+    async fn call_master_with<T, F, Fut>(
+        &self,
+        call: F,
+        failure: impl Fn(&MResult<T>) -> Option<ErrorCode>,
+    ) -> MResult<T>
+    where
+        F: Fn(MasterHandle) -> Fut,
+        Fut: std::future::Future<Output = MResult<T>>,
+    {
+        if self.leader.is_none() {
+            return call(self.master()?).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.config.master_failover_timeout;
+        loop {
+            let generation = *self.master_generation.borrow();
+            let answer = match self.master() {
+                Ok(m) if self.healthy() => {
+                    // A call to a leader that stopped answering is dropped once the
+                    // next leader has this client: a deposed leader acknowledges
+                    // nothing after its lease, so nothing is lost by not waiting.
+                    let mut next = self.master_generation.subscribe();
+                    tokio::select! {
+                        answer = call(m) => answer,
+                        _ = next.wait_for(|g| *g != generation) => Err(ErrorCode::RpcFail),
+                    }
+                }
+                _ => Err(ErrorCode::RpcFail),
+            };
+            let wait = match failure(&answer) {
+                // A master that is not serving (warming up, or deposed and about
+                // to be replaced): ask again shortly.
+                Some(ErrorCode::UnavailableInCurrentStatus) => {
+                    tokio::time::sleep_until(
+                        (tokio::time::Instant::now() + Duration::from_millis(20)).min(deadline),
+                    )
+                    .await;
+                    true
+                }
+                // The connection is gone: wait for the next session.
+                Some(ErrorCode::RpcFail | ErrorCode::RpcTimeout) => {
+                    let mut next = self.master_generation.subscribe();
+                    let changed = next.wait_for(|g| *g != generation);
+                    tokio::time::timeout_at(deadline, changed).await.is_ok()
+                }
+                _ => false,
+            };
+            if !wait || tokio::time::Instant::now() >= deadline {
+                return answer;
+            }
+        }
     }
 
     pub(super) async fn heartbeat(self: Arc<Self>) {
@@ -156,6 +321,8 @@ impl RealClient {
                 None => {
                     reported_dummies = None;
                     self.healthy.store(false, Ordering::Relaxed);
+                    // With an etcd:// master this dials the leader etcd shows now
+                    // (`follow_leader` usually got there first, at the change).
                     if let Err(e) = self.connect_and_remount().await {
                         tracing::debug!("master still unreachable: {e:#}");
                     }
@@ -174,6 +341,7 @@ impl RealClient {
         }
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_snapshot = Instant::now();
         while self
             .shutdown
             .run_until_cancelled(tick.tick())
@@ -192,6 +360,7 @@ impl RealClient {
                 if let Ok(snapshot) = master.fetch_inventory(self.client_id).await {
                     let mut inv = self.inventory.lock();
                     inv.replace(snapshot.entries);
+                    inv.flush();
                     inv.seq = snapshot.seq;
                 }
             } else {
@@ -199,10 +368,21 @@ impl RealClient {
                 for change in delta.changes {
                     inv.apply(change);
                 }
+                inv.flush();
                 inv.seq = delta.seq;
             }
-            let dirty = self.inventory.lock().take_dirty();
+            // The journal has every change at once; the snapshot is rewritten
+            // when the journal has grown or a while has passed (at every change
+            // when there is no journal).
+            let dirty = {
+                let mut inv = self.inventory.lock();
+                let due = !inv.has_journal()
+                    || inv.journal_len() > JOURNAL_COMPACT_BYTES
+                    || last_snapshot.elapsed() > SNAPSHOT_INTERVAL;
+                due && inv.take_dirty()
+            };
             if dirty {
+                last_snapshot = Instant::now();
                 let me = self.clone();
                 let _ = tokio::task::spawn_blocking(move || me.persist()).await;
             }

@@ -73,19 +73,21 @@ impl RealClient {
         upsert: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         let n = keys.len();
-        let call = async {
-            let master = self.master()?;
-            if upsert {
-                master
-                    .batch_upsert_start(self.client_id, keys, sizes, config.clone())
-                    .await
-            } else {
-                master
-                    .batch_put_start(self.client_id, keys, sizes, config.clone())
-                    .await
+        let call = |master: MasterHandle| {
+            let (keys, sizes, config) = (keys.clone(), sizes.clone(), config.clone());
+            async move {
+                if upsert {
+                    master
+                        .batch_upsert_start(self.client_id, keys, sizes, config)
+                        .await
+                } else {
+                    master
+                        .batch_put_start(self.client_id, keys, sizes, config)
+                        .await
+                }
             }
         };
-        per_key(n, call.await)
+        per_key(n, self.call_master_batch(call).await)
     }
 
     /// The versions of the pending writes of `keys` (0 when there is none).
@@ -148,12 +150,11 @@ impl RealClient {
     /// Ends writes; records local replicas in the inventory at once.
     pub async fn put_end(&self, keys: Vec<String>) -> Vec<MResult<()>> {
         let versions = self.pending_versions(keys.iter());
-        let call = async {
-            self.master()?
-                .batch_put_end(self.client_id, keys.clone())
-                .await
+        let call = |m: MasterHandle| {
+            let keys = keys.clone();
+            async move { m.batch_put_end(self.client_id, keys).await }
         };
-        let results = per_key(keys.len(), call.await);
+        let results = per_key(keys.len(), self.call_master_batch(call).await);
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for ((k, r), version) in keys.iter().zip(&results).zip(versions) {
@@ -175,6 +176,8 @@ impl RealClient {
                 }
             }
         }
+        // In the journal before the caller hears success.
+        inv.flush();
         results
     }
 
@@ -255,12 +258,12 @@ impl RealClient {
         }
         drop(held);
         let keys: Vec<String> = items.iter().map(|it| it.key.clone()).collect();
-        let call = async {
-            self.master()?
-                .batch_put_end_except(self.client_id, keys.clone(), failed.clone())
-                .await
+        self.tell_owners(&keys, &replicas, &mut failed).await;
+        let call = |m: MasterHandle| {
+            let (keys, failed) = (keys.clone(), failed.clone());
+            async move { m.batch_put_end_except(self.client_id, keys, failed).await }
         };
-        let mut results = per_key(keys.len(), call.await);
+        let mut results = per_key(keys.len(), self.call_master_batch(call).await);
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for (i, k) in keys.iter().enumerate() {
@@ -283,7 +286,74 @@ impl RealClient {
                 results[i] = Err(code);
             }
         }
+        // In the journal before the caller hears success.
+        inv.flush();
         results
+    }
+
+    /// Tells the owner of every remote replica written which objects landed in
+    /// its segment, before the master hears that the writes ended: the owner's
+    /// inventory then has every acknowledged object, and a new master rebuilds it
+    /// whatever happened to the old one. A replica whose owner could not be told
+    /// counts as failed.
+    async fn tell_owners(
+        &self,
+        keys: &[String],
+        replicas: &[Vec<ReplicaDesc>],
+        failed: &mut [Vec<SegmentId>],
+    ) {
+        let own = self.segment().map(|d| d.id);
+        // Per owner (endpoint, segment): the items written there and their notes.
+        type Notes = (Vec<usize>, Vec<Landed>);
+        let mut groups: HashMap<(String, SegmentId), Notes> = HashMap::new();
+        for (i, list) in replicas.iter().enumerate() {
+            for r in list {
+                if Some(r.segment_id) == own || failed[i].contains(&r.segment_id) {
+                    continue;
+                }
+                let group = groups
+                    .entry((r.transport_endpoint.clone(), r.segment_id))
+                    .or_default();
+                group.0.push(i);
+                group.1.push(Landed {
+                    offset: r.offset,
+                    size: r.size,
+                    version: r.version,
+                    key: keys[i].clone(),
+                });
+            }
+        }
+        if groups.is_empty() {
+            return;
+        }
+        let groups: Vec<((String, SegmentId), Notes)> = groups.into_iter().collect();
+        let targets: Vec<(SegmentId, Vec<usize>)> = groups
+            .iter()
+            .map(|((_, seg), (items, _))| (*seg, items.clone()))
+            .collect();
+        let transport = self.transport.clone();
+        let deadline = Instant::now() + self.config.transfer_timeout;
+        let n = groups.len();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            groups
+                .iter()
+                .map(|((endpoint, seg), (_, objects))| {
+                    transport.note_landed(endpoint, *seg, objects, deadline)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|_| vec![Err(ErrorCode::InternalError); n]);
+        for ((seg, items), outcome) in targets.into_iter().zip(outcomes) {
+            if let Err(e) = outcome {
+                tracing::warn!(segment = %seg, "the owner was not told of {} objects written ({e}); counting them as failed", items.len());
+                for i in items {
+                    if !failed[i].contains(&seg) {
+                        failed[i].push(seg);
+                    }
+                }
+            }
+        }
     }
 
     /// Revokes writes.
@@ -294,11 +364,10 @@ impl RealClient {
                 pending.remove(k);
             }
         }
-        let call = async {
-            self.master()?
-                .batch_put_revoke(self.client_id, keys.clone())
-                .await
+        let call = |m: MasterHandle| {
+            let keys = keys.clone();
+            async move { m.batch_put_revoke(self.client_id, keys).await }
         };
-        per_key(keys.len(), call.await)
+        per_key(keys.len(), self.call_master_batch(call).await)
     }
 }

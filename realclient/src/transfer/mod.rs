@@ -96,10 +96,37 @@ pub struct TransferJob {
     pub local: LocalSpan,
 }
 
+/// Objects whose bytes a writer put into a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landed {
+    /// First byte in the segment.
+    pub offset: u64,
+    /// Object size.
+    pub size: u64,
+    /// The master's version of the write.
+    pub version: u64,
+    /// Object key.
+    pub key: String,
+}
+
 /// A way to move bytes between hosts.
 pub trait Transport: Send + Sync + 'static {
     /// Runs `jobs` (blocking; in parallel where it helps), returning one result per
     /// job. Nothing is still moving once this returns; nothing runs past
     /// `deadline` (reads past it give `LEASE_EXPIRED`, writes `TRANSFER_FAIL`).
     fn run(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>>;
+
+    /// Tells the owner of `segment` (at `endpoint`) which objects a finished write
+    /// put there, so that its inventory has them before the write is acknowledged
+    /// (blocking). A transport whose peers learn about writes some other way
+    /// keeps this default.
+    fn note_landed(
+        &self,
+        _endpoint: &str,
+        _segment: SegmentId,
+        _objects: &[Landed],
+        _deadline: Instant,
+    ) -> MResult<()> {
+        Ok(())
+    }
 }

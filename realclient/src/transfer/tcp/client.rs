@@ -203,7 +203,80 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Sends one landed note on `stream`: `Err` for I/O failures.
+    fn note(
+        stream: &mut TcpStream,
+        segment: SegmentId,
+        body: &[u8],
+        deadline: Instant,
+    ) -> std::io::Result<MResult<()>> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(remaining))?;
+        stream.set_write_timeout(Some(remaining))?;
+        let header = Header {
+            op: OP_LANDED,
+            segment,
+            offset: 0,
+            len: body.len() as u64,
+        };
+        let mut message = header.encode().to_vec();
+        message.extend_from_slice(body);
+        stream.write_all(&message)?;
+        Ok(code_result(read_code(stream)?))
+    }
+}
+
 impl Transport for TcpTransport {
+    fn note_landed(
+        &self,
+        endpoint: &str,
+        segment: SegmentId,
+        objects: &[Landed],
+        deadline: Instant,
+    ) -> MResult<()> {
+        // Large batches go in several notes, each under the server's cap.
+        let mut chunks: Vec<Vec<u8>> = vec![Vec::new()];
+        for o in objects {
+            let one = encode_landed(std::slice::from_ref(o));
+            let last = chunks.last_mut().expect("one chunk");
+            if !last.is_empty() && (last.len() + one.len()) as u64 > MAX_NOTE_LEN {
+                chunks.push(one);
+            } else {
+                last.extend_from_slice(&one);
+            }
+        }
+        for body in chunks.iter().filter(|b| !b.is_empty()) {
+            let pooled = self.checkout(endpoint);
+            let was_pooled = pooled.is_some();
+            let mut stream = match pooled {
+                Some(s) => s,
+                None => self.connect(endpoint, deadline)?,
+            };
+            let answer = match Self::note(&mut stream, segment, body, deadline) {
+                Err(_) if was_pooled => {
+                    stream = self.connect(endpoint, deadline)?;
+                    Self::note(&mut stream, segment, body, deadline)
+                }
+                other => other,
+            };
+            match answer {
+                Ok(r) => {
+                    self.checkin(endpoint, stream);
+                    r?
+                }
+                Err(e) => {
+                    tracing::debug!("landed note to {endpoint} failed: {e}");
+                    return Err(ErrorCode::TransferFail);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn run(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>> {
         for job in jobs {
             if job

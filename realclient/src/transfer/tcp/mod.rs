@@ -11,6 +11,12 @@
 //! - write (`op` 2): `len` bytes follow the header; the server answers an `i32`
 //!   code once they are in place. A refused write closes the connection (the bytes
 //!   in flight are not drained).
+//! - landed (`op` 3): after a writer's bytes are all in place, it tells the
+//!   segment's owner which objects they are: `len` bytes of entries follow
+//!   (`offset: u64, size: u64, version: u64, key_len: u32, key`), at most
+//!   [`MAX_NOTE_LEN`]; the owner records them in its inventory and answers an
+//!   `i32` code. So the owner knows every object in its segment before the write
+//!   is acknowledged, whatever happens to the master then.
 //!
 //! Blocking sockets on plain threads: each transfer is one long copy loop, which the
 //! kernel runs best without an async reactor in between.
@@ -36,7 +42,7 @@ use mooncake_proto::limits::{ConnectionLimiter, LogGate, accept_backoff};
 use mooncake_proto::{ErrorCode, MResult, SegmentId};
 use mooncake_shm::{Gate, Region};
 
-use super::{Direction, TransferJob, Transport};
+use super::{Direction, Landed, TransferJob, Transport};
 
 mod client;
 mod server;
@@ -48,6 +54,9 @@ const MAGIC: &[u8; 8] = b"MCXFER01";
 const HEADER_LEN: usize = 40;
 const OP_READ: u8 = 1;
 const OP_WRITE: u8 = 2;
+const OP_LANDED: u8 = 3;
+/// The largest landed note (about 10 000 objects of 64-byte keys).
+pub const MAX_NOTE_LEN: u64 = 1 << 20;
 const MAX_TOKEN_LEN: usize = 4096;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -115,6 +124,46 @@ fn read_code(stream: &mut TcpStream) -> std::io::Result<i32> {
     let mut b = [0u8; 4];
     stream.read_exact(&mut b)?;
     Ok(i32::from_le_bytes(b))
+}
+
+fn encode_landed(objects: &[Landed]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for o in objects {
+        out.extend_from_slice(&o.offset.to_le_bytes());
+        out.extend_from_slice(&o.size.to_le_bytes());
+        out.extend_from_slice(&o.version.to_le_bytes());
+        out.extend_from_slice(&(o.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(o.key.as_bytes());
+    }
+    out
+}
+
+/// `None` for a malformed note (truncated entry, key not UTF-8).
+fn decode_landed(mut b: &[u8]) -> Option<Vec<Landed>> {
+    let mut out = Vec::new();
+    let take = |n: usize, b: &mut &[u8]| -> Option<Vec<u8>> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Some(head.to_vec())
+    };
+    while !b.is_empty() {
+        let word = |v: Vec<u8>| u64::from_le_bytes(v.try_into().expect("8 bytes"));
+        let offset = word(take(8, &mut b)?);
+        let size = word(take(8, &mut b)?);
+        let version = word(take(8, &mut b)?);
+        let key_len = u32::from_le_bytes(take(4, &mut b)?.try_into().expect("4 bytes"));
+        let key = String::from_utf8(take(key_len as usize, &mut b)?).ok()?;
+        out.push(Landed {
+            offset,
+            size,
+            version,
+            key,
+        });
+    }
+    Some(out)
 }
 
 fn code_result(code: i32) -> MResult<()> {

@@ -17,7 +17,12 @@ struct ServerState {
     /// Bytes served, for metrics: (read by peers, written by peers).
     bytes_out: AtomicU64,
     bytes_in: AtomicU64,
+    /// Records objects peers wrote (the owner's inventory).
+    on_landed: std::sync::OnceLock<LandedHook>,
 }
+
+/// Called with the objects a peer's write put into one of the served segments.
+pub type LandedHook = Box<dyn Fn(SegmentId, Vec<Landed>) + Send + Sync>;
 
 /// The transfer port of a real client: serves reads and writes of its segment.
 pub struct TransferServer {
@@ -58,6 +63,7 @@ impl TransferServer {
             next_conn: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
+            on_landed: std::sync::OnceLock::new(),
         });
         let accept_state = state.clone();
         let accept = std::thread::Builder::new()
@@ -68,6 +74,11 @@ impl TransferServer {
             state,
             accept: Mutex::new(Some(accept)),
         })
+    }
+
+    /// Where landed notes go (set once; notes before it are answered and dropped).
+    pub fn on_landed(&self, hook: LandedHook) {
+        let _ = self.state.on_landed.set(hook);
     }
 
     /// Serves one more segment (mounted after start).
@@ -259,6 +270,29 @@ fn serve_connection(
             (OP_WRITE, Err(code)) => {
                 let _ = reply(&mut stream, code.as_i32());
                 return Err(std::io::Error::other(format!("refused a write: {code}")));
+            }
+            (OP_LANDED, _) if h.len > MAX_NOTE_LEN => {
+                let _ = reply(&mut stream, ErrorCode::InvalidParams.as_i32());
+                return Err(std::io::Error::other("landed note too long"));
+            }
+            (OP_LANDED, _) => {
+                let mut body = vec![0u8; h.len as usize];
+                stream.read_exact(&mut body)?;
+                let code = match (&found, decode_landed(&body)) {
+                    (None, _) => ErrorCode::SegmentNotFound.as_i32(),
+                    (Some(region), Some(objects))
+                        if objects
+                            .iter()
+                            .all(|o| region.check(o.offset, o.size).is_ok()) =>
+                    {
+                        if let Some(hook) = state.on_landed.get() {
+                            hook(h.segment, objects);
+                        }
+                        0
+                    }
+                    _ => ErrorCode::InvalidParams.as_i32(),
+                };
+                reply(&mut stream, code)?;
             }
             (op, _) => {
                 let _ = reply(&mut stream, ErrorCode::InvalidParams.as_i32());

@@ -1,0 +1,376 @@
+//! High availability against a real etcd: two `mooncake_master --enable_ha`
+//! processes, real clients given `etcd://…`, dummies writing and reading while the
+//! leader is killed, paused past its lease, or etcd and every master restart.
+//! Skipped, saying why, where etcd is not installed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mooncake_dummyclient::DummyClient;
+use mooncake_integration::etcd::Etcd;
+use mooncake_integration::*;
+use mooncake_proto::ReplicateConfig;
+
+/// An HA master: its daemon, RPC and HTTP addresses.
+struct HaMaster {
+    daemon: Daemon,
+    rpc: String,
+    http: String,
+    args: Vec<String>,
+}
+
+impl HaMaster {
+    fn start(etcd: &str) -> HaMaster {
+        let (rpc_port, http_port) = (test_port(), test_port());
+        let args = vec![
+            "--enable_ha=true".to_string(),
+            "--ha_backend_type=etcd".into(),
+            format!("--ha_backend_connstring={etcd}"),
+            "--rpc_address=127.0.0.1".into(),
+            format!("--rpc_port={rpc_port}"),
+            "--metrics_host=127.0.0.1".into(),
+            format!("--metrics_port={http_port}"),
+        ];
+        let daemon = Daemon::spawn(
+            &workspace_bin("mooncake_master"),
+            &args,
+            "HTTP metrics server started",
+        );
+        HaMaster {
+            daemon,
+            rpc: format!("127.0.0.1:{rpc_port}"),
+            http: format!("127.0.0.1:{http_port}"),
+            args,
+        }
+    }
+
+    fn restart(&mut self) {
+        self.daemon.kill9();
+        self.daemon = Daemon::spawn(
+            &workspace_bin("mooncake_master"),
+            &self.args,
+            "HTTP metrics server started",
+        );
+    }
+
+    fn role(&self) -> String {
+        http_get(&self.http, "/role")
+            .map(|(_, body)| body.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    fn serving(&self) -> bool {
+        http_get(&self.http, "/ha_status").is_ok_and(|(_, b)| b.trim() == "serving")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.daemon.pid().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+/// Index of the serving leader among `masters`, waiting up to `within`.
+fn leader(masters: &[HaMaster], within: Duration) -> Option<usize> {
+    let mut found = None;
+    wait_until(within, || {
+        found = masters.iter().position(|m| m.serving());
+        found.is_some()
+    });
+    found
+}
+
+fn skip_without_etcd(tag: &str) -> Option<Etcd> {
+    match Etcd::start(tag) {
+        Ok(e) => Some(e),
+        Err(reason) => {
+            println!("skipped: {reason}");
+            None
+        }
+    }
+}
+
+/// Dummies writing fresh keys and reading acknowledged ones back, checking bytes.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, usize)>>>,
+    /// Reads that returned bytes other than the key's value (must stay 0).
+    wrong: Arc<AtomicU64>,
+    /// Successful puts and gets so far.
+    puts: Arc<AtomicU64>,
+    gets: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(sockets: &[std::path::PathBuf], writers: usize) -> Load {
+        let load = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            acked: Arc::new(Mutex::new(Vec::new())),
+            wrong: Arc::new(AtomicU64::new(0)),
+            puts: Arc::new(AtomicU64::new(0)),
+            gets: Arc::new(AtomicU64::new(0)),
+            threads: Vec::new(),
+        };
+        let mut threads = Vec::new();
+        for w in 0..writers {
+            let socket = sockets[w % sockets.len()].clone();
+            let (stop, acked, wrong, puts, gets) = (
+                load.stop.clone(),
+                load.acked.clone(),
+                load.wrong.clone(),
+                load.puts.clone(),
+                load.gets.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                let dummy = DummyClient::connect(&socket, "").expect("dummy connects");
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{i}");
+                    let len = 4096 + (i as usize % 8) * 8192;
+                    i += 1;
+                    if dummy
+                        .put(&key, &value_for(&key, len), &ReplicateConfig::default())
+                        .is_ok()
+                    {
+                        puts.fetch_add(1, Ordering::Relaxed);
+                        acked.lock().unwrap().push((key, len));
+                    }
+                    let probe = {
+                        let a = acked.lock().unwrap();
+                        (!a.is_empty()).then(|| a[(i as usize * 7919) % a.len()].clone())
+                    };
+                    if let Some((key, len)) = probe
+                        && let Ok(bytes) = dummy.get(&key)
+                    {
+                        gets.fetch_add(1, Ordering::Relaxed);
+                        if bytes != value_for(&key, len) {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }));
+        }
+        Load { threads, ..load }
+    }
+
+    /// Waits until both a put and a get succeeded after `since`; the time taken.
+    fn recovery_after(&self, since: Instant, within: Duration) -> Option<(Duration, Duration)> {
+        let (p0, g0) = (
+            self.puts.load(Ordering::Relaxed),
+            self.gets.load(Ordering::Relaxed),
+        );
+        let (mut put_at, mut get_at) = (None, None);
+        wait_until(within, || {
+            if put_at.is_none() && self.puts.load(Ordering::Relaxed) > p0 {
+                put_at = Some(since.elapsed());
+            }
+            if get_at.is_none() && self.gets.load(Ordering::Relaxed) > g0 {
+                get_at = Some(since.elapsed());
+            }
+            put_at.is_some() && get_at.is_some()
+        });
+        Some((put_at?, get_at?))
+    }
+
+    fn finish(mut self) -> Vec<(String, usize)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread");
+        }
+        assert_eq!(
+            self.wrong.load(Ordering::Relaxed),
+            0,
+            "a read returned wrong bytes"
+        );
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Every acknowledged object is readable through `socket` with its own bytes.
+fn assert_acked_readable(socket: &std::path::Path, acked: &[(String, usize)]) {
+    let dummy = DummyClient::connect(socket, "").expect("dummy connects");
+    let mut lost = Vec::new();
+    for (key, len) in acked {
+        match dummy.get(key) {
+            Ok(bytes) => assert!(bytes == value_for(key, *len), "bytes of {key} differ"),
+            Err(e) => lost.push(format!("{key}: {e}")),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged objects lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+struct Fleet {
+    etcd: Etcd,
+    masters: Vec<HaMaster>,
+    paths: Vec<Paths>,
+    clients: Vec<Daemon>,
+}
+
+impl Fleet {
+    fn start(tag: &str) -> Option<Fleet> {
+        let etcd = skip_without_etcd(tag)?;
+        let masters: Vec<HaMaster> = (0..2).map(|_| HaMaster::start(&etcd.endpoint())).collect();
+        leader(&masters, Duration::from_secs(15)).expect("a leader is elected");
+        let paths: Vec<Paths> = (0..2).map(|i| Paths::new(&format!("{tag}{i}"))).collect();
+        let mut fleet = Fleet {
+            etcd,
+            masters,
+            paths,
+            clients: Vec::new(),
+        };
+        for i in 0..2 {
+            let c = fleet.start_client(i);
+            fleet.clients.push(c);
+        }
+        Some(fleet)
+    }
+
+    fn master_address(&self) -> String {
+        format!("etcd://{}", self.etcd.endpoint())
+    }
+
+    fn start_client(&self, i: usize) -> Daemon {
+        ClientBuilder::new(&self.paths[i])
+            .with_master(&self.master_address())
+            .with_size("64MB")
+            .start()
+    }
+
+    /// Prints what the daemons logged (shown when a test fails).
+    fn dump_logs(&self) {
+        for (i, c) in self.clients.iter().enumerate() {
+            for line in c.drain_log() {
+                println!("client {i}: {line}");
+            }
+        }
+        for (i, m) in self.masters.iter().enumerate() {
+            for line in m.daemon.drain_log() {
+                println!("master {i}: {line}");
+            }
+        }
+    }
+
+    fn sockets(&self) -> Vec<std::path::PathBuf> {
+        self.paths.iter().map(|p| p.socket.clone()).collect()
+    }
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_object() {
+    let Some(mut fleet) = Fleet::start("hakill") else {
+        return;
+    };
+    let load = Load::start(&fleet.sockets(), 4);
+    assert!(wait_until(Duration::from_secs(10), || load
+        .puts
+        .load(Ordering::Relaxed)
+        > 50));
+    let old = leader(&fleet.masters, Duration::from_secs(1)).unwrap();
+    let killed_at = Instant::now();
+    fleet.masters[old].daemon.kill9();
+    let (put, get) = load
+        .recovery_after(killed_at, Duration::from_secs(20))
+        .unwrap_or_else(|| {
+            fleet.dump_logs();
+            panic!("puts and gets succeed again after the leader was killed")
+        });
+    println!("failover: first put {put:?}, first get {get:?} after kill -9 of the leader");
+    let new = leader(&fleet.masters, Duration::from_secs(5)).expect("a new leader serves");
+    assert_ne!(new, old);
+    // More load on the new leader, then every acknowledged object, with its bytes.
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = load.finish();
+    assert!(acked.len() > 50);
+    fleet.dump_logs();
+    for socket in fleet.sockets() {
+        assert_acked_readable(&socket, &acked);
+    }
+    // The killed master comes back as a standby.
+    fleet.masters[old].restart();
+    assert!(wait_until(Duration::from_secs(10), || fleet.masters[old]
+        .role()
+        == "standby"));
+    assert_eq!(fleet.masters[new].role(), "leader");
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_steps_down_and_acknowledges_nothing() {
+    let Some(fleet) = Fleet::start("hastop") else {
+        return;
+    };
+    let load = Load::start(&fleet.sockets(), 2);
+    assert!(wait_until(Duration::from_secs(10), || load
+        .puts
+        .load(Ordering::Relaxed)
+        > 20));
+    let old = leader(&fleet.masters, Duration::from_secs(1)).unwrap();
+    let stopped_at = Instant::now();
+    fleet.masters[old].signal("STOP");
+    load.recovery_after(stopped_at, Duration::from_secs(20))
+        .expect("the standby takes over from a paused leader");
+    let new = leader(&fleet.masters, Duration::from_secs(5)).expect("a new leader serves");
+    assert_ne!(new, old);
+    fleet.masters[old].signal("CONT");
+    // Woken up, it finds its lease gone: it steps down and serves nothing.
+    assert!(
+        wait_until(Duration::from_secs(10), || fleet.masters[old].role()
+            == "standby"),
+        "the old leader did not step down"
+    );
+    let (status, _) = http_get(&fleet.masters[old].http, "/get_all_keys").unwrap();
+    assert_eq!(status, 503, "a standby's admin endpoints are not served");
+    // Its RPC port is closed: nothing can be acknowledged by it.
+    assert!(std::net::TcpStream::connect(&fleet.masters[old].rpc).is_err());
+    std::thread::sleep(Duration::from_millis(300));
+    let acked = load.finish();
+    for socket in fleet.sockets() {
+        assert_acked_readable(&socket, &acked);
+    }
+}
+
+#[test]
+fn etcd_restarts_and_whole_cluster_restarts_lose_nothing() {
+    let Some(mut fleet) = Fleet::start("harestart") else {
+        return;
+    };
+    let load = Load::start(&fleet.sockets(), 2);
+    assert!(wait_until(Duration::from_secs(10), || load
+        .puts
+        .load(Ordering::Relaxed)
+        > 20));
+    // etcd restarts under load: the leader keeps or regains leadership.
+    fleet.etcd.restart();
+    load.recovery_after(Instant::now(), Duration::from_secs(20))
+        .expect("service after etcd restarted");
+    // Every master killed and started again.
+    for m in &mut fleet.masters {
+        m.restart();
+    }
+    leader(&fleet.masters, Duration::from_secs(15)).expect("a leader after all masters restarted");
+    load.recovery_after(Instant::now(), Duration::from_secs(20))
+        .expect("service after every master restarted");
+    // The leader and a real client killed at the same moment.
+    let old = leader(&fleet.masters, Duration::from_secs(1)).unwrap();
+    fleet.masters[old].daemon.kill9();
+    fleet.clients[1].kill9();
+    fleet.clients[1] = fleet.start_client(1);
+    load.recovery_after(Instant::now(), Duration::from_secs(20))
+        .expect("service after the leader and a real client died together");
+    std::thread::sleep(Duration::from_millis(300));
+    let acked = load.finish();
+    for socket in fleet.sockets() {
+        assert_acked_readable(&socket, &acked);
+    }
+}

@@ -1,0 +1,91 @@
+"""HA as an engine sees it: ``setup()`` given ``etcd://…`` (SGLang's and LMCache's
+``master_server_address``) against two ``mooncake_master --enable_ha`` processes
+and a real etcd; the leader is killed and the same store keeps its objects.
+Skips, saying why, where Debian's etcd is not installed."""
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from conftest import Proc, command, free_port
+from mooncake.store import MooncakeDistributedStore
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+pytestmark = pytest.mark.skipif(not os.path.exists(ETCD),
+                                reason="etcd is not installed (Debian package etcd-server)")
+
+
+def http(addr, path):
+    try:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=2) as r:
+            return r.read().decode()
+    except Exception:
+        return ""
+
+
+@pytest.fixture
+def etcd():
+    data = tempfile.mkdtemp(prefix="mc-etcd-")
+    client, peer = free_port(), free_port()
+    proc = Proc([ETCD, "--name=t", f"--data-dir={data}",
+                 f"--listen-client-urls=http://127.0.0.1:{client}",
+                 f"--advertise-client-urls=http://127.0.0.1:{client}",
+                 f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                 f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                 f"--initial-cluster=t=http://127.0.0.1:{peer}"])
+    proc.wait_for("ready to serve client requests")
+    yield f"127.0.0.1:{client}"
+    proc.kill()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def start_master(etcd):
+    rpc, admin = free_port(), free_port()
+    proc = Proc([command("mooncake_master"), "--enable_ha=true", "--ha_backend_type=etcd",
+                 f"--ha_backend_connstring={etcd}", "--rpc_address=127.0.0.1",
+                 f"--rpc_port={rpc}", "--metrics_host=127.0.0.1", f"--metrics_port={admin}"])
+    proc.wait_for("HTTP metrics server started")
+    return proc, admin
+
+
+def serving(admins):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for i, admin in enumerate(admins):
+            if http(f"127.0.0.1:{admin}", "/ha_status").strip() == "serving":
+                return i
+        time.sleep(0.1)
+    raise AssertionError("no master became the serving leader")
+
+
+def test_setup_with_an_etcd_address_follows_the_leader_through_a_kill(etcd):
+    masters = [start_master(etcd) for _ in range(2)]
+    try:
+        leader = serving([a for _, a in masters])
+        store = MooncakeDistributedStore()
+        assert store.setup("localhost", "P2PHANDSHAKE", 64 << 20, 16 << 20, "tcp", "",
+                           f"etcd://{etcd}") == 0
+        values = {f"ha-{i}": os.urandom(4096 + i) for i in range(50)}
+        for k, v in values.items():
+            assert store.put(k, v) == 0
+        # The standby says so, and names the leader.
+        standby_admin = masters[1 - leader][1]
+        assert http(f"127.0.0.1:{standby_admin}", "/role").strip() == "standby"
+        assert '"present":true' in http(f"127.0.0.1:{standby_admin}", "/leader").replace(" ", "")
+
+        masters[leader][0].kill(signal.SIGKILL)
+        # Calls made while no leader serves wait for the next one; nothing is lost.
+        assert store.put("after-failover", b"x" * 1000) == 0
+        for k, v in values.items():
+            assert store.get(k) == v, k
+        assert store.get("after-failover") == b"x" * 1000
+        assert serving([a for _, a in masters]) == 1 - leader
+        store.close()
+    finally:
+        for proc, _ in masters:
+            proc.kill()
