@@ -587,11 +587,12 @@ fn upstreams_command_lines_verbatim_with_glog_and_gflags_flags() {
     std::fs::remove_file(&flagfile).unwrap();
     let text = log.join("\n");
     assert!(text.contains("Master service started on port"), "{text}");
-    for flag in [
-        "--enable_oplog=true",
-        "--cluster_id=test-cluster",
-        "--enable_snapshot=false",
-    ] {
+    // (`--cluster_id` is ours now: it names the HA cluster, no warning.)
+    assert!(
+        !text.contains("--cluster_id=test-cluster: an upstream flag"),
+        "{text}"
+    );
+    for flag in ["--enable_oplog=true", "--enable_snapshot=false"] {
         assert!(
             text.contains(&format!("{flag}: an upstream flag with no effect")),
             "no warning for {flag}: {text}"
@@ -615,14 +616,14 @@ fn upstreams_command_lines_verbatim_with_glog_and_gflags_flags() {
     let config = std::env::temp_dir().join(format!("mc-master-config-{}.json", std::process::id()));
     std::fs::write(
         &config,
-        r#"{"rpc_port": 1, "cluster_id": "from-file", "eviction_high_watermark_ratio": 0.9}"#,
+        r#"{"rpc_port": 1, "enable_oplog": true, "eviction_high_watermark_ratio": 0.9}"#,
     )
     .unwrap();
     let log = start_and_collect(&[&format!("--config_path={}", config.display())]);
     std::fs::remove_file(&config).unwrap();
     let text = log.join("\n");
     assert!(
-        text.contains("--cluster_id=from-file: an upstream flag with no effect"),
+        text.contains("--enable_oplog=true: an upstream flag with no effect"),
         "{text}"
     );
     assert!(
@@ -642,4 +643,39 @@ fn upstreams_command_lines_verbatim_with_glog_and_gflags_flags() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn ha_settings_that_cannot_work_stop_the_master_with_the_reason() {
+    let refuse = |args: &[&str], reason: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mooncake_master"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    };
+    // No etcd endpoints.
+    refuse(
+        &["--enable_ha=true", "--rpc_address=127.0.0.1"],
+        "etcd endpoints",
+    );
+    // A wildcard address cannot be written to etcd for clients to dial.
+    refuse(
+        &["--enable_ha", "--ha_backend_connstring=127.0.0.1:2379"],
+        "--rpc_address and --rpc_port must be the address clients reach",
+    );
+    // Upstream's other backends are not built here.
+    for backend in ["redis", "k8s"] {
+        refuse(
+            &[
+                "--enable_ha=true",
+                &format!("--ha_backend_type={backend}"),
+                "--ha_backend_connstring=127.0.0.1:6379",
+                "--rpc_address=127.0.0.1",
+            ],
+            "backend is not built here",
+        );
+    }
 }

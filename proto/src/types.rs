@@ -363,4 +363,11 @@ pub struct RemountReport {
     pub rejected: Vec<InventoryEntry>,
     /// Sequence number to acknowledge in the next `sync_inventory`.
     pub inventory_seq: u64,
+    /// This master instance (its `view_version`): a change means a new master,
+    /// which knows nothing of writes started with the previous one.
+    pub master_view: u64,
+    /// Every write this master starts from now on has a version at least this:
+    /// writes of an older version reaching the segment were started with a
+    /// previous master and must not land on space this one may have handed out.
+    pub version_floor: u64,
 }

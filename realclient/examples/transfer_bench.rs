@@ -78,6 +78,7 @@ fn main() {
         let transport = TcpTransport::new("").with_streams(streams);
         for dir in [Direction::Write, Direction::Read] {
             let job = TransferJob {
+                version: 0,
                 direction: dir,
                 endpoint: server.local_addr().to_string(),
                 segment_id: id,

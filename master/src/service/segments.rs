@@ -134,6 +134,8 @@ impl MasterService {
             mounted.push(seg);
         }
         self.last_version.fetch_max(max_version, Relaxed);
+        report.master_view = self.view_version;
+        report.version_floor = self.last_version.load(Relaxed).max(unix_micros());
         {
             let mut segs = self.segments.write();
             for seg in &mounted {

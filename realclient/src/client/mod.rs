@@ -118,6 +118,8 @@ pub struct RealClient {
     reconnecting: tokio::sync::Mutex<()>,
     /// The term (view version) of the leader this client is connected to.
     connected_view: Mutex<Option<u64>>,
+    /// The master instance this client last remounted with.
+    master_view: std::sync::atomic::AtomicU64,
     /// The embedded master, when this process runs one.
     local_master: Option<mooncake_master::rpc::MasterRpc>,
     inventory: Mutex<Inventory>,
@@ -368,6 +370,7 @@ impl RealClient {
             master_generation: tokio::sync::watch::Sender::new(0),
             reconnecting: tokio::sync::Mutex::new(()),
             connected_view: Mutex::new(None),
+            master_view: std::sync::atomic::AtomicU64::new(0),
             local_master: local_master.map(mooncake_master::rpc::MasterRpc::new),
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),

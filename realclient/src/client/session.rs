@@ -165,6 +165,14 @@ impl RealClient {
             inv.flush();
             inv.seq = report.inventory_seq;
         }
+        // A new master instance knows nothing of writes started with the last one:
+        // those still in flight must not land on space it may hand out again.
+        let previous = self.master_view.swap(report.master_view, Ordering::AcqRel);
+        if report.master_view != previous
+            && let Some(server) = &self.transfer_server
+        {
+            server.refuse_writes_below(report.version_floor);
+        }
         self.persist();
         self.healthy.store(true, Ordering::Relaxed);
         self.master_generation.send_modify(|g| *g += 1);

@@ -65,6 +65,8 @@ impl RealClient {
             .targets
             .iter()
             .map(|t| TransferJob {
+                // A copy keeps the object's (old) version: not a write's age.
+                version: 0,
                 direction: Direction::Write,
                 endpoint: t.transport_endpoint.clone(),
                 segment_id: t.segment_id,

@@ -358,6 +358,10 @@ pub(super) fn range_job(
     local: &HeldSpan,
 ) -> TransferJob {
     TransferJob {
+        version: match direction {
+            Direction::Write => replica.version,
+            Direction::Read => 0,
+        },
         direction,
         endpoint: replica.transport_endpoint.clone(),
         segment_id: replica.segment_id,

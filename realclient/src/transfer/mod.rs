@@ -94,6 +94,9 @@ pub struct TransferJob {
     pub remote_offset: u64,
     /// The local side.
     pub local: LocalSpan,
+    /// For a write: the version of the object being put (0: none, e.g. a replica
+    /// copy), so that the owner refuses a write started with an earlier master.
+    pub version: u64,
 }
 
 /// Objects whose bytes a writer put into a segment.

@@ -165,6 +165,10 @@ impl TcpTransport {
         stream.set_read_timeout(Some(remaining))?;
         stream.set_write_timeout(Some(remaining))?;
         let header = Header {
+            version: match job.direction {
+                Direction::Write => job.version,
+                Direction::Read => 0,
+            },
             op: match job.direction {
                 Direction::Read => OP_READ,
                 Direction::Write => OP_WRITE,
@@ -218,6 +222,7 @@ impl TcpTransport {
         stream.set_read_timeout(Some(remaining))?;
         stream.set_write_timeout(Some(remaining))?;
         let header = Header {
+            version: 0,
             op: OP_LANDED,
             segment,
             offset: 0,

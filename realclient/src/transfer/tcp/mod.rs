@@ -6,11 +6,14 @@
 //! Wire format (little endian). A connection opens with `MCXFER01`, a `u16` token
 //! length and the cluster token; the server answers an `i32` code (0 or
 //! `ILLEGAL_CLIENT`). Then requests follow, each a 40-byte header
-//! `op: u8, 7 × pad, segment: [u8; 16], offset: u64, len: u64`:
+//! `op: u8, version: u56, segment: [u8; 16], offset: u64, len: u64`, where
+//! `version` is the version of the object a write belongs to (0: none given):
 //! - read (`op` 1): the server answers an `i32` code, then, when 0, `len` bytes;
 //! - write (`op` 2): `len` bytes follow the header; the server answers an `i32`
 //!   code once they are in place. A refused write closes the connection (the bytes
-//!   in flight are not drained).
+//!   in flight are not drained). A write whose version is below the floor the
+//!   owner's current master gave it (`INVALID_WRITE`) was started with an earlier
+//!   master instance, which may have given the same space to another object.
 //! - landed (`op` 3): after a writer's bytes are all in place, it tells the
 //!   segment's owner which objects they are: `len` bytes of entries follow
 //!   (`offset: u64, size: u64, version: u64, key_len: u32, key`), at most
@@ -80,6 +83,8 @@ static ACCEPT_ERRORS: LogGate = LogGate::new(Duration::from_secs(1));
 
 struct Header {
     op: u8,
+    /// The object version a write carries (0: none; 56 bits on the wire).
+    version: u64,
     segment: SegmentId,
     offset: u64,
     len: u64,
@@ -89,6 +94,13 @@ impl Header {
     fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0] = self.op;
+        // A version that does not fit (none does before the year 4250) goes untagged.
+        let version = if self.version >> 56 == 0 {
+            self.version
+        } else {
+            0
+        };
+        b[1..8].copy_from_slice(&version.to_le_bytes()[..7]);
         b[8..24].copy_from_slice(self.segment.as_bytes());
         b[24..32].copy_from_slice(&self.offset.to_le_bytes());
         b[32..40].copy_from_slice(&self.len.to_le_bytes());
@@ -98,8 +110,11 @@ impl Header {
     fn decode(b: &[u8; HEADER_LEN]) -> Header {
         let word =
             |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        let mut version = [0u8; 8];
+        version[..7].copy_from_slice(&b[1..8]);
         Header {
             op: b[0],
+            version: u64::from_le_bytes(version),
             segment: Uuid::from_bytes(b[8..24].try_into().expect("16 bytes")),
             offset: word(24..32),
             len: word(32..40),
@@ -198,6 +213,7 @@ mod tests {
         len: u64,
     ) -> TransferJob {
         TransferJob {
+            version: 0,
             direction: dir,
             endpoint: server.local_addr().to_string(),
             segment_id: seg,
@@ -242,6 +258,7 @@ mod tests {
         // Many small jobs in one call, on pooled connections.
         let jobs: Vec<TransferJob> = (0..32)
             .map(|i| TransferJob {
+                version: 0,
                 local: LocalSpan {
                     region: dst.clone(),
                     offset: i * 4096,
@@ -252,6 +269,63 @@ mod tests {
             })
             .collect();
         assert!(transport.run(&jobs, deadline).iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn writes_started_with_an_earlier_master_are_refused_and_notes_reach_the_owner() {
+        let seg = region(1 << 20);
+        let id = Uuid::new_v4();
+        let server = TransferServer::bind("127.0.0.1:0", "tok", Some((id, seg.clone()))).unwrap();
+        let noted = Arc::new(Mutex::new(Vec::new()));
+        let sink = noted.clone();
+        server.on_landed(Box::new(move |segment, objects| {
+            sink.lock().push((segment, objects));
+        }));
+        let transport = TcpTransport::new("tok");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let local = region(8192);
+        local.write(0, &pattern(8192, 3)).unwrap();
+        let write = |version: u64, at: u64| TransferJob {
+            version,
+            ..job(Direction::Write, &server, id, at, &local, 4096)
+        };
+        server.refuse_writes_below(1_000);
+        assert_eq!(
+            transport.run(&[write(999, 0)], deadline),
+            vec![Err(ErrorCode::InvalidWrite)]
+        );
+        let mut untouched = vec![0u8; 4096];
+        seg.read(0, &mut untouched).unwrap();
+        assert!(
+            untouched.iter().all(|&b| b == 0),
+            "a refused write lands nothing"
+        );
+        // The current master's writes, and untagged ones (copies), pass.
+        assert_eq!(
+            transport.run(&[write(1_000, 0), write(0, 4096)], deadline),
+            vec![Ok(()), Ok(())]
+        );
+        // The landed note names the object to the owner, checked against the segment.
+        let object = Landed {
+            offset: 0,
+            size: 4096,
+            version: 1_000,
+            key: "k".into(),
+        };
+        let endpoint = server.local_addr().to_string();
+        transport
+            .note_landed(&endpoint, id, std::slice::from_ref(&object), deadline)
+            .unwrap();
+        assert_eq!(*noted.lock(), vec![(id, vec![object.clone()])]);
+        let outside = Landed {
+            offset: 1 << 20,
+            ..object
+        };
+        assert_eq!(
+            transport.note_landed(&endpoint, id, &[outside], deadline),
+            Err(ErrorCode::InvalidParams)
+        );
+        assert_eq!(noted.lock().len(), 1);
     }
 
     #[test]

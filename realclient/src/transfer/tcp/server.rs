@@ -19,7 +19,12 @@ struct ServerState {
     bytes_in: AtomicU64,
     /// Records objects peers wrote (the owner's inventory).
     on_landed: std::sync::OnceLock<LandedHook>,
+    /// Writes of an older object version were started with an earlier master.
+    write_floor: AtomicU64,
 }
+
+/// Stale writes refused are logged at most once a second.
+static STALE_WRITES: LogGate = LogGate::new(Duration::from_secs(1));
 
 /// Called with the objects a peer's write put into one of the served segments.
 pub type LandedHook = Box<dyn Fn(SegmentId, Vec<Landed>) + Send + Sync>;
@@ -64,6 +69,7 @@ impl TransferServer {
             bytes_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             on_landed: std::sync::OnceLock::new(),
+            write_floor: AtomicU64::new(0),
         });
         let accept_state = state.clone();
         let accept = std::thread::Builder::new()
@@ -79,6 +85,14 @@ impl TransferServer {
     /// Where landed notes go (set once; notes before it are answered and dropped).
     pub fn on_landed(&self, hook: LandedHook) {
         let _ = self.state.on_landed.set(hook);
+    }
+
+    /// From now on refuses writes of objects older than `version` (with
+    /// `INVALID_WRITE`): they were started with a master that is gone, which may
+    /// have given their space to another object since (see
+    /// [`RemountReport::version_floor`](mooncake_proto::RemountReport)).
+    pub fn refuse_writes_below(&self, version: u64) {
+        self.state.write_floor.fetch_max(version, Ordering::AcqRel);
     }
 
     /// Serves one more segment (mounted after start).
@@ -250,6 +264,16 @@ fn serve_connection(
                 .map(|_| region)
                 .map_err(|_| ErrorCode::InvalidParams),
             None => Err(ErrorCode::SegmentNotFound),
+        };
+        let floor = state.write_floor.load(Ordering::Acquire);
+        let target = match target {
+            Ok(_) if h.op == OP_WRITE && h.version != 0 && h.version < floor => {
+                if let Some(held_back) = STALE_WRITES.admit() {
+                    tracing::warn!(%peer, version = h.version, floor, held_back, "refused a write started with an earlier master");
+                }
+                Err(ErrorCode::InvalidWrite)
+            }
+            other => other,
         };
         match (h.op, target) {
             (OP_READ, Ok(region)) => {
