@@ -192,6 +192,8 @@ impl Paths {
         let _ = std::fs::remove_file(&self.segment);
         let mut inv = self.segment.clone().into_os_string();
         inv.push(".inventory");
+        let _ = std::fs::remove_file(&inv);
+        inv.push(".journal");
         let _ = std::fs::remove_file(inv);
     }
 }

@@ -185,4 +185,6 @@ fn keep_segment_false_removes_the_segment_on_a_clean_stop() {
     let mut inventory = paths.segment.clone().into_os_string();
     inventory.push(".inventory");
     assert!(!Path::new(&inventory).exists());
+    inventory.push(".journal");
+    assert!(!Path::new(&inventory).exists());
 }

@@ -21,15 +21,16 @@ struct HaMaster {
 }
 
 impl HaMaster {
-    fn start(etcd: &str) -> HaMaster {
-        let (rpc_port, http_port) = (test_port(), test_port());
+    /// A master on `host` (a loopback address of its own, so that every master
+    /// has the same ports, as on separate hosts).
+    fn start(etcd: &str, host: &str, rpc_port: u16, http_port: u16) -> HaMaster {
         let args = vec![
             "--enable_ha=true".to_string(),
             "--ha_backend_type=etcd".into(),
             format!("--ha_backend_connstring={etcd}"),
-            "--rpc_address=127.0.0.1".into(),
+            format!("--rpc_address={host}"),
             format!("--rpc_port={rpc_port}"),
-            "--metrics_host=127.0.0.1".into(),
+            format!("--metrics_host={host}"),
             format!("--metrics_port={http_port}"),
         ];
         let daemon = Daemon::spawn(
@@ -39,8 +40,8 @@ impl HaMaster {
         );
         HaMaster {
             daemon,
-            rpc: format!("127.0.0.1:{rpc_port}"),
-            http: format!("127.0.0.1:{http_port}"),
+            rpc: format!("{host}:{rpc_port}"),
+            http: format!("{host}:{http_port}"),
             args,
         }
     }
@@ -217,6 +218,8 @@ fn assert_acked_readable(socket: &std::path::Path, acked: &[(String, usize)]) {
 
 struct Fleet {
     etcd: Etcd,
+    /// Every master's admin HTTP port.
+    http_port: u16,
     masters: Vec<HaMaster>,
     paths: Vec<Paths>,
     clients: Vec<Daemon>,
@@ -228,11 +231,16 @@ impl Fleet {
     fn start(tag: &str) -> Option<Fleet> {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let etcd = skip_without_etcd(tag)?;
-        let masters: Vec<HaMaster> = (0..2).map(|_| HaMaster::start(&etcd.endpoint())).collect();
+        let (rpc_port, http_port) = (test_port(), test_port());
+        let masters: Vec<HaMaster> = ["127.0.0.11", "127.0.0.12"]
+            .iter()
+            .map(|host| HaMaster::start(&etcd.endpoint(), host, rpc_port, http_port))
+            .collect();
         leader(&masters, Duration::from_secs(15)).expect("a leader is elected");
         let paths: Vec<Paths> = (0..2).map(|i| Paths::new(&format!("{tag}{i}"))).collect();
         let mut fleet = Fleet {
             etcd,
+            http_port,
             masters,
             paths,
             clients: Vec::new(),
@@ -297,6 +305,21 @@ fn killing_the_leader_loses_no_acknowledged_object() {
     println!("failover: first put {put:?}, first get {get:?} after kill -9 of the leader");
     let new = leader(&fleet.masters, Duration::from_secs(5)).expect("a new leader serves");
     assert_ne!(new, old);
+    // The operator's command finds the leader through etcd too.
+    let out = std::process::Command::new(workspace_bin("mooncake"))
+        .arg(format!("--master={}", fleet.master_address()))
+        .arg(format!("--admin_port={}", fleet.http_port))
+        .args(["--json", "health"])
+        .output()
+        .unwrap();
+    let health = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{health} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(health.contains("\"role\":\"leader\""), "{health}");
+    assert!(health.contains(&fleet.masters[new].rpc), "{health}");
     // More load on the new leader, then every acknowledged object, with its bytes.
     std::thread::sleep(Duration::from_millis(500));
     let acked = load.finish();

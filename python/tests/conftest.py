@@ -118,7 +118,8 @@ class RealClient:
 
     def cleanup(self):
         self.proc.kill()
-        for p in (self.segment_path, self.segment_path + ".inventory"):
+        for p in (self.segment_path, self.segment_path + ".inventory",
+                  self.segment_path + ".inventory.journal"):
             if os.path.exists(p):
                 os.unlink(p)
 

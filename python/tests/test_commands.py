@@ -134,7 +134,7 @@ def test_real_client_default_command_with_a_dummy():
         if c:
             c.kill()
         segment = "/dev/shm/mooncake_client_50052.segment"
-        for p in (segment, segment + ".inventory"):
+        for p in (segment, segment + ".inventory", segment + ".inventory.journal"):
             if os.path.exists(p):
                 os.unlink(p)
         m.stop()

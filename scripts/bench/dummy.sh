@@ -23,7 +23,7 @@ cleanup() {
   wait 2>/dev/null || true
   [ -n "$ns_a" ] && ip netns del "$ns_a" 2>/dev/null
   [ -n "$ns_b" ] && ip netns del "$ns_b" 2>/dev/null
-  rm -rf "$work" "$seg_a" "$seg_a.inventory" "$seg_b" "$seg_b.inventory"
+  rm -rf "$work" "$seg_a" "$seg_a.inventory"* "$seg_b" "$seg_b.inventory"*
 }
 trap cleanup EXIT
 
@@ -66,7 +66,7 @@ for run in 1 2 3; do
   echo "== single host, embedded master: run $run"
   MC_SOCKET="$work/e.sock" target/release/examples/dummy_bench
 done
-kill "${pids[-1]}"; rm -f "$seg_a.e" "$seg_a.e.inventory"
+kill "${pids[-1]}"; rm -f "$seg_a.e" "$seg_a.e.inventory"*
 for run in 1 2 3; do
   echo "== separate master process, then cross-host: run $run"
   MC_SOCKET="$work/a.sock" MC_REMOTE_SEGMENT="$ip_b:59053" target/release/examples/dummy_bench

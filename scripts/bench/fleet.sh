@@ -18,7 +18,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -f /dev/shm/mc-fleet-$$-*.segment /dev/shm/mc-fleet-$$-*.segment.inventory
+  rm -f /dev/shm/mc-fleet-$$-*.segment /dev/shm/mc-fleet-$$-*.segment.inventory*
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -17,7 +17,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work" "$seg" "$seg.inventory"
+  rm -rf "$work" "$seg" "$seg.inventory"*
 }
 trap cleanup EXIT
 wait_for() { for _ in $(seq 1 200); do grep -q "$2" "$1" && return 0; sleep 0.1; done; cat "$1"; exit 1; }
@@ -38,7 +38,7 @@ pids+=($!)
 wait_for "$work/client.log" "mooncake_client ready"
 run_set "embedded master"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
-rm -f "$seg" "$seg.inventory"
+rm -f "$seg" "$seg.inventory"*
 
 target/release/mooncake_master --rpc_address 127.0.0.1 --rpc_port 59151 \
   --metrics_host 127.0.0.1 --metrics_port 0 2>"$work/master.log" &

@@ -16,7 +16,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work" "$seg" "$seg.inventory"
+  rm -rf "$work" "$seg" "$seg.inventory"*
 }
 trap cleanup EXIT
 wait_for() { for _ in $(seq 1 300); do grep -q "$2" "$1" && return 0; sleep 0.1; done; cat "$1"; exit 1; }

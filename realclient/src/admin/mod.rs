@@ -3,8 +3,9 @@
 //! host's segment files (`segments`). Every subcommand takes `--json` for scripts.
 //!
 //! The master is `--master HOST:PORT` or `MOONCAKE_MASTER` (its RPC address, as
-//! the clients are given it); the admin port on that host is `--admin_port`
-//! (9003, the master's `--metrics_port` default). Changes (`remove`, `drain`)
+//! the clients are given it; `etcd://h1:2379;h2:2379` finds an HA cluster's
+//! leader, of `--cluster_id` / `MC_STORE_CLUSTER_ID`); the admin port on that host
+//! is `--admin_port` (9003, the master's `--metrics_port` default). Changes (`remove`, `drain`)
 //! present the credential: `--token` / `MOONCAKE_CLUSTER_TOKEN`, or on the
 //! master's own host the host secret.
 
@@ -41,6 +42,14 @@ struct Args {
     /// The master's admin HTTP port (its `--metrics_port`).
     #[arg(long = "admin_port", default_value_t = 9003, global = true)]
     admin_port: u16,
+    /// With an `etcd://` master: the HA cluster.
+    #[arg(
+        long = "cluster_id",
+        env = "MC_STORE_CLUSTER_ID",
+        default_value = mooncake_daemon::ha::DEFAULT_CLUSTER_ID,
+        global = true
+    )]
+    cluster_id: String,
     /// Credential for changes: the cluster token (default: the host secret).
     #[arg(
         long,
@@ -137,20 +146,39 @@ struct Master {
 }
 
 impl Master {
-    fn of(args: &Args) -> Master {
-        let host = match args.master.rsplit_once(':') {
+    fn of(args: &Args) -> anyhow::Result<Master> {
+        use mooncake_daemon::ha::{self, MasterAddress};
+        let rpc = match MasterAddress::parse(&args.master)? {
+            MasterAddress::Direct(a) => a,
+            MasterAddress::Etcd(endpoints) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let key = ha::master_view_key(&args.cluster_id);
+                let (view, _) = runtime.block_on(async {
+                    let mut client = ha::connect(&endpoints).await?;
+                    ha::read_leader(&mut client, &key).await
+                })?;
+                view.ok_or_else(|| anyhow::anyhow!("no leader in etcd under {key}"))?
+                    .address
+            }
+            MasterAddress::Unsupported(a) => {
+                anyhow::bail!("{a}: upstream's redis:// and k8s:// backends are not built here")
+            }
+        };
+        let host = match rpc.rsplit_once(':') {
             Some((h, _)) => h,
-            None => args.master.as_str(),
+            None => rpc.as_str(),
         };
         let token = if args.token.is_empty() {
             mooncake_proto::auth::shared_host_secret().unwrap_or_default()
         } else {
             args.token.clone()
         };
-        Master {
+        Ok(Master {
             addr: format!("{host}:{}", args.admin_port),
             token,
-        }
+        })
     }
 
     fn get(&self, path: &str) -> anyhow::Result<http::Answer> {
@@ -188,7 +216,11 @@ impl Master {
 }
 
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let master = Master::of(args);
+    if let Command::Segments { dir, reclaim } = &args.command {
+        // This host's files: no master needed.
+        return segment_files(dir, *reclaim, args.json);
+    }
+    let master = Master::of(args)?;
     match &args.command {
         Command::Status => status(&master, args.json),
         Command::Health => {
@@ -286,7 +318,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             *max_concurrency,
             *no_wait,
         ),
-        Command::Segments { dir, reclaim } => segment_files(dir, *reclaim, args.json),
+        Command::Segments { .. } => unreachable!("answered above"),
     }
 }
 

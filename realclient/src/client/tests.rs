@@ -410,4 +410,5 @@ async fn a_restarted_client_remounts_its_segment_with_the_inventory() {
     again.shutdown().await;
     let _ = std::fs::remove_file(&segment);
     let _ = std::fs::remove_file(segment.with_extension("segment.inventory"));
+    let _ = std::fs::remove_file(segment.with_extension("segment.inventory.journal"));
 }
