@@ -5,26 +5,31 @@ use super::*;
 impl RealClient {
     /// Readable replicas with a lease.
     pub async fn get_replicas(&self, keys: Vec<String>) -> Vec<MResult<ReplicaList>> {
+        let n = keys.len();
+        let mut args = self.call_args(keys);
         let call = |m: MasterHandle| {
-            let keys = keys.clone();
+            let keys = args.take();
             async move { m.batch_get_replica_list(keys).await }
         };
-        per_key(keys.len(), self.call_master_batch(call).await)
+        per_key(n, self.call_master_batch(call).await)
     }
 
     /// Existence.
     pub async fn exist(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
+        let n = keys.len();
+        let mut args = self.call_args(keys);
         let call = |m: MasterHandle| {
-            let keys = keys.clone();
+            let keys = args.take();
             async move { m.batch_exist_key(keys).await }
         };
-        per_key(keys.len(), self.call_master_batch(call).await)
+        per_key(n, self.call_master_batch(call).await)
     }
 
     /// Size.
     pub async fn get_size(&self, key: String) -> MResult<u64> {
+        let mut args = self.call_args(key);
         let call = |m: MasterHandle| {
-            let key = key.clone();
+            let key = args.take();
             async move { m.get_size(key).await }
         };
         self.call_master(call).await
@@ -32,11 +37,13 @@ impl RealClient {
 
     /// Removes objects.
     pub async fn remove(&self, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
+        let n = keys.len();
+        let mut args = self.call_args(keys);
         let call = |m: MasterHandle| {
-            let keys = keys.clone();
+            let keys = args.take();
             async move { m.batch_remove(keys, force).await }
         };
-        per_key(keys.len(), self.call_master_batch(call).await)
+        per_key(n, self.call_master_batch(call).await)
     }
 
     /// Drops this client's replicas of `keys`; the keys cleared.
@@ -52,8 +59,9 @@ impl RealClient {
 
     /// Removes by regex.
     pub async fn remove_by_regex(&self, pattern: String, force: bool) -> MResult<u64> {
+        let mut args = self.call_args(pattern);
         let call = |m: MasterHandle| {
-            let pattern = pattern.clone();
+            let pattern = args.take();
             async move { m.remove_by_regex(pattern, force).await }
         };
         self.call_master(call).await

@@ -185,13 +185,23 @@ impl RealClient {
         Ok(())
     }
 
+    /// Arguments for [`Self::call_master`]: moved into the first call; kept for
+    /// another only when calls can be made again (an `etcd://` master), so that a
+    /// client of one master never copies them.
+    pub(super) fn call_args<A: Clone>(&self, args: A) -> CallArgs<A> {
+        CallArgs {
+            kept: self.leader.as_ref().map(|_| args.clone()),
+            first: Some(args),
+        }
+    }
+
     /// Calls the master. With an `etcd://` master, a call that failed because the
     /// leader went away (connection lost, or a master that is not serving) is made
     /// again once the next leader has this client's remount, until
     /// `master_failover_timeout`; only then does the caller see the error.
     pub(super) async fn call_master<T, F, Fut>(&self, call: F) -> MResult<T>
     where
-        F: Fn(MasterHandle) -> Fut,
+        F: FnMut(MasterHandle) -> Fut,
         Fut: std::future::Future<Output = MResult<T>>,
     {
         self.call_master_with(call, |r| r.as_ref().err().copied())
@@ -202,7 +212,7 @@ impl RealClient {
     /// deposed or warming-up master refused counts as the leader gone.
     pub(super) async fn call_master_batch<T, F, Fut>(&self, call: F) -> MResult<Vec<MResult<T>>>
     where
-        F: Fn(MasterHandle) -> Fut,
+        F: FnMut(MasterHandle) -> Fut,
         Fut: std::future::Future<Output = MResult<Vec<MResult<T>>>>,
     {
         self.call_master_with(call, |r| match r {
@@ -222,11 +232,11 @@ impl RealClient {
 
     async fn call_master_with<T, F, Fut>(
         &self,
-        call: F,
+        mut call: F,
         failure: impl Fn(&MResult<T>) -> Option<ErrorCode>,
     ) -> MResult<T>
     where
-        F: Fn(MasterHandle) -> Fut,
+        F: FnMut(MasterHandle) -> Fut,
         Fut: std::future::Future<Output = MResult<T>>,
     {
         if self.leader.is_none() {
@@ -394,6 +404,23 @@ impl RealClient {
                 let me = self.clone();
                 let _ = tokio::task::spawn_blocking(move || me.persist()).await;
             }
+        }
+    }
+}
+
+/// See [`RealClient::call_args`].
+pub(super) struct CallArgs<A> {
+    first: Option<A>,
+    kept: Option<A>,
+}
+
+impl<A: Clone> CallArgs<A> {
+    /// The arguments for one call.
+    pub(super) fn take(&mut self) -> A {
+        match self.first.take() {
+            Some(a) => a,
+            // Only a retry gets here, and retries happen only when `kept` is set.
+            None => self.kept.clone().expect("arguments kept for a retry"),
         }
     }
 }

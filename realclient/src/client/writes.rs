@@ -73,8 +73,9 @@ impl RealClient {
         upsert: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         let n = keys.len();
+        let mut args = self.call_args((keys, sizes));
         let call = |master: MasterHandle| {
-            let (keys, sizes, config) = (keys.clone(), sizes.clone(), config.clone());
+            let ((keys, sizes), config) = (args.take(), config.clone());
             async move {
                 if upsert {
                     master
