@@ -385,6 +385,18 @@ fn etcd_restarts_and_whole_cluster_restarts_lose_nothing() {
     fleet.etcd.restart();
     load.recovery_after(Instant::now(), Duration::from_secs(20))
         .expect("service after etcd restarted");
+    // etcd gone for longer than a lease: the leader cannot renew, so it stops
+    // serving (nothing acknowledged past its lease) until etcd is back.
+    fleet.etcd.kill9();
+    assert!(
+        wait_until(Duration::from_secs(6), || fleet.masters.iter().all(|m| !m.serving())),
+        "a leader cut off from etcd kept serving"
+    );
+    assert!(fleet.masters.iter().all(|m| m.role() == "standby"));
+    fleet.etcd.restart();
+    leader(&fleet.masters, Duration::from_secs(15)).expect("a leader once etcd is back");
+    load.recovery_after(Instant::now(), Duration::from_secs(20))
+        .expect("service once etcd is back");
     // Every master killed and started again.
     for m in &mut fleet.masters {
         m.restart();
