@@ -389,7 +389,10 @@ fn etcd_restarts_and_whole_cluster_restarts_lose_nothing() {
     // serving (nothing acknowledged past its lease) until etcd is back.
     fleet.etcd.kill9();
     assert!(
-        wait_until(Duration::from_secs(6), || fleet.masters.iter().all(|m| !m.serving())),
+        wait_until(Duration::from_secs(6), || fleet
+            .masters
+            .iter()
+            .all(|m| !m.serving())),
         "a leader cut off from etcd kept serving"
     );
     assert!(fleet.masters.iter().all(|m| m.role() == "standby"));

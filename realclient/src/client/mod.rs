@@ -56,6 +56,9 @@ use transfers::{replica_jobs, translate_all};
 const JOURNAL_COMPACT_BYTES: u64 = 4 << 20;
 /// ... or this long after the last one.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a remount waits for dummies to finish the writes they are copying
+/// into this client's segment.
+const SETTLE_WRITES: Duration = Duration::from_secs(5);
 /// Inventory entries per `remount_segment` chunk.
 const REMOUNT_CHUNK: usize = 100_000;
 /// Writes started but never ended are forgotten after this.
@@ -90,6 +93,8 @@ struct PendingWrite {
     /// Set once ranges were written to the remote replicas with
     /// `transfer_ranges`: the segments whose range writes failed.
     ranged_failures: Option<Vec<SegmentId>>,
+    /// Set when the writer is done copying (its put_end or put_complete came).
+    copied: bool,
 }
 
 /// A segment mounted after start (`mount_segment` / `allocate_and_mount_segment`).

@@ -125,6 +125,7 @@ impl RealClient {
     }
 
     async fn remount_now(&self) -> crate::error::Result<()> {
+        self.settle_own_writes().await;
         let master = self.master().map_err(|code| Error::MasterRefused {
             what: "a connection",
             code,
@@ -183,6 +184,43 @@ impl RealClient {
             self.config.master_server_address
         );
         Ok(())
+    }
+
+    /// Waits (up to [`SETTLE_WRITES`]) until no dummy is still copying into this
+    /// client's own segments for a write started before the remount. A master
+    /// that rebuilds from the inventory does not know those writes: once the
+    /// remount is in, it may hand their space to other objects, and a copy still
+    /// running there would land on them. A dummy is done copying when its
+    /// `put_end` / `put_complete` arrives (that call then fails if the master is
+    /// a new one: it never knew the write).
+    async fn settle_own_writes(&self) {
+        let deadline = Instant::now() + SETTLE_WRITES;
+        loop {
+            let in_flight = {
+                let own: Vec<SegmentId> = self
+                    .segment()
+                    .map(|d| d.id)
+                    .into_iter()
+                    .chain(self.extra_segments.lock().iter().map(|e| e.desc.id))
+                    .collect();
+                self.pending
+                    .lock()
+                    .values()
+                    .filter(|w| !w.copied && w.replicas.iter().any(|r| own.contains(&r.segment_id)))
+                    .count()
+            };
+            if in_flight == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    in_flight,
+                    "remounting with writes into this client's segment still unfinished after {SETTLE_WRITES:?}"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Arguments for [`Self::call_master`]: moved into the first call; kept for

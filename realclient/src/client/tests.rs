@@ -412,3 +412,43 @@ async fn a_restarted_client_remounts_its_segment_with_the_inventory() {
     let _ = std::fs::remove_file(segment.with_extension("segment.inventory"));
     let _ = std::fs::remove_file(segment.with_extension("segment.inventory.journal"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remount_waits_for_copies_into_the_segment_to_end() {
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 4 * MIB).await;
+    // A dummy has space for a write and is still copying.
+    let descs = a
+        .put_start(
+            vec!["k".into()],
+            vec![4096],
+            ReplicateConfig::default(),
+            false,
+            1,
+        )
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(Some(descs[0].segment_id), a.segment().map(|d| d.id));
+    let remounting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.remount().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !remounting.is_finished(),
+        "the remount went ahead while a copy into the segment was running"
+    );
+    // The copy ends: the remount goes ahead.
+    let done = PutCompletion {
+        key: "k".into(),
+        local_failed: false,
+        sources: Vec::new(),
+    };
+    a.put_complete(vec![done], None).await.remove(0).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), remounting)
+        .await
+        .expect("the remount finished once the copy ended")
+        .unwrap()
+        .unwrap();
+}

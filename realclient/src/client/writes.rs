@@ -58,6 +58,7 @@ impl RealClient {
                         version: descs.first().map_or(0, |d| d.version),
                         replicas: descs.clone(),
                         ranged_failures: None,
+                        copied: false,
                     },
                 );
             }
@@ -91,11 +92,17 @@ impl RealClient {
         per_key(n, self.call_master_batch(call).await)
     }
 
-    /// The versions of the pending writes of `keys` (0 when there is none).
+    /// The versions of the pending writes of `keys` (0 when there is none), which
+    /// the caller is done copying.
     pub(super) fn pending_versions(&self, keys: impl Iterator<Item = impl AsRef<str>>) -> Vec<u64> {
-        let pending = self.pending.lock();
-        keys.map(|k| pending.get(k.as_ref()).map_or(0, |w| w.version))
-            .collect()
+        let mut pending = self.pending.lock();
+        keys.map(|k| {
+            pending.get_mut(k.as_ref()).map_or(0, |w| {
+                w.copied = true;
+                w.version
+            })
+        })
+        .collect()
     }
 
     /// Takes the pending write of `key` if it is still the one of `version` (a
@@ -198,8 +205,11 @@ impl RealClient {
         let mut ranged: Vec<bool> = Vec::with_capacity(items.len());
         let mut versions: Vec<u64> = Vec::with_capacity(items.len());
         {
-            let pending = self.pending.lock();
+            let mut pending = self.pending.lock();
             for (i, item) in items.iter().enumerate() {
+                if let Some(w) = pending.get_mut(&item.key) {
+                    w.copied = true;
+                }
                 let w = pending.get(&item.key);
                 versions.push(w.map_or(0, |w| w.version));
                 replicas.push(w.map(|w| w.replicas.clone()).unwrap_or_default());
