@@ -96,6 +96,16 @@ impl RealClient {
             }
         }
         self.metrics.add_transfer_bytes(0, written);
+        // The new holders record the copies before the master hears of them: a
+        // move then never leaves an object that no inventory lists.
+        let mut per_key = vec![failed_segments];
+        self.tell_owners(
+            std::slice::from_ref(&task.key),
+            std::slice::from_ref(&plan.targets),
+            &mut per_key,
+        )
+        .await;
+        let failed_segments = per_key.pop().unwrap_or_default();
         master
             .replica_copy_end(self.client_id, task.key.clone(), failed_segments)
             .await

@@ -307,7 +307,7 @@ impl RealClient {
     /// inventory then has every acknowledged object, and a new master rebuilds it
     /// whatever happened to the old one. A replica whose owner could not be told
     /// counts as failed.
-    async fn tell_owners(
+    pub(super) async fn tell_owners(
         &self,
         keys: &[String],
         replicas: &[Vec<ReplicaDesc>],
