@@ -163,7 +163,18 @@ pub fn follow_leader(
                 .await
             {
                 None => return,
-                Some(Ok(())) => backoff = Duration::from_millis(100),
+                Some(Ok(())) => {
+                    // The watch ended (etcd closed it): read and watch again, but
+                    // never in a tight loop.
+                    backoff = Duration::from_millis(100);
+                    if stop
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_millis(50)))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                }
                 Some(Err(e)) => {
                     tracing::debug!("following the master view in etcd: {e}");
                     // Without etcd the last view may still be right: keep it; a
