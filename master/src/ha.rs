@@ -90,6 +90,11 @@ impl TermGate {
         }
     }
 
+    /// Whether the lease still holds (checked again before an answer leaves).
+    pub fn fence_holds(&self) -> bool {
+        self.fence.valid()
+    }
+
     fn state(&self) -> &'static str {
         if !self.fence.valid() {
             "standby"

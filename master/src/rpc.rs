@@ -53,10 +53,19 @@ impl MasterRpc {
         }
     }
 
+    /// Whether the term's lease still holds after a call ran: an answer computed
+    /// by a leader that was paused meanwhile is not given.
+    fn still_leading(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.fence_holds())
+    }
+
     fn timed<T>(&self, op: Op, f: impl FnOnce(&MasterService) -> MResult<T>) -> MResult<T> {
         self.admit(op)?;
         let start = Instant::now();
-        let result = f(&self.svc);
+        let mut result = f(&self.svc);
+        if !self.still_leading() {
+            result = Err(ErrorCode::UnavailableInCurrentStatus);
+        }
         self.svc
             .metrics
             .record(op, start.elapsed(), result.is_err(), 0, 0);
@@ -73,7 +82,12 @@ impl MasterRpc {
             return (0..keys).map(|_| Err(code)).collect();
         }
         let start = Instant::now();
-        let results = f(&self.svc);
+        let mut results = f(&self.svc);
+        if !self.still_leading() {
+            results = (0..keys)
+                .map(|_| Err(ErrorCode::UnavailableInCurrentStatus))
+                .collect();
+        }
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
         self.svc.metrics.record(
             op,
