@@ -704,6 +704,11 @@ impl DummyClient {
             RingRequest::PutComplete(items) => {
                 RingResponse::Units(self.call(conn, rpc.put_complete(c(), items))?)
             }
+            RingRequest::PutDirect {
+                items,
+                config,
+                upsert,
+            } => RingResponse::Units(self.call(conn, rpc.put_direct(c(), items, config, upsert))?),
             RingRequest::Remove { keys, force } => {
                 RingResponse::Units(self.call(conn, rpc.remove(c(), keys, force))?)
             }

@@ -90,6 +90,22 @@ impl DummyClient {
         config: &ReplicateConfig,
         upsert: bool,
     ) -> Vec<MResult<()>> {
+        if let Some(items) = direct_items(keys, &srcs) {
+            // Small values the real client can read: one call does the whole write.
+            let conn = match self.conn() {
+                Ok(c) => c,
+                Err(e) => return vec![Err(e); keys.len()],
+            };
+            let request = RingRequest::PutDirect {
+                items,
+                config: config.clone(),
+                upsert,
+            };
+            return self.dispatch_batch(&conn, keys.len(), request, |r| match r {
+                RingResponse::Units(v) => Some(v),
+                _ => None,
+            });
+        }
         let mut results: Vec<MResult<()>> = vec![Err(ErrorCode::InvalidParams); keys.len()];
         if !self.copies_fit(srcs.iter().flatten().filter_map(|s| match s {
             Src::Bytes(_) => Some(s.len()),
@@ -243,4 +259,31 @@ impl DummyClient {
             _ => None,
         })
     }
+}
+
+/// Writes of at most this many bytes in all go in one call ([`direct_items`]); larger
+/// ones are copied by the caller itself, in its own process, so that copies scale
+/// with the callers. Measured (PERFORMANCE.md): at 4 KiB one call saves a ring round
+/// trip (-1.4 µs); at 64 KiB it saves nothing and leaves the bytes in another
+/// core's cache.
+const DIRECT_PUT_MAX: u64 = 16 << 10;
+
+/// The items of a batch the real client can write in one call: every value in
+/// memory it maps, none empty, all together small.
+fn direct_items(keys: &[String], srcs: &[Option<Src<'_>>]) -> Option<Vec<(String, Vec<BufRef>)>> {
+    let mut total = 0;
+    let mut items = Vec::with_capacity(keys.len());
+    for (key, src) in keys.iter().zip(srcs) {
+        let Some(Src::Registered(spans)) = src else {
+            return None;
+        };
+        let len: u64 = spans.iter().map(|s| s.len).sum();
+        total += len;
+        if len == 0 || total > DIRECT_PUT_MAX {
+            return None;
+        }
+        let refs: Option<Vec<BufRef>> = spans.iter().map(Span::shared_ref).collect();
+        items.push((key.clone(), refs?));
+    }
+    (!items.is_empty()).then_some(items)
 }

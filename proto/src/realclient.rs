@@ -99,6 +99,11 @@ pub enum RingRequest {
         upsert: bool,
     },
     PutComplete(Vec<PutCompletion>),
+    PutDirect {
+        items: Vec<(String, Vec<BufRef>)>,
+        config: ReplicateConfig,
+        upsert: bool,
+    },
     Remove {
         keys: Vec<String>,
         force: bool,
@@ -146,6 +151,16 @@ pub trait RealClientService {
     /// not be written, and ends the write (one master call for the batch). A key
     /// succeeds when at least one replica was written.
     async fn put_complete(items: Vec<PutCompletion>) -> Vec<MResult<()>>;
+    /// A whole write in one call, for small values in registered memory: starts
+    /// the writes, copies each value into this client's segment itself (the dummy
+    /// would pay a second round trip to do it), sends it to replicas on other
+    /// hosts, and ends the writes. One result per item, as `put_start` and
+    /// `put_complete` together would give.
+    async fn put_direct(
+        items: Vec<(String, Vec<BufRef>)>,
+        config: ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>>;
     /// Reads objects: per key, either a local replica for the dummy to copy, or the
     /// bytes moved from a remote replica straight into the dummy's registered
     /// `dests` (an empty list = no destination). One master call for the batch.

@@ -82,6 +82,11 @@ async fn dispatch(h: Handler, request: &[u8]) -> RingResponse {
             upsert,
         } => RingResponse::Started(h.put_start(c, keys, sizes, config, upsert).await),
         RingRequest::PutComplete(items) => RingResponse::Units(h.put_complete(c, items).await),
+        RingRequest::PutDirect {
+            items,
+            config,
+            upsert,
+        } => RingResponse::Units(h.put_direct(c, items, config, upsert).await),
         RingRequest::Remove { keys, force } => RingResponse::Units(h.remove(c, keys, force).await),
         RingRequest::ReleaseReads(reads) => {
             h.release_reads(c, reads).await;

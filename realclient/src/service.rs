@@ -123,6 +123,25 @@ impl RealClientService for Handler {
         r
     }
 
+    async fn put_direct(
+        self,
+        _: Context,
+        items: Vec<(String, Vec<BufRef>)>,
+        config: ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        let t = Instant::now();
+        let bytes: u64 = items.iter().flat_map(|(_, b)| b).map(|b| b.len).sum();
+        let owner = self.session.as_ref().map_or(0, |s| s.id());
+        let r = self
+            .client
+            .put_direct(items, config, upsert, owner, self.memory())
+            .await;
+        self.client.metrics.add_object_bytes(bytes, 0);
+        self.record(Op::PutComplete, t, &r);
+        r
+    }
+
     async fn get_into(
         self,
         _: Context,

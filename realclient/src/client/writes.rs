@@ -189,6 +189,79 @@ impl RealClient {
         results
     }
 
+    /// A whole write in one call (see `RealClientService::put_direct`): start,
+    /// the copy into this client's segment from the caller's registered memory,
+    /// then [`Self::put_complete`] for the replicas elsewhere and the end.
+    pub async fn put_direct(
+        &self,
+        items: Vec<(String, Vec<BufRef>)>,
+        config: ReplicateConfig,
+        upsert: bool,
+        owner: u64,
+        memory: Option<&dyn CallerMemory>,
+    ) -> Vec<MResult<()>> {
+        let mut results: Vec<MResult<()>> = vec![Ok(()); items.len()];
+        // Memory that is not registered fails its item before anything starts.
+        let mut valid: Vec<(usize, String, Vec<BufRef>, u64)> = Vec::new();
+        for (i, (key, bufs)) in items.into_iter().enumerate() {
+            let size: u64 = bufs.iter().map(|b| b.len).sum();
+            match translate_all(memory, &bufs, size) {
+                Ok(_) if size > 0 => valid.push((i, key, bufs, size)),
+                Ok(_) => results[i] = Err(ErrorCode::InvalidParams),
+                Err(code) => results[i] = Err(code),
+            }
+        }
+        if valid.is_empty() {
+            return results;
+        }
+        let keys: Vec<String> = valid.iter().map(|v| v.1.clone()).collect();
+        let sizes: Vec<u64> = valid.iter().map(|v| v.3).collect();
+        let started = self.put_start(keys, sizes, config, upsert, owner).await;
+        let own = self
+            .segment
+            .as_ref()
+            .map(|(region, d)| (region.clone(), d.id));
+        let mut completions: Vec<PutCompletion> = Vec::new();
+        let mut positions: Vec<usize> = Vec::new();
+        for (started, (i, key, bufs, size)) in started.into_iter().zip(valid) {
+            let replicas = match started {
+                // A plain put of an existing key keeps the old value and succeeds.
+                Err(ErrorCode::ObjectAlreadyExists) if !upsert => continue,
+                Err(e) => {
+                    results[i] = Err(e);
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            let mut local_failed = false;
+            let mut remote = false;
+            for r in &replicas {
+                match &own {
+                    Some((segment, id)) if r.segment_id == *id => {
+                        if let Err(e) = copy_into_segment(memory, &bufs, size, segment, r.offset) {
+                            tracing::warn!(%key, "local replica copy failed: {e}");
+                            local_failed = true;
+                        }
+                    }
+                    _ => remote = true,
+                }
+            }
+            completions.push(PutCompletion {
+                key,
+                local_failed,
+                sources: if remote { bufs } else { Vec::new() },
+            });
+            positions.push(i);
+        }
+        if !completions.is_empty() {
+            let ended = self.put_complete(completions, memory).await;
+            for (i, r) in positions.into_iter().zip(ended) {
+                results[i] = r;
+            }
+        }
+        results
+    }
+
     /// Finishes writes for a dummy: sends each value from the dummy's registered
     /// buffers to the replicas on other hosts, then ends the batch with the master,
     /// dropping replicas that failed. A key fails only when every replica failed.
@@ -381,4 +454,25 @@ impl RealClient {
         };
         per_key(keys.len(), self.call_master_batch(call).await)
     }
+}
+
+/// Copies the `size` bytes of a value in caller memory `bufs` into `segment` at
+/// `offset`.
+fn copy_into_segment(
+    memory: Option<&dyn CallerMemory>,
+    bufs: &[BufRef],
+    size: u64,
+    segment: &Region,
+    offset: u64,
+) -> MResult<()> {
+    let spans = translate_all(memory, bufs, size)?;
+    let mut at = offset;
+    for held in &spans {
+        let span = held.span();
+        span.region
+            .copy_to(span.offset, segment, at, span.len)
+            .map_err(|_| ErrorCode::InvalidParams)?;
+        at += span.len;
+    }
+    Ok(())
 }
