@@ -58,7 +58,7 @@ python3 scripts/differential/segments_tasks.py compare "$work/st-up.json" "$work
 "$UPBIN/mooncake_client" --host=127.0.0.1 --port=51557 --global_segment_size="256 MB" \
   --master_server_address=127.0.0.1:51551 --metadata_server=P2PHANDSHAKE >"$work/up-client.log" 2>&1 &
 pids+=($!)
-target/debug/mooncake_client --host=127.0.0.1 --port=52557 --global_segment_size="256 MB" \
+target/debug/mooncake_client --host=127.0.0.1 --port=52557 --global_segment_size="256 MB" --keep_segment=false \
   --master_server_address=127.0.0.1:52551 --metadata_server=P2PHANDSHAKE >"$work/ours-client.log" 2>&1 &
 pids+=($!)
 sleep 4
