@@ -217,14 +217,19 @@ pub fn start_master_on(netns: Option<&str>, host: &str, port: u16) -> (Daemon, S
         ],
         "Master service started on port",
     );
-    let addr = d
+    let addr = rpc_address(&d);
+    (d, addr)
+}
+
+/// The RPC address a master printed at start (`... started on port N (addr)`).
+fn rpc_address(master: &Daemon) -> String {
+    master
         .ready_line
         .rsplit('(')
         .next()
         .expect("address in parentheses")
         .trim_end_matches(')')
-        .to_string();
-    (d, addr)
+        .to_string()
 }
 
 /// Starts `mooncake_master` on loopback.
@@ -249,13 +254,7 @@ pub fn start_master_with_http(extra: &[&str]) -> (Daemon, String, String) {
         &args,
         "Master service started on port",
     );
-    let rpc = d
-        .ready_line
-        .rsplit('(')
-        .next()
-        .expect("address in parentheses")
-        .trim_end_matches(')')
-        .to_string();
+    let rpc = rpc_address(&d);
     let http = format!("127.0.0.1:{http_port}");
     assert!(wait_until(Duration::from_secs(10), || http_get(
         &http, "/health"

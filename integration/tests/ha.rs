@@ -164,6 +164,17 @@ impl Load {
         Load { threads, ..load }
     }
 
+    /// Waits (up to 10 s) until more than `n` puts succeeded.
+    fn wait_for_puts(&self, n: u64) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .puts
+                .load(Ordering::Relaxed)
+                > n),
+            "the load did not get going"
+        );
+    }
+
     /// Waits until both a put and a get succeeded after `since`; the time taken.
     fn recovery_after(&self, since: Instant, within: Duration) -> Option<(Duration, Duration)> {
         let (p0, g0) = (
@@ -289,10 +300,7 @@ fn killing_the_leader_loses_no_acknowledged_object() {
         return;
     };
     let load = Load::start(&fleet.sockets(), 4);
-    assert!(wait_until(Duration::from_secs(10), || load
-        .puts
-        .load(Ordering::Relaxed)
-        > 50));
+    load.wait_for_puts(50);
     let old = leader(&fleet.masters, Duration::from_secs(1)).unwrap();
     let killed_at = Instant::now();
     fleet.masters[old].daemon.kill9();
@@ -342,10 +350,7 @@ fn a_leader_paused_past_its_lease_steps_down_and_acknowledges_nothing() {
         return;
     };
     let load = Load::start(&fleet.sockets(), 2);
-    assert!(wait_until(Duration::from_secs(10), || load
-        .puts
-        .load(Ordering::Relaxed)
-        > 20));
+    load.wait_for_puts(20);
     let old = leader(&fleet.masters, Duration::from_secs(1)).unwrap();
     let stopped_at = Instant::now();
     fleet.masters[old].signal("STOP");
@@ -377,10 +382,7 @@ fn etcd_restarts_and_whole_cluster_restarts_lose_nothing() {
         return;
     };
     let load = Load::start(&fleet.sockets(), 2);
-    assert!(wait_until(Duration::from_secs(10), || load
-        .puts
-        .load(Ordering::Relaxed)
-        > 20));
+    load.wait_for_puts(20);
     // etcd restarts under load: the leader keeps or regains leadership.
     fleet.etcd.restart();
     load.recovery_after(Instant::now(), Duration::from_secs(20))

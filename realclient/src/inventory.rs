@@ -296,6 +296,18 @@ mod tests {
         }
     }
 
+    fn segment() -> SegmentDesc {
+        SegmentDesc {
+            id: Uuid::new_v4(),
+            name: "h:1".into(),
+            host: "h".into(),
+            base: 0,
+            size: 1 << 20,
+            transport_endpoint: "h:2".into(),
+            protocol: mooncake_proto::Protocol::Tcp,
+        }
+    }
+
     #[test]
     fn changes_apply_by_version() {
         let seg = Uuid::new_v4();
@@ -321,15 +333,7 @@ mod tests {
 
     #[test]
     fn save_and_load_round_trip() {
-        let seg = SegmentDesc {
-            id: Uuid::new_v4(),
-            name: "h:1".into(),
-            host: "h".into(),
-            base: 0,
-            size: 1 << 20,
-            transport_endpoint: "h:2".into(),
-            protocol: mooncake_proto::Protocol::Tcp,
-        };
+        let seg = segment();
         let path = std::env::temp_dir().join(format!("inv-test-{}", std::process::id()));
         let state = PersistedInventory {
             client_id: Uuid::new_v4(),
@@ -347,15 +351,7 @@ mod tests {
 
     #[test]
     fn the_journal_keeps_changes_made_after_the_snapshot() {
-        let seg = SegmentDesc {
-            id: Uuid::new_v4(),
-            name: "h:1".into(),
-            host: "h".into(),
-            base: 0,
-            size: 1 << 20,
-            transport_endpoint: "h:2".into(),
-            protocol: mooncake_proto::Protocol::Tcp,
-        };
+        let seg = segment();
         let path = std::env::temp_dir().join(format!("inv-journal-{}", std::process::id()));
         let journal = journal_path(&path);
         let _ = std::fs::remove_file(&journal);

@@ -202,11 +202,17 @@ impl RealClient {
     ) -> Vec<MResult<()>> {
         let mut results: Vec<MResult<()>> = vec![Ok(()); items.len()];
         // Memory that is not registered fails its item before anything starts.
-        let mut valid: Vec<(usize, String, Vec<BufRef>, u64)> = Vec::new();
+        let mut valid: Vec<DirectItem> = Vec::new();
         for (i, (key, bufs)) in items.into_iter().enumerate() {
             let size: u64 = bufs.iter().map(|b| b.len).sum();
             match translate_all(memory, &bufs, size) {
-                Ok(_) if size > 0 => valid.push((i, key, bufs, size)),
+                Ok(spans) if size > 0 => valid.push(DirectItem {
+                    position: i,
+                    key,
+                    bufs,
+                    spans,
+                    size,
+                }),
                 Ok(_) => results[i] = Err(ErrorCode::InvalidParams),
                 Err(code) => results[i] = Err(code),
             }
@@ -214,8 +220,8 @@ impl RealClient {
         if valid.is_empty() {
             return results;
         }
-        let keys: Vec<String> = valid.iter().map(|v| v.1.clone()).collect();
-        let sizes: Vec<u64> = valid.iter().map(|v| v.3).collect();
+        let keys: Vec<String> = valid.iter().map(|v| v.key.clone()).collect();
+        let sizes: Vec<u64> = valid.iter().map(|v| v.size).collect();
         let started = self.put_start(keys, sizes, config, upsert, owner).await;
         let own = self
             .segment
@@ -223,7 +229,14 @@ impl RealClient {
             .map(|(region, d)| (region.clone(), d.id));
         let mut completions: Vec<PutCompletion> = Vec::new();
         let mut positions: Vec<usize> = Vec::new();
-        for (started, (i, key, bufs, size)) in started.into_iter().zip(valid) {
+        for (started, item) in started.into_iter().zip(valid) {
+            let DirectItem {
+                position: i,
+                key,
+                bufs,
+                spans,
+                ..
+            } = item;
             let replicas = match started {
                 // A plain put of an existing key keeps the old value and succeeds.
                 Err(ErrorCode::ObjectAlreadyExists) if !upsert => continue,
@@ -238,7 +251,7 @@ impl RealClient {
             for r in &replicas {
                 match &own {
                     Some((segment, id)) if r.segment_id == *id => {
-                        if let Err(e) = copy_into_segment(memory, &bufs, size, segment, r.offset) {
+                        if let Err(e) = copy_into_segment(&spans, segment, r.offset) {
                             tracing::warn!(%key, "local replica copy failed: {e}");
                             local_failed = true;
                         }
@@ -456,18 +469,22 @@ impl RealClient {
     }
 }
 
-/// Copies the `size` bytes of a value in caller memory `bufs` into `segment` at
-/// `offset`.
-fn copy_into_segment(
-    memory: Option<&dyn CallerMemory>,
-    bufs: &[BufRef],
+/// One item of a `put_direct` whose memory resolved.
+struct DirectItem {
+    /// Its place in the call.
+    position: usize,
+    key: String,
+    bufs: Vec<BufRef>,
+    /// `bufs` mapped in this process.
+    spans: Vec<HeldSpan>,
     size: u64,
-    segment: &Region,
-    offset: u64,
-) -> MResult<()> {
-    let spans = translate_all(memory, bufs, size)?;
+}
+
+/// Copies a value held in caller memory `spans` (in order) into `segment` at
+/// `offset`.
+fn copy_into_segment(spans: &[HeldSpan], segment: &Region, offset: u64) -> MResult<()> {
     let mut at = offset;
-    for held in &spans {
+    for held in spans {
         let span = held.span();
         span.region
             .copy_to(span.offset, segment, at, span.len)

@@ -96,47 +96,62 @@ impl TcpTransport {
         }
     }
 
-    /// Moves `len` bytes at `at` within `job`; retries once on a fresh connection
-    /// when a pooled one turns out to be dead (both directions are idempotent).
-    fn piece(&self, job: &TransferJob, at: u64, len: u64, deadline: Instant) -> MResult<()> {
-        let pooled = self.checkout(&job.endpoint);
+    /// Runs `request` on a pooled connection to `endpoint` (or a new one), once
+    /// more on a fresh connection when a pooled one turns out to be dead (every
+    /// request here is idempotent). The connection goes back to the pool after a
+    /// success, and after a refusal when `keep_after_refusal` (the peer answered
+    /// and keeps the connection). `Err` only when no connection could carry it.
+    fn pooled(
+        &self,
+        endpoint: &str,
+        deadline: Instant,
+        keep_after_refusal: bool,
+        mut request: impl FnMut(&mut TcpStream) -> std::io::Result<MResult<()>>,
+    ) -> Result<MResult<()>, PoolFailure> {
+        let pooled = self.checkout(endpoint);
         let was_pooled = pooled.is_some();
         let mut stream = match pooled {
             Some(s) => s,
-            None => self.connect(&job.endpoint, deadline)?,
+            None => self
+                .connect(endpoint, deadline)
+                .map_err(PoolFailure::Connect)?,
         };
-        match self.exchange(&mut stream, job, at, len, deadline) {
-            Ok(Ok(())) => {
-                self.checkin(&job.endpoint, stream);
-                Ok(())
-            }
-            // The peer refused the request but the connection is fine (reads only).
-            Ok(Err(code)) => {
-                if job.direction == Direction::Read {
-                    self.checkin(&job.endpoint, stream);
-                }
-                Err(code)
-            }
+        let answer = match request(&mut stream) {
             Err(e) if was_pooled && Instant::now() < deadline => {
                 tracing::debug!(
-                    "pooled transfer connection to {} failed ({e}); reconnecting",
-                    job.endpoint
+                    "pooled transfer connection to {endpoint} failed ({e}); reconnecting"
                 );
-                let mut fresh = self.connect(&job.endpoint, deadline)?;
-                match self.exchange(&mut fresh, job, at, len, deadline) {
-                    Ok(r) => {
-                        if r.is_ok() {
-                            self.checkin(&job.endpoint, fresh);
-                        }
-                        r
-                    }
-                    Err(_) => Err(self.io_failure(job, deadline)),
+                stream = self
+                    .connect(endpoint, deadline)
+                    .map_err(PoolFailure::Connect)?;
+                request(&mut stream)
+            }
+            other => other,
+        };
+        match answer {
+            Ok(r) => {
+                if r.is_ok() || keep_after_refusal {
+                    self.checkin(endpoint, stream);
                 }
+                Ok(r)
             }
             Err(e) => {
-                tracing::debug!("transfer with {} failed: {e}", job.endpoint);
-                Err(self.io_failure(job, deadline))
+                tracing::debug!("transfer with {endpoint} failed: {e}");
+                Err(PoolFailure::Io)
             }
+        }
+    }
+
+    /// Moves `len` bytes at `at` within `job`.
+    fn piece(&self, job: &TransferJob, at: u64, len: u64, deadline: Instant) -> MResult<()> {
+        // A refused read leaves the connection usable; a refused write closes it.
+        let keep = job.direction == Direction::Read;
+        match self.pooled(&job.endpoint, deadline, keep, |stream| {
+            self.exchange(stream, job, at, len, deadline)
+        }) {
+            Ok(r) => r,
+            Err(PoolFailure::Connect(code)) => Err(code),
+            Err(PoolFailure::Io) => Err(self.io_failure(job, deadline)),
         }
     }
 
@@ -158,12 +173,7 @@ impl TcpTransport {
         len: u64,
         deadline: Instant,
     ) -> std::io::Result<MResult<()>> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(remaining))?;
-        stream.set_write_timeout(Some(remaining))?;
+        until(stream, deadline)?;
         let header = Header {
             version: match job.direction {
                 Direction::Write => job.version,
@@ -215,12 +225,7 @@ impl TcpTransport {
         body: &[u8],
         deadline: Instant,
     ) -> std::io::Result<MResult<()>> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(remaining))?;
-        stream.set_write_timeout(Some(remaining))?;
+        until(stream, deadline)?;
         let header = Header {
             version: 0,
             op: OP_LANDED,
@@ -255,28 +260,12 @@ impl Transport for TcpTransport {
             }
         }
         for body in chunks.iter().filter(|b| !b.is_empty()) {
-            let pooled = self.checkout(endpoint);
-            let was_pooled = pooled.is_some();
-            let mut stream = match pooled {
-                Some(s) => s,
-                None => self.connect(endpoint, deadline)?,
-            };
-            let answer = match Self::note(&mut stream, segment, body, deadline) {
-                Err(_) if was_pooled => {
-                    stream = self.connect(endpoint, deadline)?;
-                    Self::note(&mut stream, segment, body, deadline)
-                }
-                other => other,
-            };
-            match answer {
-                Ok(r) => {
-                    self.checkin(endpoint, stream);
-                    r?
-                }
-                Err(e) => {
-                    tracing::debug!("landed note to {endpoint} failed: {e}");
-                    return Err(ErrorCode::TransferFail);
-                }
+            match self.pooled(endpoint, deadline, true, |stream| {
+                Self::note(stream, segment, body, deadline)
+            }) {
+                Ok(r) => r?,
+                Err(PoolFailure::Connect(code)) => return Err(code),
+                Err(PoolFailure::Io) => return Err(ErrorCode::TransferFail),
             }
         }
         Ok(())
@@ -345,4 +334,22 @@ impl Transport for TcpTransport {
         }
         results.into_iter().map(|m| m.into_inner()).collect()
     }
+}
+
+/// Bounds every read and write on `stream` by `deadline` (`TimedOut` once past it).
+fn until(stream: &TcpStream, deadline: Instant) -> std::io::Result<()> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    stream.set_read_timeout(Some(remaining))?;
+    stream.set_write_timeout(Some(remaining))
+}
+
+/// Why [`TcpTransport::pooled`] could not carry a request.
+enum PoolFailure {
+    /// No connection could be made (the code says why).
+    Connect(ErrorCode),
+    /// The connection failed in the middle of the request.
+    Io,
 }
