@@ -329,6 +329,42 @@ mod tests {
     }
 
     #[test]
+    fn landed_notes_that_are_cut_short_or_not_utf8_are_refused_whole() {
+        let objects = vec![
+            Landed {
+                offset: 0,
+                size: 10,
+                version: 7,
+                key: "a".into(),
+            },
+            Landed {
+                offset: 64,
+                size: 20,
+                version: 8,
+                key: "bb".into(),
+            },
+        ];
+        let body = encode_landed(&objects);
+        assert_eq!(decode_landed(&body), Some(objects));
+        // Cut anywhere but at the end of the first entry (29 bytes: a whole note of
+        // one object), a note decodes to nothing rather than to a torn entry.
+        for cut in 1..body.len() {
+            assert!(
+                decode_landed(&body[..cut]).is_none() || cut == 29,
+                "cut at {cut}"
+            );
+        }
+        let mut bad = encode_landed(&[Landed {
+            offset: 0,
+            size: 1,
+            version: 1,
+            key: "x".into(),
+        }]);
+        *bad.last_mut().unwrap() = 0xFF;
+        assert!(decode_landed(&bad).is_none(), "a key that is not UTF-8");
+    }
+
+    #[test]
     fn bad_requests_get_codes_and_the_server_keeps_serving() {
         let seg = region(1 << 20);
         let id = Uuid::new_v4();
