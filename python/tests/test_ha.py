@@ -89,3 +89,54 @@ def test_setup_with_an_etcd_address_follows_the_leader_through_a_kill(etcd):
     finally:
         for proc, _ in masters:
             proc.kill()
+
+
+def manifest_master_args():
+    """The HA masters' arguments in deploy/k8s/master-ha.yaml."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "k8s", "master-ha.yaml")
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env["POD_IP"] == "status.podIP"
+    etcd = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert deploy["spec"]["replicas"] >= 2 and etcd["spec"]["replicas"] >= 3
+    return container["args"]
+
+
+def test_the_kubernetes_ha_masters_command_line_elects_one_leader(etcd):
+    """The command line of deploy/k8s/master-ha.yaml, with the pod IP, the etcd
+    endpoints and the ports of this host put in: two such masters elect one leader,
+    and a client given ``etcd://`` and the manifest's endpoint list form stores."""
+    args = manifest_master_args()
+    endpoints = next(a.split("=", 1)[1] for a in args if a.startswith("--ha_backend_connstring="))
+    assert len(endpoints.split(";")) == 3
+    masters = []
+    try:
+        for _ in range(2):
+            rpc, admin = free_port(), free_port()
+            here = {"--ha_backend_connstring": f"{etcd};{etcd}", "--rpc_port": str(rpc),
+                    "--metrics_port": str(admin), "--metrics_host": "127.0.0.1"}
+            argv = []
+            for a in args:
+                name = a.split("=", 1)[0]
+                a = f"{name}={here[name]}" if name in here else a
+                argv.append(a.replace("$(POD_IP)", "127.0.0.1"))
+            proc = Proc([command("mooncake_master"), *argv])
+            proc.wait_for("HTTP metrics server started")
+            masters.append((proc, admin))
+        leader = serving([a for _, a in masters])
+        roles = [http(f"127.0.0.1:{a}", "/role").strip() for _, a in masters]
+        assert sorted(roles) == ["leader", "standby"] and roles[leader] == "leader"
+        assert '"status":"ok"' in http(f"127.0.0.1:{masters[1 - leader][1]}", "/health").replace(" ", "")
+        store = MooncakeDistributedStore()
+        assert store.setup("localhost", "P2PHANDSHAKE", 16 << 20, 16 << 20, "tcp", "",
+                           f"etcd://{etcd};{etcd}") == 0
+        assert store.put("k8s-ha", b"v" * 5000) == 0
+        assert store.get("k8s-ha") == b"v" * 5000
+        store.close()
+    finally:
+        for proc, _ in masters:
+            proc.kill()
