@@ -38,7 +38,7 @@ fn tarpc_door(addr: &str, service: &str, credential: &str) -> Result<(), ErrorCo
 fn transfer_door(addr: &str, credential: &str) -> i32 {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut hello = b"MCXFER01".to_vec();
+    let mut hello = b"MCXFER02".to_vec();
     hello.extend_from_slice(&(credential.len() as u16).to_le_bytes());
     hello.extend_from_slice(credential.as_bytes());
     s.write_all(&hello).unwrap();

@@ -31,6 +31,8 @@ async fn hello(stream: &UnixStream, role: Role, token: &str) -> Result<(u64, u64
         version: wire::VERSION,
         role,
         token: token.to_string(),
+        build: mooncake_proto::VERSION.to_string(),
+        schema: mooncake_proto::WIRE_SCHEMA,
     };
     let exchange = async {
         wire::send(stream, &hello, None).await?;

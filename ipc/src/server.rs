@@ -24,7 +24,7 @@ use mooncake_shm::{Region, RegionOptions};
 use crate::error::IpcError;
 use crate::policy::{PeerInfo, PeerPolicy};
 use crate::session::Session;
-use crate::wire::{self, FdReply, FdRequest, Hello, HelloReply, Role};
+use crate::wire::{self, FdReply, FdRequest, Hello, HelloPrefix, HelloReply, Role};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -217,6 +217,35 @@ async fn accept_loop(
     shared.tracker.close();
 }
 
+/// Decodes a hello, refusing other magics, versions and wire schemas by name.
+fn check_hello(bytes: &[u8]) -> Result<Hello, (ErrorCode, String)> {
+    let malformed =
+        |e: postcard::Error| (ErrorCode::InvalidParams, format!("malformed hello: {e}"));
+    let (prefix, _) = postcard::take_from_bytes::<HelloPrefix>(bytes).map_err(malformed)?;
+    if prefix.magic != wire::MAGIC {
+        return Err((ErrorCode::InvalidVersion, "bad magic".into()));
+    }
+    if prefix.version != wire::VERSION {
+        return Err((
+            ErrorCode::InvalidVersion,
+            format!(
+                "IPC version {} (this real client speaks {}): the dummy is another mooncake-rs \
+                 build; run it from the same build as mooncake_client",
+                prefix.version,
+                wire::VERSION
+            ),
+        ));
+    }
+    let hello = postcard::from_bytes::<Hello>(bytes).map_err(malformed)?;
+    if hello.schema != mooncake_proto::WIRE_SCHEMA {
+        return Err((
+            ErrorCode::InvalidVersion,
+            mooncake_proto::schema_mismatch(&hello.build, hello.schema),
+        ));
+    }
+    Ok(hello)
+}
+
 async fn refuse(stream: &UnixStream, code: ErrorCode, message: String) -> String {
     let reply = HelloReply {
         result: Err(code),
@@ -235,24 +264,20 @@ async fn admit(shared: &Arc<Shared>, stream: UnixStream) -> Result<Option<IpcCon
         gid: cred.gid(),
         pid: cred.pid(),
     };
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::recv::<Hello>(&stream)).await;
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::recv_raw(&stream)).await;
     let hello = match hello {
         Err(_) => return Err("no hello within the timeout".into()),
         Ok(Err(e)) => return Err(format!("malformed hello: {e}")),
-        Ok(Ok((h, _fds))) => h,
+        Ok(Ok((bytes, _fds))) => bytes,
     };
     let config = &shared.config;
     if let Err(reason) = config.policy.check(&peer) {
         return Err(refuse(&stream, ErrorCode::IllegalClient, reason.to_string()).await);
     }
-    if hello.magic != wire::MAGIC || hello.version != wire::VERSION {
-        return Err(refuse(
-            &stream,
-            ErrorCode::InvalidVersion,
-            "bad magic or version".into(),
-        )
-        .await);
-    }
+    let hello = match check_hello(&hello) {
+        Ok(hello) => hello,
+        Err((code, message)) => return Err(refuse(&stream, code, message).await),
+    };
     if !secrets_match(&config.token, &hello.token) {
         return Err(refuse(
             &stream,
@@ -357,5 +382,56 @@ async fn serve_fd_channel(stream: UnixStream, session: Arc<Session>, config: Arc
         if wire::send(&stream, &reply, fd).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u16, schema: u64) -> Hello {
+        Hello {
+            magic: wire::MAGIC,
+            version,
+            role: Role::Control,
+            token: String::new(),
+            build: "0.0.1-old".into(),
+            schema,
+        }
+    }
+
+    #[test]
+    fn a_dummy_of_another_build_is_refused_by_name() {
+        let ok = postcard::to_stdvec(&hello(wire::VERSION, mooncake_proto::WIRE_SCHEMA)).unwrap();
+        assert!(check_hello(&ok).is_ok());
+
+        let other = postcard::to_stdvec(&hello(wire::VERSION, 7)).unwrap();
+        let (code, message) = check_hello(&other).unwrap_err();
+        assert_eq!(code, ErrorCode::InvalidVersion);
+        assert!(
+            message.contains("0.0.1-old") && message.contains("same build"),
+            "{message}"
+        );
+
+        // Version 1 hellos ended after the token.
+        #[derive(serde::Serialize)]
+        struct HelloV1 {
+            magic: u32,
+            version: u16,
+            role: Role,
+            token: String,
+        }
+        let v1 = HelloV1 {
+            magic: wire::MAGIC,
+            version: 1,
+            role: Role::Control,
+            token: String::new(),
+        };
+        let (code, message) = check_hello(&postcard::to_stdvec(&v1).unwrap()).unwrap_err();
+        assert_eq!(code, ErrorCode::InvalidVersion);
+        assert!(message.contains("IPC version 1"), "{message}");
+
+        let (code, _) = check_hello(b"\x01").unwrap_err();
+        assert_eq!(code, ErrorCode::InvalidParams);
     }
 }

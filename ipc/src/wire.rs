@@ -17,8 +17,8 @@ use mooncake_proto::ErrorCode;
 
 /// Magic of every hello ("MCIP").
 pub const MAGIC: u32 = 0x4d43_4950;
-/// Version of this protocol.
-pub const VERSION: u16 = 1;
+/// Version of this protocol. Version 1 had no build or schema in its hello.
+pub const VERSION: u16 = 2;
 /// Largest fd-channel or hello message.
 pub const MAX_MESSAGE: usize = 64 << 10;
 /// Most fds accepted with one message (extras are closed).
@@ -49,6 +49,21 @@ pub struct Hello {
     pub role: Role,
     /// Cluster token ("" when none).
     pub token: String,
+    /// The sender's `mooncake_proto::VERSION`, named when schemas differ.
+    pub build: String,
+    /// The sender's `mooncake_proto::WIRE_SCHEMA`: the calls on the control
+    /// connection are the proto crate's types.
+    pub schema: u64,
+}
+
+/// The fields every version of [`Hello`] starts with, read first so that a peer
+/// of another version is told so rather than "malformed".
+#[derive(Debug, Clone, Deserialize)]
+pub struct HelloPrefix {
+    /// [`MAGIC`].
+    pub magic: u32,
+    /// [`VERSION`].
+    pub version: u16,
 }
 
 /// Answer to [`Hello`].
@@ -179,6 +194,13 @@ async fn recv_exact(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>)
 
 /// Receives one message and the fds that came with it. Never reads past the message.
 pub async fn recv<T: DeserializeOwned>(stream: &UnixStream) -> io::Result<(T, Vec<OwnedFd>)> {
+    let (payload, fds) = recv_raw(stream).await?;
+    let msg = postcard::from_bytes(&payload).map_err(|e| invalid(e.to_string()))?;
+    Ok((msg, fds))
+}
+
+/// Receives one message's bytes undecoded, with the fds that came with it.
+pub async fn recv_raw(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut fds = Vec::new();
     let mut len = [0u8; 4];
     recv_exact(stream, &mut len, &mut fds).await?;
@@ -190,6 +212,5 @@ pub async fn recv<T: DeserializeOwned>(stream: &UnixStream) -> io::Result<(T, Ve
     }
     let mut payload = vec![0u8; len];
     recv_exact(stream, &mut payload, &mut fds).await?;
-    let msg = postcard::from_bytes(&payload).map_err(|e| invalid(e.to_string()))?;
-    Ok((msg, fds))
+    Ok((payload, fds))
 }

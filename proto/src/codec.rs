@@ -29,8 +29,9 @@ pub const MAX_FRAME_LEN: usize = 256 << 20;
 pub const MAX_HELLO_LEN: usize = 64 << 10;
 /// Handshake magic ("MCRS").
 pub const HELLO_MAGIC: u32 = 0x4d43_5253;
-/// Version of the framing and handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the framing and handshake. Version 1 had no build or schema in
+/// its hello; its peers are refused by version.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// How long either side waits for the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,6 +46,18 @@ pub struct Hello {
     pub service: String,
     /// Cluster token; empty when the cluster has none.
     pub token: String,
+    /// The sender's [`crate::VERSION`], for the message when schemas differ.
+    pub build: String,
+    /// The sender's [`crate::WIRE_SCHEMA`].
+    pub schema: u64,
+}
+
+/// The fields every version of [`Hello`] starts with: read first, so a peer of
+/// another protocol version is told so rather than "malformed".
+#[derive(Debug, Deserialize)]
+struct HelloPrefix {
+    magic: u32,
+    version: u16,
 }
 
 /// Server's answer to [`Hello`].
@@ -166,6 +179,8 @@ where
         version: PROTOCOL_VERSION,
         service: service.to_string(),
         token: token.to_string(),
+        build: crate::VERSION.to_string(),
+        schema: crate::WIRE_SCHEMA,
     };
     let bytes = postcard::to_stdvec(&hello).map_err(|e| ConnectError::Protocol(e.to_string()))?;
     let exchange = async {
@@ -210,24 +225,32 @@ where
         Ok(None) => return Err(ConnectError::Protocol("closed before handshake".into())),
         Ok(Some(frame)) => frame?,
     };
-    let verdict = match postcard::from_bytes::<Hello>(&frame) {
+    let verdict = match postcard::take_from_bytes::<HelloPrefix>(&frame) {
         Err(e) => Err((ErrorCode::InvalidParams, format!("malformed hello: {e}"))),
-        Ok(h) if h.magic != HELLO_MAGIC => Err((ErrorCode::InvalidParams, "bad magic".into())),
-        Ok(h) if h.version != PROTOCOL_VERSION => Err((
+        Ok((p, _)) if p.magic != HELLO_MAGIC => Err((ErrorCode::InvalidParams, "bad magic".into())),
+        Ok((p, _)) if p.version != PROTOCOL_VERSION => Err((
             ErrorCode::InvalidVersion,
             format!(
-                "protocol version {} (expected {PROTOCOL_VERSION})",
-                h.version
+                "handshake version {} (this process speaks {PROTOCOL_VERSION}): the peer is \
+                 another mooncake-rs build; run all processes from the same build",
+                p.version
             ),
         )),
-        Ok(h) if h.service != service => Err((
-            ErrorCode::InvalidParams,
-            format!("this endpoint serves {service:?}, not {:?}", h.service),
-        )),
-        Ok(h) if !credentials.admits(peer, &h.token) => {
-            Err((ErrorCode::IllegalClient, credentials.refusal().into()))
-        }
-        Ok(_) => Ok(()),
+        Ok(_) => match postcard::from_bytes::<Hello>(&frame) {
+            Err(e) => Err((ErrorCode::InvalidParams, format!("malformed hello: {e}"))),
+            Ok(h) if h.schema != crate::WIRE_SCHEMA => Err((
+                ErrorCode::InvalidVersion,
+                crate::schema_mismatch(&h.build, h.schema),
+            )),
+            Ok(h) if h.service != service => Err((
+                ErrorCode::InvalidParams,
+                format!("this endpoint serves {service:?}, not {:?}", h.service),
+            )),
+            Ok(h) if !credentials.admits(peer, &h.token) => {
+                Err((ErrorCode::IllegalClient, credentials.refusal().into()))
+            }
+            Ok(_) => Ok(()),
+        },
     };
     let reply = HelloReply {
         result: verdict.as_ref().map(|_| ()).map_err(|(code, _)| *code),
@@ -335,6 +358,60 @@ mod tests {
             .await
             .unwrap();
         assert!(server.await.unwrap().is_err());
+    }
+
+    /// Sends `hello` raw and returns what the server answered.
+    async fn answer_to(hello: Vec<u8>) -> HelloReply {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            server_handshake(a, "master", &Credentials::token_only(""), None).await
+        });
+        let mut raw = framed(b);
+        raw.send(Bytes::from(hello)).await.unwrap();
+        let reply = raw.next().await.unwrap().unwrap();
+        assert!(server.await.unwrap().is_err());
+        postcard::from_bytes(&reply).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_build_is_refused_by_name() {
+        // A build from before the schema field: its hello as it was.
+        #[derive(Serialize)]
+        struct HelloV1 {
+            magic: u32,
+            version: u16,
+            service: String,
+            token: String,
+        }
+        let old = HelloV1 {
+            magic: HELLO_MAGIC,
+            version: 1,
+            service: "master".into(),
+            token: String::new(),
+        };
+        let reply = answer_to(postcard::to_stdvec(&old).unwrap()).await;
+        assert_eq!(reply.result, Err(ErrorCode::InvalidVersion));
+        assert!(reply.message.contains("same build"), "{}", reply.message);
+
+        // Same handshake, other wire types.
+        let other = Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+            service: "master".into(),
+            token: String::new(),
+            build: "9.9.9".into(),
+            schema: crate::WIRE_SCHEMA ^ 1,
+        };
+        let reply = answer_to(postcard::to_stdvec(&other).unwrap()).await;
+        assert_eq!(reply.result, Err(ErrorCode::InvalidVersion));
+        assert!(reply.message.contains("9.9.9"), "{}", reply.message);
+        assert!(
+            reply
+                .message
+                .contains(&format!("{:016x}", crate::WIRE_SCHEMA)),
+            "{}",
+            reply.message
+        );
     }
 
     #[tokio::test]

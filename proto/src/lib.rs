@@ -36,3 +36,34 @@ pub use types::*;
 
 /// Version string reported by `service_ready` and `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Fingerprint of the wire types (computed by `build.rs` from the files that
+/// define them). Both handshakes carry it: a dummy, real client or master from a
+/// build with other wire types is refused with `INVALID_VERSION` and a message
+/// naming both builds, instead of misreading messages.
+pub const WIRE_SCHEMA: u64 = parse_hex(env!("MOONCAKE_WIRE_SCHEMA"));
+
+const fn parse_hex(text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut value = 0u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        let digit = match bytes[i] {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            _ => panic!("MOONCAKE_WIRE_SCHEMA is not lowercase hex"),
+        };
+        value = (value << 4) | digit as u64;
+        i += 1;
+    }
+    value
+}
+
+/// How a peer built from other wire types is told so, on both handshakes.
+pub fn schema_mismatch(peer_version: &str, peer_schema: u64) -> String {
+    format!(
+        "this peer is mooncake-rs {peer_version} (wire schema {peer_schema:016x}), this process is \
+         {VERSION} (wire schema {WIRE_SCHEMA:016x}): their messages differ; run the dummy, the \
+         real client and the master from the same build"
+    )
+}

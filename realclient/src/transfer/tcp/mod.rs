@@ -53,7 +53,11 @@ mod server;
 pub use client::TcpTransport;
 pub use server::TransferServer;
 
-const MAGIC: &[u8; 8] = b"MCXFER01";
+/// Hello magic: "MCXFER" and the two-digit version of this wire format (02: the
+/// header carries the object version). A peer whose magic has the prefix but
+/// another version is told `INVALID_VERSION`.
+const MAGIC: &[u8; 8] = b"MCXFER02";
+const MAGIC_PREFIX: &[u8; 6] = b"MCXFER";
 const HEADER_LEN: usize = 40;
 const OP_READ: u8 = 1;
 const OP_WRITE: u8 = 2;
@@ -415,6 +419,13 @@ mod tests {
         let mut raw2 = TcpStream::connect(server.local_addr()).unwrap();
         raw2.write_all(MAGIC).unwrap();
         drop(raw2);
+        // A peer of an earlier transfer format is told so.
+        let mut older = TcpStream::connect(server.local_addr()).unwrap();
+        older.write_all(b"MCXFER01\0\0").unwrap();
+        assert_eq!(
+            read_code(&mut older).unwrap(),
+            ErrorCode::InvalidVersion.as_i32()
+        );
         // A dead peer: nothing listens there any more.
         let dead = TcpListener::bind("127.0.0.1:0").unwrap();
         let dead_addr = dead.local_addr().unwrap().to_string();

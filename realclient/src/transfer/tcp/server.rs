@@ -214,6 +214,14 @@ fn serve_connection(
     let mut magic = [0u8; 10];
     stream.read_exact(&mut magic)?;
     let token_len = u16::from_le_bytes([magic[8], magic[9]]) as usize;
+    if &magic[..6] == MAGIC_PREFIX && &magic[..8] != MAGIC {
+        let _ = reply(&mut stream, ErrorCode::InvalidVersion.as_i32());
+        return Err(std::io::Error::other(format!(
+            "a transfer peer speaking {} (this build speaks {}): run every host from the same build",
+            String::from_utf8_lossy(&magic[..8]),
+            String::from_utf8_lossy(MAGIC)
+        )));
+    }
     if &magic[..8] != MAGIC || token_len > MAX_TOKEN_LEN {
         let _ = reply(&mut stream, ErrorCode::InvalidParams.as_i32());
         return Err(std::io::Error::other("not a transfer client"));
