@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
 
-use crate::{AllocationStrategy, MasterConfig, ServerOptions};
+use crate::{AllocationStrategy, MasterConfig, OffloadPolicy, ServerOptions};
 use mooncake_proto::units::parse_duration_ms;
 
 use mooncake_daemon::gflags::parse_command;
@@ -66,6 +66,24 @@ struct MasterArgs {
     /// Let eviction take soft-pinned objects when nothing else is left.
     #[arg(long = "allow_evict_soft_pinned_objects", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
     allow_evict_soft_pinned_objects: bool,
+    /// Copy objects to the real clients' disk tiers (docs/DISK.md).
+    #[arg(long = "enable_offload", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_offload: bool,
+    /// Make the disk copy when eviction picks the object, not when its write ends.
+    #[arg(long = "offload_on_evict", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    offload_on_evict: bool,
+    /// Copy objects only on disk back to memory after repeated reads.
+    #[arg(long = "promotion_on_hit", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    promotion_on_hit: bool,
+    /// Reads of an object only on disk before it is promoted.
+    #[arg(long = "promotion_admission_threshold", default_value_t = 2)]
+    promotion_admission_threshold: u32,
+    /// Offload copies queued at most at once.
+    #[arg(long = "offloading_queue_limit", default_value_t = 50_000)]
+    offloading_queue_limit: u64,
+    /// A full disk tier drops its least recently used copies.
+    #[arg(long = "enable_disk_eviction", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_bool)]
+    enable_disk_eviction: bool,
     /// Fraction of capacity one eviction frees.
     #[arg(long = "eviction_ratio", default_value_t = 0.05)]
     eviction_ratio: f64,
@@ -172,6 +190,14 @@ fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         allocation_strategy: args.allocation_strategy,
         max_key_len: args.max_key_len,
         cluster_token: args.cluster_token.clone(),
+        offload: OffloadPolicy {
+            enabled: args.enable_offload,
+            on_evict: args.offload_on_evict,
+            promotion_on_hit: args.promotion_on_hit,
+            promotion_admission_threshold: args.promotion_admission_threshold.max(1),
+            queue_limit: args.offloading_queue_limit.clamp(1, 100_000_000) as usize,
+            disk_eviction: args.enable_disk_eviction,
+        },
         ..MasterConfig::default()
     };
     config.validate()?;

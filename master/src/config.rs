@@ -58,6 +58,42 @@ pub struct MasterConfig {
     pub shard_count: usize,
     /// Pending inventory changes kept per client before it must resync.
     pub inventory_log_limit: usize,
+    /// The disk tier: when objects are copied to it and back.
+    pub offload: OffloadPolicy,
+}
+
+/// What the master does with the real clients' disk tiers (upstream's flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffloadPolicy {
+    /// `--enable_offload`: objects are copied to a disk tier on the host of one of
+    /// their memory replicas.
+    pub enabled: bool,
+    /// `--offload_on_evict`: the copy is made when eviction picks the object
+    /// instead of when its write ends.
+    pub on_evict: bool,
+    /// `--promotion_on_hit`: an object only on disk read this many times
+    /// (`--promotion_admission_threshold`) is copied back to memory.
+    pub promotion_on_hit: bool,
+    /// See `promotion_on_hit`.
+    pub promotion_admission_threshold: u32,
+    /// `--offloading_queue_limit`: offload copies queued at most at once.
+    pub queue_limit: usize,
+    /// `--enable_disk_eviction`: a full disk tier drops its least recently used
+    /// copies (objects only on disk go with them); without it, offloads wait.
+    pub disk_eviction: bool,
+}
+
+impl Default for OffloadPolicy {
+    fn default() -> Self {
+        OffloadPolicy {
+            enabled: false,
+            on_evict: false,
+            promotion_on_hit: false,
+            promotion_admission_threshold: 2,
+            queue_limit: 50_000,
+            disk_eviction: true,
+        }
+    }
 }
 
 impl Default for MasterConfig {
@@ -77,6 +113,7 @@ impl Default for MasterConfig {
             cluster_token: String::new(),
             shard_count: 1024,
             inventory_log_limit: 1 << 20,
+            offload: OffloadPolicy::default(),
         }
     }
 }
@@ -121,6 +158,11 @@ impl MasterConfig {
     /// Sets the placement strategy.
     pub fn with_allocation_strategy(mut self, strategy: AllocationStrategy) -> Self {
         self.allocation_strategy = strategy;
+        self
+    }
+    /// Sets what is done with the disk tiers.
+    pub fn with_offload(mut self, offload: OffloadPolicy) -> Self {
+        self.offload = offload;
         self
     }
     /// Sets the key length limit.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use mooncake_proto::auth::Credentials;
-use mooncake_proto::{ErrorCode, ReplicaList};
+use mooncake_proto::{ErrorCode, Medium, ReplicaList};
 
 use crate::service::MasterService;
 
@@ -44,7 +44,7 @@ fn replica_values(list: &ReplicaList) -> Vec<serde_json::Value> {
     list.replicas
         .iter()
         .map(|r| {
-            json!({
+            let mut v = json!({
                 "size_": r.size,
                 "buffer_address_": r.buffer_address,
                 "protocol_": "tcp",
@@ -53,7 +53,12 @@ fn replica_values(list: &ReplicaList) -> Vec<serde_json::Value> {
                 "segment_name": r.segment_name,
                 "offset": r.offset,
                 "status": format!("{:?}", r.status).to_uppercase(),
-            })
+            });
+            // Memory replicas keep upstream's shape; disk-tier ones say so.
+            if r.medium == Medium::Disk {
+                v["medium"] = json!(r.medium.as_str());
+            }
+            v
         })
         .collect()
 }

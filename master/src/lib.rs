@@ -32,6 +32,6 @@ pub mod service;
 mod shard;
 mod tasks;
 
-pub use config::{AllocationStrategy, MasterConfig};
+pub use config::{AllocationStrategy, MasterConfig, OffloadPolicy};
 pub use run::{ServerOptions, StartError, run};
 pub use service::MasterService;

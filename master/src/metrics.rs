@@ -97,6 +97,14 @@ pub struct Metrics {
     pub expired_clients: AtomicU64,
     /// Objects restored from client inventories.
     pub restored_objects: AtomicU64,
+    /// Offload copies queued to a disk tier.
+    pub offload_queued: AtomicU64,
+    /// Offloads not queued (queue full, or task limit).
+    pub offload_skipped: AtomicU64,
+    /// Memory replicas dropped by eviction while a disk copy stays.
+    pub offloaded_evictions: AtomicU64,
+    /// Copies from a disk tier back to memory queued.
+    pub promotions_queued: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -113,6 +121,10 @@ impl Default for Metrics {
             put_start_releases: AtomicU64::new(0),
             expired_clients: AtomicU64::new(0),
             restored_objects: AtomicU64::new(0),
+            offload_queued: AtomicU64::new(0),
+            offload_skipped: AtomicU64::new(0),
+            offloaded_evictions: AtomicU64::new(0),
+            promotions_queued: AtomicU64::new(0),
         }
     }
 }
@@ -134,6 +146,12 @@ pub struct Gauges {
     pub segment_count: u64,
     /// Dummy clients the live real clients serve.
     pub connected_dummies: u64,
+    /// Sum of the disk tiers' sizes.
+    pub disk_capacity_bytes: u64,
+    /// Bytes of the disk tiers holding copies.
+    pub disk_allocated_bytes: u64,
+    /// Offload copies queued and not yet done.
+    pub offload_queue_depth: u64,
 }
 
 impl Metrics {
@@ -185,6 +203,21 @@ impl Metrics {
                 "master_connected_dummies",
                 "Dummy clients the live real clients serve",
                 g.connected_dummies,
+            ),
+            (
+                "master_disk_capacity_bytes",
+                "Total bytes of the real clients' disk tiers",
+                g.disk_capacity_bytes,
+            ),
+            (
+                "master_disk_allocated_bytes",
+                "Bytes of the disk tiers holding copies",
+                g.disk_allocated_bytes,
+            ),
+            (
+                "master_offload_queue_depth",
+                "Offload copies queued and not yet done",
+                g.offload_queue_depth,
             ),
         ] {
             e.gauge(name, help, v);
@@ -239,6 +272,26 @@ impl Metrics {
                 "master_restored_objects_total",
                 "Objects rebuilt from client inventories",
                 &self.restored_objects,
+            ),
+            (
+                "master_offload_queued_total",
+                "Copies to a disk tier queued",
+                &self.offload_queued,
+            ),
+            (
+                "master_offload_skipped_total",
+                "Copies to a disk tier not queued (queue or task limit)",
+                &self.offload_skipped,
+            ),
+            (
+                "master_offloaded_evictions_total",
+                "Memory replicas evicted while a disk copy stays",
+                &self.offloaded_evictions,
+            ),
+            (
+                "master_promotions_queued_total",
+                "Copies from a disk tier back to memory queued",
+                &self.promotions_queued,
             ),
         ] {
             e.counter(name, help, v.load(Relaxed));

@@ -7,9 +7,21 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use parking_lot::Mutex;
 use rand::Rng;
 
-use mooncake_proto::{ClientId, ReplicateConfig, SegmentDesc, SegmentId};
+use mooncake_proto::{ClientId, Medium, ReplicateConfig, SegmentDesc, SegmentId};
 
 use crate::allocator::{RangeAllocator, allocated_len};
+
+/// Disk-tier objects start and end on this boundary: the owner keeps one checksum
+/// per block, so no block is shared by two objects.
+pub const DISK_BLOCK: u64 = 4096;
+
+/// Bytes an object of `size` occupies in a segment of `medium`.
+pub fn reserved_len(medium: Medium, size: u64) -> u64 {
+    match medium {
+        Medium::Memory => allocated_len(size),
+        Medium::Disk => size.div_ceil(DISK_BLOCK).saturating_mul(DISK_BLOCK),
+    }
+}
 use crate::config::AllocationStrategy;
 use crate::inventory::InventoryLog;
 use crate::shard::Placement;
@@ -47,15 +59,19 @@ impl Segment {
 
     pub fn try_allocate(&self, size: u64) -> Option<u64> {
         let mut a = self.allocator.lock();
-        let offset = a.allocate(size)?;
+        let offset = a.allocate(reserved_len(self.desc.medium, size))?;
         self.used.store(a.used(), Relaxed);
         Some(offset)
     }
 
     pub fn free(&self, offset: u64, size: u64) {
         let mut a = self.allocator.lock();
-        a.free(offset, allocated_len(size));
+        a.free(offset, reserved_len(self.desc.medium, size));
         self.used.store(a.used(), Relaxed);
+    }
+
+    pub fn on_disk(&self) -> bool {
+        self.desc.medium == Medium::Disk
     }
 
     pub fn free_ratio(&self) -> f64 {
@@ -70,8 +86,10 @@ pub(crate) struct SegmentTable {
     slots: Vec<Option<Arc<Segment>>>,
     free_slots: Vec<u32>,
     by_id: HashMap<SegmentId, u32>,
-    /// Slots that accept allocations, in mount order.
+    /// Memory slots that accept allocations, in mount order.
     active: Vec<u32>,
+    /// Disk-tier slots that accept offloaded copies, in mount order.
+    disk_active: Vec<u32>,
 }
 
 impl SegmentTable {
@@ -128,21 +146,43 @@ impl SegmentTable {
         self.iter().filter(move |s| s.desc.name == name)
     }
 
-    /// Slots serving allocations, in mount order.
+    /// Memory slots serving allocations, in mount order.
     pub fn active_slots(&self) -> &[u32] {
         &self.active
+    }
+
+    /// Disk-tier slots taking offloaded copies, in mount order.
+    pub fn disk_slots(&self) -> &[u32] {
+        &self.disk_active
     }
 
     /// Stops a segment from serving allocations (drained); its objects stay.
     pub fn deactivate(&mut self, slot: u32) {
         self.active.retain(|&s| s != slot);
+        self.disk_active.retain(|&s| s != slot);
     }
 
-    /// Lets a segment serve allocations.
+    /// Lets a segment serve allocations (a disk segment: offloaded copies).
     pub fn activate(&mut self, slot: u32) {
-        if !self.active.contains(&slot) {
-            self.active.push(slot);
+        let on_disk = self.get(slot).is_some_and(|s| s.on_disk());
+        let list = if on_disk {
+            &mut self.disk_active
+        } else {
+            &mut self.active
+        };
+        if !list.contains(&slot) {
+            list.push(slot);
         }
+    }
+
+    /// Total capacity and allocated bytes of the disk segments.
+    pub fn disk_usage(&self) -> (u64, u64) {
+        self.disk_active
+            .iter()
+            .filter_map(|&s| self.get(s))
+            .fold((0, 0), |(c, u), s| {
+                (c + s.capacity(), u + s.used.load(Relaxed))
+            })
     }
 
     /// Takes a segment out of service; the slot stays reserved until
@@ -150,6 +190,7 @@ impl SegmentTable {
     pub fn detach(&mut self, id: &SegmentId) -> Option<Arc<Segment>> {
         let slot = self.by_id.remove(id)?;
         self.active.retain(|&s| s != slot);
+        self.disk_active.retain(|&s| s != slot);
         self.slots[slot as usize].take()
     }
 

@@ -137,6 +137,11 @@ impl TaskTable {
         Ok(())
     }
 
+    /// The key a task copies.
+    pub fn key_of(&self, id: &TaskId) -> Option<&str> {
+        self.tasks.get(id).map(|t| t.key.as_str())
+    }
+
     fn finish(&mut self, id: &TaskId, success: bool, message: String) {
         if let Some(task) = self.tasks.get_mut(id)
             && !task.info.state.finished()

@@ -29,6 +29,7 @@ fn segment(name: &str, size: u64) -> SegmentDesc {
         size,
         transport_endpoint: "127.0.0.1:12300".into(),
         protocol: Protocol::Tcp,
+        medium: Default::default(),
     }
 }
 

@@ -50,6 +50,27 @@ impl std::str::FromStr for Protocol {
 #[error("unknown protocol {0:?} (expected tcp or rdma)")]
 pub struct UnknownProtocol(pub String);
 
+/// What a segment's bytes live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Medium {
+    /// Memory (`/dev/shm`, a memfd, huge pages): writes are placed here.
+    #[default]
+    Memory,
+    /// A file on the owner's local disk (upstream's LOCAL_DISK replicas): holds
+    /// copies offloaded from memory, never a write's first replica.
+    Disk,
+}
+
+impl Medium {
+    /// Upstream's spelling of the replica kind: `MEMORY` or `LOCAL_DISK`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Medium::Memory => "MEMORY",
+            Medium::Disk => "LOCAL_DISK",
+        }
+    }
+}
+
 /// A contiguous memory region contributed to the pool by a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentDesc {
@@ -71,6 +92,8 @@ pub struct SegmentDesc {
     pub transport_endpoint: String,
     /// Transport to reach it with.
     pub protocol: Protocol,
+    /// Memory, or the owner's disk tier.
+    pub medium: Medium,
 }
 
 /// Replica states, numbered as upstream's `ReplicaStatus`.
@@ -111,6 +134,9 @@ pub struct ReplicaDesc {
     /// Version stamped by the master when the write started; used to order
     /// inventories when metadata is rebuilt.
     pub version: u64,
+    /// Memory, or the owner's disk tier (then `buffer_address` is an offset in
+    /// the owner's disk file, readable only through its transfer port).
+    pub medium: Medium,
 }
 
 /// Upstream's `SoftPinAction`: what an upsert does with an existing soft pin.

@@ -89,6 +89,27 @@ struct ClientArgs {
         value_parser = mooncake_daemon::gflags::bool_value
     )]
     keep_segment: bool,
+    /// A disk tier under the segment (upstream's flag): offloaded copies go to a
+    /// file in `--offload_dir`, and come back on read (docs/DISK.md).
+    #[arg(
+        long = "enable_offload",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = mooncake_daemon::gflags::bool_value
+    )]
+    enable_offload: bool,
+    /// Directory of the disk tier's files (upstream's environment variable).
+    #[arg(long = "offload_dir", env = "MOONCAKE_OFFLOAD_FILE_STORAGE_PATH")]
+    offload_dir: Option<PathBuf>,
+    /// Capacity of the disk tier (default: 4 times the segment).
+    #[arg(
+        long = "offload_size",
+        env = "MOONCAKE_OFFLOAD_TOTAL_SIZE_LIMIT_BYTES",
+        value_parser = parse_size
+    )]
+    offload_size: Option<u64>,
     /// Cluster token.
     #[arg(
         long = "cluster_token",
@@ -170,6 +191,17 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
         config.segment_path = p;
     }
     config.keep_segment = args.keep_segment;
+    if args.enable_offload {
+        let Some(dir) = args.offload_dir.clone() else {
+            anyhow::bail!(
+                "--enable_offload needs a directory: --offload_dir or MOONCAKE_OFFLOAD_FILE_STORAGE_PATH"
+            );
+        };
+        let size = args
+            .offload_size
+            .unwrap_or(config.global_segment_size.saturating_mul(4));
+        config.offload = Some(crate::disk::DiskConfig { dir, size });
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         runtime.worker_threads(args.threads);

@@ -57,6 +57,8 @@ pub struct RealClientConfig {
     pub region: mooncake_shm::RegionOptions,
     /// Socket buffer size for transfers (0 = kernel autotuning).
     pub transfer_sockbuf: usize,
+    /// The disk tier, when there is one (`--enable_offload`).
+    pub offload: Option<crate::disk::DiskConfig>,
 }
 
 impl RealClientConfig {
@@ -85,6 +87,7 @@ impl RealClientConfig {
             embedded_metrics_address: None,
             region: mooncake_shm::RegionOptions::default(),
             transfer_sockbuf: crate::transfer::tcp::DEFAULT_SOCKBUF,
+            offload: None,
         }
     }
 

@@ -305,6 +305,7 @@ mod tests {
             size: 1 << 20,
             transport_endpoint: "h:2".into(),
             protocol: mooncake_proto::Protocol::Tcp,
+            medium: Default::default(),
         }
     }
 

@@ -9,6 +9,8 @@
 //! - [`background`]: [`background::BackgroundClient`], a real client inside another
 //!   program (the Python `setup()`).
 //! - [`config`]: [`RealClientConfig`] (upstream flag names and defaults).
+//! - [`disk`]: the disk tier, a file on local disk contributed as a segment, with
+//!   per-block checksums and its own inventory.
 //! - [`inventory`]: the persistent record of the objects in this client's segment,
 //!   which lets a restarted master — or a restarted real client — get them back.
 //! - [`client`]: [`RealClient`], the master session and the store operations.
@@ -26,6 +28,7 @@ pub mod background;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod error;
 mod fastpath;
 pub mod inventory;

@@ -306,6 +306,59 @@ impl Region {
         ))
     }
 
+    /// Creates or re-opens a region of `size` bytes backed by the regular file at
+    /// `path` on a local disk (the disk tier). The file's blocks are reserved now
+    /// (`fallocate`), so a full disk is an error here and never a fault later;
+    /// the mapping is guarded like any file another process could shrink. An
+    /// existing file of another size is an error (`OutOfBounds`): the caller
+    /// decides whether to start it over with [`create_disk_file`](Self::create_disk_file).
+    pub fn open_disk_file(path: &Path, size: u64) -> Result<Region, ShmError> {
+        Self::disk_file(path, size, false)
+    }
+
+    /// [`open_disk_file`](Self::open_disk_file) on a file emptied first.
+    pub fn create_disk_file(path: &Path, size: u64) -> Result<Region, ShmError> {
+        Self::disk_file(path, size, true)
+    }
+
+    fn disk_file(path: &Path, size: u64, truncate: bool) -> Result<Region, ShmError> {
+        if size == 0 || !size.is_multiple_of(PAGE) {
+            return Err(ShmError::InvalidSize(size));
+        }
+        let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
+        if truncate {
+            flags |= OFlags::TRUNC;
+        }
+        let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| ShmError::io("open disk file", e))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| ShmError::io("fstat", e))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(ShmError::NotMemoryFile(
+                "the disk tier needs a regular file".into(),
+            ));
+        }
+        let current = stat.st_size as u64;
+        if current != 0 && current != size {
+            return Err(ShmError::OutOfBounds {
+                offset: 0,
+                len: size,
+                limit: current,
+            });
+        }
+        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, size)
+            .map_err(|e| ShmError::io("fallocate disk file", e))?;
+        let map = map(&fd, 0, size as usize, false)?;
+        Ok(Region::assemble(
+            map,
+            0,
+            size as usize,
+            fd,
+            0,
+            Some(path.to_path_buf()),
+            false,
+        ))
+    }
+
     /// Maps `len` bytes at `offset` of an fd received from a peer. The fd must be a
     /// shared-memory file (memfd, `/dev/shm`, hugetlbfs) at least `offset + len` long.
     pub fn from_fd(

@@ -3,25 +3,39 @@
 use super::*;
 
 impl MasterService {
-    /// Evicts roughly `target` bytes by approximate LRU. Returns bytes freed.
+    /// Evicts roughly `target` bytes of memory by approximate LRU. Returns bytes
+    /// freed.
     pub fn evict(&self, target: u64) -> u64 {
+        self.evict_tier(target, Medium::Memory)
+    }
+
+    /// Frees roughly `target` bytes of one tier by approximate LRU. An object
+    /// also in the other tier only loses its replicas in this one; an object
+    /// only in this one is removed, except in memory with `--offload_on_evict`,
+    /// where it is first copied to a disk tier (and freed by a later pass).
+    fn evict_tier(&self, target: u64, medium: Medium) -> u64 {
         let now = self.now_ms();
         self.metrics.eviction_attempts.fetch_add(1, Relaxed);
         let total_keys: usize = self.shards.iter().map(|s| s.lock().len()).sum();
         if total_keys == 0 {
             return 0;
         }
+        let in_tier =
+            |segs: &SegmentTable, p: &Placement| (medium == Medium::Disk) == Self::on_disk(segs, p);
         // Estimate the access time below which ~target bytes of evictable objects lie.
         let stride = (total_keys / EVICTION_SAMPLES).max(1);
         let mut samples: Vec<(u64, u64)> = Vec::with_capacity(EVICTION_SAMPLES + 1024);
         let mut rng = rand::rng();
         for shard in self.shards.iter() {
             let offset = rng.random_range(0..stride);
-            shard.lock().sample(offset, stride, |o| {
+            let shard = shard.lock();
+            let segs = self.segments.read();
+            shard.sample(offset, stride, |o| {
                 if o.evictable(now, false) {
+                    let here = o.replicas.as_slice().iter().filter(|p| in_tier(&segs, p));
                     samples.push((
                         o.last_access,
-                        allocated_len(o.size) * o.replicas.as_slice().len() as u64,
+                        reserved_len(medium, o.size) * here.count() as u64,
                     ));
                 }
             });
@@ -36,8 +50,12 @@ impl MasterService {
                 break;
             }
         }
+        let offload_on_evict =
+            medium == Medium::Memory && self.config.offload.enabled && self.config.offload.on_evict;
         let mut freed = 0u64;
         let mut keys = 0u64;
+        let mut stripped = 0u64;
+        let mut offloads = Vec::new();
         let passes = [
             (threshold, false),
             (u64::MAX, false),
@@ -61,29 +79,91 @@ impl MasterService {
                 }
                 let segs = self.segments.read();
                 shard.retain(
-                    |_, o| {
-                        if freed < target && o.last_access <= limit && o.evictable(now, allow_soft)
+                    |key, o| {
+                        if freed >= target || o.last_access > limit || !o.evictable(now, allow_soft)
                         {
-                            freed += allocated_len(o.size) * o.replicas.as_slice().len() as u64;
-                            true
-                        } else {
-                            false
+                            return false;
                         }
+                        let (here, elsewhere): (Vec<Placement>, Vec<Placement>) = o
+                            .replicas
+                            .as_slice()
+                            .iter()
+                            .partition(|p| in_tier(&segs, p));
+                        if here.is_empty() {
+                            return false;
+                        }
+                        let bytes = reserved_len(medium, o.size) * here.len() as u64;
+                        if !elsewhere.is_empty() {
+                            // The other tier keeps the object.
+                            self.release_now(&segs, &here, o.size, o.version);
+                            o.replicas = Replicas::from_vec(elsewhere);
+                            freed += bytes;
+                            stripped += 1;
+                            return false;
+                        }
+                        if offload_on_evict && !self.offload_pending(key, now) {
+                            if let Some(order) = Self::offload_order(&segs, key, o) {
+                                offloads.push(order);
+                                return false;
+                            }
+                        } else if offload_on_evict {
+                            // Its copy is on the way.
+                            return false;
+                        }
+                        freed += bytes;
+                        true
                     },
-                    |_, o| {
+                    |key, o| {
                         self.release_now(&segs, o.replicas.as_slice(), o.size, o.version);
+                        if self.config.offload.enabled {
+                            self.offload_done(key);
+                        }
                         keys += 1;
                     },
                 );
             }
         }
+        self.queue_offloads(offloads);
+        if stripped > 0 && medium == Medium::Memory {
+            self.metrics
+                .offloaded_evictions
+                .fetch_add(stripped, Relaxed);
+        }
         if freed > 0 {
             self.metrics.eviction_successes.fetch_add(1, Relaxed);
             self.metrics.evicted_keys.fetch_add(keys, Relaxed);
             self.metrics.evicted_bytes.fetch_add(freed, Relaxed);
-            tracing::debug!(freed, keys, "evicted");
+            tracing::debug!(freed, keys, stripped, ?medium, "evicted");
         }
         freed
+    }
+
+    /// Frees disk-tier space above the high watermark (with
+    /// `--enable_disk_eviction`), at most every 100 ms.
+    fn evict_disk_if_needed(&self) -> u64 {
+        if !self.config.offload.disk_eviction {
+            return 0;
+        }
+        let now = self.now_ms();
+        let last = self.last_disk_eviction.load(Relaxed);
+        if now < last + FUTILE_EVICTION_BACKOFF_MS {
+            return 0;
+        }
+        let (capacity, used) = self.segments.read().disk_usage();
+        if capacity == 0 {
+            return 0;
+        }
+        let ratio = used as f64 / capacity as f64;
+        let hw = self.config.eviction_high_watermark_ratio;
+        if ratio <= hw {
+            return 0;
+        }
+        self.last_disk_eviction.store(now, Relaxed);
+        let fraction = self
+            .config
+            .eviction_ratio
+            .max(ratio - hw + self.config.eviction_ratio);
+        self.evict_tier((capacity as f64 * fraction) as u64, Medium::Disk)
     }
 
     /// Runs one eviction pass for an allocation that failed; returns whether a retry
@@ -103,6 +183,10 @@ impl MasterService {
 
     /// Evicts when usage is above the high watermark. Called every few ms.
     pub fn evict_if_needed(&self) -> u64 {
+        self.evict_disk_if_needed() + self.evict_memory_if_needed()
+    }
+
+    fn evict_memory_if_needed(&self) -> u64 {
         let (capacity, used) = self.segments.read().usage();
         if capacity == 0 {
             return 0;

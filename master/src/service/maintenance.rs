@@ -82,10 +82,10 @@ impl MasterService {
 
     /// Current gauges.
     pub fn gauges(&self) -> Gauges {
-        let (capacity_bytes, allocated_bytes, segment_count) = {
+        let (capacity_bytes, allocated_bytes, segment_count, disk) = {
             let segs = self.segments.read();
             let (c, u) = segs.usage();
-            (c, u, segs.len() as u64)
+            (c, u, segs.len() as u64, segs.disk_usage())
         };
         let (mut key_count, mut processing_count) = (0u64, 0u64);
         for shard in self.shards.iter() {
@@ -109,6 +109,9 @@ impl MasterService {
             active_clients,
             segment_count,
             connected_dummies,
+            disk_capacity_bytes: disk.0,
+            disk_allocated_bytes: disk.1,
+            offload_queue_depth: self.offload_queue_depth() as u64,
         }
     }
 

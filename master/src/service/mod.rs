@@ -29,7 +29,7 @@ use crate::allocator::{GRANULE, RangeAllocator, allocated_len};
 use crate::config::MasterConfig;
 use crate::inventory::InventoryLog;
 use crate::metrics::{Gauges, Metrics, human_bytes};
-use crate::segments::{Segment, SegmentTable};
+use crate::segments::{DISK_BLOCK, Segment, SegmentTable, reserved_len};
 use crate::shard::{
     FLAG_HARD_PIN, FLAG_PENDING_UPSERT, FLAG_REPLICATING, FLAG_RESTORED, Object, PendingWrite,
     Placement, READERS_UNKNOWN, Replicas, Shard,
@@ -39,6 +39,7 @@ use crate::tasks::TaskTable;
 mod drain;
 mod eviction;
 mod maintenance;
+mod offload;
 mod reads;
 mod removes;
 mod replication;
@@ -123,6 +124,11 @@ pub struct MasterService {
     tasks: Mutex<TaskTable>,
     /// Segment drain jobs.
     drains: Mutex<HashMap<uuid::Uuid, drain::DrainJob>>,
+    /// Offloads queued and disk-only reads counted (taken alone, never with a
+    /// shard lock held across task submission).
+    offload: Mutex<offload::OffloadState>,
+    /// When the disk tiers were last checked for eviction (ms).
+    last_disk_eviction: AtomicU64,
     /// Operation counters.
     pub metrics: Metrics,
 }
@@ -156,6 +162,8 @@ impl MasterService {
             free_epoch: AtomicU64::new(0),
             tasks: Mutex::new(TaskTable::default()),
             drains: Mutex::new(HashMap::new()),
+            offload: Mutex::new(offload::OffloadState::default()),
+            last_disk_eviction: AtomicU64::new(0),
             metrics: Metrics::default(),
             config,
         }
@@ -225,6 +233,7 @@ impl MasterService {
             size,
             status,
             version,
+            medium: seg.desc.medium,
         })
     }
 

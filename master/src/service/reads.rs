@@ -13,14 +13,17 @@ impl MasterService {
         o.lease_until = o.lease_until.max(now + ttl);
         o.last_access = now;
         o.add_reader();
+        let mut replicas: Vec<ReplicaDesc> = o
+            .replicas
+            .as_slice()
+            .iter()
+            .filter_map(|p| Self::describe(segs, p, o.size, o.version, ReplicaStatus::Complete))
+            .collect();
+        // Memory first: readers try replicas in order.
+        replicas.sort_by_key(|r| r.medium == Medium::Disk);
         ReplicaList {
             size: o.size,
-            replicas: o
-                .replicas
-                .as_slice()
-                .iter()
-                .filter_map(|p| Self::describe(segs, p, o.size, o.version, ReplicaStatus::Complete))
-                .collect(),
+            replicas,
             lease_ttl_ms: ttl,
         }
     }
@@ -33,9 +36,16 @@ impl MasterService {
         let ttl = self.config.default_kv_lease_ttl.as_millis() as u64;
         let mut shard = self.shard(hash).lock();
         if let Some(o) = shard.get_mut(hash, key) {
-            let list = Self::grant_read(&self.segments.read(), o, now, ttl);
+            let segs = self.segments.read();
+            let list = Self::grant_read(&segs, o, now, ttl);
             if list.replicas.is_empty() {
                 return Err(ErrorCode::ObjectNotFound);
+            }
+            let promotion = self.promotion_order(&segs, key, o);
+            drop(segs);
+            drop(shard);
+            if let Some(order) = promotion {
+                self.queue_promotions(vec![order]);
             }
             return Ok(list);
         }

@@ -117,7 +117,16 @@ impl MasterService {
         success: bool,
         message: String,
     ) -> MResult<()> {
-        self.tasks.lock().complete(&client, &id, success, message)
+        let (result, key) = {
+            let mut tasks = self.tasks.lock();
+            let key = tasks.key_of(&id).map(str::to_string);
+            (tasks.complete(&client, &id, success, message), key)
+        };
+        // A failed offload is no longer on the way.
+        if !success && let Some(key) = key {
+            self.offload_done(&key);
+        }
+        result
     }
 
     /// Allocates one replica of `size` bytes on an active segment not in `taken`:
@@ -128,7 +137,17 @@ impl MasterService {
         name: Option<&str>,
         taken: &[u32],
     ) -> Option<Placement> {
-        let active = segs.active_slots();
+        // A named target may be a disk tier (offloads); placement by the master
+        // is in memory only.
+        let active: Vec<u32> = match name {
+            Some(_) => segs
+                .active_slots()
+                .iter()
+                .chain(segs.disk_slots())
+                .copied()
+                .collect(),
+            None => segs.active_slots().to_vec(),
+        };
         if active.is_empty() {
             return None;
         }
@@ -278,6 +297,9 @@ impl MasterService {
             o.replicas.push(*p);
         }
         Self::emit_added(&segs, key, &kept, o.size, o.version);
+        if kept.iter().any(|p| Self::on_disk(&segs, p)) {
+            self.offload_done(key);
+        }
         if copy.remove_source
             && o.replicas.as_slice().len() > 1
             && o.replicas.as_slice().contains(&copy.source)

@@ -112,12 +112,15 @@ impl MasterService {
         let mut max_version = 0;
         for d in fresh {
             let entries = per_segment.remove(&d.id).unwrap_or_default();
-            let accepted = newest_without_overlaps(entries, &mut report);
+            let accepted = newest_without_overlaps(entries, d.medium, &mut report);
             max_version = accepted
                 .iter()
                 .map(|e| e.version)
                 .fold(max_version, u64::max);
-            let allocated: Vec<(u64, u64)> = accepted.iter().map(|e| (e.offset, e.size)).collect();
+            let allocated: Vec<(u64, u64)> = accepted
+                .iter()
+                .map(|e| (e.offset, reserved_len(d.medium, e.size)))
+                .collect();
             let allocator = RangeAllocator::with_allocated(d.size, &allocated);
             let seg = self
                 .segments
@@ -232,8 +235,9 @@ impl MasterService {
                 && e.version <= unix_micros() + MAX_VERSION_SKEW_US
                 && e.size > 0
                 && e.offset % GRANULE == 0
+                && (d.medium == Medium::Memory || e.offset.is_multiple_of(DISK_BLOCK))
                 && e.offset
-                    .checked_add(allocated_len(e.size))
+                    .checked_add(reserved_len(d.medium, e.size))
                     .is_some_and(|end| end <= d.size);
             if valid {
                 per_segment.entry(e.segment_id).or_default().push(e.clone());
@@ -413,6 +417,7 @@ impl MasterService {
 /// newest-first order; the others go to the report's rejected list.
 fn newest_without_overlaps(
     mut entries: Vec<InventoryEntry>,
+    medium: Medium,
     report: &mut RemountReport,
 ) -> Vec<InventoryEntry> {
     entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.version));
@@ -420,7 +425,7 @@ fn newest_without_overlaps(
     let mut ranges: BTreeMap<u64, u64> = BTreeMap::new();
     let mut accepted = Vec::new();
     for e in entries {
-        let end = e.offset + allocated_len(e.size);
+        let end = e.offset + reserved_len(medium, e.size);
         let overlaps_before = ranges
             .range(..end)
             .next_back()

@@ -20,6 +20,7 @@ fn segment(name: &str, host: &str, size: u64) -> SegmentDesc {
         size,
         transport_endpoint: format!("{host}:12345"),
         protocol: Protocol::Tcp,
+        medium: Default::default(),
     }
 }
 

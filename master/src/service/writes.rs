@@ -210,9 +210,18 @@ impl MasterService {
             object.size,
             object.version,
         );
+        let offload = &self.config.offload;
+        let order = (offload.enabled && !offload.on_evict)
+            .then(|| Self::offload_order(&segs, key, &object))
+            .flatten();
         let hasher = |k: &str| self.hasher.hash_one(k);
         if let Some(old) = shard.insert(hash, key, object, &hasher) {
             self.release_replaced(&segs, &old, now);
+        }
+        drop(segs);
+        drop(shard);
+        if let Some(order) = order {
+            self.queue_offloads(vec![order]);
         }
         Ok(())
     }

@@ -140,6 +140,8 @@ pub struct RealClient {
     running_replica_tasks: AtomicBool,
     /// Segments mounted after start.
     extra_segments: Mutex<Vec<ExtraSegment>>,
+    /// The disk tier (`--enable_offload`), served as one more segment.
+    disk: Option<Arc<crate::disk::DiskTier>>,
 }
 
 /// Builds a [`RealClient`] (see [`RealClient::builder`]).
@@ -254,6 +256,7 @@ impl RealClient {
         };
         let mut client_id = Uuid::new_v4();
         let mut entries = Vec::new();
+        let mut memory_reattached = false;
         let segment = if config.global_segment_size == 0 {
             None
         } else {
@@ -274,6 +277,7 @@ impl RealClient {
                     )?;
                     client_id = p.client_id;
                     entries = p.entries.clone();
+                    memory_reattached = true;
                     tracing::info!(
                         objects = entries.len(),
                         "re-attached segment {}",
@@ -308,6 +312,7 @@ impl RealClient {
                 size: config.global_segment_size,
                 transport_endpoint: String::new(),
                 protocol: config.protocol,
+                medium: Default::default(),
             };
             Some((Arc::new(region), desc))
         };
@@ -349,6 +354,54 @@ impl RealClient {
                 Some(server)
             }
         };
+        let disk = match (&config.offload, &transfer_server, &segment) {
+            (Some(disk_config), Some(server), Some((_, memory))) => {
+                let stem = config.segment_path.file_stem().map_or_else(
+                    || format!("mooncake_client_{}", config.port),
+                    |s| s.to_string_lossy().into_owned(),
+                );
+                match crate::disk::DiskTier::open(
+                    disk_config,
+                    &stem,
+                    format!("{}/disk", memory.name),
+                    config.host.clone(),
+                    config.protocol,
+                ) {
+                    Ok(opened) => {
+                        if !memory_reattached && let Some(id) = opened.client_id {
+                            // The memory segment starts over; the disk keeps its
+                            // objects under the identity it was saved with.
+                            client_id = id;
+                        }
+                        let mut tier = opened.tier;
+                        tier.desc.transport_endpoint = memory.transport_endpoint.clone();
+                        server.add_disk_segment(
+                            tier.desc.id,
+                            tier.region.clone(),
+                            tier.sums.clone(),
+                        );
+                        tracing::info!(
+                            "disk tier {} ({} bytes) in {}",
+                            tier.desc.name,
+                            tier.desc.size,
+                            disk_config.dir.display()
+                        );
+                        Some(Arc::new(tier))
+                    }
+                    Err(e) => {
+                        tracing::error!("the disk tier is off, the memory tier serves on: {e}");
+                        None
+                    }
+                }
+            }
+            (Some(_), _, _) => {
+                tracing::error!(
+                    "the disk tier needs a memory segment and a transfer port; it is off"
+                );
+                None
+            }
+            _ => None,
+        };
         let segment_id = segment.as_ref().map(|(_, d)| d.id);
         let mut inventory = Inventory::new(segment_id, entries.clone());
         if segment.is_some() && !config.ephemeral_segment {
@@ -388,6 +441,7 @@ impl RealClient {
             tasks: TaskTracker::new(),
             running_replica_tasks: AtomicBool::new(false),
             extra_segments: Mutex::new(Vec::new()),
+            disk,
             _segment_lock: segment_lock,
         });
         client.persist();
@@ -456,7 +510,10 @@ impl RealClient {
 
     /// Records objects a peer wrote into this client's segment (its landed note).
     fn record_landed(&self, segment: SegmentId, objects: Vec<Landed>) {
-        let mut inv = self.inventory.lock();
+        let mut inv = match &self.disk {
+            Some(disk) if disk.desc.id == segment => disk.inventory.lock(),
+            _ => self.inventory.lock(),
+        };
         for o in objects {
             inv.add(InventoryEntry {
                 segment_id: segment,
@@ -475,6 +532,11 @@ impl RealClient {
         self.inventory.lock().len()
     }
 
+    /// The disk tier, when this client has one.
+    pub fn disk(&self) -> Option<&Arc<crate::disk::DiskTier>> {
+        self.disk.as_ref()
+    }
+
     /// Stops the background tasks, persists the inventory and unmounts.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
@@ -486,6 +548,13 @@ impl RealClient {
                 tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(10))).await;
         }
         self.persist();
+        if let (Ok(master), Some(disk)) = (self.master(), &self.disk) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                master.unmount_segment(self.client_id, disk.desc.id),
+            )
+            .await;
+        }
         let extra: Vec<SegmentId> = self
             .extra_segments
             .lock()

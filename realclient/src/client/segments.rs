@@ -10,6 +10,11 @@ impl RealClient {
         {
             return Some(r.clone());
         }
+        if let Some(disk) = &self.disk
+            && disk.desc.id == *id
+        {
+            return Some(disk.region.clone());
+        }
         self.extra_segments
             .lock()
             .iter()
@@ -37,6 +42,7 @@ impl RealClient {
             size: region.len() as u64,
             transport_endpoint: format!("{}:{}", self.config.host, server.local_addr().port()),
             protocol,
+            medium: Default::default(),
         };
         // Peers may write as soon as the master knows the segment.
         server.add_segment(desc.id, region.clone());

@@ -8,6 +8,9 @@ impl RealClient {
     }
 
     pub(super) fn persist(&self) {
+        if let Some(disk) = &self.disk {
+            disk.persist(self.client_id);
+        }
         let Some((_, desc)) = &self.segment else {
             return;
         };
@@ -132,7 +135,11 @@ impl RealClient {
         })?;
         let mut segments: Vec<SegmentDesc> = self.segment().cloned().into_iter().collect();
         segments.extend(self.extra_segments.lock().iter().map(|e| e.desc.clone()));
-        let entries = self.inventory.lock().entries();
+        let mut entries = self.inventory.lock().entries();
+        if let Some(disk) = &self.disk {
+            segments.push(disk.desc.clone());
+            entries.extend(disk.inventory.lock().entries());
+        }
         let mut chunks: Vec<Vec<InventoryEntry>> =
             entries.chunks(REMOUNT_CHUNK).map(|c| c.to_vec()).collect();
         if chunks.is_empty() {
@@ -160,8 +167,17 @@ impl RealClient {
         }
         {
             let mut inv = self.inventory.lock();
+            let mut disk_inv = self.disk.as_ref().map(|d| (d.desc.id, d.inventory.lock()));
             for rejected in &report.rejected {
-                inv.remove(rejected.offset, rejected.version);
+                match &mut disk_inv {
+                    Some((id, disk_inv)) if *id == rejected.segment_id => {
+                        disk_inv.remove(rejected.offset, rejected.version)
+                    }
+                    _ => inv.remove(rejected.offset, rejected.version),
+                }
+            }
+            if let Some((_, disk_inv)) = &mut disk_inv {
+                disk_inv.flush();
             }
             inv.flush();
             inv.seq = report.inventory_seq;
@@ -412,14 +428,27 @@ impl RealClient {
             let Ok(delta) = master.sync_inventory(self.client_id, ack).await else {
                 continue;
             };
+            // Each inventory takes the changes of its own segment.
             if delta.resync_required {
                 if let Ok(snapshot) = master.fetch_inventory(self.client_id).await {
+                    if let Some(disk) = &self.disk {
+                        let mut disk_inv = disk.inventory.lock();
+                        disk_inv.replace(snapshot.entries.clone());
+                        disk_inv.flush();
+                    }
                     let mut inv = self.inventory.lock();
                     inv.replace(snapshot.entries);
                     inv.flush();
                     inv.seq = snapshot.seq;
                 }
             } else {
+                if let Some(disk) = &self.disk {
+                    let mut disk_inv = disk.inventory.lock();
+                    for change in &delta.changes {
+                        disk_inv.apply(change.clone());
+                    }
+                    disk_inv.flush();
+                }
                 let mut inv = self.inventory.lock();
                 for change in delta.changes {
                     inv.apply(change);

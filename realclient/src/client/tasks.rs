@@ -61,6 +61,16 @@ impl RealClient {
                 .await;
             return Err(ReplicaTaskError::NotOurSegment);
         };
+        // A copy out of the disk tier (a promotion) passes its checksums first.
+        if let Some(disk) = &self.disk
+            && disk.desc.id == plan.source.segment_id
+            && !disk.sums.verify(plan.source.offset, plan.source.size)
+        {
+            let _ = master
+                .replica_copy_revoke(self.client_id, task.key.clone())
+                .await;
+            return Err(ReplicaTaskError::Corrupt);
+        }
         let jobs: Vec<TransferJob> = plan
             .targets
             .iter()
@@ -148,4 +158,7 @@ pub(super) enum ReplicaTaskError {
     /// The task named a source segment this client does not hold.
     #[error("the source segment is not this client's")]
     NotOurSegment,
+    /// The source replica in the disk tier failed its checksum.
+    #[error("the source replica failed its checksum (CHECKSUM_MISMATCH)")]
+    Corrupt,
 }

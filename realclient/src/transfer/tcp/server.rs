@@ -21,10 +21,14 @@ struct ServerState {
     on_landed: std::sync::OnceLock<LandedHook>,
     /// Writes of an older object version were started with an earlier master.
     write_floor: AtomicU64,
+    /// The disk-tier segment: its writes are checksummed, its reads checked.
+    disk: parking_lot::RwLock<Option<(SegmentId, Arc<crate::disk::BlockSums>)>>,
 }
 
 /// Stale writes refused are logged at most once a second.
 static STALE_WRITES: LogGate = LogGate::new(Duration::from_secs(1));
+/// Disk-tier reads that failed their checksum, likewise.
+static CORRUPT_READS: LogGate = LogGate::new(Duration::from_secs(1));
 
 /// Called with the objects a peer's write put into one of the served segments.
 pub type LandedHook = Box<dyn Fn(SegmentId, Vec<Landed>) + Send + Sync>;
@@ -70,6 +74,7 @@ impl TransferServer {
             bytes_in: AtomicU64::new(0),
             on_landed: std::sync::OnceLock::new(),
             write_floor: AtomicU64::new(0),
+            disk: parking_lot::RwLock::new(None),
         });
         let accept_state = state.clone();
         let accept = std::thread::Builder::new()
@@ -98,6 +103,19 @@ impl TransferServer {
     /// Serves one more segment (mounted after start).
     pub fn add_segment(&self, id: SegmentId, region: Arc<Region>) {
         self.state.segments.write().push((id, region));
+    }
+
+    /// Serves the disk tier's segment: every write into it is checksummed per
+    /// block, and a read of a block that does not match is refused with
+    /// `CHECKSUM_MISMATCH`.
+    pub fn add_disk_segment(
+        &self,
+        id: SegmentId,
+        region: Arc<Region>,
+        sums: Arc<crate::disk::BlockSums>,
+    ) {
+        *self.state.disk.write() = Some((id, sums));
+        self.add_segment(id, region);
     }
 
     /// Stops serving a segment; requests already reading or writing it finish.
@@ -283,6 +301,27 @@ fn serve_connection(
             }
             other => other,
         };
+        let sums = match &*state.disk.read() {
+            Some((id, sums)) if *id == h.segment => Some(sums.clone()),
+            _ => None,
+        };
+        let target = match target {
+            Ok(region)
+                if h.op == OP_READ && sums.as_ref().is_some_and(|s| !s.verify(h.offset, h.len)) =>
+            {
+                if let Some(held_back) = CORRUPT_READS.admit() {
+                    tracing::warn!(
+                        offset = h.offset,
+                        len = h.len,
+                        held_back,
+                        "disk tier: a read failed its checksum; refused"
+                    );
+                }
+                let _ = region;
+                Err(ErrorCode::ChecksumMismatch)
+            }
+            other => other,
+        };
         match (h.op, target) {
             (OP_READ, Ok(region)) => {
                 reply(&mut stream, 0)?;
@@ -296,6 +335,9 @@ fn serve_connection(
                 region
                     .recv_from(h.offset, h.len, &mut stream)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
+                if let Some(sums) = &sums {
+                    sums.seal(h.offset, h.len);
+                }
                 state.bytes_in.fetch_add(h.len, Ordering::Relaxed);
                 reply(&mut stream, 0)?;
             }

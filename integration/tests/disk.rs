@@ -1,0 +1,227 @@
+//! The disk tier (docs/DISK.md) with the real binaries: a real client with a small
+//! segment and a disk tier eight times larger, a master with `--enable_offload`;
+//! objects several times the memory come back from disk with the right bytes,
+//! promote on repeated reads, survive kill -9 of everything, and a corrupted
+//! block is a checksum error, never wrong bytes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mooncake_dummyclient::DummyClient;
+use mooncake_integration::*;
+use mooncake_proto::ErrorCode;
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("mc-disk-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const LEN: usize = 256 << 10;
+
+fn metric(http: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(http, "/metrics").ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn start_disk_client(paths: &Paths, master: &str, dir: &Path) -> Daemon {
+    ClientBuilder::new(paths)
+        .with_master(master)
+        .with_size("16MB")
+        .with_arg("--enable_offload=true")
+        .with_arg(format!("--offload_dir={}", dir.display()))
+        .with_arg("--offload_size=128MB")
+        .start()
+}
+
+/// Where the replicas of `key` are, as `/query_key` says: `(memory, disk)`.
+fn tiers_of(http: &str, key: &str) -> (usize, usize) {
+    let Ok((200, body)) = http_get(http, &format!("/query_key?key={key}")) else {
+        return (0, 0);
+    };
+    let disk = body.matches("LOCAL_DISK").count();
+    let all = body.matches("segment_id").count();
+    (all - disk, disk)
+}
+
+/// Puts 64 MiB (four times the segment) in rounds of 8 MiB, letting each
+/// round's offload copies finish.
+fn fill(dummy: &DummyClient, http: &str, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for round in 0..8 {
+        keys.extend(put_many(dummy, &format!("{prefix}{round}"), 32, LEN));
+        assert!(
+            wait_until(Duration::from_secs(30), || metric(
+                http,
+                "master_offload_queue_depth"
+            ) == Some(0.0)),
+            "round {round}: offload copies did not finish"
+        );
+    }
+    keys
+}
+
+#[test]
+fn four_times_the_memory_comes_back_from_disk_and_promotes_on_hits() {
+    let (_master, rpc, http) = start_master_with_http(&[
+        "--enable_offload=true",
+        "--promotion_on_hit=true",
+        "--promotion_admission_threshold=2",
+        "--eviction_high_watermark_ratio=0.8",
+    ]);
+    let dir = TempDir::new("fill");
+    let paths = Paths::new("disk-fill");
+    let _client = start_disk_client(&paths, &rpc, &dir.0);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = fill(&dummy, &http, "f");
+
+    // Memory holds at most 16 MiB: most objects are only on disk now.
+    let only_on_disk: Vec<&String> = keys
+        .iter()
+        .filter(|k| tiers_of(&http, k) == (0, 1))
+        .collect();
+    assert!(
+        only_on_disk.len() >= keys.len() / 2,
+        "{} of {} objects only on disk",
+        only_on_disk.len(),
+        keys.len()
+    );
+    assert!(metric(&http, "master_offloaded_evictions_total").unwrap_or(0.0) > 0.0);
+    assert!(metric(&http, "master_disk_allocated_bytes").unwrap_or(0.0) >= (32 << 20) as f64);
+    // Every object reads back with its own bytes.
+    assert_all_readable(&dummy, &keys, LEN);
+
+    // An object read again (its second read since it left memory) comes back
+    // to memory, keeping its disk copy.
+    let hot = only_on_disk[0].clone();
+    let mut buf = vec![0u8; LEN];
+    let got = dummy.batch_get_into_slices(std::slice::from_ref(&hot), &mut [buf.as_mut_slice()]);
+    assert_eq!(got, vec![Ok(LEN as u64)]);
+    assert!(
+        wait_until(Duration::from_secs(10), || tiers_of(&http, &hot) == (1, 1)),
+        "{hot} was not promoted: {:?}",
+        tiers_of(&http, &hot)
+    );
+    assert_eq!(buf, value_for(&hot, LEN));
+    assert_eq!(dummy.get(&hot).unwrap(), value_for(&hot, LEN));
+}
+
+#[test]
+fn disk_objects_survive_kill_9_of_client_and_master() {
+    let master_port = test_port();
+    let http_port = test_port();
+    let master_args = |port: u16| {
+        vec![
+            "--rpc_address=127.0.0.1".to_string(),
+            format!("--rpc_port={port}"),
+            "--metrics_host=127.0.0.1".into(),
+            format!("--metrics_port={http_port}"),
+            "--enable_offload=true".into(),
+            "--eviction_high_watermark_ratio=0.8".into(),
+        ]
+    };
+    let start = || {
+        Daemon::spawn(
+            &workspace_bin("mooncake_master"),
+            &master_args(master_port),
+            "Master service started on port",
+        )
+    };
+    let rpc = format!("127.0.0.1:{master_port}");
+    let http = format!("127.0.0.1:{http_port}");
+    let mut master = start();
+    let dir = TempDir::new("restart");
+    let paths = Paths::new("disk-restart");
+    let mut client = start_disk_client(&paths, &rpc, &dir.0);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = fill(&dummy, &http, "r");
+    let on_disk: Vec<String> = keys
+        .iter()
+        .filter(|k| tiers_of(&http, k).1 == 1)
+        .cloned()
+        .collect();
+    assert!(on_disk.len() >= keys.len() / 2);
+    drop(dummy);
+
+    client.kill9();
+    master.kill9();
+    let _master = start();
+    let _client = start_disk_client(&paths, &rpc, &dir.0);
+    let dummy = wait_readable(&paths.socket, &on_disk[0]);
+    // Everything that was on disk reads back (from the disk tier, or from the
+    // segment the restarted client re-attached).
+    assert_all_readable(&dummy, &on_disk, LEN);
+    assert!(
+        on_disk.iter().all(|k| tiers_of(&http, k).1 == 1),
+        "disk copies are known to the new master"
+    );
+}
+
+#[test]
+fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
+    let (_master, rpc, http) = start_master_with_http(&[
+        "--enable_offload=true",
+        "--eviction_high_watermark_ratio=0.8",
+    ]);
+    let dir = TempDir::new("corrupt");
+    let paths = Paths::new("disk-corrupt");
+    let _client = start_disk_client(&paths, &rpc, &dir.0);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = fill(&dummy, &http, "c");
+    let victim = keys
+        .iter()
+        .find(|k| tiers_of(&http, k) == (0, 1))
+        .expect("an object only on disk")
+        .clone();
+    let (_, body) = http_get(&http, &format!("/query_key?key={victim}")).unwrap();
+    let offset: u64 = body
+        .split("\"offset\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '}']).next())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("offset in /query_key");
+    // Flip one byte in the middle of the object, in the file, underneath.
+    let data = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "disk"))
+        .expect("the disk tier's data file");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data)
+            .unwrap();
+        let at = offset + (LEN as u64) / 2;
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+    }
+    let mut buf = vec![0u8; LEN];
+    let got = dummy.batch_get_into_slices(std::slice::from_ref(&victim), &mut [buf.as_mut_slice()]);
+    assert_eq!(got, vec![Err(ErrorCode::ChecksumMismatch)]);
+    assert!(
+        dummy.get(&victim).is_err(),
+        "no bytes for a corrupted object"
+    );
+    // The others still read back whole.
+    let others: Vec<String> = keys.iter().filter(|k| **k != victim).cloned().collect();
+    assert_all_readable(&dummy, &others, LEN);
+}

@@ -1,0 +1,187 @@
+//! The disk tier as the master sees it: which objects are copied to a real
+//! client's disk segment and when (`--enable_offload`, `--offload_on_evict`), and
+//! which come back to memory (`--promotion_on_hit`). Copies run as replica
+//! tasks on the client holding the source replica, so they go through the same
+//! `replica_copy_start` / `_end` path (and its checks) as user copies.
+
+use super::*;
+
+/// A queued offload older than this no longer holds its object back from
+/// plain eviction (the copy failed or its client went away).
+const OFFLOAD_STALE_MS: u64 = 30_000;
+/// Keys whose disk-only reads are being counted, at most.
+const PROMOTION_TRACKED_MAX: usize = 100_000;
+
+/// A copy to queue: the object, the replica to copy from and its owner, and the
+/// segment to copy to.
+pub(super) struct CopyOrder {
+    key: String,
+    source: SegmentId,
+    owner: ClientId,
+    target: String,
+}
+
+/// Disk-tier bookkeeping of the master.
+#[derive(Default)]
+pub(super) struct OffloadState {
+    /// Offloads queued and not yet seen done: key → when queued (ms).
+    queued: HashMap<Box<str>, u64>,
+    /// Reads of objects only on disk, per key, until promoted.
+    disk_hits: HashMap<Box<str>, u32>,
+}
+
+impl MasterService {
+    pub(super) fn on_disk(segs: &SegmentTable, p: &Placement) -> bool {
+        segs.get(p.segment).is_some_and(|s| s.on_disk())
+    }
+
+    /// The offload of `o`: from a memory replica to a disk segment on the same
+    /// host, one the object is not on yet.
+    pub(super) fn offload_order(segs: &SegmentTable, key: &str, o: &Object) -> Option<CopyOrder> {
+        let placements = o.replicas.as_slice();
+        if placements.iter().any(|p| Self::on_disk(segs, p)) {
+            return None;
+        }
+        placements.iter().find_map(|p| {
+            let source = segs.get(p.segment)?;
+            let disk = segs
+                .disk_slots()
+                .iter()
+                .filter_map(|&s| segs.get(s))
+                .find(|d| d.desc.host == source.desc.host)?;
+            Some(CopyOrder {
+                key: key.to_string(),
+                source: source.desc.id,
+                owner: source.owner,
+                target: disk.desc.name.clone(),
+            })
+        })
+    }
+
+    /// Whether `key` has an offload queued recently enough to wait for.
+    pub(super) fn offload_pending(&self, key: &str, now: u64) -> bool {
+        self.offload
+            .lock()
+            .queued
+            .get(key)
+            .is_some_and(|&at| now < at + OFFLOAD_STALE_MS)
+    }
+
+    /// Queues offload copies (call with no shard lock held).
+    pub(super) fn queue_offloads(&self, orders: Vec<CopyOrder>) {
+        if orders.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let limit = self.config.offload.queue_limit;
+        for order in orders {
+            {
+                let mut st = self.offload.lock();
+                if st.queued.len() >= limit {
+                    st.queued.retain(|_, at| now < *at + OFFLOAD_STALE_MS);
+                }
+                if st.queued.len() >= limit || st.queued.contains_key(order.key.as_str()) {
+                    self.metrics.offload_skipped.fetch_add(1, Relaxed);
+                    continue;
+                }
+                st.queued.insert(order.key.as_str().into(), now);
+            }
+            let submitted = self.tasks.lock().submit(
+                TaskKind::ReplicaCopy,
+                order.owner,
+                &order.key,
+                order.source,
+                vec![order.target],
+            );
+            match submitted {
+                Ok(_) => {
+                    self.metrics.offload_queued.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    self.offload.lock().queued.remove(order.key.as_str());
+                    self.metrics.offload_skipped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The object now has a disk copy (or is gone): its offload is done.
+    pub(super) fn offload_done(&self, key: &str) {
+        let mut st = self.offload.lock();
+        if !st.queued.is_empty() {
+            st.queued.remove(key);
+        }
+    }
+
+    /// Offloads queued and not yet done.
+    pub fn offload_queue_depth(&self) -> usize {
+        self.offload.lock().queued.len()
+    }
+
+    /// Counts a read of an object that is only on disk; at the admission
+    /// threshold returns the copy that brings it back to memory: to a memory
+    /// segment of the client holding the disk copy.
+    pub(super) fn promotion_order(
+        &self,
+        segs: &SegmentTable,
+        key: &str,
+        o: &Object,
+    ) -> Option<CopyOrder> {
+        let policy = &self.config.offload;
+        if !policy.promotion_on_hit {
+            return None;
+        }
+        let placements = o.replicas.as_slice();
+        if placements.is_empty() || !placements.iter().all(|p| Self::on_disk(segs, p)) {
+            return None;
+        }
+        {
+            let mut st = self.offload.lock();
+            if st.disk_hits.len() >= PROMOTION_TRACKED_MAX && !st.disk_hits.contains_key(key) {
+                st.disk_hits.clear();
+            }
+            let hits = st.disk_hits.entry(key.into()).or_insert(0);
+            *hits += 1;
+            if *hits < policy.promotion_admission_threshold {
+                return None;
+            }
+            st.disk_hits.remove(key);
+        }
+        placements.iter().find_map(|p| {
+            let disk = segs.get(p.segment)?;
+            let memory = segs
+                .active_slots()
+                .iter()
+                .filter_map(|&s| segs.get(s))
+                .find(|m| m.owner == disk.owner)
+                .or_else(|| {
+                    segs.active_slots()
+                        .iter()
+                        .filter_map(|&s| segs.get(s))
+                        .find(|m| m.desc.host == disk.desc.host)
+                })?;
+            Some(CopyOrder {
+                key: key.to_string(),
+                source: disk.desc.id,
+                owner: disk.owner,
+                target: memory.desc.name.clone(),
+            })
+        })
+    }
+
+    /// Queues promotions (call with no shard lock held).
+    pub(super) fn queue_promotions(&self, orders: Vec<CopyOrder>) {
+        for order in orders {
+            let submitted = self.tasks.lock().submit(
+                TaskKind::ReplicaCopy,
+                order.owner,
+                &order.key,
+                order.source,
+                vec![order.target],
+            );
+            if submitted.is_ok() {
+                self.metrics.promotions_queued.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
