@@ -180,7 +180,11 @@ fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
     ]);
     let dir = TempDir::new("corrupt");
     let paths = Paths::new("disk-corrupt");
-    let _client = start_disk_client(&paths, &rpc, &dir.0);
+    let client = start_disk_client(&paths, &rpc, &dir.0);
+    let client_http = client
+        .ready_field("http")
+        .expect("http address")
+        .replace("0.0.0.0", "127.0.0.1");
     let dummy = DummyClient::connect(&paths.socket, "").unwrap();
     let keys = fill(&dummy, &http, "c");
     let victim = keys
@@ -221,7 +225,51 @@ fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
         dummy.get(&victim).is_err(),
         "no bytes for a corrupted object"
     );
+    assert!(
+        metric(&client_http, "mooncake_client_disk_checksum_failures_total").unwrap_or(0.0) >= 1.0
+    );
     // The others still read back whole.
     let others: Vec<String> = keys.iter().filter(|k| **k != victim).cloned().collect();
     assert_all_readable(&dummy, &others, LEN);
+    assert!(metric(&client_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0) > 0.0);
+}
+
+#[test]
+fn a_disk_tier_that_cannot_start_leaves_the_memory_tier_serving() {
+    let (_master, rpc, http) = start_master_with_http(&["--enable_offload=true"]);
+    // A directory nothing can be created in, and a size no disk here has.
+    let full = TempDir::new("enospc");
+    for (tag, dir, size) in [
+        ("disk-ro", PathBuf::from("/proc/sys"), "64MB"),
+        ("disk-enospc", full.0.clone(), "900TB"),
+    ] {
+        let paths = Paths::new(tag);
+        let client = ClientBuilder::new(&paths)
+            .with_master(&rpc)
+            .with_size("16MB")
+            .with_arg("--enable_offload=true")
+            .with_arg(format!("--offload_dir={}", dir.display()))
+            .with_arg(format!("--offload_size={size}"))
+            .start();
+        let client_http = client
+            .ready_field("http")
+            .expect("http address")
+            .replace("0.0.0.0", "127.0.0.1");
+        assert_eq!(
+            metric(&client_http, "mooncake_client_disk_capacity_bytes"),
+            None,
+            "{tag}: no disk tier"
+        );
+        assert_eq!(metric(&http, "master_disk_capacity_bytes"), Some(0.0));
+        let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+        let keys = put_many(&dummy, tag, 8, LEN);
+        assert_all_readable(&dummy, &keys, LEN);
+    }
+    assert!(
+        std::fs::read_dir(&full.0).unwrap().all(|e| {
+            let e = e.unwrap();
+            e.metadata().unwrap().len() < (1 << 30)
+        }),
+        "nothing large was left behind"
+    );
 }

@@ -106,6 +106,8 @@ pub fn setup_args_from_dict(d: &Bound<'_, PyDict>) -> PyResult<SetupArgs> {
             None => 9300,
         },
         enable_ssd_offload: flag("enable_ssd_offload")?,
+        ssd_offload_path: text(&["ssd_offload_path"], "")?,
+        ssd_offload_size: None,
         tenant_id: text(&["tenant_id"], "default")?,
         cluster_id: cluster_id_from_env(),
     })
@@ -116,6 +118,14 @@ pub fn setup_args_from_dict(d: &Bound<'_, PyDict>) -> PyResult<SetupArgs> {
 pub fn client_config(
     args: &SetupArgs,
 ) -> Result<mooncake_realclient::RealClientConfig, mooncake_store::setup::SetupError> {
+    let mut args = args.clone();
+    if args.ssd_offload_path.trim().is_empty() {
+        args.ssd_offload_path = var("MOONCAKE_OFFLOAD_FILE_STORAGE_PATH").unwrap_or_default();
+    }
+    if args.ssd_offload_size.is_none() {
+        args.ssd_offload_size = var("MOONCAKE_OFFLOAD_TOTAL_SIZE_LIMIT_BYTES")
+            .and_then(|v| mooncake_proto::units::parse_size(&v).ok());
+    }
     let mut config = args.client_config()?;
     config.cluster_token = cluster_token();
     config.region = region_options();

@@ -255,9 +255,6 @@ impl MooncakeDistributedStore {
                 return ErrorCode::InvalidParams.as_i32();
             }
         };
-        if args.enable_ssd_offload {
-            tracing::warn!("setup: SSD offload is not available in this build; memory only");
-        }
         let metadata = args.metadata_server.trim();
         if !(metadata.is_empty()
             || metadata.eq_ignore_ascii_case("P2PHANDSHAKE")
@@ -352,7 +349,6 @@ impl MooncakeDistributedStore {
         client_http_port: u16,
         ipc_socket_path: Option<String>,
     ) -> PyResult<i32> {
-        let _ = ssd_offload_path;
         if let Ok(dict) = local_hostname.cast::<PyDict>() {
             let args = match crate::setup::setup_args_from_dict(dict) {
                 Err(e) if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) => {
@@ -398,6 +394,8 @@ impl MooncakeDistributedStore {
             enable_client_http_server,
             client_http_port,
             enable_ssd_offload,
+            ssd_offload_path,
+            ssd_offload_size: None,
             tenant_id,
             cluster_id: crate::setup::cluster_id_from_env(),
         };

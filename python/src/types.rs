@@ -9,7 +9,7 @@ use std::os::raw::c_int;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use mooncake_proto::ReplicaDesc;
+use mooncake_proto::{Medium, ReplicaDesc};
 
 /// What an upsert does with an existing soft pin (upstream's values).
 #[pyclass(eq, eq_int, module = "mooncake.store", from_py_object)]
@@ -322,8 +322,8 @@ pub struct MemoryDescriptor {
     pub buffer_descriptor: BufferDescriptor,
 }
 
-/// Where one replica of an object lives. Memory replicas only in this build.
-/// Upstream's shape (`status`, `is_memory_replica()`, `get_memory_descriptor()
+/// Where one replica of an object lives: in memory, or in a real client's disk
+/// tier. Upstream's shape (`status`, `is_memory_replica()`, `get_memory_descriptor()
 /// .buffer_descriptor.{buffer_address, size, transport_endpoint}`), plus the
 /// same facts as flat attributes.
 #[pyclass(module = "mooncake.store", get_all, skip_from_py_object)]
@@ -339,6 +339,9 @@ pub struct ReplicaDescriptor {
     pub size: u64,
     /// Replica state.
     pub status: ReplicaStatus,
+    /// `MEMORY`, or `LOCAL_DISK` for a copy in a real client's disk tier (then
+    /// `buffer_address` is an address in that client's mapping of its disk file).
+    pub medium: String,
 }
 
 impl From<&ReplicaDesc> for ReplicaDescriptor {
@@ -349,38 +352,50 @@ impl From<&ReplicaDesc> for ReplicaDescriptor {
             buffer_address: r.buffer_address,
             size: r.size,
             status: r.status.into(),
+            medium: r.medium.as_str().to_string(),
         }
     }
 }
 
 #[pymethods]
 impl ReplicaDescriptor {
-    /// True: every replica here is in memory.
+    /// Whether the replica is in memory.
     fn is_memory_replica(&self) -> bool {
-        true
+        self.medium == Medium::Memory.as_str()
     }
-    /// False: no disk tier in this build.
+    /// False: upstream's shared-filesystem replicas do not exist here.
     fn is_disk_replica(&self) -> bool {
         false
     }
-    /// False: no local-disk tier in this build.
+    /// Whether the replica is in a real client's disk tier (upstream's LOCAL_DISK).
     fn is_local_disk_replica(&self) -> bool {
-        false
+        self.medium == Medium::Disk.as_str()
     }
-    /// The memory replica's buffer.
-    fn get_memory_descriptor(&self) -> MemoryDescriptor {
-        MemoryDescriptor {
+    /// The memory replica's buffer (a RuntimeError for a disk-tier replica, as
+    /// upstream raises for a replica of another kind).
+    fn get_memory_descriptor(&self) -> PyResult<MemoryDescriptor> {
+        if !self.is_memory_replica() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "not a memory replica (is_local_disk_replica() is true)",
+            ));
+        }
+        Ok(MemoryDescriptor {
             buffer_descriptor: BufferDescriptor {
                 size: self.size,
                 buffer_address: self.buffer_address,
                 transport_endpoint: self.transport_endpoint.clone(),
             },
-        }
+        })
     }
     fn __repr__(&self) -> String {
         format!(
-            "ReplicaDescriptor(memory, segment={:?}, endpoint={:?}, address={:#x}, size={}, status={:?})",
-            self.segment_name, self.transport_endpoint, self.buffer_address, self.size, self.status
+            "ReplicaDescriptor({}, segment={:?}, endpoint={:?}, address={:#x}, size={}, status={:?})",
+            self.medium.to_lowercase(),
+            self.segment_name,
+            self.transport_endpoint,
+            self.buffer_address,
+            self.size,
+            self.status
         )
     }
 }

@@ -200,7 +200,11 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
         let size = args
             .offload_size
             .unwrap_or(config.global_segment_size.saturating_mul(4));
-        config.offload = Some(crate::disk::DiskConfig { dir, size });
+        config.offload = Some(crate::disk::DiskConfig {
+            dir,
+            size,
+            stem: None,
+        });
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {

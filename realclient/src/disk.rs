@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use mooncake_proto::{ClientId, InventoryEntry, Medium, Protocol, SegmentDesc, SegmentId};
+use mooncake_proto::{ClientId, Medium, Protocol, SegmentDesc, SegmentId};
 use mooncake_shm::Region;
 
 use crate::inventory::{self, Inventory, PersistedInventory};
@@ -39,6 +39,10 @@ pub struct DiskConfig {
     pub dir: PathBuf,
     /// Capacity in bytes (rounded down to whole blocks).
     pub size: u64,
+    /// Names of the files (`<stem>.disk`...); `None`: from the segment file's
+    /// name. With a stem, a process finding it held by another live process
+    /// takes `<stem>.1`, `<stem>.2`... (processes sharing one directory).
+    pub stem: Option<String>,
 }
 
 /// Why the disk tier could not start (the memory tier serves on without it).
@@ -177,8 +181,8 @@ pub struct DiskTier {
     /// The objects in it.
     pub inventory: Mutex<Inventory>,
     inventory_path: PathBuf,
-    /// Held for this client's life: no second client uses the same files.
-    _lock: crate::segfiles::SegmentLock,
+    /// Held until this client stops: no second client uses the same files.
+    lock: Mutex<Option<crate::segfiles::SegmentLock>>,
 }
 
 /// What opening the disk tier found.
@@ -276,7 +280,7 @@ impl DiskTier {
                 desc,
                 inventory: Mutex::new(inventory),
                 inventory_path,
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             },
             client_id,
         })
@@ -301,13 +305,66 @@ impl DiskTier {
         }
     }
 
-    /// The object recorded at `offset`, if any.
-    pub fn entry_at(&self, offset: u64) -> Option<InventoryEntry> {
-        self.inventory
-            .lock()
-            .entries()
-            .into_iter()
-            .find(|e| e.offset == offset)
+    /// Lets another client take the files (this one has stopped using them:
+    /// its transfer port is closed and its inventory persisted).
+    pub fn release(&self) {
+        self.lock.lock().take();
+    }
+
+    /// The disk tier's part of the client's `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let (objects, bytes) = self.usage();
+        let st = &self.sums.stats;
+        let avg_us = |ns: &AtomicU64, n: &AtomicU64| {
+            let n = n.load(Relaxed);
+            if n == 0 {
+                0.0
+            } else {
+                ns.load(Relaxed) as f64 / n as f64 / 1000.0
+            }
+        };
+        let mut e = mooncake_daemon::prometheus::Exposition::new();
+        e.gauge(
+            "mooncake_client_disk_capacity_bytes",
+            "Size of the disk tier.",
+            self.desc.size,
+        )
+        .gauge(
+            "mooncake_client_disk_objects",
+            "Objects in the disk tier.",
+            objects,
+        )
+        .gauge(
+            "mooncake_client_disk_object_bytes",
+            "Bytes of the objects in the disk tier.",
+            bytes,
+        )
+        .counter(
+            "mooncake_client_disk_write_bytes_total",
+            "Bytes written into the disk tier.",
+            st.bytes_written.load(Relaxed),
+        )
+        .counter(
+            "mooncake_client_disk_read_bytes_total",
+            "Bytes read from the disk tier (checksums passed).",
+            st.bytes_read.load(Relaxed),
+        )
+        .counter(
+            "mooncake_client_disk_checksum_failures_total",
+            "Disk-tier reads refused because a block failed its checksum.",
+            st.checksum_failures.load(Relaxed),
+        )
+        .gauge(
+            "mooncake_client_disk_write_checksum_avg_microseconds",
+            "Average time to checksum one write into the disk tier.",
+            format!("{:.1}", avg_us(&st.write_ns, &st.writes)),
+        )
+        .gauge(
+            "mooncake_client_disk_read_check_avg_microseconds",
+            "Average time to check one read from the disk tier.",
+            format!("{:.1}", avg_us(&st.read_ns, &st.reads)),
+        );
+        e.finish()
     }
 
     /// Objects and bytes recorded.
@@ -324,6 +381,7 @@ impl DiskTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mooncake_proto::InventoryEntry;
 
     /// A directory removed when dropped.
     struct TempDir(PathBuf);
@@ -348,6 +406,7 @@ mod tests {
             &DiskConfig {
                 dir: dir.to_path_buf(),
                 size,
+                stem: None,
             },
             "t",
             "h/disk".into(),
@@ -410,6 +469,7 @@ mod tests {
             &DiskConfig {
                 dir: dir.path().to_path_buf(),
                 size: 1 << 20,
+                stem: None,
             },
             "t",
             "h/disk".into(),
@@ -432,6 +492,7 @@ mod tests {
             &DiskConfig {
                 dir: missing.to_path_buf(),
                 size: 1 << 20,
+                stem: None,
             },
             "t",
             "h/disk".into(),

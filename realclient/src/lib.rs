@@ -309,7 +309,11 @@ fn http_router(client: Arc<RealClient>) -> Router {
         .route(
             "/metrics",
             get(|State(c): State<Arc<RealClient>>| async move {
-                c.metrics.render(c.bytes_served())
+                let mut text = c.metrics.render(c.bytes_served());
+                if let Some(disk) = c.disk() {
+                    text.push_str(&disk.render_metrics());
+                }
+                text
             }),
         )
         .with_state(client)

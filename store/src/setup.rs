@@ -18,6 +18,11 @@ pub enum SetupError {
     /// `rdma` in a build without the RDMA transport.
     #[error("protocol \"rdma\": this build has no RDMA transport yet; use \"tcp\"")]
     RdmaNotBuilt,
+    /// `enable_ssd_offload` without a directory.
+    #[error(
+        "enable_ssd_offload needs a directory: ssd_offload_path or MOONCAKE_OFFLOAD_FILE_STORAGE_PATH"
+    )]
+    NoOffloadPath,
 }
 
 /// What `setup` was given.
@@ -43,8 +48,14 @@ pub struct SetupArgs {
     pub enable_client_http_server: bool,
     /// Port of that server.
     pub client_http_port: u16,
-    /// SSD offload (not available: a warning).
+    /// A disk tier under the segment (docs/DISK.md).
     pub enable_ssd_offload: bool,
+    /// Its directory (upstream: `ssd_offload_path`, else
+    /// `MOONCAKE_OFFLOAD_FILE_STORAGE_PATH`); required with `enable_ssd_offload`.
+    pub ssd_offload_path: String,
+    /// Its size (`MOONCAKE_OFFLOAD_TOTAL_SIZE_LIMIT_BYTES`); `None`: four times
+    /// the segment.
+    pub ssd_offload_size: Option<u64>,
     /// Tenant (accepted).
     pub tenant_id: String,
     /// The HA cluster an `etcd://` master address names (upstream reads
@@ -75,6 +86,8 @@ impl SetupArgs {
             enable_client_http_server: false,
             client_http_port: 9300,
             enable_ssd_offload: false,
+            ssd_offload_path: String::new(),
+            ssd_offload_size: None,
             tenant_id: "default".to_string(),
             cluster_id: None,
         }
@@ -147,6 +160,21 @@ impl SetupArgs {
             .clone()
             .unwrap_or_else(mooncake_realclient::background::private_socket_path);
         config.ephemeral_segment = true;
+        if self.enable_ssd_offload {
+            if self.ssd_offload_path.trim().is_empty() {
+                return Err(SetupError::NoOffloadPath);
+            }
+            config.offload = Some(mooncake_realclient::disk::DiskConfig {
+                dir: PathBuf::from(self.ssd_offload_path.trim()),
+                size: self
+                    .ssd_offload_size
+                    .unwrap_or(self.global_segment_size.saturating_mul(4)),
+                // Processes of this host share the directory: each takes the
+                // first set of files no live process holds, so a restarted
+                // process finds a previous one's disk tier.
+                stem: Some("mooncake_disk".into()),
+            });
+        }
         Ok(config)
     }
 }
@@ -180,6 +208,8 @@ mod tests {
             enable_client_http_server: false,
             client_http_port: 9300,
             enable_ssd_offload: false,
+            ssd_offload_path: String::new(),
+            ssd_offload_size: None,
             tenant_id: "default".into(),
             cluster_id: None,
         }

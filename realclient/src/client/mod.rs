@@ -356,17 +356,37 @@ impl RealClient {
         };
         let disk = match (&config.offload, &transfer_server, &segment) {
             (Some(disk_config), Some(server), Some((_, memory))) => {
-                let stem = config.segment_path.file_stem().map_or_else(
-                    || format!("mooncake_client_{}", config.port),
-                    |s| s.to_string_lossy().into_owned(),
-                );
-                match crate::disk::DiskTier::open(
-                    disk_config,
-                    &stem,
-                    format!("{}/disk", memory.name),
-                    config.host.clone(),
-                    config.protocol,
-                ) {
+                let open = |stem: &str| {
+                    crate::disk::DiskTier::open(
+                        disk_config,
+                        stem,
+                        format!("{}/disk", memory.name),
+                        config.host.clone(),
+                        config.protocol,
+                    )
+                };
+                let opened = match &disk_config.stem {
+                    // Processes sharing the directory: the first set of files no
+                    // live process holds.
+                    Some(stem) => {
+                        let mut opened = open(stem);
+                        for n in 1..16 {
+                            let Err(crate::disk::DiskError::Locked(
+                                crate::segfiles::LockError::InUse(_),
+                            )) = &opened
+                            else {
+                                break;
+                            };
+                            opened = open(&format!("{stem}.{n}"));
+                        }
+                        opened
+                    }
+                    None => open(&config.segment_path.file_stem().map_or_else(
+                        || format!("mooncake_client_{}", config.port),
+                        |s| s.to_string_lossy().into_owned(),
+                    )),
+                };
+                match opened {
                     Ok(opened) => {
                         if !memory_reattached && let Some(id) = opened.client_id {
                             // The memory segment starts over; the disk keeps its
@@ -548,12 +568,15 @@ impl RealClient {
                 tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(10))).await;
         }
         self.persist();
-        if let (Ok(master), Some(disk)) = (self.master(), &self.disk) {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(3),
-                master.unmount_segment(self.client_id, disk.desc.id),
-            )
-            .await;
+        if let Some(disk) = &self.disk {
+            if let Ok(master) = self.master() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    master.unmount_segment(self.client_id, disk.desc.id),
+                )
+                .await;
+            }
+            disk.release();
         }
         let extra: Vec<SegmentId> = self
             .extra_segments
