@@ -18,6 +18,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  mkdir -p /tmp/diskbench-last && cp "$work"/*.log /tmp/diskbench-last/ 2>/dev/null || true
   rm -rf "$work" "$disk_dir" "$seg" "$seg.inventory"*
 }
 trap cleanup EXIT

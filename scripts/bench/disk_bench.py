@@ -17,7 +17,7 @@ import statistics
 import time
 import urllib.request
 
-from mooncake.store import MooncakeDistributedStore
+from mooncake.store import MooncakeDistributedStore, MooncakeHostMemAllocator
 
 MIB = 1 << 20
 
@@ -66,29 +66,43 @@ def main():
     store = MooncakeDistributedStore()
     assert store.setup_dummy(64 * MIB, 16 * MIB, args.client) == 0
     results = {}
-    for size in [MIB, 16 * MIB]:
+    alloc = MooncakeHostMemAllocator()
+    # Large objects first: the segment's free space is not yet cut into small
+    # pieces (16 MiB objects need 16 MiB in one piece).
+    for size in [16 * MIB, MIB]:
         count = max(8, (256 * MIB) // size)
-        buf = (ctypes.c_char * size)()
-        addr = ctypes.addressof(buf)
+        addr = alloc.alloc(size)
+        assert addr, "alloc"
+        buf = (ctypes.c_char * size).from_address(addr)
         assert store.register_buffer(addr, size) == 0
         payload = os.urandom(size)
         ctypes.memmove(addr, payload, size)
         keys = [f"disk-{size}-{i}" for i in range(count)]
         # Offload throughput under a steady put load.
         before = metric(args.master_http, "master_disk_allocated_bytes") or 0
+        # Puts in steps of half the segment, each step's copies let finish: with
+        # --enable_offload an object not yet copied when memory runs out is
+        # evicted like any other.
+        step = max(1, args.segment // 2 // size)
         t = time.perf_counter()
-        for k in keys:
-            assert store.put_from(k, addr, size) == 0
+        for i, k in enumerate(keys):
+            rc = store.put_from(k, addr, size)
+            assert rc == 0, (k, rc)
+            if (i + 1) % step == 0:
+                wait_offloads(args.master_http)
         wait_offloads(args.master_http)
         offload_s = time.perf_counter() - t
         after = metric(args.master_http, "master_disk_allocated_bytes") or 0
         # Push them out of memory: fill the segment with other objects.
         filler = [f"fill-{size}-{i}" for i in range(2 * args.segment // size + 2)]
-        for k in filler:
+        for i, k in enumerate(filler):
             store.put_from(k, addr, size)
+            if (i + 1) % step == 0:
+                wait_offloads(args.master_http)
         wait_offloads(args.master_http)
+        descs = {k: store.get_replica_desc(k) for k in keys}
         only_disk = [k for k in keys
-                     if all(d.is_local_disk_replica() for d in store.get_replica_desc(k))]
+                     if descs[k] and all(d.is_local_disk_replica() for d in descs[k])]
         assert len(only_disk) >= count // 2, f"{len(only_disk)} of {count} only on disk"
         raw_path = os.path.join(args.dir, f"raw-{size}")
         with open(raw_path, "wb") as f:
@@ -107,7 +121,7 @@ def main():
                     t = time.perf_counter()
                     n = store.get_into(k, addr, size)
                     lat.append(time.perf_counter() - t)
-                    assert n == size, (k, n)
+                    assert n == size, (k, n, mode)
                 results.setdefault((size, mode, "store"), []).append(summary(lat, size))
                 if mode == "cold":
                     drop_caches()

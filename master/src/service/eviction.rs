@@ -56,17 +56,25 @@ impl MasterService {
         let mut keys = 0u64;
         let mut stripped = 0u64;
         let mut offloads = Vec::new();
+        // With a disk tier, memory is first taken from objects that keep a copy
+        // on disk (nothing is lost), least recently used first; then as usual.
+        let copies_first = medium == Medium::Memory && self.config.offload.enabled;
         let passes = [
-            (threshold, false),
-            (u64::MAX, false),
-            (u64::MAX, self.config.allow_evict_soft_pinned_objects),
+            (threshold, false, true),
+            (u64::MAX, false, true),
+            (threshold, false, false),
+            (u64::MAX, false, false),
+            (u64::MAX, self.config.allow_evict_soft_pinned_objects, false),
         ];
         let start = rng.random_range(0..self.shards.len());
-        for (i, (limit, allow_soft)) in passes.into_iter().enumerate() {
+        for (i, (limit, allow_soft, kept_elsewhere_only)) in passes.into_iter().enumerate() {
             if freed >= target {
                 break;
             }
-            if i == 2 && !allow_soft {
+            if kept_elsewhere_only && !copies_first {
+                continue;
+            }
+            if i == 4 && !allow_soft {
                 break;
             }
             for n in 0..self.shards.len() {
@@ -89,7 +97,7 @@ impl MasterService {
                             .as_slice()
                             .iter()
                             .partition(|p| in_tier(&segs, p));
-                        if here.is_empty() {
+                        if here.is_empty() || (kept_elsewhere_only && elsewhere.is_empty()) {
                             return false;
                         }
                         let bytes = reserved_len(medium, o.size) * here.len() as u64;
