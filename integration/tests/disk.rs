@@ -273,3 +273,36 @@ fn a_disk_tier_that_cannot_start_leaves_the_memory_tier_serving() {
         "nothing large was left behind"
     );
 }
+
+#[test]
+fn with_offload_on_evict_nothing_is_dropped_only_copied_first() {
+    let (_master, rpc, http) = start_master_with_http(&[
+        "--enable_offload=true",
+        "--offload_on_evict=true",
+        "--eviction_high_watermark_ratio=0.8",
+    ]);
+    let dir = TempDir::new("on-evict");
+    let paths = Paths::new("disk-on-evict");
+    let _client = start_disk_client(&paths, &rpc, &dir.0);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    // 48 MiB through a 16 MiB segment. While eviction waits for copies, a put
+    // may find no room yet (NO_AVAILABLE_HANDLE): the writer retries.
+    let keys: Vec<String> = (0..192).map(|i| format!("e-{i}")).collect();
+    for k in &keys {
+        let value = value_for(k, LEN);
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                dummy.put(k, &value, &Default::default()).is_ok()
+            }),
+            "put {k}"
+        );
+    }
+    // Copies are made at eviction, not at every write.
+    let queued = metric(&http, "master_offload_queued_total").unwrap_or(0.0);
+    assert!(
+        queued > 0.0 && queued < keys.len() as f64,
+        "{queued} copies"
+    );
+    assert_eq!(metric(&http, "master_evicted_key_count"), Some(0.0));
+    assert_all_readable(&dummy, &keys, LEN);
+}

@@ -197,11 +197,15 @@ impl BlockSums {
             for (k, bytes) in chunk.chunks(DISK_BLOCK as usize).enumerate() {
                 let block = offset + pos + k as u64 * DISK_BLOCK;
                 let mut record = [0u8; SUM_LEN as usize];
-                let ok = self.sums.read(block / DISK_BLOCK * SUM_LEN, &mut record).is_ok() && {
-                    let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
-                    let covered = u32::from_le_bytes(record[4..].try_into().expect("4 bytes"));
-                    covered as usize == bytes.len() && block_crc(block, bytes) == crc
-                };
+                let ok = self
+                    .sums
+                    .read(block / DISK_BLOCK * SUM_LEN, &mut record)
+                    .is_ok()
+                    && {
+                        let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
+                        let covered = u32::from_le_bytes(record[4..].try_into().expect("4 bytes"));
+                        covered as usize == bytes.len() && block_crc(block, bytes) == crc
+                    };
                 if !ok {
                     self.stats.checksum_failures.fetch_add(1, Relaxed);
                     return false;

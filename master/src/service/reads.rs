@@ -69,16 +69,16 @@ impl MasterService {
                 ErrorCode::ObjectNotFound
             })?;
         let segs = self.segments.read();
+        let mut replicas: Vec<ReplicaDesc> = o
+            .replicas
+            .as_slice()
+            .iter()
+            .filter_map(|p| Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete))
+            .collect();
+        replicas.sort_by_key(|r| r.medium == Medium::Disk);
         Ok(ReplicaList {
             size: o.size,
-            replicas: o
-                .replicas
-                .as_slice()
-                .iter()
-                .filter_map(|p| {
-                    Self::describe(&segs, p, o.size, o.version, ReplicaStatus::Complete)
-                })
-                .collect(),
+            replicas,
             lease_ttl_ms: o.lease_until.saturating_sub(self.now_ms()),
         })
     }

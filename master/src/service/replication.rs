@@ -176,6 +176,28 @@ impl MasterService {
         targets: &[String],
         remove_source: bool,
     ) -> MResult<ReplicaCopyPlan> {
+        match self.replica_copy_start_once(client, key, source, targets, remove_source) {
+            // No room: evict as a write would (a promotion from the disk tier
+            // takes the place of colder objects), then try once more.
+            Err(ErrorCode::NoAvailableHandle)
+                if self
+                    .query_key(key)
+                    .is_ok_and(|l| self.evict_for_space(l.size)) =>
+            {
+                self.replica_copy_start_once(client, key, source, targets, remove_source)
+            }
+            other => other,
+        }
+    }
+
+    fn replica_copy_start_once(
+        &self,
+        client: ClientId,
+        key: &str,
+        source: SegmentId,
+        targets: &[String],
+        remove_source: bool,
+    ) -> MResult<ReplicaCopyPlan> {
         self.validate_key(key)?;
         let hash = self.hash(key);
         let now = self.now_ms();

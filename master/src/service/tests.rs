@@ -1213,3 +1213,88 @@ fn real_clients_report_their_dummies_and_remounts_show_until_complete() {
     m.remount_segment(c, Vec::new(), Vec::new(), true).unwrap();
     assert!(m.remounts_in_progress().is_empty());
 }
+
+/// Runs every task queued for `client` the way a real client does (the copy's
+/// bytes are not moved here: the master only sees the protocol).
+fn run_offload_tasks(m: &MasterService, client: ClientId) -> usize {
+    let tasks = m.fetch_tasks(client, 1024);
+    for t in &tasks {
+        let ok = m
+            .replica_copy_start(client, &t.key, t.source, &t.targets, false)
+            .and_then(|_| m.replica_copy_end(client, &t.key, &[]))
+            .is_ok();
+        m.complete_task(client, t.id, ok, String::new()).unwrap();
+    }
+    tasks.len()
+}
+
+fn media(list: &ReplicaList) -> Vec<Medium> {
+    list.replicas.iter().map(|r| r.medium).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn offloaded_objects_outlive_memory_eviction_and_promote_on_hits() {
+    let m = MasterService::new(MasterConfig::default().with_shard_count(64).with_offload(
+        crate::config::OffloadPolicy {
+            enabled: true,
+            promotion_on_hit: true,
+            promotion_admission_threshold: 2,
+            ..Default::default()
+        },
+    ));
+    let c = Uuid::new_v4();
+    m.mount_segment(c, segment("a", "h1", 4 * MIB)).unwrap();
+    let mut disk = segment("a/disk", "h1", 64 * MIB);
+    disk.medium = Medium::Disk;
+    m.mount_segment(c, disk.clone()).unwrap();
+    // Writes never land on the disk tier.
+    for i in 0..3 {
+        let r = put(&m, c, &format!("k{i}"), MIB).unwrap();
+        assert_eq!(r[0].medium, Medium::Memory);
+    }
+    assert_eq!(m.gauges().offload_queue_depth, 3);
+    assert_eq!(run_offload_tasks(&m, c), 3);
+    assert_eq!(m.gauges().offload_queue_depth, 0);
+    let list = m.get_replica_list("k0").unwrap();
+    assert_eq!(
+        media(&list),
+        vec![Medium::Memory, Medium::Disk],
+        "memory first"
+    );
+    m.release_reads(&[("k0".into(), list.replicas[0].version)]);
+    assert_eq!(m.gauges().disk_allocated_bytes, 3 * MIB);
+    // Memory fills: eviction takes the memory replicas of copied objects first,
+    // and they stay readable from disk.
+    advance(Duration::from_secs(11)).await;
+    for i in 3..6 {
+        put(&m, c, &format!("k{i}"), MIB).unwrap();
+    }
+    let on_disk_only: Vec<String> = (0..3)
+        .map(|i| format!("k{i}"))
+        .filter(|k| {
+            m.query_key(k)
+                .is_ok_and(|l| media(&l) == vec![Medium::Disk])
+        })
+        .collect();
+    assert!(
+        !on_disk_only.is_empty(),
+        "some memory replicas were evicted"
+    );
+    assert_eq!(m.exist_key(&on_disk_only[0]), Ok(true));
+    // The second read of an object only on disk queues its way back.
+    run_offload_tasks(&m, c);
+    let key = &on_disk_only[0];
+    m.get_replica_list(key).unwrap();
+    assert_eq!(m.fetch_tasks(c, 16).len(), 0);
+    m.get_replica_list(key).unwrap();
+    assert_eq!(run_offload_tasks(&m, c), 1);
+    let media_now = media(&m.query_key(key).unwrap());
+    assert_eq!(media_now, vec![Medium::Memory, Medium::Disk]);
+    // Removing the object frees its disk space too.
+    advance(Duration::from_secs(11)).await;
+    let before = m.gauges().disk_allocated_bytes;
+    m.remove(key, true).unwrap();
+    advance(Duration::from_secs(11)).await;
+    m.housekeeping();
+    assert!(m.gauges().disk_allocated_bytes < before);
+}

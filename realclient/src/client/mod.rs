@@ -480,6 +480,9 @@ impl RealClient {
             );
         }
         client.tasks.spawn(client.clone().heartbeat());
+        if client.disk.is_some() {
+            client.tasks.spawn(client.clone().poll_offloads());
+        }
         if client.leader.is_some() {
             client.tasks.spawn(client.clone().follow_leader());
         }

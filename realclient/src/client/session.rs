@@ -336,6 +336,23 @@ impl RealClient {
         }
     }
 
+    /// With a disk tier, fetches replica tasks (the offload copies) every 50 ms
+    /// instead of at each heartbeat, so copies keep up with a steady put load.
+    pub(super) async fn poll_offloads(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while self
+            .shutdown
+            .run_until_cancelled(tick.tick())
+            .await
+            .is_some()
+        {
+            if self.healthy() && !self.running_replica_tasks.swap(true, Ordering::AcqRel) {
+                self.clone().run_replica_tasks().await;
+            }
+        }
+    }
+
     pub(super) async fn heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -414,31 +414,39 @@ impl RealClient {
         deadline: Instant,
     ) -> Option<MResult<()>> {
         let disk = self.disk.as_ref()?;
-        let replica = list.replicas.iter().find(|r| r.segment_id == disk.desc.id)?;
+        let replica = list
+            .replicas
+            .iter()
+            .find(|r| r.segment_id == disk.desc.id)?;
         let mut at = 0usize;
         let mut offset_in_span = 0u64;
         let mut bad_destination = false;
-        let ok = disk.sums.read_checked(replica.offset, list.size, |_, mut chunk| {
-            while !chunk.is_empty() {
-                let Some(span) = spans.get(at) else {
-                    return false;
-                };
-                let room = span.len() - offset_in_span;
-                let n = room.min(chunk.len() as u64) as usize;
-                let s = span.span();
-                if s.region.write(s.offset + offset_in_span, &chunk[..n]).is_err() {
-                    bad_destination = true;
-                    return false;
+        let ok = disk
+            .sums
+            .read_checked(replica.offset, list.size, |_, mut chunk| {
+                while !chunk.is_empty() {
+                    let Some(span) = spans.get(at) else {
+                        return false;
+                    };
+                    let room = span.len() - offset_in_span;
+                    let n = room.min(chunk.len() as u64) as usize;
+                    let s = span.span();
+                    if s.region
+                        .write(s.offset + offset_in_span, &chunk[..n])
+                        .is_err()
+                    {
+                        bad_destination = true;
+                        return false;
+                    }
+                    chunk = &chunk[n..];
+                    offset_in_span += n as u64;
+                    if offset_in_span == span.len() {
+                        at += 1;
+                        offset_in_span = 0;
+                    }
                 }
-                chunk = &chunk[n..];
-                offset_in_span += n as u64;
-                if offset_in_span == span.len() {
-                    at += 1;
-                    offset_in_span = 0;
-                }
-            }
-            true
-        });
+                true
+            });
         Some(if bad_destination {
             Err(ErrorCode::InvalidParams)
         } else if !ok {
