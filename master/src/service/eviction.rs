@@ -146,6 +146,17 @@ impl MasterService {
         freed
     }
 
+    /// Frees disk-tier space for a copy that found none (with
+    /// `--enable_disk_eviction`); whether anything was freed.
+    pub(super) fn evict_disk_for_space(&self, needed: u64) -> bool {
+        if !self.config.offload.disk_eviction {
+            return false;
+        }
+        let (capacity, _) = self.segments.read().disk_usage();
+        let target = needed.max((capacity as f64 * self.config.eviction_ratio) as u64);
+        self.evict_tier(target, Medium::Disk) > 0
+    }
+
     /// Frees disk-tier space above the high watermark (with
     /// `--enable_disk_eviction`), at most every 100 ms.
     fn evict_disk_if_needed(&self) -> u64 {

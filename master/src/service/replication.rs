@@ -177,13 +177,25 @@ impl MasterService {
         remove_source: bool,
     ) -> MResult<ReplicaCopyPlan> {
         match self.replica_copy_start_once(client, key, source, targets, remove_source) {
-            // No room: evict as a write would (a promotion from the disk tier
-            // takes the place of colder objects), then try once more.
-            Err(ErrorCode::NoAvailableHandle)
-                if self
-                    .query_key(key)
-                    .is_ok_and(|l| self.evict_for_space(l.size)) =>
-            {
+            // No room: evict in the target's tier as a write would (a promotion
+            // from the disk tier takes the place of colder objects in memory),
+            // then try once more.
+            Err(ErrorCode::NoAvailableHandle) => {
+                let Ok(size) = self.query_key(key).map(|l| l.size) else {
+                    return Err(ErrorCode::NoAvailableHandle);
+                };
+                let to_disk = {
+                    let segs = self.segments.read();
+                    targets.iter().any(|t| segs.named(t).any(|s| s.on_disk()))
+                };
+                let room = if to_disk {
+                    self.evict_disk_for_space(size)
+                } else {
+                    self.evict_for_space(size)
+                };
+                if !room {
+                    return Err(ErrorCode::NoAvailableHandle);
+                }
                 self.replica_copy_start_once(client, key, source, targets, remove_source)
             }
             other => other,

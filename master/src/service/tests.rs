@@ -1298,3 +1298,35 @@ async fn offloaded_objects_outlive_memory_eviction_and_promote_on_hits() {
     m.housekeeping();
     assert!(m.gauges().disk_allocated_bytes < before);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_full_disk_tier_drops_its_least_recently_used_copies() {
+    let m = MasterService::new(MasterConfig::default().with_shard_count(64).with_offload(
+        crate::config::OffloadPolicy {
+            enabled: true,
+            ..Default::default()
+        },
+    ));
+    let c = Uuid::new_v4();
+    m.mount_segment(c, segment("a", "h1", 16 * MIB)).unwrap();
+    let mut disk = segment("a/disk", "h1", 4 * MIB);
+    disk.medium = Medium::Disk;
+    m.mount_segment(c, disk).unwrap();
+    for i in 0..8 {
+        put(&m, c, &format!("k{i}"), MIB).unwrap();
+        advance(Duration::from_millis(200)).await;
+        run_offload_tasks(&m, c);
+    }
+    let g = m.gauges();
+    assert!(
+        g.disk_allocated_bytes <= 4 * MIB,
+        "{}",
+        g.disk_allocated_bytes
+    );
+    // The newest objects have disk copies; every object is still in memory.
+    assert!(media(&m.query_key("k7").unwrap()).contains(&Medium::Disk));
+    assert!(!media(&m.query_key("k0").unwrap()).contains(&Medium::Disk));
+    for i in 0..8 {
+        assert!(media(&m.query_key(&format!("k{i}")).unwrap()).contains(&Medium::Memory));
+    }
+}

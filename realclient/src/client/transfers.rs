@@ -418,35 +418,39 @@ impl RealClient {
             .replicas
             .iter()
             .find(|r| r.segment_id == disk.desc.id)?;
-        let mut at = 0usize;
-        let mut offset_in_span = 0u64;
-        let mut bad_destination = false;
+        // The destinations (held by `spans` until this returns), and where each
+        // starts in the object.
+        let dests: Vec<LocalSpan> = spans.iter().map(|h| h.span().clone()).collect();
+        let starts: Vec<u64> = dests
+            .iter()
+            .scan(0u64, |at, s| {
+                let start = *at;
+                *at += s.len;
+                Some(start)
+            })
+            .collect();
+        let bad = std::sync::atomic::AtomicBool::new(false);
         let ok = disk
             .sums
-            .read_checked(replica.offset, list.size, |_, mut chunk| {
+            .read_checked(replica.offset, list.size, |mut pos, mut chunk| {
                 while !chunk.is_empty() {
-                    let Some(span) = spans.get(at) else {
+                    let at = starts.partition_point(|&s| s <= pos).saturating_sub(1);
+                    let Some(d) = dests.get(at) else {
+                        bad.store(true, Ordering::Relaxed);
                         return false;
                     };
-                    let room = span.len() - offset_in_span;
-                    let n = room.min(chunk.len() as u64) as usize;
-                    let s = span.span();
-                    if s.region
-                        .write(s.offset + offset_in_span, &chunk[..n])
-                        .is_err()
-                    {
-                        bad_destination = true;
+                    let within = pos - starts[at];
+                    let n = (d.len.saturating_sub(within)).min(chunk.len() as u64) as usize;
+                    if n == 0 || d.region.write(d.offset + within, &chunk[..n]).is_err() {
+                        bad.store(true, Ordering::Relaxed);
                         return false;
                     }
                     chunk = &chunk[n..];
-                    offset_in_span += n as u64;
-                    if offset_in_span == span.len() {
-                        at += 1;
-                        offset_in_span = 0;
-                    }
+                    pos += n as u64;
                 }
                 true
             });
+        let bad_destination = bad.load(Ordering::Relaxed);
         Some(if bad_destination {
             Err(ErrorCode::InvalidParams)
         } else if !ok {
