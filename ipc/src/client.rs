@@ -40,7 +40,7 @@ async fn hello(stream: &UnixStream, role: Role, token: &str) -> Result<(u64, u64
     };
     let (reply, _) = tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
-        .map_err(|_| IpcError::Protocol("no hello reply in time".into()))??;
+        .map_err(|_| IpcError::Timeout("hello"))??;
     reply.result.map_err(|code| IpcError::Refused {
         code,
         message: reply.message,
@@ -81,10 +81,7 @@ impl IpcClient {
         };
         Ok(tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
-            .map_err(|_| IpcError::Refused {
-                code: ErrorCode::RpcTimeout,
-                message: "fd channel timed out".into(),
-            })??)
+            .map_err(|_| IpcError::Timeout("fd channel request"))??)
     }
 
     /// Registers `len` bytes of `region` starting at `offset`, which this process

@@ -11,6 +11,9 @@ pub enum IpcError {
     /// The peer broke the protocol (bad magic, truncated or oversized message).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer did not answer `what` in time.
+    #[error("no answer to the {0} in time")]
+    Timeout(&'static str),
     /// The peer refused us, with its error code.
     #[error("refused ({code}): {message}")]
     Refused {
@@ -30,6 +33,7 @@ impl IpcError {
         match self {
             IpcError::Refused { code, .. } => *code,
             IpcError::Shm(e) => e.code(),
+            IpcError::Timeout(_) => ErrorCode::RpcTimeout,
             IpcError::Io(_) | IpcError::Protocol(_) => ErrorCode::RpcFail,
         }
     }

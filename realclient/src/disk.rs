@@ -301,6 +301,8 @@ impl DiskTier {
         let sums_path = config.dir.join(format!("{stem}.disk.sums"));
         let inventory_path = config.dir.join(format!("{stem}.disk.inventory"));
         let sums_size = (size / DISK_BLOCK * SUM_LEN).next_multiple_of(DISK_BLOCK);
+        // A missing directory is made (a read-only or foreign one fails below).
+        let _ = std::fs::create_dir_all(&config.dir);
         let lock = crate::segfiles::SegmentLock::acquire(&data_path)?;
         let persisted = inventory::load(&inventory_path).filter(|p| {
             p.segment.size == size
