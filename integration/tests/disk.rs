@@ -306,3 +306,53 @@ fn with_offload_on_evict_nothing_is_dropped_only_copied_first() {
     assert_eq!(metric(&http, "master_evicted_key_count"), Some(0.0));
     assert_all_readable(&dummy, &keys, LEN);
 }
+
+#[test]
+fn a_disk_file_deleted_under_a_stopped_client_is_a_miss_never_wrong_bytes() {
+    let (_master, rpc, http) = start_master_with_http(&[
+        "--enable_offload=true",
+        "--eviction_high_watermark_ratio=0.8",
+    ]);
+    let dir = TempDir::new("deleted");
+    let paths = Paths::new("disk-deleted");
+    let mut client = start_disk_client(&paths, &rpc, &dir.0);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = fill(&dummy, &http, "x");
+    drop(dummy);
+    client.kill9();
+    for e in std::fs::read_dir(&dir.0).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "disk") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let _client = start_disk_client(&paths, &rpc, &dir.0);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    // Objects still in the re-attached memory segment read back; the ones that
+    // were only on disk are gone: a miss, never bytes of something else.
+    let mut found = 0;
+    for k in &keys {
+        let mut buf = vec![0u8; LEN];
+        let got = dummy.batch_get_into_slices(std::slice::from_ref(k), &mut [buf.as_mut_slice()]);
+        match &got[0] {
+            Ok(n) => {
+                assert_eq!(*n, LEN as u64);
+                assert!(buf == value_for(k, LEN), "wrong bytes for {k}");
+                found += 1;
+            }
+            Err(e) => assert_ne!(*e, ErrorCode::InvalidParams, "{k}"),
+        }
+    }
+    assert!(
+        found > 0 && found < keys.len(),
+        "{found} of {} read back",
+        keys.len()
+    );
+    // The master serves the new, empty disk tier and forgot the old one.
+    let (_, segments) = http_get(&http, "/get_all_segments").unwrap();
+    assert_eq!(segments.matches("/disk").count(), 1, "{segments}");
+    assert_eq!(
+        metric(&http, "master_disk_capacity_bytes"),
+        Some((128u64 << 20) as f64)
+    );
+}

@@ -136,17 +136,19 @@ impl MasterService {
         size: u64,
         name: Option<&str>,
         taken: &[u32],
+        unnamed: Medium,
     ) -> Option<Placement> {
-        // A named target may be a disk tier (offloads); placement by the master
-        // is in memory only.
-        let active: Vec<u32> = match name {
-            Some(_) => segs
+        // A named target may be a disk tier (offloads); a placement by the
+        // master is in the tier `unnamed` says.
+        let active: Vec<u32> = match (name, unnamed) {
+            (Some(_), _) => segs
                 .active_slots()
                 .iter()
                 .chain(segs.disk_slots())
                 .copied()
                 .collect(),
-            None => segs.active_slots().to_vec(),
+            (None, Medium::Memory) => segs.active_slots().to_vec(),
+            (None, Medium::Disk) => segs.disk_slots().to_vec(),
         };
         if active.is_empty() {
             return None;
@@ -233,7 +235,15 @@ impl MasterService {
         let mut new: Vec<Placement> = Vec::new();
         let mut failed = false;
         if targets.is_empty() {
-            match Self::allocate_target(&segs, o.size, None, &taken) {
+            // A copy out of a disk tier (a drain) goes to another disk tier,
+            // or to memory when there is none with room.
+            let placed = if src.on_disk() {
+                Self::allocate_target(&segs, o.size, None, &taken, Medium::Disk)
+            } else {
+                None
+            }
+            .or_else(|| Self::allocate_target(&segs, o.size, None, &taken, Medium::Memory));
+            match placed {
                 Some(p) => new.push(p),
                 None => failed = true,
             }
@@ -251,7 +261,7 @@ impl MasterService {
                 if present {
                     continue;
                 }
-                match Self::allocate_target(&segs, o.size, Some(name), &taken) {
+                match Self::allocate_target(&segs, o.size, Some(name), &taken, Medium::Memory) {
                     Some(p) => {
                         taken.push(p.segment);
                         new.push(p);

@@ -107,6 +107,25 @@ impl MasterService {
             ..Default::default()
         };
         let fresh = self.segments_to_rebuild(client, &buffer.segments)?;
+        // Segments this master still has for the client but the client no
+        // longer presents (its disk file or a mounted file is gone since it
+        // restarted) serve nothing any more: their replicas are dropped.
+        let gone: Vec<SegmentId> = self
+            .clients
+            .lock()
+            .get(&client)
+            .map(|c| {
+                c.segments
+                    .iter()
+                    .filter(|id| !buffer.segments.iter().any(|d| d.id == **id))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in gone {
+            tracing::info!(%client, segment = %id, "a remount no longer presents this segment; unmounting it");
+            let _ = self.unmount_segment(client, id);
+        }
         let mut per_segment = self.sort_inventory(&buffer, &fresh, &mut report);
         let mut mounted: Vec<Arc<Segment>> = Vec::new();
         let mut max_version = 0;

@@ -1330,3 +1330,54 @@ async fn a_full_disk_tier_drops_its_least_recently_used_copies() {
         assert!(media(&m.query_key(&format!("k{i}")).unwrap()).contains(&Medium::Memory));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn draining_a_disk_tier_moves_its_copies_to_another_disk_tier() {
+    let m = MasterService::new(MasterConfig::default().with_shard_count(64).with_offload(
+        crate::config::OffloadPolicy {
+            enabled: true,
+            ..Default::default()
+        },
+    ));
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    m.mount_segment(a, segment("a", "h1", 64 * MIB)).unwrap();
+    m.mount_segment(b, segment("b", "h2", 64 * MIB)).unwrap();
+    for (c, name, host) in [(a, "a/disk", "h1"), (b, "b/disk", "h2")] {
+        let mut d = segment(name, host, 64 * MIB);
+        d.medium = Medium::Disk;
+        m.mount_segment(c, d).unwrap();
+    }
+    let on_a = ReplicateConfig {
+        preferred_segments: vec!["a".into()],
+        ..ReplicateConfig::default()
+    };
+    for i in 0..4 {
+        put_with(&m, a, &format!("k{i}"), MIB, &on_a).unwrap();
+    }
+    run_tasks(&m, &[a, b]);
+    let disk_of = |k: &str| -> Vec<String> {
+        m.query_key(k)
+            .unwrap()
+            .replicas
+            .into_iter()
+            .filter(|r| r.medium == Medium::Disk)
+            .map(|r| r.segment_name)
+            .collect()
+    };
+    assert_eq!(disk_of("k0"), vec!["a/disk".to_string()]);
+    let id = m.create_drain_job(&["a/disk".into()], &[], 4).unwrap();
+    for _ in 0..20 {
+        m.drive_drain_jobs();
+        if m.query_drain_job(&id).unwrap().status != JobStatus::Running {
+            break;
+        }
+        run_tasks(&m, &[a, b]);
+    }
+    let info = m.query_drain_job(&id).unwrap();
+    assert_eq!(info.status, JobStatus::Succeeded, "{}", info.message);
+    for i in 0..4 {
+        let k = format!("k{i}");
+        assert_eq!(disk_of(&k), vec!["b/disk".to_string()], "{k}");
+        assert!(media(&m.query_key(&k).unwrap()).contains(&Medium::Memory));
+    }
+}
