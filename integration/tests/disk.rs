@@ -356,3 +356,62 @@ fn a_disk_file_deleted_under_a_stopped_client_is_a_miss_never_wrong_bytes() {
         Some((128u64 << 20) as f64)
     );
 }
+
+#[test]
+fn another_host_reads_disk_tier_objects_through_the_transfer_port_checked() {
+    let (_master, rpc, http) = start_master_with_http(&[
+        "--enable_offload=true",
+        "--eviction_high_watermark_ratio=0.8",
+    ]);
+    let dir = TempDir::new("cross");
+    let holder_paths = Paths::new("disk-holder");
+    let holder = start_disk_client(&holder_paths, &rpc, &dir.0);
+    let holder_http = holder
+        .ready_field("http")
+        .expect("http address")
+        .replace("0.0.0.0", "127.0.0.1");
+    let reader_paths = Paths::new("disk-reader");
+    let _reader = ClientBuilder::new(&reader_paths)
+        .with_master(&rpc)
+        .with_size("16MB")
+        .start();
+    let writer = DummyClient::connect(&holder_paths.socket, "").unwrap();
+    let config = mooncake_proto::ReplicateConfig {
+        preferred_segments: vec![format!("127.0.0.1:{}", holder_paths.port)],
+        ..Default::default()
+    };
+    let mut keys = Vec::new();
+    for round in 0..6 {
+        keys.extend(put_many_with(
+            &writer,
+            &format!("h{round}"),
+            32,
+            LEN,
+            &config,
+        ));
+        assert!(wait_until(Duration::from_secs(30), || metric(
+            &http,
+            "master_offload_queue_depth"
+        ) == Some(0.0)));
+    }
+    let only_on_disk: Vec<String> = keys
+        .iter()
+        .filter(|k| tiers_of(&http, k) == (0, 1))
+        .cloned()
+        .collect();
+    assert!(
+        only_on_disk.len() >= 16,
+        "{} only on disk",
+        only_on_disk.len()
+    );
+    // The other host reads them with their own bytes, from the holder's disk.
+    let reader = DummyClient::connect(&reader_paths.socket, "").unwrap();
+    assert_all_readable(&reader, &only_on_disk, LEN);
+    assert_eq!(
+        reader.get(&only_on_disk[0]).unwrap(),
+        value_for(&only_on_disk[0], LEN)
+    );
+    // The holder checked every block it served.
+    let served = metric(&holder_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0);
+    assert!(served >= (only_on_disk.len() * LEN) as f64, "{served}");
+}
