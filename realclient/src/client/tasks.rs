@@ -71,6 +71,42 @@ impl RealClient {
                 .await;
             return Err(ReplicaTaskError::Corrupt);
         }
+        // A copy into this client's own disk tier (an offload) is a local copy:
+        // its blocks are summed and the disk inventory records it here.
+        let (local, remote): (Vec<ReplicaDesc>, Vec<ReplicaDesc>) =
+            plan.targets.iter().cloned().partition(|t| {
+                self.disk
+                    .as_ref()
+                    .is_some_and(|d| d.desc.id == t.segment_id)
+            });
+        let mut failed_segments = Vec::new();
+        let mut written = 0;
+        for t in &local {
+            let disk = self.disk.as_ref().expect("partitioned on the disk tier");
+            match region.copy_to(plan.source.offset, &disk.region, t.offset, plan.source.size) {
+                Ok(()) => {
+                    disk.sums.seal(t.offset, plan.source.size);
+                    self.record_landed(
+                        t.segment_id,
+                        vec![Landed {
+                            offset: t.offset,
+                            size: plan.source.size,
+                            version: plan.source.version,
+                            key: task.key.clone(),
+                        }],
+                    );
+                    written += plan.source.size;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %task.key, "copy into the disk tier failed: {e}");
+                    failed_segments.push(t.segment_id);
+                }
+            }
+        }
+        let plan = ReplicaCopyPlan {
+            source: plan.source.clone(),
+            targets: remote,
+        };
         let jobs: Vec<TransferJob> = plan
             .targets
             .iter()
@@ -89,8 +125,6 @@ impl RealClient {
             })
             .collect();
         let deadline = Instant::now() + self.config.transfer_timeout;
-        let mut failed_segments = Vec::new();
-        let mut written = 0;
         for ((result, n), t) in self
             .transfer(jobs, deadline)
             .await
