@@ -152,6 +152,8 @@ pub struct Gauges {
     pub disk_allocated_bytes: u64,
     /// Offload copies queued and not yet done.
     pub offload_queue_depth: u64,
+    /// Promotions (copies from a disk tier back to memory) queued and not yet done.
+    pub promotion_queue_depth: u64,
 }
 
 impl Metrics {
@@ -218,6 +220,11 @@ impl Metrics {
                 "master_offload_queue_depth",
                 "Offload copies queued and not yet done",
                 g.offload_queue_depth,
+            ),
+            (
+                "master_promotion_queue_depth",
+                "Copies from a disk tier back to memory queued and not yet done",
+                g.promotion_queue_depth,
             ),
         ] {
             e.gauge(name, help, v);

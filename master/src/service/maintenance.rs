@@ -112,6 +112,7 @@ impl MasterService {
             disk_capacity_bytes: disk.0,
             disk_allocated_bytes: disk.1,
             offload_queue_depth: self.offload_queue_depth() as u64,
+            promotion_queue_depth: self.promotion_queue_depth() as u64,
         }
     }
 

@@ -28,6 +28,8 @@ pub(super) struct OffloadState {
     queued: HashMap<Box<str>, u64>,
     /// Reads of objects only on disk, per key, until promoted.
     disk_hits: HashMap<Box<str>, u32>,
+    /// Promotions queued and not yet seen done: key → when queued (ms).
+    promoting: HashMap<Box<str>, u64>,
 }
 
 impl MasterService {
@@ -105,12 +107,24 @@ impl MasterService {
         }
     }
 
-    /// The object now has a disk copy (or is gone): its offload is done.
+    /// The object now has a disk copy, or is back in memory, or is gone, or its
+    /// copy failed: no copy of it is on the way any more.
     pub(super) fn offload_done(&self, key: &str) {
         let mut st = self.offload.lock();
         if !st.queued.is_empty() {
             st.queued.remove(key);
         }
+        if !st.promoting.is_empty() {
+            st.promoting.remove(key);
+        }
+    }
+
+    /// Promotions queued and not yet done.
+    pub fn promotion_queue_depth(&self) -> usize {
+        let now = self.now_ms();
+        let mut st = self.offload.lock();
+        st.promoting.retain(|_, at| now < *at + OFFLOAD_STALE_MS);
+        st.promoting.len()
     }
 
     /// Offloads queued and not yet done.
@@ -171,7 +185,17 @@ impl MasterService {
 
     /// Queues promotions (call with no shard lock held).
     pub(super) fn queue_promotions(&self, orders: Vec<CopyOrder>) {
+        let now = self.now_ms();
         for order in orders {
+            if self
+                .offload
+                .lock()
+                .promoting
+                .insert(order.key.as_str().into(), now)
+                .is_some()
+            {
+                continue;
+            }
             let submitted = self.tasks.lock().submit(
                 TaskKind::ReplicaCopy,
                 order.owner,
@@ -181,6 +205,8 @@ impl MasterService {
             );
             if submitted.is_ok() {
                 self.metrics.promotions_queued.fetch_add(1, Relaxed);
+            } else {
+                self.offload.lock().promoting.remove(order.key.as_str());
             }
         }
     }

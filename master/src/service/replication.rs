@@ -341,7 +341,7 @@ impl MasterService {
             o.replicas.push(*p);
         }
         Self::emit_added(&segs, key, &kept, o.size, o.version);
-        if kept.iter().any(|p| Self::on_disk(&segs, p)) {
+        if !kept.is_empty() {
             self.offload_done(key);
         }
         if copy.remove_source

@@ -1287,7 +1287,9 @@ async fn offloaded_objects_outlive_memory_eviction_and_promote_on_hits() {
     m.get_replica_list(key).unwrap();
     assert_eq!(m.fetch_tasks(c, 16).len(), 0);
     m.get_replica_list(key).unwrap();
+    assert_eq!(m.gauges().promotion_queue_depth, 1);
     assert_eq!(run_offload_tasks(&m, c), 1);
+    assert_eq!(m.gauges().promotion_queue_depth, 0);
     let media_now = media(&m.query_key(key).unwrap());
     assert_eq!(media_now, vec![Medium::Memory, Medium::Disk]);
     // Removing the object frees its disk space too.
