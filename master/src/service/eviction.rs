@@ -109,14 +109,19 @@ impl MasterService {
                             stripped += 1;
                             return false;
                         }
-                        if offload_on_evict && !self.offload_pending(key, now) {
-                            if let Some(order) = Self::offload_order(&segs, key, o) {
+                        if offload_on_evict {
+                            if self.offload_pending(key, now) {
+                                // Its copy is on the way.
+                                return false;
+                            }
+                            // A copy that failed recently (a full disk tier) does
+                            // not hold memory: the object goes as without a tier.
+                            if !self.copy_failed_recently(key, now)
+                                && let Some(order) = Self::offload_order(&segs, key, o)
+                            {
                                 offloads.push(order);
                                 return false;
                             }
-                        } else if offload_on_evict {
-                            // Its copy is on the way.
-                            return false;
                         }
                         freed += bytes;
                         true

@@ -30,6 +30,10 @@ pub(super) struct OffloadState {
     disk_hits: HashMap<Box<str>, u32>,
     /// Promotions queued and not yet seen done: key → when queued (ms).
     promoting: HashMap<Box<str>, u64>,
+    /// Copies that failed (a full disk tier, a client gone): key → when (ms).
+    /// With `--offload_on_evict` such an object is evicted plainly for a while
+    /// instead of holding memory for a copy that cannot be made.
+    failed: HashMap<Box<str>, u64>,
 }
 
 impl MasterService {
@@ -125,6 +129,27 @@ impl MasterService {
         let mut st = self.offload.lock();
         st.promoting.retain(|_, at| now < *at + OFFLOAD_STALE_MS);
         st.promoting.len()
+    }
+
+    /// A copy of `key` failed: remembered for a while (see `OffloadState::failed`).
+    pub(super) fn copy_failed(&self, key: &str) {
+        let now = self.now_ms();
+        let mut st = self.offload.lock();
+        if st.failed.len() >= PROMOTION_TRACKED_MAX {
+            st.failed.retain(|_, at| now < *at + OFFLOAD_STALE_MS);
+        }
+        if st.failed.len() < PROMOTION_TRACKED_MAX {
+            st.failed.insert(key.into(), now);
+        }
+    }
+
+    /// Whether a copy of `key` failed recently.
+    pub(super) fn copy_failed_recently(&self, key: &str, now: u64) -> bool {
+        self.offload
+            .lock()
+            .failed
+            .get(key)
+            .is_some_and(|&at| now < at + OFFLOAD_STALE_MS)
     }
 
     /// Offloads queued and not yet done.

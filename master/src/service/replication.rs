@@ -125,6 +125,7 @@ impl MasterService {
         // A failed offload is no longer on the way.
         if !success && let Some(key) = key {
             self.offload_done(&key);
+            self.copy_failed(&key);
         }
         result
     }

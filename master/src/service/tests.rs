@@ -1383,3 +1383,50 @@ async fn draining_a_disk_tier_moves_its_copies_to_another_disk_tier() {
         assert!(media(&m.query_key(&k).unwrap()).contains(&Medium::Memory));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn offload_on_evict_with_a_full_disk_tier_falls_back_to_plain_eviction() {
+    let m = MasterService::new(MasterConfig::default().with_shard_count(64).with_offload(
+        crate::config::OffloadPolicy {
+            enabled: true,
+            on_evict: true,
+            disk_eviction: false,
+            ..Default::default()
+        },
+    ));
+    let c = Uuid::new_v4();
+    m.mount_segment(c, segment("a", "h1", 4 * MIB)).unwrap();
+    let mut disk = segment("a/disk", "h1", 2 * MIB);
+    disk.medium = Medium::Disk;
+    m.mount_segment(c, disk).unwrap();
+    for i in 0..12 {
+        let key = format!("k{i}");
+        let mut stored = false;
+        for _ in 0..10 {
+            if put(&m, c, &key, MIB).is_ok() {
+                stored = true;
+                break;
+            }
+            // The real client's part: make the copies eviction asked for.
+            run_offload_tasks(&m, c);
+            advance(Duration::from_millis(200)).await;
+        }
+        assert!(stored, "{key} never found room");
+    }
+    let g = m.gauges();
+    assert!(g.disk_allocated_bytes <= 2 * MIB);
+    assert!(
+        m.metrics
+            .evicted_keys
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    // Copies made before the disk tier filled are still readable from it.
+    let on_disk = (0..12)
+        .filter(|i| {
+            m.query_key(&format!("k{i}"))
+                .is_ok_and(|l| media(&l).contains(&Medium::Disk))
+        })
+        .count();
+    assert!(on_disk >= 1, "{on_disk}");
+}
