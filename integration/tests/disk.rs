@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mooncake_dummyclient::DummyClient;
+use mooncake_dummyclient::{DummyClient, HostMemAllocator, KeyRanges, ObjectRange};
 use mooncake_integration::*;
 use mooncake_proto::ErrorCode;
 
@@ -411,6 +411,38 @@ fn another_host_reads_disk_tier_objects_through_the_transfer_port_checked() {
         reader.get(&only_on_disk[0]).unwrap(),
         value_for(&only_on_disk[0], LEN)
     );
+    // Ranges of a disk-only object, starting and ending inside blocks, come
+    // back checked too.
+    let key = &only_on_disk[1];
+    let mem = HostMemAllocator::new();
+    let addr = mem.alloc(LEN as u64).unwrap();
+    reader.register_buffer(addr, LEN as u64).unwrap();
+    let ranges = [(1000u64, 5000u64), (LEN as u64 - 100, 100), (8192, 4096)];
+    let reads = [KeyRanges::new(
+        key.clone(),
+        ranges
+            .iter()
+            .scan(0u64, |at, &(offset, len)| {
+                let r = ObjectRange {
+                    addr: addr + *at,
+                    offset,
+                    len,
+                };
+                *at += len;
+                Some(r)
+            })
+            .collect(),
+    )];
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    assert_eq!(reader.get_into_ranges(&reads), vec![Ok(total)]);
+    let mut got = vec![0u8; total as usize];
+    mem.read(addr, &mut got).unwrap();
+    let value = value_for(key, LEN);
+    let want: Vec<u8> = ranges
+        .iter()
+        .flat_map(|&(o, l)| value[o as usize..(o + l) as usize].to_vec())
+        .collect();
+    assert!(got == want, "ranged bytes of {key} differ");
     // The holder checked every block it served.
     let served = metric(&holder_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0);
     assert!(served >= (only_on_disk.len() * LEN) as f64, "{served}");
