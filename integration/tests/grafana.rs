@@ -39,9 +39,17 @@ fn served(addr: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_metric_the_dashboard_queries_is_served() {
-    let (_master, rpc, master_http) = start_master_with_http(&[]);
+    let (_master, rpc, master_http) = start_master_with_http(&["--enable_offload=true"]);
     let paths = Paths::new("grafana");
-    let client = start_client(&paths, Some(&rpc), "16MB");
+    // With a disk tier, so its metrics are served too.
+    let disk_dir = std::env::temp_dir().join(format!("mc-grafana-disk-{}", std::process::id()));
+    let client = ClientBuilder::new(&paths)
+        .with_master(&rpc)
+        .with_size("16MB")
+        .with_arg("--enable_offload=true")
+        .with_arg(format!("--offload_dir={}", disk_dir.display()))
+        .with_arg("--offload_size=16MB")
+        .start();
     let client_http = client.ready_field("http").expect("client http address");
     let mut available = served(&master_http);
     available.extend(served(&client_http));
@@ -64,6 +72,8 @@ fn every_metric_the_dashboard_queries_is_served() {
             queried.extend(names);
         }
     }
+    drop(client);
+    let _ = std::fs::remove_dir_all(&disk_dir);
     let missing: Vec<&String> = queried.iter().filter(|n| !available.contains(*n)).collect();
     assert!(missing.is_empty(), "queried but not served: {missing:?}");
     assert!(
