@@ -447,3 +447,32 @@ fn another_host_reads_disk_tier_objects_through_the_transfer_port_checked() {
     let served = metric(&holder_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0);
     assert!(served >= (only_on_disk.len() * LEN) as f64, "{served}");
 }
+
+#[test]
+fn a_client_with_its_own_master_copies_to_its_disk_tier() {
+    let dir = TempDir::new("embedded");
+    let paths = Paths::new("disk-embedded");
+    let _client = ClientBuilder::new(&paths)
+        .with_size("16MB")
+        .with_arg("--enable_offload=true")
+        .with_arg(format!("--offload_dir={}", dir.0.display()))
+        .with_arg("--offload_size=64MB")
+        .start();
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = put_many(&dummy, "m", 8, LEN);
+    let media = |k: &String| -> Vec<mooncake_proto::Medium> {
+        dummy.batch_get_replicas(std::slice::from_ref(k))[0]
+            .as_ref()
+            .map(|l| l.replicas.iter().map(|r| r.medium).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || keys.iter().all(|k| media(k)
+            == vec![
+                mooncake_proto::Medium::Memory,
+                mooncake_proto::Medium::Disk
+            ])),
+        "{:?}",
+        media(&keys[0])
+    );
+}

@@ -125,8 +125,13 @@ pub async fn run(
             metadata_addr: None,
             summary_interval: Some(Duration::from_secs(10)),
         };
+        // A client with a disk tier and its own master: the master copies to it.
         let master_config = mooncake_master::MasterConfig::default()
-            .with_cluster_token(config.cluster_token.clone());
+            .with_cluster_token(config.cluster_token.clone())
+            .with_offload(mooncake_master::OffloadPolicy {
+                enabled: config.offload.is_some(),
+                ..Default::default()
+            });
         let token = client_token.clone();
         tasks.spawn(async move {
             if let Err(e) =
