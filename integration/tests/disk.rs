@@ -39,6 +39,14 @@ fn metric(http: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Where a real client's `/metrics` answers.
+fn http_of(client: &Daemon) -> String {
+    client
+        .ready_field("http")
+        .expect("http address")
+        .replace("0.0.0.0", "127.0.0.1")
+}
+
 fn start_disk_client(paths: &Paths, master: &str, dir: &Path) -> Daemon {
     ClientBuilder::new(paths)
         .with_master(master)
@@ -181,10 +189,7 @@ fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
     let dir = TempDir::new("corrupt");
     let paths = Paths::new("disk-corrupt");
     let client = start_disk_client(&paths, &rpc, &dir.0);
-    let client_http = client
-        .ready_field("http")
-        .expect("http address")
-        .replace("0.0.0.0", "127.0.0.1");
+    let client_http = http_of(&client);
     let dummy = DummyClient::connect(&paths.socket, "").unwrap();
     let keys = fill(&dummy, &http, "c");
     let victim = keys
@@ -251,10 +256,7 @@ fn a_disk_tier_that_cannot_start_leaves_the_memory_tier_serving() {
             .with_arg(format!("--offload_dir={}", dir.display()))
             .with_arg(format!("--offload_size={size}"))
             .start();
-        let client_http = client
-            .ready_field("http")
-            .expect("http address")
-            .replace("0.0.0.0", "127.0.0.1");
+        let client_http = http_of(&client);
         assert_eq!(
             metric(&client_http, "mooncake_client_disk_capacity_bytes"),
             None,
@@ -366,10 +368,7 @@ fn another_host_reads_disk_tier_objects_through_the_transfer_port_checked() {
     let dir = TempDir::new("cross");
     let holder_paths = Paths::new("disk-holder");
     let holder = start_disk_client(&holder_paths, &rpc, &dir.0);
-    let holder_http = holder
-        .ready_field("http")
-        .expect("http address")
-        .replace("0.0.0.0", "127.0.0.1");
+    let holder_http = http_of(&holder);
     let reader_paths = Paths::new("disk-reader");
     let _reader = ClientBuilder::new(&reader_paths)
         .with_master(&rpc)

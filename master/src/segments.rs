@@ -105,10 +105,18 @@ impl SegmentTable {
         self.slots.iter().flatten()
     }
 
+    /// Memory segments serving allocations, in mount order.
+    pub fn memory_segments(&self) -> impl Iterator<Item = &Arc<Segment>> {
+        self.active.iter().filter_map(|&s| self.get(s))
+    }
+
+    /// Disk tiers taking copies, in mount order.
+    pub fn disk_segments(&self) -> impl Iterator<Item = &Arc<Segment>> {
+        self.disk_active.iter().filter_map(|&s| self.get(s))
+    }
+
     pub fn largest_capacity(&self) -> u64 {
-        self.active
-            .iter()
-            .filter_map(|&s| self.get(s))
+        self.memory_segments()
             .map(|s| s.capacity())
             .max()
             .unwrap_or(0)
@@ -177,12 +185,7 @@ impl SegmentTable {
 
     /// Total capacity and allocated bytes of the disk segments.
     pub fn disk_usage(&self) -> (u64, u64) {
-        self.disk_active
-            .iter()
-            .filter_map(|&s| self.get(s))
-            .fold((0, 0), |(c, u), s| {
-                (c + s.capacity(), u + s.used.load(Relaxed))
-            })
+        total_usage(self.disk_segments())
     }
 
     /// Takes a segment out of service; the slot stays reserved until
@@ -313,15 +316,17 @@ impl SegmentTable {
 
     /// Total capacity and allocated bytes of the segments serving allocations.
     pub fn usage(&self) -> (u64, u64) {
-        self.active
-            .iter()
-            .filter_map(|&s| self.get(s))
-            .fold((0, 0), |(c, u), s| {
-                (c + s.capacity(), u + s.used.load(Relaxed))
-            })
+        total_usage(self.memory_segments())
     }
 
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
+}
+
+/// Capacity and allocated bytes of `segments`, summed.
+fn total_usage<'a>(segments: impl Iterator<Item = &'a Arc<Segment>>) -> (u64, u64) {
+    segments.fold((0, 0), |(c, u), s| {
+        (c + s.capacity(), u + s.used.load(Relaxed))
+    })
 }

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use mooncake_proto::{ClientId, Medium, Protocol, SegmentDesc, SegmentId};
 use mooncake_shm::Region;
 
-use crate::inventory::{self, Inventory, PersistedInventory};
+use crate::inventory::{self, Inventory};
 
 /// Objects in the disk tier start on this boundary and own their blocks (the
 /// master allocates disk space in whole blocks).
@@ -124,6 +124,42 @@ impl BlockSums {
             .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
     }
 
+    /// A block's record: its sum and how many of its bytes it covers (0: never
+    /// written).
+    fn record(&self, block: u64) -> Option<(u32, u64)> {
+        let mut record = [0u8; SUM_LEN as usize];
+        self.sums
+            .read(block / DISK_BLOCK * SUM_LEN, &mut record)
+            .ok()?;
+        let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
+        let covered = u32::from_le_bytes(record[4..].try_into().expect("4 bytes"));
+        Some((crc, u64::from(covered).min(DISK_BLOCK)))
+    }
+
+    /// Whether `bytes`, the first bytes of `block`, are exactly what its record
+    /// covers and sums to.
+    fn block_matches(&self, block: u64, bytes: &[u8]) -> bool {
+        self.record(block).is_some_and(|(crc, covered)| {
+            covered == bytes.len() as u64 && block_crc(block, bytes) == crc
+        })
+    }
+
+    /// Counts a read that passed its checks (`Some(started)`) or failed them.
+    fn count_read(&self, len: u64, passed: Option<Instant>) {
+        match passed {
+            Some(started) => {
+                self.stats.bytes_read.fetch_add(len, Relaxed);
+                self.stats.reads.fetch_add(1, Relaxed);
+                self.stats
+                    .read_ns
+                    .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+            }
+            None => {
+                self.stats.checksum_failures.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     /// Whether every block `[offset, offset + len)` touches matches its checksum
     /// and was written at least that far.
     pub fn verify(&self, offset: u64, len: u64) -> bool {
@@ -135,41 +171,23 @@ impl BlockSums {
         let mut block = offset / DISK_BLOCK * DISK_BLOCK;
         let mut ok = true;
         while block < end && ok {
-            let mut record = [0u8; SUM_LEN as usize];
-            if self
-                .sums
-                .read(block / DISK_BLOCK * SUM_LEN, &mut record)
-                .is_err()
-            {
-                ok = false;
-                break;
-            }
-            let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
-            let covered = u64::from(u32::from_le_bytes(record[4..].try_into().expect("4 bytes")));
             // Bytes the read wants from this block must all have been written.
             let wanted_end = end.min(block + DISK_BLOCK);
-            if covered == 0 || covered > DISK_BLOCK || block + covered < wanted_end {
-                ok = false;
-                break;
-            }
+            let covered = match self.record(block) {
+                Some((_, covered)) if covered > 0 && block + covered >= wanted_end => covered,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            };
             let bytes = &mut buf[..covered as usize];
-            ok = self.data.read(block, bytes).is_ok() && block_crc(block, bytes) == crc;
+            ok = self.data.read(block, bytes).is_ok() && self.block_matches(block, bytes);
             block += DISK_BLOCK;
         }
-        if ok {
-            self.stats.bytes_read.fetch_add(len, Relaxed);
-            self.stats.reads.fetch_add(1, Relaxed);
-            self.stats
-                .read_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-        } else {
-            self.stats.checksum_failures.fetch_add(1, Relaxed);
-        }
+        self.count_read(len, ok.then_some(started));
         ok
     }
-}
 
-impl BlockSums {
     /// Reads the object at `offset` (block-aligned) of `len` bytes in chunks,
     /// checking each block against its sum before handing the chunk to `sink`
     /// (with its position in the object): one copy out of the file, no second
@@ -197,15 +215,7 @@ impl BlockSums {
         } else {
             self.read_range(offset, 0, len, &sink)
         };
-        if ok {
-            self.stats.bytes_read.fetch_add(len, Relaxed);
-            self.stats.reads.fetch_add(1, Relaxed);
-            self.stats
-                .read_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-        } else {
-            self.stats.checksum_failures.fetch_add(1, Relaxed);
-        }
+        self.count_read(len, ok.then_some(started));
         ok
     }
 
@@ -226,23 +236,11 @@ impl BlockSums {
             if self.data.read(offset + pos, chunk).is_err() {
                 return false;
             }
-            for (k, bytes) in chunk.chunks(DISK_BLOCK as usize).enumerate() {
-                let block = offset + pos + k as u64 * DISK_BLOCK;
-                let mut record = [0u8; SUM_LEN as usize];
-                let ok = self
-                    .sums
-                    .read(block / DISK_BLOCK * SUM_LEN, &mut record)
-                    .is_ok()
-                    && {
-                        let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
-                        let covered = u32::from_le_bytes(record[4..].try_into().expect("4 bytes"));
-                        covered as usize == bytes.len() && block_crc(block, bytes) == crc
-                    };
-                if !ok {
-                    return false;
-                }
-            }
-            if !sink(pos, chunk) {
+            let all_match = chunk
+                .chunks(DISK_BLOCK as usize)
+                .enumerate()
+                .all(|(k, bytes)| self.block_matches(offset + pos + k as u64 * DISK_BLOCK, bytes));
+            if !all_match || !sink(pos, chunk) {
                 return false;
             }
             pos += n;
@@ -372,20 +370,11 @@ impl DiskTier {
 
     /// Writes the inventory snapshot (and trims the journal it covers).
     pub fn persist(&self, client_id: ClientId) {
-        let (entries, covered) = {
-            let mut inv = self.inventory.lock();
-            inv.flush();
-            inv.take_dirty();
-            (inv.entries(), inv.journal_len())
-        };
-        let state = PersistedInventory {
-            client_id,
-            segment: self.desc.clone(),
-            entries,
-        };
-        match inventory::save(&self.inventory_path, &state) {
-            Ok(()) => self.inventory.lock().compact_journal(covered),
-            Err(e) => tracing::warn!("cannot persist the disk-tier inventory: {e}"),
+        let segment = self.desc.clone();
+        if let Err(e) =
+            inventory::persist(&self.inventory, &self.inventory_path, client_id, segment)
+        {
+            tracing::warn!("cannot persist the disk-tier inventory: {e}");
         }
     }
 
@@ -454,11 +443,7 @@ impl DiskTier {
     /// Objects and bytes recorded.
     pub fn usage(&self) -> (u64, u64) {
         let inv = self.inventory.lock();
-        let entries = inv.entries();
-        (
-            entries.len() as u64,
-            entries.iter().map(|e| e.size).sum::<u64>(),
-        )
+        (inv.len() as u64, inv.bytes())
     }
 }
 

@@ -214,6 +214,11 @@ impl Inventory {
         self.by_offset.values().cloned().collect()
     }
 
+    /// Bytes of the objects.
+    pub fn bytes(&self) -> u64 {
+        self.by_offset.values().map(|e| e.size).sum()
+    }
+
     /// Number of objects.
     pub fn len(&self) -> usize {
         self.by_offset.len()
@@ -228,6 +233,31 @@ impl Inventory {
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
     }
+}
+
+/// Writes a snapshot of `inventory` (the objects of `segment`, held by
+/// `client_id`) to `path`, then trims the part of its journal the snapshot
+/// covers. The file is written without holding the lock.
+pub fn persist(
+    inventory: &parking_lot::Mutex<Inventory>,
+    path: &Path,
+    client_id: ClientId,
+    segment: SegmentDesc,
+) -> std::io::Result<()> {
+    let (entries, covered) = {
+        let mut inv = inventory.lock();
+        inv.flush();
+        inv.take_dirty();
+        (inv.entries(), inv.journal_len())
+    };
+    let state = PersistedInventory {
+        client_id,
+        segment,
+        entries,
+    };
+    save(path, &state)?;
+    inventory.lock().compact_journal(covered);
+    Ok(())
 }
 
 /// Writes the inventory atomically (temporary file + rename).

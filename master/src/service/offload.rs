@@ -51,9 +51,7 @@ impl MasterService {
         placements.iter().find_map(|p| {
             let source = segs.get(p.segment)?;
             let disk = segs
-                .disk_slots()
-                .iter()
-                .filter_map(|&s| segs.get(s))
+                .disk_segments()
                 .find(|d| d.desc.host == source.desc.host)?;
             Some(CopyOrder {
                 key: key.to_string(),
@@ -71,6 +69,20 @@ impl MasterService {
             .queued
             .get(key)
             .is_some_and(|&at| now < at + OFFLOAD_STALE_MS)
+    }
+
+    /// Queues the copy task of `order`; whether it was taken.
+    fn submit_copy(&self, order: &CopyOrder) -> bool {
+        self.tasks
+            .lock()
+            .submit(
+                TaskKind::ReplicaCopy,
+                order.owner,
+                &order.key,
+                order.source,
+                vec![order.target.clone()],
+            )
+            .is_ok()
     }
 
     /// Queues offload copies (call with no shard lock held).
@@ -92,21 +104,11 @@ impl MasterService {
                 }
                 st.queued.insert(order.key.as_str().into(), now);
             }
-            let submitted = self.tasks.lock().submit(
-                TaskKind::ReplicaCopy,
-                order.owner,
-                &order.key,
-                order.source,
-                vec![order.target],
-            );
-            match submitted {
-                Ok(_) => {
-                    self.metrics.offload_queued.fetch_add(1, Relaxed);
-                }
-                Err(_) => {
-                    self.offload.lock().queued.remove(order.key.as_str());
-                    self.metrics.offload_skipped.fetch_add(1, Relaxed);
-                }
+            if self.submit_copy(&order) {
+                self.metrics.offload_queued.fetch_add(1, Relaxed);
+            } else {
+                self.offload.lock().queued.remove(order.key.as_str());
+                self.metrics.offload_skipped.fetch_add(1, Relaxed);
             }
         }
     }
@@ -189,14 +191,10 @@ impl MasterService {
         placements.iter().find_map(|p| {
             let disk = segs.get(p.segment)?;
             let memory = segs
-                .active_slots()
-                .iter()
-                .filter_map(|&s| segs.get(s))
+                .memory_segments()
                 .find(|m| m.owner == disk.owner)
                 .or_else(|| {
-                    segs.active_slots()
-                        .iter()
-                        .filter_map(|&s| segs.get(s))
+                    segs.memory_segments()
                         .find(|m| m.desc.host == disk.desc.host)
                 })?;
             Some(CopyOrder {
@@ -221,14 +219,7 @@ impl MasterService {
             {
                 continue;
             }
-            let submitted = self.tasks.lock().submit(
-                TaskKind::ReplicaCopy,
-                order.owner,
-                &order.key,
-                order.source,
-                vec![order.target],
-            );
-            if submitted.is_ok() {
+            if self.submit_copy(&order) {
                 self.metrics.promotions_queued.fetch_add(1, Relaxed);
             } else {
                 self.offload.lock().promoting.remove(order.key.as_str());

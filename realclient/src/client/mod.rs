@@ -32,7 +32,7 @@ use mooncake_shm::Region;
 
 use crate::config::RealClientConfig;
 use crate::error::Error;
-use crate::inventory::{self, Inventory, PersistedInventory};
+use crate::inventory::{self, Inventory};
 use crate::master_handle::MasterHandle;
 use crate::metrics::ClientMetrics;
 use crate::transfer::tcp::{TcpTransport, TransferServer};

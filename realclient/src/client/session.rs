@@ -17,21 +17,9 @@ impl RealClient {
         if self.config.ephemeral_segment {
             return;
         }
-        let (entries, covered) = {
-            let mut inv = self.inventory.lock();
-            inv.flush();
-            inv.take_dirty();
-            (inv.entries(), inv.journal_len())
-        };
-        let state = PersistedInventory {
-            client_id: self.client_id,
-            segment: desc.clone(),
-            entries,
-        };
-        match inventory::save(&self.config.inventory_path(), &state) {
-            // The snapshot covers the journal up to here.
-            Ok(()) => self.inventory.lock().compact_journal(covered),
-            Err(e) => tracing::warn!("cannot persist the inventory: {e}"),
+        let path = self.config.inventory_path();
+        if let Err(e) = inventory::persist(&self.inventory, &path, self.client_id, desc.clone()) {
+            tracing::warn!("cannot persist the inventory: {e}");
         }
     }
 

@@ -7,8 +7,9 @@ struct ServerState {
     credentials: Credentials,
     sockbuf: usize,
     limiter: ConnectionLimiter,
-    /// The segments served: the global segment and any mounted later.
-    segments: parking_lot::RwLock<Vec<(SegmentId, Arc<Region>)>>,
+    /// The segments served: the global segment, any mounted later, and the
+    /// disk tier, with its block sums (its writes are summed, its reads checked).
+    segments: parking_lot::RwLock<Vec<Served>>,
     stopping: AtomicBool,
     /// Requests in progress; shutdown waits for them.
     gate: Gate,
@@ -21,14 +22,19 @@ struct ServerState {
     on_landed: std::sync::OnceLock<LandedHook>,
     /// Writes of an older object version were started with an earlier master.
     write_floor: AtomicU64,
-    /// The disk-tier segment: its writes are checksummed, its reads checked.
-    disk: parking_lot::RwLock<Option<(SegmentId, Arc<crate::disk::BlockSums>)>>,
 }
 
 /// Stale writes refused are logged at most once a second.
 static STALE_WRITES: LogGate = LogGate::new(Duration::from_secs(1));
 /// Disk-tier reads that failed their checksum, likewise.
 static CORRUPT_READS: LogGate = LogGate::new(Duration::from_secs(1));
+
+/// One segment the port serves.
+struct Served {
+    id: SegmentId,
+    region: Arc<Region>,
+    sums: Option<Arc<crate::disk::BlockSums>>,
+}
 
 /// Called with the objects a peer's write put into one of the served segments.
 pub type LandedHook = Box<dyn Fn(SegmentId, Vec<Landed>) + Send + Sync>;
@@ -65,7 +71,16 @@ impl TransferServer {
             credentials: Credentials::new(&token.into()),
             sockbuf,
             limiter: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS),
-            segments: parking_lot::RwLock::new(segment.into_iter().collect()),
+            segments: parking_lot::RwLock::new(
+                segment
+                    .into_iter()
+                    .map(|(id, region)| Served {
+                        id,
+                        region,
+                        sums: None,
+                    })
+                    .collect(),
+            ),
             stopping: AtomicBool::new(false),
             gate: Gate::default(),
             conns: Mutex::new(HashMap::new()),
@@ -74,7 +89,6 @@ impl TransferServer {
             bytes_in: AtomicU64::new(0),
             on_landed: std::sync::OnceLock::new(),
             write_floor: AtomicU64::new(0),
-            disk: parking_lot::RwLock::new(None),
         });
         let accept_state = state.clone();
         let accept = std::thread::Builder::new()
@@ -102,7 +116,11 @@ impl TransferServer {
 
     /// Serves one more segment (mounted after start).
     pub fn add_segment(&self, id: SegmentId, region: Arc<Region>) {
-        self.state.segments.write().push((id, region));
+        self.state.segments.write().push(Served {
+            id,
+            region,
+            sums: None,
+        });
     }
 
     /// Serves the disk tier's segment: every write into it is checksummed per
@@ -114,13 +132,16 @@ impl TransferServer {
         region: Arc<Region>,
         sums: Arc<crate::disk::BlockSums>,
     ) {
-        *self.state.disk.write() = Some((id, sums));
-        self.add_segment(id, region);
+        self.state.segments.write().push(Served {
+            id,
+            region,
+            sums: Some(sums),
+        });
     }
 
     /// Stops serving a segment; requests already reading or writing it finish.
     pub fn remove_segment(&self, id: &SegmentId) {
-        self.state.segments.write().retain(|(s, _)| s != id);
+        self.state.segments.write().retain(|s| s.id != *id);
     }
 
     /// The address actually bound.
@@ -278,12 +299,12 @@ fn serve_connection(
             return Ok(()); // shutting down
         };
         let h = Header::decode(&raw);
-        let found = state
+        let (found, sums) = state
             .segments
             .read()
             .iter()
-            .find(|(id, _)| *id == h.segment)
-            .map(|(_, r)| r.clone());
+            .find(|s| s.id == h.segment)
+            .map_or((None, None), |s| (Some(s.region.clone()), s.sums.clone()));
         let target = match &found {
             Some(region) => region
                 .check(h.offset, h.len)
@@ -300,10 +321,6 @@ fn serve_connection(
                 Err(ErrorCode::InvalidWrite)
             }
             other => other,
-        };
-        let sums = match &*state.disk.read() {
-            Some((id, sums)) if *id == h.segment => Some(sums.clone()),
-            _ => None,
         };
         let target = match target {
             Ok(region)
