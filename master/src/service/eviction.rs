@@ -41,11 +41,14 @@ impl MasterService {
             });
         }
         samples.sort_unstable();
+        // A sample of every object (stride 1) gives the exact LRU cut; a sparser
+        // one overshoots a little so that sampling error still frees the target.
+        let slack = if stride == 1 { 0 } else { target / 8 };
         let mut threshold = u64::MAX;
         let mut acc = 0u64;
         for (access, bytes) in &samples {
             acc += bytes * stride as u64;
-            if acc >= target + target / 8 {
+            if acc >= target + slack {
                 threshold = *access;
                 break;
             }
