@@ -97,7 +97,8 @@ def _shape(dims):
 def header(name, local_shape, nbytes, global_shape=None, axes=()):
     """Upstream's ``TensorMetadata`` for a tensor of dtype ``name``: layout
     "full" without ``axes``, else "shard" with ``axes`` (tuples of kind, rank,
-    count, split dim, local extent of the split dim)."""
+    count, split dim, local extent of the split dim and, optionally, the expert
+    or stage id of an EP or PP axis)."""
     layout = LAYOUT_SHARD if axes else LAYOUT_FULL
     out = _OBJECT.pack(
         MAGIC, VERSION, HEADER_SIZE, _CODES[name], len(local_shape), layout, 0,
@@ -108,8 +109,9 @@ def header(name, local_shape, nbytes, global_shape=None, axes=()):
     out += _AXES_HEAD.pack(len(axes), 0)
     for i in range(MAX_AXES):
         if i < len(axes):
-            kind, rank, count, split_dim, extent = axes[i]
-            out += _AXIS.pack(kind, i, rank, count, split_dim, 0, extent)
+            kind, rank, count, split_dim, extent = axes[i][:5]
+            ident = axes[i][5] if len(axes[i]) > 5 else 0
+            out += _AXIS.pack(kind, i, rank, count, split_dim, ident, extent)
         else:
             out += bytes(_AXIS.size)
     return out
@@ -162,6 +164,33 @@ def parse_header(data, total_length):
         if not -1 <= split_dim < ndim:
             return None
     return name, tuple(local_shape[:ndim]), offset, nbytes
+
+
+def parse_layout(data, total_length):
+    """``(dtype name, global shape, local shape, layout kind, axes, data offset,
+    data bytes)`` of a stored tensor object that passes ``parse_header``, else
+    None; ``axes`` are ``(kind, rank, count, split dim, id)`` tuples (split dim
+    -1 when the axis has none; id is an EP axis's expert id, a PP axis's stage
+    id, else 0)."""
+    parsed = parse_header(data, total_length)
+    if parsed is None:
+        return None
+    name, local_shape, offset, nbytes = parsed
+    _, _, _, _, ndim, layout, _, _, _ = _OBJECT.unpack_from(data, 0)
+    at = _OBJECT.size
+    global_shape = tuple(_SHAPE.unpack_from(data, at)[:ndim])
+    axis_count, _ = _AXES_HEAD.unpack_from(data, at + 2 * _SHAPE.size)
+    axes_at = at + 2 * _SHAPE.size + _AXES_HEAD.size
+    axes = []
+    for i in range(axis_count):
+        kind, _, rank, shards, split_dim, ident, _ = _AXIS.unpack_from(data, axes_at + i * _AXIS.size)
+        axes.append((kind, rank, shards, split_dim, ident))
+    return name, global_shape, local_shape, layout, axes, offset, nbytes
+
+
+def item_size(name):
+    """Bytes per element of dtype ``name``."""
+    return _ITEMSIZE[name]
 
 
 def build(name, shape, payload):

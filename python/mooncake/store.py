@@ -17,6 +17,8 @@ import logging
 import os
 
 from mooncake import _tensor
+from mooncake._parallel import Parallel as _Parallel
+from mooncake._parallel import ParallelAxis, ReadTarget, TensorParallelism  # noqa: F401
 from mooncake._native import (  # noqa: F401
     BufferHandle,
     Descriptor,
@@ -55,13 +57,16 @@ __all__ = [
     "MooncakeDistributedStoreAsync",
     "MooncakeHostMemAllocator",
     "ObjectDataType",
+    "ParallelAxis",
     "QueryTaskResponse",
+    "ReadTarget",
     "ReplicaDescriptor",
     "ReplicaStatus",
     "ReplicateConfig",
     "SoftPinAction",
     "TaskStatus",
     "TaskType",
+    "TensorParallelism",
     "error_name",
     "bind_to_numa_node",
     "UNDEFINED",
@@ -335,6 +340,63 @@ class MooncakeDistributedStore(_NativeStore):
         """Batch ``get_tensor_with_tp_into``."""
         keys = list(base_keys) if tp_size <= 1 else [_tp_key(k, tp_rank) for k in base_keys]
         return self.batch_get_tensor_into(keys, buffer_ptrs, sizes)
+
+    # ------------------------------------------- unified parallel tensor IO
+    # (mooncake._parallel: keys, layouts and manifests as upstream's)
+
+    def put_tensor_with_parallelism(self, key, tensor, parallelism=None, config=None, writer_partition=None):
+        """Stores a tensor, or the shard a ``TensorParallelism`` names (TP-only:
+        ``tensor`` is the shard; with other axes: the whole tensor, cut here),
+        or with ``writer_partition`` (rank, size, split_dim) the writer's shard
+        of the whole tensor. 0 or a negative code."""
+        return _Parallel(self).put(key, tensor, parallelism, config, writer_partition, False)
+
+    def upsert_tensor_with_parallelism(self, key, tensor, parallelism=None, config=None, writer_partition=None):
+        """As ``put_tensor_with_parallelism``, replacing existing values."""
+        return _Parallel(self).put(key, tensor, parallelism, config, writer_partition, True)
+
+    def batch_put_tensor_with_parallelism(self, keys, tensors_list, parallelisms=None, config=None, writer_partitions=None):
+        """``put_tensor_with_parallelism`` per key (``parallelisms`` or
+        ``writer_partitions``: lists as long as ``keys``)."""
+        return _Parallel(self).batch_put(keys, tensors_list, parallelisms, config, writer_partitions, False)
+
+    def batch_upsert_tensor_with_parallelism(self, keys, tensors_list, parallelisms=None, config=None, writer_partitions=None):
+        """As ``batch_put_tensor_with_parallelism``, replacing existing values."""
+        return _Parallel(self).batch_put(keys, tensors_list, parallelisms, config, writer_partitions, True)
+
+    def put_tensor_with_parallelism_from(self, key, buffer_ptr, size, parallelism=None, config=None, writer_partition=None):
+        """``put_tensor_with_parallelism`` of the encoded tensor in registered
+        memory; with a TP axis every TP shard of it is stored."""
+        return _Parallel(self).put_from(key, buffer_ptr, size, parallelism, config, writer_partition, False)
+
+    def upsert_tensor_with_parallelism_from(self, key, buffer_ptr, size, parallelism=None, config=None, writer_partition=None):
+        """As ``put_tensor_with_parallelism_from``, replacing existing values."""
+        return _Parallel(self).put_from(key, buffer_ptr, size, parallelism, config, writer_partition, True)
+
+    def batch_put_tensor_with_parallelism_from(self, keys, buffer_ptrs, sizes, parallelisms=None, config=None, writer_partitions=None):
+        """``put_tensor_with_parallelism_from`` per key."""
+        return _Parallel(self).batch_put_from(keys, buffer_ptrs, sizes, parallelisms, config, writer_partitions, False)
+
+    def batch_upsert_tensor_with_parallelism_from(self, keys, buffer_ptrs, sizes, parallelisms=None, config=None, writer_partitions=None):
+        """As ``batch_put_tensor_with_parallelism_from``, replacing existing values."""
+        return _Parallel(self).batch_put_from(keys, buffer_ptrs, sizes, parallelisms, config, writer_partitions, True)
+
+    def get_tensor_with_parallelism(self, key, target=None):
+        """The tensor a ``ReadTarget`` asks for (default: as stored), or None."""
+        return _Parallel(self).get(key, target)
+
+    def batch_get_tensor_with_parallelism(self, keys, targets=None):
+        """``get_tensor_with_parallelism`` per key; None for failures."""
+        return _Parallel(self).batch_get(keys, targets)
+
+    def get_tensor_with_parallelism_into(self, key, buffer_ptr, size, target=None):
+        """``get_tensor_with_parallelism`` into registered memory (header and
+        bytes, as ``get_tensor_into``); a tensor viewing it, or None."""
+        return _Parallel(self).get_into(key, buffer_ptr, size, target)
+
+    def batch_get_tensor_with_parallelism_into(self, keys, buffer_ptrs, sizes, targets=None):
+        """``get_tensor_with_parallelism_into`` per key; None for failures."""
+        return _Parallel(self).batch_get_into(keys, buffer_ptrs, sizes, targets)
 
     # ---------------------------------------------------------- safetensors
 

@@ -16,7 +16,8 @@
 # Installs upstream's wheel into /tmp/mooncake-upstream or $MOONCAKE_UPSTREAM_VENV
 # (needs the Debian package libibverbs1) and this project's into .venv
 # (scripts/test.sh does that). Tensor objects are compared too when torch imports
-# in upstream's venv (scripts/differential/tensors.py).
+# in upstream's venv (scripts/differential/tensors.py, and the parallel tensor
+# calls: scripts/differential/parallel.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEEDS="${1:-3}" CALLS="${2:-300}" MODE="${3:-}"
@@ -73,6 +74,9 @@ if "$UP/bin/python" -c "import torch" 2>/dev/null; then
   "$UP/bin/python" scripts/differential/tensors.py write 127.0.0.1:51551 "$work/t-up.json" 2>/dev/null
   .venv/bin/python scripts/differential/tensors.py check 127.0.0.1:52551 "$work/t-up.json" "$work/t-ours.json" 2>/dev/null || tensors=1
   "$UP/bin/python" scripts/differential/tensors.py read 127.0.0.1:51551 "$work/t-ours.json" 2>/dev/null || tensors=1
+  "$UP/bin/python" scripts/differential/parallel.py run 127.0.0.1:51551 127.0.0.1:19553 "$work/p-up.json" 2>/dev/null
+  .venv/bin/python scripts/differential/parallel.py run 127.0.0.1:52551 127.0.0.1:19554 "$work/p-ours.json" 2>/dev/null
+  python3 scripts/differential/parallel.py compare "$work/p-up.json" "$work/p-ours.json" || tensors=1
 else
   echo "tensors: skipped (torch does not import in $UP; install it there to compare tensor objects)"
 fi
