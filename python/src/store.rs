@@ -466,6 +466,20 @@ impl MooncakeDistributedStore {
         0
     }
 
+    /// Reads this process's client has served from its disk tier (upstream's count
+    /// of reads of offloaded objects). 0 without a disk tier, before `setup`, and
+    /// in dummy mode, as upstream (there the real client serves them).
+    fn get_offload_rpc_read_count(&self) -> i64 {
+        self.connected()
+            .and_then(|c| c.background.as_ref()?.client().disk().cloned())
+            .map_or(0, |disk| {
+                disk.sums
+                    .stats
+                    .reads
+                    .load(std::sync::atomic::Ordering::Relaxed) as i64
+            })
+    }
+
     /// 0 healthy, 1 not set up, 2 real client or master unreachable.
     fn health_check(&self, py: Python<'_>) -> i32 {
         self.with(py, |_| 1, |c| if c.health().is_ok() { 0 } else { 2 })

@@ -400,8 +400,7 @@ def test_local_buffer_size_bounds_the_copying_calls(master, real_client, mode):
 
 # Upstream names this package does not have, each with the reason docs/COMPATIBILITY.md gives.
 NOT_PROVIDED = {
-    "DiskDescriptor": "no disk tier yet",
-    "get_offload_rpc_read_count": "no disk tier yet",
+    "DiskDescriptor": "upstream's replicas on a shared filesystem; disk-tier replicas here are LOCAL_DISK",
     "EngramStore": "out of scope",
     "EngramStoreConfig": "out of scope",
     "MooncakeDistributedNoFRegister": "out of scope (NVMe-over-Fabrics)",

@@ -68,6 +68,7 @@ def test_in_process_store_reads_back_from_its_disk_tier_and_after_a_restart(offl
     assert setup(store, offload_master, disk_dir) == 0
     keys = fill(store, offload_master)
     assert any(n.endswith(".disk") for n in os.listdir(disk_dir))
+    reads_before = store.get_offload_rpc_read_count()
     for k in keys:
         assert store.get(k) == value(k), k
     descs = store.batch_get_replica_desc(keys)
@@ -75,6 +76,8 @@ def test_in_process_store_reads_back_from_its_disk_tier_and_after_a_restart(offl
     assert len(on_disk) >= len(keys) // 2
     disk_only = [k for k in on_disk if not any(d.is_memory_replica() for d in descs[k])]
     assert disk_only, "memory holds 16 MB of 48 MB: some objects are only on disk"
+    # Upstream's counter of reads served from the disk tier counts them.
+    assert store.get_offload_rpc_read_count() >= reads_before + len(disk_only)
     with pytest.raises(RuntimeError):
         next(d for d in descs[disk_only[0]] if d.is_local_disk_replica()).get_memory_descriptor()
     store.close()
@@ -96,3 +99,12 @@ def test_enable_ssd_offload_without_a_directory_is_an_error_code(offload_master,
     store = MooncakeDistributedStore()
     assert store.setup("localhost", "P2PHANDSHAKE", 16 * MB, 16 * MB, "tcp", "",
                        offload_master.address, enable_ssd_offload=True) == -600
+
+
+def test_offload_read_count_is_zero_without_a_disk_tier_and_in_dummy_mode(store):
+    """As upstream: in dummy mode the real client serves disk reads, and the
+    count stays 0 here."""
+    k = f"count-{store.mode}"
+    assert store.put(k, b"x" * 4096) == 0
+    assert store.get(k) == b"x" * 4096
+    assert store.get_offload_rpc_read_count() == 0
