@@ -93,6 +93,13 @@ pub struct BlockSums {
     pub stats: DiskStats,
 }
 
+/// A block record's sum and how many of the block's bytes it covers.
+fn parse_record(record: &[u8]) -> (u32, u64) {
+    let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
+    let covered = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
+    (crc, u64::from(covered).min(DISK_BLOCK))
+}
+
 fn block_crc(block_start: u64, bytes: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&block_start.to_le_bytes()), bytes)
 }
@@ -131,9 +138,7 @@ impl BlockSums {
         self.sums
             .read(block / DISK_BLOCK * SUM_LEN, &mut record)
             .ok()?;
-        let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
-        let covered = u32::from_le_bytes(record[4..].try_into().expect("4 bytes"));
-        Some((crc, u64::from(covered).min(DISK_BLOCK)))
+        Some(parse_record(&record))
     }
 
     /// Whether `bytes`, the first bytes of `block`, are exactly what its record
@@ -167,7 +172,6 @@ impl BlockSums {
         let Some(end) = offset.checked_add(len) else {
             return false;
         };
-        let mut buf = vec![0u8; DISK_BLOCK as usize];
         let mut block = offset / DISK_BLOCK * DISK_BLOCK;
         let mut ok = true;
         while block < end && ok {
@@ -180,8 +184,10 @@ impl BlockSums {
                     break;
                 }
             };
-            let bytes = &mut buf[..covered as usize];
-            ok = self.data.read(block, bytes).is_ok() && self.block_matches(block, bytes);
+            ok = self
+                .data
+                .with_bytes(block, covered, |bytes| self.block_matches(block, bytes))
+                .unwrap_or(false);
             block += DISK_BLOCK;
         }
         self.count_read(len, ok.then_some(started));
@@ -189,9 +195,9 @@ impl BlockSums {
     }
 
     /// Reads the object at `offset` (block-aligned) of `len` bytes in chunks,
-    /// checking each block against its sum before handing the chunk to `sink`
-    /// (with its position in the object): one copy out of the file, no second
-    /// read for the check. Objects of 4 MiB and more are read in two halves at
+    /// checking each block against its sum before handing it to `sink` (with its
+    /// position in the object): one copy out of the file, no second read for the
+    /// check. Objects of 4 MiB and more are read in two halves at
     /// once (the check is as costly as the copy). `false` when a block fails
     /// (chunks before it may have been handed on) or `sink` refuses.
     pub fn read_checked(
@@ -219,7 +225,9 @@ impl BlockSums {
         ok
     }
 
-    /// Bytes `[from, to)` of the object at `offset`, checked, to `sink`.
+    /// Bytes `[from, to)` of the object at `offset`, checked, to `sink`: block by
+    /// block, each checked in place in the mapping and handed on while it is
+    /// still in the CPU's cache (one pass over memory, as a plain copy).
     fn read_range(
         &self,
         offset: u64,
@@ -227,20 +235,39 @@ impl BlockSums {
         to: u64,
         sink: &(impl Fn(u64, &[u8]) -> bool + Sync),
     ) -> bool {
-        const CHUNK: u64 = 16 * DISK_BLOCK;
-        let mut buf = vec![0u8; CHUNK.min(to - from) as usize];
+        // 16 blocks at a time: their records in one read, each block checked in
+        // place, then the chunk handed on while it is in the CPU's cache.
+        const BLOCKS: u64 = 16;
+        let mut records = [0u8; (BLOCKS * SUM_LEN) as usize];
         let mut pos = from;
         while pos < to {
-            let n = CHUNK.min(to - pos);
-            let chunk = &mut buf[..n as usize];
-            if self.data.read(offset + pos, chunk).is_err() {
+            let n = (BLOCKS * DISK_BLOCK).min(to - pos);
+            let first = offset + pos;
+            let blocks = n.div_ceil(DISK_BLOCK);
+            let records = &mut records[..(blocks * SUM_LEN) as usize];
+            if self
+                .sums
+                .read(first / DISK_BLOCK * SUM_LEN, records)
+                .is_err()
+            {
                 return false;
             }
-            let all_match = chunk
-                .chunks(DISK_BLOCK as usize)
-                .enumerate()
-                .all(|(k, bytes)| self.block_matches(offset + pos + k as u64 * DISK_BLOCK, bytes));
-            if !all_match || !sink(pos, chunk) {
+            let passed = self
+                .data
+                .with_bytes(first, n, |chunk| {
+                    let all_match = chunk
+                        .chunks(DISK_BLOCK as usize)
+                        .zip(records.chunks(SUM_LEN as usize))
+                        .enumerate()
+                        .all(|(k, (bytes, record))| {
+                            let (crc, covered) = parse_record(record);
+                            covered == bytes.len() as u64
+                                && block_crc(first + k as u64 * DISK_BLOCK, bytes) == crc
+                        });
+                    all_match && sink(pos, chunk)
+                })
+                .unwrap_or(false);
+            if !passed {
                 return false;
             }
             pos += n;

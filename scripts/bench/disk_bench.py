@@ -103,7 +103,12 @@ def main():
         descs = {k: store.get_replica_desc(k) for k in keys}
         only_disk = [k for k in keys
                      if descs[k] and all(d.is_local_disk_replica() for d in descs[k])]
-        assert len(only_disk) >= count // 2, f"{len(only_disk)} of {count} only on disk"
+        kinds = {}
+        for k in keys:
+            mem = any(d.is_memory_replica() for d in descs[k] or [])
+            dsk = any(d.is_local_disk_replica() for d in descs[k] or [])
+            kinds[(mem, dsk)] = kinds.get((mem, dsk), 0) + 1
+        assert len(only_disk) >= count // 2, f"{len(only_disk)} of {count} only on disk: (memory, disk): {kinds}"
         raw_path = os.path.join(args.dir, f"raw-{size}")
         with open(raw_path, "wb") as f:
             for _ in only_disk:
@@ -139,6 +144,21 @@ def main():
         assert store.get_into(only_disk[-1], addr, size) == size
         assert bytes(buf) == payload
         os.unlink(raw_path)
+        # The same reads from the memory tier, for comparison: filler objects
+        # still in memory. (Last: reading them leases them, which would keep
+        # them in memory through the next size's puts.)
+        fdescs = {k: store.get_replica_desc(k) for k in filler}
+        in_memory = [k for k in filler if any(d.is_memory_replica() for d in fdescs[k] or [])]
+        for r in range(args.rounds if in_memory else 0):
+            lat = []
+            for k in (in_memory * max(1, len(only_disk) // len(in_memory)))[:len(only_disk)]:
+                t = time.perf_counter()
+                n = store.get_into(k, addr, size)
+                lat.append(time.perf_counter() - t)
+                assert n == size, (k, n, "memory")
+            results.setdefault((size, "memory"), []).append(summary(lat, size))
+        if in_memory:
+            time.sleep(11)  # the reads' leases (10 s by default) run out
         results[(size, "offload")] = (after - before) / offload_s / 1e9
         store.unregister_buffer(addr)
     print(f"{'size':>7} {'cache':>5} {'store p50 us':>13} {'store GB/s':>10} "
@@ -156,6 +176,11 @@ def main():
             rg = statistics.median(x[1] for x in r)
             print(f"{size // MIB:>4} MiB {mode:>5} {sp:>13.0f} {sg:>10.2f} {rp:>11.0f} {rg:>9.2f} "
                   f"{sg / rg:>6.2f}")
+        m = results.get((size, "memory"))
+        if m:
+            print(f"{size // MIB:>4} MiB memory tier (same reads from memory): "
+                  f"p50 {statistics.median(x[0] for x in m):.0f} us, "
+                  f"{statistics.median(x[1] for x in m):.2f} GB/s")
         print(f"{size // MIB:>4} MiB offload while putting: {results[(size, 'offload')]:.2f} GB/s")
     store.close()
 

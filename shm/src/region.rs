@@ -573,6 +573,27 @@ impl Region {
         Ok(())
     }
 
+    /// Runs `f` on the bytes `[offset, offset + len)` of the mapping, borrowed in
+    /// place (no copy): for a reader that checks bytes and copies them on in one
+    /// pass, while they are in the CPU's cache.
+    pub fn with_bytes<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, ShmError> {
+        self.check(offset, len)?;
+        // SAFETY: the range was bounds-checked against the live mapping, borrowed
+        // through `&self` for the whole call. Another process may write these bytes
+        // concurrently; `u8` has no invalid values and the slice does not outlive
+        // `f` (callers check and copy within it), so a racing write can at worst
+        // yield bytes that fail their check; objects being read are under a read
+        // lease, which rules out writes to them.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset as usize), len as usize) };
+        Ok(f(bytes))
+    }
+
     /// Writes `len` bytes at `offset` to `sink` (a socket: the kernel copies straight
     /// out of the mapping, no intermediate buffer).
     pub fn send_to(
