@@ -248,9 +248,41 @@ fn another_local_user_is_refused_at_every_door() {
         eprintln!("skipped: needs root to run a child as another user");
         return;
     }
-    let (_master, rpc, http) = start_master_with_http(&[]);
+    let (_master, rpc, http) = start_master_with_http(&["--enable_offload=true"]);
     let paths = Paths::new("sec-other");
-    let client = start_client(&paths, Some(&rpc), "16MB");
+    // With a disk tier: its files hold cached bytes too.
+    let disk_dir = std::env::temp_dir().join(format!("mc-other-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&disk_dir);
+    std::fs::create_dir_all(&disk_dir).unwrap();
+    // A directory others may enter: only the files' own modes keep them out.
+    std::fs::set_permissions(
+        &disk_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let client = ClientBuilder::new(&paths)
+        .with_master(&rpc)
+        .with_size("16MB")
+        .with_arg("--enable_offload=true")
+        .with_arg(format!("--offload_dir={}", disk_dir.display()))
+        .with_arg("--offload_size=32MB")
+        .start();
+    let mut disk_files: Vec<String> = std::fs::read_dir(&disk_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    // The memory segment and its inventory, which names every cached key.
+    for suffix in ["", ".inventory", ".inventory.journal"] {
+        let f = format!("{}{suffix}", paths.segment.display());
+        if std::path::Path::new(&f).exists() {
+            disk_files.push(f);
+        }
+    }
+    assert!(
+        disk_files.iter().any(|f| f.ends_with(".disk"))
+            && disk_files.iter().any(|f| f.ends_with(".sums")),
+        "{disk_files:?}"
+    );
     let home = std::env::temp_dir().join(format!("mc-other-home-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).unwrap();
@@ -272,9 +304,12 @@ fn another_local_user_is_refused_at_every_door() {
         .env("MC_OTHER_TRANSFER", client.ready_field("transfer").unwrap())
         .env("MC_OTHER_SOCKET", &paths.socket)
         .env("MC_OTHER_SECRET", mooncake_proto::auth::host_secret_path())
+        .env("MC_OTHER_FILES", disk_files.join(":"))
         .output()
         .expect("setpriv");
     let _ = std::fs::remove_dir_all(&home);
+    drop(client);
+    let _ = std::fs::remove_dir_all(&disk_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for door in [
@@ -284,6 +319,7 @@ fn another_local_user_is_refused_at_every_door() {
         "tcp",
         "transfer",
         "admin",
+        "disk-files",
     ] {
         assert!(
             stdout.contains(&format!("MC:REFUSED {door}")),
@@ -324,6 +360,15 @@ fn other_user_child_entry() {
     }
     if transfer_door(&env("MC_OTHER_TRANSFER"), &mine) == illegal() {
         println!("MC:REFUSED transfer");
+    }
+    // Neither read nor write: the segment, the disk tier's data and sums, and
+    // their inventories.
+    let files: Vec<String> = env("MC_OTHER_FILES").split(':').map(String::from).collect();
+    let opened = files.iter().filter(|f| {
+        std::fs::File::open(f).is_ok() || std::fs::OpenOptions::new().write(true).open(f).is_ok()
+    });
+    if !files.is_empty() && opened.count() == 0 {
+        println!("MC:REFUSED disk-files");
     }
     let http = env("MC_OTHER_HTTP");
     if http_status(&http, "POST", "/api/v1/drain_jobs", Some(&mine)) == 401

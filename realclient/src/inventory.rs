@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -114,7 +115,10 @@ impl Inventory {
             .create(true)
             .read(true)
             .append(true)
+            .mode(PRIVATE)
             .open(path)?;
+        // (A journal continued from an older build may have been readable by all.)
+        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE))?;
         let len = file.metadata()?.len();
         self.journal = Some(Journal {
             file,
@@ -260,12 +264,25 @@ pub fn persist(
     Ok(())
 }
 
-/// Writes the inventory atomically (temporary file + rename).
+/// Inventory files name every cached key: readable and writable by the client's
+/// user only, like the segment and disk files.
+const PRIVATE: u32 = 0o600;
+
+/// Writes the inventory atomically (temporary file + rename), readable by this
+/// user only.
 pub fn save(path: &Path, state: &PersistedInventory) -> std::io::Result<()> {
     let bytes = postcard::to_stdvec(state).map_err(std::io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, bytes)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(PRIVATE)
+        .open(&tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(PRIVATE))?;
+    file.write_all(&bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 
@@ -372,6 +389,16 @@ mod tests {
             entries: vec![entry(seg.id, 0, 1), entry(seg.id, 64, 2)],
         };
         save(&path, &state).unwrap();
+        // It names the cached keys: no other user may read it.
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, PRIVATE, "{mode:o}");
+        let journal = path.with_extension("journal");
+        std::fs::write(&journal, b"").unwrap();
+        std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _inv = Inventory::default().with_journal(&journal).unwrap();
+        let mode = std::fs::metadata(&journal).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, PRIVATE, "{mode:o}");
+        std::fs::remove_file(&journal).unwrap();
         let back = load(&path).unwrap();
         assert_eq!(back.client_id, state.client_id);
         assert_eq!(back.entries, state.entries);
