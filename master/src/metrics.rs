@@ -105,6 +105,8 @@ pub struct Metrics {
     pub offloaded_evictions: AtomicU64,
     /// Copies from a disk tier back to memory queued.
     pub promotions_queued: AtomicU64,
+    /// Promotions not made: memory had no free room below the high watermark.
+    pub promotions_skipped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -125,6 +127,7 @@ impl Default for Metrics {
             offload_skipped: AtomicU64::new(0),
             offloaded_evictions: AtomicU64::new(0),
             promotions_queued: AtomicU64::new(0),
+            promotions_skipped: AtomicU64::new(0),
         }
     }
 }
@@ -299,6 +302,11 @@ impl Metrics {
                 "master_promotions_queued_total",
                 "Copies from a disk tier back to memory queued",
                 &self.promotions_queued,
+            ),
+            (
+                "master_promotions_skipped_total",
+                "Promotions not made: no free memory below the high watermark",
+                &self.promotions_skipped,
             ),
         ] {
             e.counter(name, help, v.load(Relaxed));

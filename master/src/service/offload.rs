@@ -186,6 +186,16 @@ impl MasterService {
             if *hits < policy.promotion_admission_threshold {
                 return None;
             }
+            // Promotions fill free memory; they never push out what writes put
+            // there (a scan over disk-only objects would otherwise evict every
+            // fresh write and starve writers). The hits stay counted: the next
+            // read promotes once there is room.
+            let (capacity, used) = segs.usage();
+            let room = capacity as f64 * self.config.eviction_high_watermark_ratio;
+            if (used + reserved_len(Medium::Memory, o.size)) as f64 > room {
+                self.metrics.promotions_skipped.fetch_add(1, Relaxed);
+                return None;
+            }
             st.disk_hits.remove(key);
         }
         placements.iter().find_map(|p| {
@@ -204,6 +214,11 @@ impl MasterService {
                 target: memory.desc.name.clone(),
             })
         })
+    }
+
+    /// Whether a copy of `key` back to memory is on the way.
+    pub(super) fn promoting(&self, key: &str) -> bool {
+        self.offload.lock().promoting.contains_key(key)
     }
 
     /// Queues promotions (call with no shard lock held).

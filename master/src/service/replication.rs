@@ -180,9 +180,13 @@ impl MasterService {
         remove_source: bool,
     ) -> MResult<ReplicaCopyPlan> {
         match self.replica_copy_start_once(client, key, source, targets, remove_source) {
-            // No room: evict in the target's tier as a write would (a promotion
-            // from the disk tier takes the place of colder objects in memory),
-            // then try once more.
+            // A promotion takes free memory only (see `promotion_order`).
+            Err(ErrorCode::NoAvailableHandle) if self.promoting(key) => {
+                self.metrics.promotions_skipped.fetch_add(1, Relaxed);
+                Err(ErrorCode::NoAvailableHandle)
+            }
+            // No room: evict in the target's tier as a write would, then try
+            // once more.
             Err(ErrorCode::NoAvailableHandle) => {
                 let Ok(size) = self.query_key(key).map(|l| l.size) else {
                     return Err(ErrorCode::NoAvailableHandle);

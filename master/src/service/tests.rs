@@ -1281,11 +1281,24 @@ async fn offloaded_objects_outlive_memory_eviction_and_promote_on_hits() {
         "some memory replicas were evicted"
     );
     assert_eq!(m.exist_key(&on_disk_only[0]), Ok(true));
-    // The second read of an object only on disk queues its way back.
     run_offload_tasks(&m, c);
     let key = &on_disk_only[0];
     m.get_replica_list(key).unwrap();
     assert_eq!(m.fetch_tasks(c, 16).len(), 0);
+    // The second read of an object only on disk would bring it back, but memory
+    // is full of fresh writes: promotions take free room only.
+    m.get_replica_list(key).unwrap();
+    assert_eq!(m.gauges().promotion_queue_depth, 0);
+    assert_eq!(
+        m.metrics
+            .promotions_skipped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // With room, the next read queues its way back.
+    for i in 3..6 {
+        m.remove(&format!("k{i}"), true).unwrap();
+    }
     m.get_replica_list(key).unwrap();
     assert_eq!(m.gauges().promotion_queue_depth, 1);
     assert_eq!(run_offload_tasks(&m, c), 1);
