@@ -291,9 +291,7 @@ impl Master for MasterRpc {
     }
 
     async fn batch_exist_key(self, _: Context, keys: Vec<String>) -> Vec<MResult<bool>> {
-        self.timed_batch(Op::BatchExistKey, keys.len(), |s| {
-            keys.iter().map(|k| s.exist_key(k)).collect()
-        })
+        self.timed_batch(Op::BatchExistKey, keys.len(), |s| s.batch_exist_key(&keys))
     }
 
     async fn get_size(self, _: Context, key: String) -> MResult<u64> {

@@ -107,12 +107,21 @@ impl MasterService {
 
     /// Whether a complete object exists; refreshes recency, grants no lease.
     pub fn exist_key(&self, key: &str) -> MResult<bool> {
+        self.exist_key_at(key, self.now_ms())
+    }
+
+    /// `exist_key` of each key, with one clock reading for the batch.
+    pub fn batch_exist_key(&self, keys: &[String]) -> Vec<MResult<bool>> {
+        let now = self.now_ms();
+        keys.iter().map(|k| self.exist_key_at(k, now)).collect()
+    }
+
+    fn exist_key_at(&self, key: &str, now: u64) -> MResult<bool> {
         if key.is_empty() {
             return Ok(false);
         }
         self.validate_key(key)?;
         let hash = self.hash(key);
-        let now = self.now_ms();
         let mut shard = self.shard(hash).lock();
         Ok(match shard.get_mut(hash, key) {
             Some(o) => {
