@@ -5,9 +5,10 @@
 //! never hands out Rust references into the mapping: every access is a bounds-checked
 //! copy (`read`, `write`, `copy_to`) through raw pointers.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -148,7 +149,9 @@ pub struct Region {
     /// Registered with the SIGBUS guard when a peer could shrink the file; dropped
     /// (unregistered) before the mapping goes away.
     _guard: Option<crate::guard::Guarded>,
-    map: MmapRaw,
+    /// Shared with the other regions of this process that map the same bytes of
+    /// the same sealed file (see [`shared_mapping`]).
+    map: Arc<MmapRaw>,
     /// Offset of the region's first byte inside `map` (fd offsets need page alignment).
     delta: usize,
     len: usize,
@@ -206,6 +209,49 @@ fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
 }
 
+/// A mapped range of a file: device, inode, offset and length.
+type MapKey = (u64, u64, u64, usize);
+
+/// The mappings of sealed files this process holds. A process that maps the same
+/// bytes twice (a real client running inside the process and the dummy that
+/// talks to it) would otherwise hold two mappings of one segment, each counted in
+/// full in its resident size. A live mapping keeps its file, and so its inode
+/// number, from being reused, so a key that still upgrades names the same bytes.
+fn mappings() -> &'static Mutex<HashMap<MapKey, Weak<MmapRaw>>> {
+    static MAPPINGS: OnceLock<Mutex<HashMap<MapKey, Weak<MmapRaw>>>> = OnceLock::new();
+    MAPPINGS.get_or_init(Default::default)
+}
+
+fn map_key(fd: &OwnedFd, offset: u64, len: usize) -> Option<MapKey> {
+    // Only sealed files: their size cannot change under a shared mapping, and
+    // their regions need no SIGBUS guard (which is per region, not per mapping).
+    let sealed = rustix::fs::fcntl_get_seals(fd)
+        .is_ok_and(|seals| seals.contains(rustix::fs::SealFlags::SHRINK));
+    let stat = rustix::fs::fstat(fd).ok()?;
+    sealed.then_some((stat.st_dev, stat.st_ino, offset, len))
+}
+
+/// The mapping of `[offset, offset + len)` of `fd`: one this process already
+/// holds of the same bytes of a sealed file, else a new one.
+fn shared_mapping(
+    fd: &OwnedFd,
+    offset: u64,
+    len: usize,
+    prefault: bool,
+) -> Result<Arc<MmapRaw>, ShmError> {
+    let Some(key) = map_key(fd, offset, len) else {
+        return Ok(Arc::new(map(fd, offset, len, prefault)?));
+    };
+    let mut held = mappings().lock();
+    if let Some(map) = held.get(&key).and_then(Weak::upgrade) {
+        return Ok(map);
+    }
+    let map = Arc::new(map(fd, offset, len, prefault)?);
+    held.retain(|_, m| m.strong_count() > 0);
+    held.insert(key, Arc::downgrade(&map));
+    Ok(map)
+}
+
 fn map(fd: &OwnedFd, offset: u64, len: usize, prefault: bool) -> Result<MmapRaw, ShmError> {
     let mut opts = MmapOptions::new();
     opts.offset(offset).len(len);
@@ -237,7 +283,7 @@ impl Region {
         let len = round_up(size, PAGE);
         rustix::fs::ftruncate(&fd, len).map_err(|e| ShmError::io("ftruncate", e))?;
         seal_size(&fd)?;
-        let map = map(&fd, 0, len as usize, opts.prefault)?;
+        let map = shared_mapping(&fd, 0, len as usize, opts.prefault)?;
         Ok(Region::assemble(map, 0, size as usize, fd, 0, None, false))
     }
 
@@ -256,7 +302,7 @@ impl Region {
         rustix::fs::ftruncate(&fd, len).map_err(|e| ShmError::io("ftruncate(hugetlb)", e))?;
         seal_size(&fd)?;
         // Populate now: a huge page missing later would be a SIGBUS, not an error.
-        let map = map(&fd, 0, len as usize, true)?;
+        let map = shared_mapping(&fd, 0, len as usize, true)?;
         Ok(Region::assemble(map, 0, size as usize, fd, 0, None, true))
     }
 
@@ -274,7 +320,7 @@ impl Region {
         .map_err(|e| ShmError::io("open named region", e))?;
         check_memory_fs(&fd)?;
         rustix::fs::ftruncate(&fd, size).map_err(|e| ShmError::io("ftruncate", e))?;
-        let map = map(&fd, 0, size as usize, opts.prefault)?;
+        let map = Arc::new(map(&fd, 0, size as usize, opts.prefault)?);
         Ok(Region::assemble(
             map,
             0,
@@ -294,7 +340,7 @@ impl Region {
         if size == 0 {
             return Err(ShmError::InvalidSize(0));
         }
-        let map = map(&fd, 0, size as usize, opts.prefault)?;
+        let map = Arc::new(map(&fd, 0, size as usize, opts.prefault)?);
         Ok(Region::assemble(
             map,
             0,
@@ -347,7 +393,7 @@ impl Region {
         }
         rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, size)
             .map_err(|e| ShmError::io("fallocate disk file", e))?;
-        let map = map(&fd, 0, size as usize, false)?;
+        let map = Arc::new(map(&fd, 0, size as usize, false)?);
         Ok(Region::assemble(
             map,
             0,
@@ -389,7 +435,7 @@ impl Region {
         let delta = (offset - map_offset) as usize;
         let map_len = delta + len as usize;
         let huge = statfs_magic(&fd)? == HUGETLBFS_MAGIC;
-        let map = map(&fd, map_offset, map_len, opts.prefault)?;
+        let map = shared_mapping(&fd, map_offset, map_len, opts.prefault)?;
         Ok(Region::assemble(
             map,
             delta,
@@ -402,7 +448,7 @@ impl Region {
     }
 
     fn assemble(
-        map: MmapRaw,
+        map: Arc<MmapRaw>,
         delta: usize,
         len: usize,
         fd: OwnedFd,
@@ -673,6 +719,33 @@ fn check_memory_fs(fd: &OwnedFd) -> Result<u64, ShmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_process_maps_the_same_sealed_bytes_once() {
+        let owner = Region::anonymous("shared", 1 << 20, &RegionOptions::default()).unwrap();
+        owner.write(4096, b"both see this").unwrap();
+        let fd = owner.fd().try_clone_to_owned().unwrap();
+        let view = Region::from_fd(fd, 0, 1 << 20, &RegionOptions::default()).unwrap();
+        assert_eq!(view.as_ptr(), owner.as_ptr(), "one mapping, not two");
+        let mut got = [0u8; 13];
+        view.read(4096, &mut got).unwrap();
+        assert_eq!(&got, b"both see this");
+        // The mapping outlives the region that made it while another uses it.
+        drop(owner);
+        view.write(0, b"still mapped").unwrap();
+        // A sub-range is a mapping of its own.
+        let fd = view.fd().try_clone_to_owned().unwrap();
+        let part = Region::from_fd(fd, 8192, 4096, &RegionOptions::default()).unwrap();
+        assert_ne!(part.as_ptr(), view.as_ptr().wrapping_add(8192));
+        // Unsealed files are never shared (their regions are guarded one by one).
+        let path = std::env::temp_dir().join(format!("mc-shared-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        if let Ok(named) = Region::create_named(&path, 1 << 16, &RegionOptions::default()) {
+            let again = Region::open_named(&path, &RegionOptions::default()).unwrap();
+            assert_ne!(again.as_ptr(), named.as_ptr());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 
     #[test]
     fn anonymous_regions_are_sealed_against_a_peer_shrinking_them() {
