@@ -57,6 +57,16 @@ fn start_disk_client(paths: &Paths, master: &str, dir: &Path) -> Daemon {
         .start()
 }
 
+/// A master copying to disk tiers, promoting objects on their second disk read.
+fn start_promoting_master() -> (Daemon, String, String) {
+    start_master_with_http(&[
+        "--enable_offload=true",
+        "--promotion_on_hit=true",
+        "--promotion_admission_threshold=2",
+        "--eviction_high_watermark_ratio=0.8",
+    ])
+}
+
 /// Where the replicas of `key` are, as `/query_key` says: `(memory, disk)`.
 fn tiers_of(http: &str, key: &str) -> (usize, usize) {
     let Ok((200, body)) = http_get(http, &format!("/query_key?key={key}")) else {
@@ -86,12 +96,7 @@ fn fill(dummy: &DummyClient, http: &str, prefix: &str) -> Vec<String> {
 
 #[test]
 fn four_times_the_memory_comes_back_from_disk_and_promotes_on_hits() {
-    let (_master, rpc, http) = start_master_with_http(&[
-        "--enable_offload=true",
-        "--promotion_on_hit=true",
-        "--promotion_admission_threshold=2",
-        "--eviction_high_watermark_ratio=0.8",
-    ]);
+    let (_master, rpc, http) = start_promoting_master();
     let dir = TempDir::new("fill");
     let paths = Paths::new("disk-fill");
     let _client = start_disk_client(&paths, &rpc, &dir.0);
@@ -136,12 +141,7 @@ fn four_times_the_memory_comes_back_from_disk_and_promotes_on_hits() {
 #[test]
 fn racing_readers_promotions_and_evictions_never_see_wrong_bytes() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let (_master, rpc, http) = start_master_with_http(&[
-        "--enable_offload=true",
-        "--promotion_on_hit=true",
-        "--promotion_admission_threshold=2",
-        "--eviction_high_watermark_ratio=0.8",
-    ]);
+    let (_master, rpc, http) = start_promoting_master();
     let dir = TempDir::new("race");
     let paths = Paths::new("disk-race");
     let _client = start_disk_client(&paths, &rpc, &dir.0);

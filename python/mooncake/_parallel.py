@@ -53,8 +53,23 @@ def _int32(name, value):
     raise TypeError(f"{name}: expected an int (32-bit), got {value!r}")
 
 
-def _optional_int32(name, value):
-    return None if value is None else _int32(name, value)
+class _Int32:
+    """An attribute holding a 32-bit int (or None where ``optional``), type-checked
+    on assignment as upstream's binding checks it."""
+
+    def __init__(self, default, optional=False):
+        self.default, self.optional = default, optional
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj, self.slot, self.default)
+
+    def __set__(self, obj, value):
+        if not (self.optional and value is None):
+            value = _int32(self.name, value)
+        setattr(obj, self.slot, value)
 
 
 class ParallelAxis:
@@ -63,13 +78,18 @@ class ParallelAxis:
     ``stage_id`` for PP. Attributes are set one by one as upstream's; keyword
     arguments to the constructor are a convenience of this package."""
 
+    _FIELDS = ("kind", "rank", "size", "split_dim", "expert_id", "stage_id")
     __slots__ = ("_kind", "_rank", "_size", "_split_dim", "_expert_id", "_stage_id")
+    rank = _Int32(0)
+    size = _Int32(1)
+    split_dim = _Int32(None, optional=True)
+    expert_id = _Int32(None, optional=True)
+    stage_id = _Int32(None, optional=True)
 
     def __init__(self, **fields):
-        self._kind, self._rank, self._size = "", 0, 1
-        self._split_dim = self._expert_id = self._stage_id = None
+        self._kind = ""
         for name, value in fields.items():
-            if name not in ("kind", "rank", "size", "split_dim", "expert_id", "stage_id"):
+            if name not in self._FIELDS:
                 raise TypeError(f"ParallelAxis has no attribute {name!r}")
             setattr(self, name, value)
 
@@ -83,51 +103,8 @@ class ParallelAxis:
             raise TypeError(f"kind: expected a str, got {value!r}")
         self._kind = value
 
-    @property
-    def rank(self):
-        return self._rank
-
-    @rank.setter
-    def rank(self, value):
-        self._rank = _int32("rank", value)
-
-    @property
-    def size(self):
-        return self._size
-
-    @size.setter
-    def size(self, value):
-        self._size = _int32("size", value)
-
-    @property
-    def split_dim(self):
-        return self._split_dim
-
-    @split_dim.setter
-    def split_dim(self, value):
-        self._split_dim = _optional_int32("split_dim", value)
-
-    @property
-    def expert_id(self):
-        return self._expert_id
-
-    @expert_id.setter
-    def expert_id(self, value):
-        self._expert_id = _optional_int32("expert_id", value)
-
-    @property
-    def stage_id(self):
-        return self._stage_id
-
-    @stage_id.setter
-    def stage_id(self, value):
-        self._stage_id = _optional_int32("stage_id", value)
-
     def _copy(self):
-        other = ParallelAxis()
-        for name in self.__slots__:
-            setattr(other, name, getattr(self, name))
-        return other
+        return ParallelAxis(**{name: getattr(self, name) for name in self._FIELDS})
 
     def __repr__(self):
         extra = "".join(
@@ -135,7 +112,7 @@ class ParallelAxis:
             for n in ("split_dim", "expert_id", "stage_id")
             if getattr(self, n) is not None
         )
-        return f"ParallelAxis(kind={self._kind!r}, rank={self._rank}, size={self._size}{extra})"
+        return f"ParallelAxis(kind={self._kind!r}, rank={self.rank}, size={self.size}{extra})"
 
 
 class TensorParallelism:
@@ -512,6 +489,17 @@ class Parallel:
         head = _tensor.header(name, local_shape, len(payload), global_shape, _header_axes(axes, local_shape))
         return self._store(key, (head, payload), config, upsert)
 
+    def _write_writer_shard(self, key, name, shape, data, partition, config, upsert):
+        """A writer partition's shard of the whole tensor, then the manifest."""
+        rank, count, sd = partition
+        local, payload = _cut(name, shape, data, sd, rank, count)
+        axes = [Axis(_TP, rank, count, sd, None, None)]
+        rc = self._write_shard(writer_key(key, rank, count, sd), name, shape, local, payload, axes, config, upsert)
+        if rc != 0:
+            return rc
+        code = _tensor._CODES[name]
+        return self._store_manifest(writer_manifest_key(key), manifest(code, shape, sd, count), config, upsert)
+
     @staticmethod
     def _request(parallelism, writer_partition):
         """``("direct" | "writer" | "tp" | "generic", detail)``."""
@@ -537,13 +525,7 @@ class Parallel:
             name, shape, data = _raw(tensor)
             code = _tensor._CODES[name]
             if route == "writer":
-                rank, size, sd = detail
-                local, payload = _cut(name, shape, data, sd, rank, size)
-                axes = [Axis(_TP, rank, size, sd, None, None)]
-                rc = self._write_shard(writer_key(key, rank, size, sd), name, shape, local, payload, axes, config, upsert)
-                if rc != 0:
-                    return rc
-                return self._store_manifest(writer_manifest_key(key), manifest(code, shape, sd, size), config, upsert)
+                return self._write_writer_shard(key, name, shape, data, detail, config, upsert)
             axes = detail
             if route == "generic":
                 return self._write_shard(key_name(key, axes), name, shape, shape, data, axes, config, upsert)
@@ -585,7 +567,6 @@ class Parallel:
                 raise _Invalid("invalid tensor object metadata")
             name, shape = obj.name, obj.global_shape
             data = obj.data[obj.offset:obj.offset + obj.nbytes]
-            code = _tensor._CODES[name]
             if route == "generic":
                 axes = detail
                 return self._write_shard(
@@ -595,13 +576,7 @@ class Parallel:
             if obj.local_shape != shape:
                 raise _Invalid("the buffer holds a shard, not a whole tensor")
             if route == "writer":
-                rank, count, sd = detail
-                local, payload = _cut(name, shape, data, sd, rank, count)
-                axes = [Axis(_TP, rank, count, sd, None, None)]
-                rc = self._write_shard(writer_key(key, rank, count, sd), name, shape, local, payload, axes, config, upsert)
-                if rc != 0:
-                    return rc
-                return self._store_manifest(writer_manifest_key(key), manifest(code, shape, sd, count), config, upsert)
+                return self._write_writer_shard(key, name, shape, data, detail, config, upsert)
             # TP: every shard of the tensor, keyed by the request's other axes.
             axes = detail
             tp = axes[_tp_index(axes)]

@@ -100,6 +100,12 @@ fn parse_record(record: &[u8]) -> (u32, u64) {
     (crc, u64::from(covered).min(DISK_BLOCK))
 }
 
+/// Whether `bytes`, the first bytes of the block at `block`, are exactly what its
+/// record covers and sums to.
+fn record_matches((crc, covered): (u32, u64), block: u64, bytes: &[u8]) -> bool {
+    covered == bytes.len() as u64 && block_crc(block, bytes) == crc
+}
+
 fn block_crc(block_start: u64, bytes: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&block_start.to_le_bytes()), bytes)
 }
@@ -144,9 +150,8 @@ impl BlockSums {
     /// Whether `bytes`, the first bytes of `block`, are exactly what its record
     /// covers and sums to.
     fn block_matches(&self, block: u64, bytes: &[u8]) -> bool {
-        self.record(block).is_some_and(|(crc, covered)| {
-            covered == bytes.len() as u64 && block_crc(block, bytes) == crc
-        })
+        self.record(block)
+            .is_some_and(|record| record_matches(record, block, bytes))
     }
 
     /// Counts a read that passed its checks (`Some(started)`) or failed them.
@@ -260,9 +265,8 @@ impl BlockSums {
                         .zip(records.chunks(SUM_LEN as usize))
                         .enumerate()
                         .all(|(k, (bytes, record))| {
-                            let (crc, covered) = parse_record(record);
-                            covered == bytes.len() as u64
-                                && block_crc(first + k as u64 * DISK_BLOCK, bytes) == crc
+                            let block = first + k as u64 * DISK_BLOCK;
+                            record_matches(parse_record(record), block, bytes)
                         });
                     all_match && sink(pos, chunk)
                 })
