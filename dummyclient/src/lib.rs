@@ -52,6 +52,7 @@ use mooncake_proto::realclient::{
     GetOutcome, PutCompletion, RealClientInfo, RealClientServiceClient, RingRequest, RingResponse,
 };
 use mooncake_proto::*;
+use mooncake_shm::blocksums::{BlockSums, Counters};
 use mooncake_shm::callring::RingShape;
 use mooncake_shm::{CallRing, CallRingClient, Region, ShmError};
 
@@ -126,6 +127,9 @@ struct Conn {
     ring: Option<CallRingClient>,
     info: RealClientInfo,
     segment: Option<Region>,
+    /// The real client's disk tier, mapped: objects there are read and checked
+    /// here, as objects in the segment are copied here.
+    disk: Option<(BlockSums, SegmentId)>,
     broken: AtomicBool,
     /// Where this connection registered the staging pool, when there is one.
     staging_base: Option<u64>,
@@ -138,6 +142,38 @@ impl Conn {
     fn local_segment(&self) -> Option<(&Region, SegmentId)> {
         Some((self.segment.as_ref()?, self.info.segment.as_ref()?.id))
     }
+}
+
+/// Maps the real client's disk tier (its data file, block sums and counters);
+/// `None` when it has none or a part cannot be mapped (its reads then go
+/// through the real client, as before).
+async fn map_disk(ipc: &IpcClient, info: &RealClientInfo) -> Option<(BlockSums, SegmentId)> {
+    use mooncake_proto::realclient::{DISK_DATA_EXPORT, DISK_STATS_EXPORT, DISK_SUMS_EXPORT};
+    let desc = info.disk.as_ref()?;
+    let mapped = async {
+        let data = ipc.open_file(DISK_DATA_EXPORT).await?;
+        let sums = ipc.open_file(DISK_SUMS_EXPORT).await?;
+        let stats = ipc
+            .open(DISK_STATS_EXPORT, &RegionOptions::default())
+            .await?;
+        Ok::<_, mooncake_ipc::IpcError>((data, sums, stats))
+    };
+    let (data, sums, stats) = match mapped.await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::info!("the disk tier is read through the real client ({e})");
+            return None;
+        }
+    };
+    if data.len() as u64 != desc.size {
+        return None;
+    }
+    let sums = BlockSums::new(
+        Arc::new(data),
+        Arc::new(sums),
+        Counters::from_region(stats)?,
+    )?;
+    Some((sums, desc.id))
 }
 
 /// A buffer registered with the real client.
@@ -265,6 +301,111 @@ impl Dst<'_> {
             Dst::Owned(v) => {
                 v.resize(size as usize, 0);
                 src.read(at, v).map_err(|e| e.code())
+            }
+        }
+    }
+
+    /// Reads the `size`-byte object at `at` of a checked file (the disk tier)
+    /// into this destination, every block checked on the way:
+    /// `CHECKSUM_MISMATCH` when one fails (the destination then holds part of
+    /// the object, as after any failed read).
+    fn fill_checked(&mut self, file: &BlockSums, at: u64, size: u64) -> MResult<()> {
+        if self.capacity() < size {
+            return Err(ErrorCode::InvalidParams);
+        }
+        // Where each piece of the destination starts in the object; the two
+        // halves of a large read write disjoint pieces from two threads.
+        let mut pieces: Vec<(u64, Piece<'_>)> = Vec::new();
+        match self {
+            Dst::Registered(spans) => {
+                let mut start = 0;
+                for s in spans.iter() {
+                    pieces.push((start, Piece::Span(s)));
+                    start += s.len;
+                }
+            }
+            Dst::Slice(s) => pieces.push((0, Piece::Raw(s.as_mut_ptr() as usize, s.len() as u64))),
+            Dst::Owned(v) => {
+                v.resize(size as usize, 0);
+                pieces.push((0, Piece::Raw(v.as_mut_ptr() as usize, size)));
+            }
+        }
+        let read = file.read_checked(at, size, |mut pos, mut chunk| {
+            while !chunk.is_empty() {
+                let k = pieces.partition_point(|(s, _)| *s <= pos).saturating_sub(1);
+                let Some((start, piece)) = pieces.get(k) else {
+                    return false;
+                };
+                let within = pos - start;
+                let n = piece.len().saturating_sub(within).min(chunk.len() as u64) as usize;
+                if n == 0 || !piece.write(within, &chunk[..n]) {
+                    return false;
+                }
+                chunk = &chunk[n..];
+                pos += n as u64;
+            }
+            true
+        });
+        if read {
+            Ok(())
+        } else {
+            Err(ErrorCode::ChecksumMismatch)
+        }
+    }
+}
+
+/// A piece of a destination [`Dst::fill_checked`] writes, from either of two
+/// threads.
+enum Piece<'a> {
+    Span(&'a Span),
+    /// Memory of this process: address and length.
+    Raw(usize, u64),
+}
+
+// SAFETY: a `Piece` is written at disjoint positions by at most two threads at
+// once (`read_checked` hands each position out once), into memory the `Dst` it
+// came from borrows exclusively (`Slice`, `Owned`) or that the caller registered
+// (`Span`), for the whole read.
+unsafe impl Sync for Piece<'_> {}
+
+impl Piece<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Span(s) => s.len,
+            Piece::Raw(_, len) => *len,
+        }
+    }
+
+    /// Copies `bytes` to `within` bytes into the piece (the caller keeps it in
+    /// bounds).
+    fn write(&self, within: u64, bytes: &[u8]) -> bool {
+        match self {
+            Piece::Span(s) => match &s.region {
+                Some(r) => r.write(s.offset + within, bytes).is_ok(),
+                None => {
+                    // SAFETY: the caller registered `[addr, addr + len)` as memory
+                    // of this process; `within + bytes.len() <= len` (see `Dst::fill_checked`).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            (s.addr + within) as *mut u8,
+                            bytes.len(),
+                        )
+                    };
+                    true
+                }
+            },
+            Piece::Raw(addr, _) => {
+                // SAFETY: `[addr, addr + len)` is memory the destination borrows
+                // exclusively for the read; `within + bytes.len() <= len`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        (addr + within as usize) as *mut u8,
+                        bytes.len(),
+                    )
+                };
+                true
             }
         }
     }
@@ -458,6 +599,7 @@ impl Shared {
             Some(_) => Some(ipc.open(&info.segment_export, &options).await?),
             None => None,
         };
+        let disk = map_disk(&ipc, &info).await;
         let regs = self.registrations.lock().clone();
         for r in &regs {
             if let Some(region) = &r.region {
@@ -485,6 +627,7 @@ impl Shared {
             ring,
             info,
             segment,
+            disk,
             broken: AtomicBool::new(false),
             staging_base,
             released: Mutex::new(Vec::new()),
@@ -692,7 +835,10 @@ impl DummyClient {
                 keys,
                 dests,
                 released,
-            } => RingResponse::Outcomes(self.call(conn, rpc.get_into(c(), keys, dests, released))?),
+                local_disk,
+            } => RingResponse::Outcomes(
+                self.call(conn, rpc.get_into(c(), keys, dests, released, local_disk))?,
+            ),
             RingRequest::PutStart {
                 keys,
                 sizes,

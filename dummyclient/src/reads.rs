@@ -32,7 +32,7 @@ impl DummyClient {
         let conn = self.conn()?;
         let asked = Instant::now();
         let outcome = self
-            .get_into_call(&conn, vec![key.to_string()], vec![Vec::new()])
+            .get_into_call(&conn, vec![key.to_string()], vec![Vec::new()], true)
             .pop()
             .unwrap_or(Err(ErrorCode::InternalError))?;
         let list = match outcome {
@@ -150,7 +150,7 @@ impl DummyClient {
             }
         }
         let asked = Instant::now();
-        let outcomes = self.get_into_call(&conn, req_keys, dests);
+        let outcomes = self.get_into_call(&conn, req_keys, dests, true);
         let mut remote: Vec<(usize, u64)> = Vec::new();
         // Grants handed to this side, released once read (the staged round asks
         // for its own).
@@ -177,7 +177,15 @@ impl DummyClient {
                 Ok(GetOutcome::Local(list)) => {
                     let r = Self::copy_local(&conn, &list, dst, asked);
                     done_with.extend(grant_of(&keys[i], &list));
-                    r
+                    match r {
+                        // A disk copy failed its check: the real client reads
+                        // another replica (the second round).
+                        Err(ErrorCode::ChecksumMismatch) if list.replicas.len() > 1 => {
+                            remote.push((i, list.size));
+                            Ok(list.size)
+                        }
+                        r => r,
+                    }
                 }
                 Ok(GetOutcome::Remote(list)) => {
                     done_with.extend(grant_of(&keys[i], &list));
@@ -233,11 +241,14 @@ impl DummyClient {
         let _ = self.dispatch(conn, RingRequest::ReleaseReads(reads));
     }
 
+    /// `local_disk`: replicas in the real client's disk tier may come back
+    /// `Local`, for this side to read (when it maps the tier).
     pub(super) fn get_into_call(
         &self,
         conn: &Conn,
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
+        local_disk: bool,
     ) -> Vec<MResult<GetOutcome>> {
         let n = keys.len();
         let released = std::mem::take(&mut *conn.released.lock());
@@ -245,6 +256,7 @@ impl DummyClient {
             keys,
             dests,
             released,
+            local_disk: local_disk && conn.disk.is_some(),
         };
         self.dispatch_batch(conn, n, request, |r| match r {
             RingResponse::Outcomes(v) => Some(v),
@@ -258,16 +270,24 @@ impl DummyClient {
         dst: &mut Dst<'_>,
         asked: Instant,
     ) -> MResult<u64> {
-        let (segment, id) = conn.local_segment().ok_or(ErrorCode::TransferFail)?;
-        let replica = list
-            .replicas
-            .iter()
-            .find(|r| r.segment_id == id)
-            .ok_or(ErrorCode::TransferFail)?;
         if dst.capacity() < list.size {
             return Err(ErrorCode::InvalidParams);
         }
-        dst.fill_from(segment, replica.offset, list.size)?;
+        let on = |id: SegmentId| list.replicas.iter().find(|r| r.segment_id == id);
+        if let Some((segment, replica)) = conn
+            .local_segment()
+            .and_then(|(segment, id)| Some((segment, on(id)?)))
+        {
+            dst.fill_from(segment, replica.offset, list.size)?;
+        } else if let Some((file, replica)) = conn
+            .disk
+            .as_ref()
+            .and_then(|(file, id)| Some((file, on(*id)?)))
+        {
+            dst.fill_checked(file, replica.offset, list.size)?;
+        } else {
+            return Err(ErrorCode::TransferFail);
+        }
         // The space may have been reused if the lease ran out during the copy.
         if asked.elapsed() > Duration::from_millis(list.lease_ttl_ms) {
             return Err(ErrorCode::LeaseExpired);
@@ -310,7 +330,9 @@ impl DummyClient {
         }
         let req_keys: Vec<String> = remote.iter().map(|&(i, _)| keys[i].clone()).collect();
         let asked = Instant::now();
-        let outcomes = self.get_into_call(conn, req_keys, dests);
+        // The real client reads them itself, own disk tier included: a disk copy
+        // that failed its check here comes back this way.
+        let outcomes = self.get_into_call(conn, req_keys, dests, false);
         for ((&(i, _), outcome), off) in remote.iter().zip(outcomes).zip(offsets) {
             let dst = dsts[i].as_mut().expect("valid");
             results[i] = match outcome {
@@ -341,6 +363,24 @@ pub struct OpenRead<'a> {
 }
 
 impl OpenRead<'_> {
+    /// Reads and checks the object here when it is only in this host's disk
+    /// tier (mapped here); `None` to read it the other ways (also after a
+    /// failed check, when another replica may serve).
+    fn read_local_disk(&self, dst: &mut [u8]) -> Option<MResult<u64>> {
+        let list = &self.session.list;
+        let (_, disk_id) = self.conn.disk.as_ref()?;
+        let on = |id: SegmentId| list.replicas.iter().any(|r| r.segment_id == id);
+        let in_memory = self.conn.local_segment().is_some_and(|(_, id)| on(id));
+        if in_memory || !on(*disk_id) {
+            return None;
+        }
+        match DummyClient::copy_local(&self.conn, list, &mut Dst::Slice(dst), self.session.granted)
+        {
+            Err(ErrorCode::ChecksumMismatch) if list.replicas.len() > 1 => None,
+            r => Some(r),
+        }
+    }
+
     /// The object's size.
     pub fn size(&self) -> u64 {
         self.session.list.size
@@ -356,6 +396,8 @@ impl OpenRead<'_> {
             Err(ErrorCode::InvalidParams)
         } else if size == 0 {
             Ok(0)
+        } else if let Some(r) = self.read_local_disk(dst) {
+            r
         } else {
             // Process memory the real client cannot map: `read_ranges` copies it
             // here from the local segment, or stages it for a remote holder.

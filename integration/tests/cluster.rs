@@ -320,7 +320,13 @@ fn bad_input_gets_error_codes_and_harms_no_one() {
             },
         ] {
             let r = rpc
-                .get_into(tarpc_ctx(), vec!["on-one".into()], vec![vec![bad]], vec![])
+                .get_into(
+                    tarpc_ctx(),
+                    vec!["on-one".into()],
+                    vec![vec![bad]],
+                    vec![],
+                    false,
+                )
                 .await
                 .unwrap();
             assert_eq!(r, vec![Err(ErrorCode::InvalidParams)], "{bad:?}");
@@ -331,6 +337,7 @@ fn bad_input_gets_error_codes_and_harms_no_one() {
                 vec!["a".into(), "b".into()],
                 vec![vec![]],
                 vec![],
+                false,
             )
             .await
             .unwrap();

@@ -80,9 +80,21 @@ fn tiers_of(http: &str, key: &str) -> (usize, usize) {
 /// Puts 64 MiB (four times the segment) in rounds of 8 MiB, letting each
 /// round's offload copies finish.
 fn fill(dummy: &DummyClient, http: &str, prefix: &str) -> Vec<String> {
+    fill_with(dummy, http, prefix, (8, 32), LEN)
+}
+
+/// Puts `rounds` rounds of `per_round` objects of `len` bytes, letting each
+/// round's offload copies finish.
+fn fill_with(
+    dummy: &DummyClient,
+    http: &str,
+    prefix: &str,
+    (rounds, per_round): (usize, usize),
+    len: usize,
+) -> Vec<String> {
     let mut keys = Vec::new();
-    for round in 0..8 {
-        keys.extend(put_many(dummy, &format!("{prefix}{round}"), 32, LEN));
+    for round in 0..rounds {
+        keys.extend(put_many(dummy, &format!("{prefix}{round}"), per_round, len));
         assert!(
             wait_until(Duration::from_secs(30), || metric(
                 http,
@@ -264,49 +276,81 @@ fn disk_objects_survive_kill_9_of_client_and_master() {
     );
 }
 
-#[test]
-fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
-    let (_master, rpc, http) = start_master_with_http(&[
-        "--enable_offload=true",
-        "--eviction_high_watermark_ratio=0.8",
-    ]);
-    let dir = TempDir::new("corrupt");
-    let paths = Paths::new("disk-corrupt");
-    let client = start_disk_client(&paths, &rpc, &dir.0);
-    let client_http = http_of(&client);
-    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
-    let keys = fill(&dummy, &http, "c");
-    let victim = keys
-        .iter()
-        .find(|k| tiers_of(&http, k) == (0, 1))
-        .expect("an object only on disk")
-        .clone();
-    let (_, body) = http_get(&http, &format!("/query_key?key={victim}")).unwrap();
+/// Flips the byte `at` bytes into `key`'s disk copy, in the disk tier's file
+/// under `dir`, underneath the store.
+fn flip_disk_byte(master_http: &str, dir: &Path, key: &str, at: u64) {
+    let (_, body) = http_get(master_http, &format!("/query_key?key={key}")).unwrap();
     let offset: u64 = body
         .split("\"offset\":")
         .nth(1)
         .and_then(|s| s.split([',', '}']).next())
         .and_then(|s| s.trim().parse().ok())
         .expect("offset in /query_key");
-    // Flip one byte in the middle of the object, in the file, underneath.
-    let data = std::fs::read_dir(&dir.0)
+    let data = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "disk"))
         .expect("the disk tier's data file");
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&data)
-            .unwrap();
-        let at = offset + (LEN as u64) / 2;
-        let mut byte = [0u8; 1];
-        f.read_exact_at(&mut byte, at).unwrap();
-        f.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, offset + at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0xff], offset + at).unwrap();
+}
+
+/// A master copying to disk tiers, one real client with a disk tier, a dummy.
+struct Offloading {
+    _master: Daemon,
+    /// The master's HTTP address.
+    http: String,
+    dir: TempDir,
+    _client: Daemon,
+    /// The real client's HTTP address.
+    client_http: String,
+    dummy: DummyClient,
+    /// Removed (socket, segment) when dropped: kept as long as the client runs.
+    _paths: Paths,
+}
+
+fn offloading(tag: &str) -> Offloading {
+    let (master, rpc, http) = start_master_with_http(&[
+        "--enable_offload=true",
+        "--eviction_high_watermark_ratio=0.8",
+    ]);
+    let dir = TempDir::new(tag);
+    let paths = Paths::new(&format!("disk-{tag}"));
+    let client = start_disk_client(&paths, &rpc, &dir.0);
+    let client_http = http_of(&client);
+    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
+    Offloading {
+        _master: master,
+        http,
+        dir,
+        _client: client,
+        client_http,
+        dummy,
+        _paths: paths,
     }
+}
+
+#[test]
+fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
+    // Bound whole: the daemons it holds live to the end of the test.
+    let s = offloading("corrupt");
+    let (http, dir, client_http, dummy) = (&s.http, &s.dir, &s.client_http, &s.dummy);
+    let keys = fill(dummy, http, "c");
+    let victim = keys
+        .iter()
+        .find(|k| tiers_of(http, k) == (0, 1))
+        .expect("an object only on disk")
+        .clone();
+    // Flip one byte in the middle of the object, in the file, underneath.
+    flip_disk_byte(http, &dir.0, &victim, LEN as u64 / 2);
     let mut buf = vec![0u8; LEN];
     let got = dummy.batch_get_into_slices(std::slice::from_ref(&victim), &mut [buf.as_mut_slice()]);
     assert_eq!(got, vec![Err(ErrorCode::ChecksumMismatch)]);
@@ -315,12 +359,75 @@ fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
         "no bytes for a corrupted object"
     );
     assert!(
-        metric(&client_http, "mooncake_client_disk_checksum_failures_total").unwrap_or(0.0) >= 1.0
+        metric(client_http, "mooncake_client_disk_checksum_failures_total").unwrap_or(0.0) >= 1.0
     );
     // The others still read back whole.
     let others: Vec<String> = keys.iter().filter(|k| **k != victim).cloned().collect();
-    assert_all_readable(&dummy, &others, LEN);
-    assert!(metric(&client_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0) > 0.0);
+    assert_all_readable(dummy, &others, LEN);
+    assert!(metric(client_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0) > 0.0);
+}
+
+/// Dummies on the disk tier's host map its files and read objects there
+/// themselves, checking every block (large ones on two threads): into
+/// registered memory, plain slices and new bytes, with the right bytes, counted
+/// in the real client's metrics, and a flipped byte anywhere is an error.
+#[test]
+fn a_dummy_reads_large_disk_objects_itself_checked() {
+    const BIG: usize = 3 << 20;
+    // Bound whole: the daemons it holds live to the end of the test.
+    let s = offloading("big");
+    let (http, dir, client_http, dummy) = (&s.http, &s.dir, &s.client_http, &s.dummy);
+    let keys = fill_with(dummy, http, "big", (4, 4), BIG);
+    let on_disk: Vec<String> = keys
+        .iter()
+        .filter(|k| tiers_of(http, k) == (0, 1))
+        .cloned()
+        .collect();
+    assert!(on_disk.len() >= 4, "{} objects only on disk", on_disk.len());
+    let read_before = metric(client_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0);
+
+    // Registered memory, in two registrations' worth of one buffer.
+    let mem = HostMemAllocator::new();
+    let addr = mem.alloc(BIG as u64).unwrap();
+    dummy.register_buffer(addr, BIG as u64).unwrap();
+    for key in &on_disk {
+        // SAFETY: `addr` is a live allocation of `BIG` bytes from `mem`.
+        unsafe { std::ptr::write_bytes(addr as *mut u8, 0, BIG) };
+        assert_eq!(
+            dummy.get_into(key, addr, BIG as u64),
+            Ok(BIG as u64),
+            "{key}"
+        );
+        // SAFETY: as above; the read has ended.
+        let got = unsafe { std::slice::from_raw_parts(addr as *const u8, BIG) };
+        assert!(got == value_for(key, BIG).as_slice(), "bytes of {key}");
+    }
+    // Plain slices and new bytes.
+    assert_all_readable(dummy, &on_disk, BIG);
+    assert_eq!(dummy.get(&on_disk[0]).unwrap(), value_for(&on_disk[0], BIG));
+    let read = metric(client_http, "mooncake_client_disk_read_bytes_total").unwrap_or(0.0);
+    assert!(
+        read - read_before >= (2 * on_disk.len() * BIG) as f64,
+        "reads made in the dummy count in the real client's metrics: {read_before} -> {read}"
+    );
+
+    // A flipped byte early (this thread's part) or late (the helper's part).
+    let failures =
+        || metric(client_http, "mooncake_client_disk_checksum_failures_total").unwrap_or(0.0);
+    for (key, at) in [(&on_disk[1], 100u64), (&on_disk[2], BIG as u64 - 100)] {
+        let before = failures();
+        flip_disk_byte(http, &dir.0, key, at);
+        assert_eq!(
+            dummy.get_into(key, addr, BIG as u64),
+            Err(ErrorCode::ChecksumMismatch),
+            "{key} with byte {at} flipped"
+        );
+        assert!(dummy.get(key).is_err(), "no bytes for {key}");
+        assert!(failures() >= before + 2.0, "failures counted");
+    }
+    // The rest still read back whole.
+    assert_all_readable(dummy, &on_disk[3..], BIG);
+    dummy.unregister_buffer(addr).unwrap();
 }
 
 #[test]

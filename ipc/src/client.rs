@@ -141,6 +141,24 @@ impl IpcClient {
         }
     }
 
+    /// Maps a file on a local disk the server exports under `name` (the disk
+    /// tier's data file), whole.
+    pub async fn open_file(&self, name: &str) -> Result<Region, IpcError> {
+        let (reply, mut fds) = self
+            .request(&FdRequest::Open { name: name.into() }, None)
+            .await?;
+        match reply {
+            FdReply::Opened { size } if fds.len() == 1 => {
+                Ok(Region::from_disk_fd(fds.pop().expect("one fd"), size)?)
+            }
+            FdReply::Error(code) => Err(IpcError::Refused {
+                code,
+                message: format!("no export named {name:?}"),
+            }),
+            other => Err(IpcError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     /// Maps a region the server exports under `name`.
     pub async fn open(&self, name: &str, options: &RegionOptions) -> Result<Region, IpcError> {
         let (reply, mut fds) = self

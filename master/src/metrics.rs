@@ -107,6 +107,16 @@ pub struct Metrics {
     pub promotions_queued: AtomicU64,
     /// Promotions not made: memory had no free room below the high watermark.
     pub promotions_skipped: AtomicU64,
+    /// Replica lists served whose first replica is in memory (upstream's
+    /// `mem_cache_hit_nums_`), and their bytes.
+    pub memory_hits: AtomicU64,
+    /// See `memory_hits`.
+    pub memory_hit_bytes: AtomicU64,
+    /// Replica lists served from a disk tier only (upstream's
+    /// `file_cache_hit_nums_`), and their bytes.
+    pub disk_hits: AtomicU64,
+    /// See `disk_hits`.
+    pub disk_hit_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -128,6 +138,10 @@ impl Default for Metrics {
             offloaded_evictions: AtomicU64::new(0),
             promotions_queued: AtomicU64::new(0),
             promotions_skipped: AtomicU64::new(0),
+            memory_hits: AtomicU64::new(0),
+            memory_hit_bytes: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+            disk_hit_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -157,6 +171,10 @@ pub struct Gauges {
     pub offload_queue_depth: u64,
     /// Promotions (copies from a disk tier back to memory) queued and not yet done.
     pub promotion_queue_depth: u64,
+    /// Replicas in memory segments (complete or being written).
+    pub memory_replicas: u64,
+    /// Replicas in disk tiers.
+    pub disk_replicas: u64,
 }
 
 impl Metrics {
@@ -228,6 +246,16 @@ impl Metrics {
                 "master_promotion_queue_depth",
                 "Copies from a disk tier back to memory queued and not yet done",
                 g.promotion_queue_depth,
+            ),
+            (
+                "master_memory_replicas",
+                "Replicas in memory segments (complete or being written)",
+                g.memory_replicas,
+            ),
+            (
+                "master_disk_replicas",
+                "Replicas in disk tiers (complete or being written)",
+                g.disk_replicas,
             ),
         ] {
             e.gauge(name, help, v);
@@ -307,6 +335,27 @@ impl Metrics {
                 "master_promotions_skipped_total",
                 "Promotions not made: no free memory below the high watermark",
                 &self.promotions_skipped,
+            ),
+            // Upstream's names for where reads were served from.
+            (
+                "mem_cache_hit_nums_",
+                "Replica lists served from the memory pool",
+                &self.memory_hits,
+            ),
+            (
+                "file_cache_hit_nums_",
+                "Replica lists served from a disk tier",
+                &self.disk_hits,
+            ),
+            (
+                "mem_cache_hit_bytes_total",
+                "Bytes of replica lists served from the memory pool",
+                &self.memory_hit_bytes,
+            ),
+            (
+                "file_cache_hit_bytes_total",
+                "Bytes of replica lists served from a disk tier",
+                &self.disk_hit_bytes,
             ),
         ] {
             e.counter(name, help, v.load(Relaxed));

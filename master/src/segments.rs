@@ -38,6 +38,8 @@ pub(crate) struct Segment {
     pub allocator: Mutex<RangeAllocator>,
     /// Mirror of the allocator's `used()` readable without its lock.
     pub used: AtomicU64,
+    /// Replicas allocated in it (complete or being written).
+    pub replicas: AtomicU64,
     /// The owner's inventory log.
     pub log: Arc<Mutex<InventoryLog>>,
 }
@@ -61,6 +63,7 @@ impl Segment {
         let mut a = self.allocator.lock();
         let offset = a.allocate(reserved_len(self.desc.medium, size))?;
         self.used.store(a.used(), Relaxed);
+        self.replicas.fetch_add(1, Relaxed);
         Some(offset)
     }
 
@@ -68,6 +71,9 @@ impl Segment {
         let mut a = self.allocator.lock();
         a.free(offset, reserved_len(self.desc.medium, size));
         self.used.store(a.used(), Relaxed);
+        let _ = self
+            .replicas
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
     }
 
     pub fn on_disk(&self) -> bool {
@@ -122,18 +128,20 @@ impl SegmentTable {
             .unwrap_or(0)
     }
 
-    /// Reserves a slot for a new segment (not yet accepting allocations).
+    /// Reserves a slot for a new segment (not yet accepting allocations) whose
+    /// `allocator` holds `replicas` replicas already.
     pub fn insert(
         &mut self,
         desc: SegmentDesc,
         owner: ClientId,
-        allocator: RangeAllocator,
+        (allocator, replicas): (RangeAllocator, u64),
         log: Arc<Mutex<InventoryLog>>,
     ) -> Arc<Segment> {
         let slot = self.free_slots.pop().unwrap_or(self.slots.len() as u32);
         let segment = Arc::new(Segment {
             route: parking_lot::RwLock::new((desc.transport_endpoint.clone(), desc.base)),
             used: AtomicU64::new(allocator.used()),
+            replicas: AtomicU64::new(replicas),
             allocator: Mutex::new(allocator),
             desc,
             owner,
@@ -317,6 +325,18 @@ impl SegmentTable {
     /// Total capacity and allocated bytes of the segments serving allocations.
     pub fn usage(&self) -> (u64, u64) {
         total_usage(self.memory_segments())
+    }
+
+    /// Replicas in memory segments and in disk tiers (drained segments included).
+    pub fn replicas_per_tier(&self) -> (u64, u64) {
+        self.iter().fold((0, 0), |(memory, disk), s| {
+            let n = s.replicas.load(Relaxed);
+            if s.on_disk() {
+                (memory, disk + n)
+            } else {
+                (memory + n, disk)
+            }
+        })
     }
 
     pub fn len(&self) -> usize {

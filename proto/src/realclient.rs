@@ -20,7 +20,18 @@ pub struct RealClientInfo {
     pub segment_export: String,
     /// The hostname used as segment name (`get_hostname`).
     pub hostname: String,
+    /// Its disk tier, when it has one: a dummy that maps the exports
+    /// [`DISK_DATA_EXPORT`], [`DISK_SUMS_EXPORT`] and [`DISK_STATS_EXPORT`] reads
+    /// objects there itself (see [`RealClientService::get_into`]).
+    pub disk: Option<SegmentDesc>,
 }
+
+/// IPC export of the disk tier's data file.
+pub const DISK_DATA_EXPORT: &str = "disk";
+/// IPC export of the disk tier's block checksums.
+pub const DISK_SUMS_EXPORT: &str = "disk-sums";
+/// IPC export of the disk tier's shared read and write counters.
+pub const DISK_STATS_EXPORT: &str = "disk-stats";
 
 /// A range of a dummy's registered memory, in the dummy's own addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +57,8 @@ pub struct PutCompletion {
 /// Per-key answer of [`RealClientService::get_into`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GetOutcome {
-    /// A replica is in the local segment: the dummy copies it (under the lease).
+    /// A replica is in the local segment (or the local disk tier, when the dummy
+    /// said it maps it): the dummy copies it (under the lease).
     Local(ReplicaList),
     /// The real client already moved this many bytes into the given buffers.
     Done(u64),
@@ -91,6 +103,7 @@ pub enum RingRequest {
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
         released: Vec<(String, u64)>,
+        local_disk: bool,
     },
     PutStart {
         keys: Vec<String>,
@@ -166,11 +179,14 @@ pub trait RealClientService {
     /// `dests` (an empty list = no destination). One master call for the batch.
     /// `released` carries grants of earlier reads this dummy has finished with
     /// (see [`release_reads`](RealClientService::release_reads)), so releasing costs
-    /// no call of its own.
+    /// no call of its own. `local_disk`: the dummy maps this client's disk tier
+    /// (see [`RealClientInfo::disk`]), so a replica there is `Local` too, for the
+    /// dummy to read and check itself.
     async fn get_into(
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
         released: Vec<(String, u64)>,
+        local_disk: bool,
     ) -> Vec<MResult<GetOutcome>>;
     /// Serves a `CallRing` the dummy created in memory it registered at
     /// `client_base`: later calls may go through it instead of this socket.

@@ -472,12 +472,7 @@ impl MooncakeDistributedStore {
     fn get_offload_rpc_read_count(&self) -> i64 {
         self.connected()
             .and_then(|c| c.background.as_ref()?.client().disk().cloned())
-            .map_or(0, |disk| {
-                disk.sums
-                    .stats
-                    .reads
-                    .load(std::sync::atomic::Ordering::Relaxed) as i64
-            })
+            .map_or(0, |disk| disk.reads_served() as i64)
     }
 
     /// 0 healthy, 1 not set up, 2 real client or master unreachable.

@@ -1,7 +1,9 @@
 //! The disk tier: a file on this host's local disk, mapped and contributed to the
 //! pool as one more segment of this client with [`Medium::Disk`]. The master
 //! places offloaded copies in it (never a write's first replica); peers and this
-//! client read and write it through the transfer port like the memory segment.
+//! client read and write it through the transfer port like the memory segment,
+//! and dummies on this host map its files (exported with the segment) and read
+//! objects there themselves, checked ([`mooncake_shm::blocksums`]).
 //!
 //! Beside the data file (`<stem>.disk`, its blocks reserved at start so a full disk
 //! is an error then, not a fault later) live:
@@ -16,22 +18,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use mooncake_proto::{ClientId, Medium, Protocol, SegmentDesc, SegmentId};
 use mooncake_shm::Region;
+use mooncake_shm::blocksums::{self, BlockSums, Counter, Counters};
 
 use crate::inventory::{self, Inventory};
 
 /// Objects in the disk tier start on this boundary and own their blocks (the
 /// master allocates disk space in whole blocks).
-pub const DISK_BLOCK: u64 = 4096;
-/// Bytes of one block's record in the sums file: CRC-32C, then bytes covered.
-const SUM_LEN: u64 = 8;
-
+pub const DISK_BLOCK: u64 = blocksums::BLOCK;
 /// Where the disk tier lives and how large it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -66,225 +64,12 @@ pub enum DiskError {
     TooSmall(u64),
 }
 
-/// Counters of the disk tier (served in the client's `/metrics`).
-#[derive(Debug, Default)]
-pub struct DiskStats {
-    /// Bytes written into the file.
-    pub bytes_written: AtomicU64,
-    /// Bytes read out of it (checked).
-    pub bytes_read: AtomicU64,
-    /// Writes and reads, and the time they took (ns), for average latencies.
-    pub writes: AtomicU64,
-    /// See `writes`.
-    pub write_ns: AtomicU64,
-    /// See `writes`.
-    pub reads: AtomicU64,
-    /// See `writes`.
-    pub read_ns: AtomicU64,
-    /// Reads refused because a block did not match its checksum.
-    pub checksum_failures: AtomicU64,
-}
-
-/// The per-block checksums of the data file.
-pub struct BlockSums {
-    data: Arc<Region>,
-    sums: Region,
-    /// Counters.
-    pub stats: DiskStats,
-}
-
-/// A block record's sum and how many of the block's bytes it covers.
-fn parse_record(record: &[u8]) -> (u32, u64) {
-    let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
-    let covered = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
-    (crc, u64::from(covered).min(DISK_BLOCK))
-}
-
-/// Whether `bytes`, the first bytes of the block at `block`, are exactly what its
-/// record covers and sums to.
-fn record_matches((crc, covered): (u32, u64), block: u64, bytes: &[u8]) -> bool {
-    covered == bytes.len() as u64 && block_crc(block, bytes) == crc
-}
-
-fn block_crc(block_start: u64, bytes: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&block_start.to_le_bytes()), bytes)
-}
-
-impl BlockSums {
-    /// Records the checksums of the blocks `[offset, offset + len)` was written
-    /// to (call after the bytes are in place).
-    pub fn seal(&self, offset: u64, len: u64) {
-        let started = Instant::now();
-        let end = offset.saturating_add(len).min(self.data.len() as u64);
-        let mut buf = vec![0u8; DISK_BLOCK as usize];
-        let mut block = offset / DISK_BLOCK * DISK_BLOCK;
-        while block < end {
-            let covered = (end - block).min(DISK_BLOCK);
-            let bytes = &mut buf[..covered as usize];
-            if self.data.read(block, bytes).is_err() {
-                return;
-            }
-            let mut record = [0u8; SUM_LEN as usize];
-            record[..4].copy_from_slice(&block_crc(block, bytes).to_le_bytes());
-            record[4..].copy_from_slice(&(covered as u32).to_le_bytes());
-            let _ = self.sums.write(block / DISK_BLOCK * SUM_LEN, &record);
-            block += DISK_BLOCK;
-        }
-        self.stats.bytes_written.fetch_add(len, Relaxed);
-        self.stats.writes.fetch_add(1, Relaxed);
-        self.stats
-            .write_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-    }
-
-    /// A block's record: its sum and how many of its bytes it covers (0: never
-    /// written).
-    fn record(&self, block: u64) -> Option<(u32, u64)> {
-        let mut record = [0u8; SUM_LEN as usize];
-        self.sums
-            .read(block / DISK_BLOCK * SUM_LEN, &mut record)
-            .ok()?;
-        Some(parse_record(&record))
-    }
-
-    /// Whether `bytes`, the first bytes of `block`, are exactly what its record
-    /// covers and sums to.
-    fn block_matches(&self, block: u64, bytes: &[u8]) -> bool {
-        self.record(block)
-            .is_some_and(|record| record_matches(record, block, bytes))
-    }
-
-    /// Counts a read that passed its checks (`Some(started)`) or failed them.
-    fn count_read(&self, len: u64, passed: Option<Instant>) {
-        match passed {
-            Some(started) => {
-                self.stats.bytes_read.fetch_add(len, Relaxed);
-                self.stats.reads.fetch_add(1, Relaxed);
-                self.stats
-                    .read_ns
-                    .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-            }
-            None => {
-                self.stats.checksum_failures.fetch_add(1, Relaxed);
-            }
-        }
-    }
-
-    /// Whether every block `[offset, offset + len)` touches matches its checksum
-    /// and was written at least that far.
-    pub fn verify(&self, offset: u64, len: u64) -> bool {
-        let started = Instant::now();
-        let Some(end) = offset.checked_add(len) else {
-            return false;
-        };
-        let mut block = offset / DISK_BLOCK * DISK_BLOCK;
-        let mut ok = true;
-        while block < end && ok {
-            // Bytes the read wants from this block must all have been written.
-            let wanted_end = end.min(block + DISK_BLOCK);
-            let covered = match self.record(block) {
-                Some((_, covered)) if covered > 0 && block + covered >= wanted_end => covered,
-                _ => {
-                    ok = false;
-                    break;
-                }
-            };
-            ok = self
-                .data
-                .with_bytes(block, covered, |bytes| self.block_matches(block, bytes))
-                .unwrap_or(false);
-            block += DISK_BLOCK;
-        }
-        self.count_read(len, ok.then_some(started));
-        ok
-    }
-
-    /// Reads the object at `offset` (block-aligned) of `len` bytes in chunks,
-    /// checking each block against its sum before handing it to `sink` (with its
-    /// position in the object): one copy out of the file, no second read for the
-    /// check. Objects of 4 MiB and more are read in two halves at
-    /// once (the check is as costly as the copy). `false` when a block fails
-    /// (chunks before it may have been handed on) or `sink` refuses.
-    pub fn read_checked(
-        &self,
-        offset: u64,
-        len: u64,
-        sink: impl Fn(u64, &[u8]) -> bool + Sync,
-    ) -> bool {
-        const PARALLEL_FROM: u64 = 4 << 20;
-        if !offset.is_multiple_of(DISK_BLOCK) {
-            return false;
-        }
-        let started = Instant::now();
-        let ok = if len >= PARALLEL_FROM {
-            let half = (len / 2).next_multiple_of(DISK_BLOCK);
-            std::thread::scope(|scope| {
-                let second = scope.spawn(|| self.read_range(offset, half, len, &sink));
-                let first = self.read_range(offset, 0, half, &sink);
-                second.join().unwrap_or(false) && first
-            })
-        } else {
-            self.read_range(offset, 0, len, &sink)
-        };
-        self.count_read(len, ok.then_some(started));
-        ok
-    }
-
-    /// Bytes `[from, to)` of the object at `offset`, checked, to `sink`: block by
-    /// block, each checked in place in the mapping and handed on while it is
-    /// still in the CPU's cache (one pass over memory, as a plain copy).
-    fn read_range(
-        &self,
-        offset: u64,
-        from: u64,
-        to: u64,
-        sink: &(impl Fn(u64, &[u8]) -> bool + Sync),
-    ) -> bool {
-        // 16 blocks at a time: their records in one read, each block checked in
-        // place, then the chunk handed on while it is in the CPU's cache.
-        const BLOCKS: u64 = 16;
-        let mut records = [0u8; (BLOCKS * SUM_LEN) as usize];
-        let mut pos = from;
-        while pos < to {
-            let n = (BLOCKS * DISK_BLOCK).min(to - pos);
-            let first = offset + pos;
-            let blocks = n.div_ceil(DISK_BLOCK);
-            let records = &mut records[..(blocks * SUM_LEN) as usize];
-            if self
-                .sums
-                .read(first / DISK_BLOCK * SUM_LEN, records)
-                .is_err()
-            {
-                return false;
-            }
-            let passed = self
-                .data
-                .with_bytes(first, n, |chunk| {
-                    let all_match = chunk
-                        .chunks(DISK_BLOCK as usize)
-                        .zip(records.chunks(SUM_LEN as usize))
-                        .enumerate()
-                        .all(|(k, (bytes, record))| {
-                            let block = first + k as u64 * DISK_BLOCK;
-                            record_matches(parse_record(record), block, bytes)
-                        });
-                    all_match && sink(pos, chunk)
-                })
-                .unwrap_or(false);
-            if !passed {
-                return false;
-            }
-            pos += n;
-        }
-        true
-    }
-}
-
 /// The disk tier of one real client.
 pub struct DiskTier {
     /// The mapped data file.
     pub region: Arc<Region>,
-    /// Its checksums.
+    /// Its checksums (and the read and write counters, in a region exported
+    /// to dummies with the files).
     pub sums: Arc<BlockSums>,
     /// The segment as the master knows it (`transport_endpoint` filled in once the
     /// transfer port is up).
@@ -329,7 +114,7 @@ impl DiskTier {
         let data_path = config.dir.join(format!("{stem}.disk"));
         let sums_path = config.dir.join(format!("{stem}.disk.sums"));
         let inventory_path = config.dir.join(format!("{stem}.disk.inventory"));
-        let sums_size = (size / DISK_BLOCK * SUM_LEN).next_multiple_of(DISK_BLOCK);
+        let sums_size = blocksums::sums_len(size);
         // A missing directory is made (a read-only or foreign one fails below).
         let _ = std::fs::create_dir_all(&config.dir);
         let lock = crate::segfiles::SegmentLock::acquire(&data_path)?;
@@ -363,6 +148,9 @@ impl DiskTier {
             }
         };
         let region = Arc::new(data);
+        let counters = Counters::create().map_err(file_error(&sums_path))?;
+        let sums = BlockSums::new(region.clone(), Arc::new(sums), counters)
+            .expect("the sums file is sized for the data file");
         let desc = SegmentDesc {
             id,
             name,
@@ -384,11 +172,7 @@ impl DiskTier {
         };
         Ok(OpenedDisk {
             tier: DiskTier {
-                sums: Arc::new(BlockSums {
-                    data: region.clone(),
-                    sums,
-                    stats: DiskStats::default(),
-                }),
+                sums: Arc::new(sums),
                 region,
                 desc,
                 inventory: Mutex::new(inventory),
@@ -418,13 +202,13 @@ impl DiskTier {
     /// The disk tier's part of the client's `/metrics`.
     pub fn render_metrics(&self) -> String {
         let (objects, bytes) = self.usage();
-        let st = &self.sums.stats;
-        let avg_us = |ns: &AtomicU64, n: &AtomicU64| {
-            let n = n.load(Relaxed);
+        let st = self.sums.counters();
+        let avg_us = |ns: Counter, n: Counter| {
+            let n = st.get(n);
             if n == 0 {
                 0.0
             } else {
-                ns.load(Relaxed) as f64 / n as f64 / 1000.0
+                st.get(ns) as f64 / n as f64 / 1000.0
             }
         };
         let mut e = mooncake_daemon::prometheus::Exposition::new();
@@ -446,29 +230,35 @@ impl DiskTier {
         .counter(
             "mooncake_client_disk_write_bytes_total",
             "Bytes written into the disk tier.",
-            st.bytes_written.load(Relaxed),
+            st.get(Counter::BytesWritten),
         )
         .counter(
             "mooncake_client_disk_read_bytes_total",
             "Bytes read from the disk tier (checksums passed).",
-            st.bytes_read.load(Relaxed),
+            st.get(Counter::BytesRead),
         )
         .counter(
             "mooncake_client_disk_checksum_failures_total",
             "Disk-tier reads refused because a block failed its checksum.",
-            st.checksum_failures.load(Relaxed),
+            st.get(Counter::ChecksumFailures),
         )
         .gauge(
             "mooncake_client_disk_write_checksum_avg_microseconds",
             "Average time to checksum one write into the disk tier.",
-            format!("{:.1}", avg_us(&st.write_ns, &st.writes)),
+            format!("{:.1}", avg_us(Counter::WriteNs, Counter::Writes)),
         )
         .gauge(
             "mooncake_client_disk_read_check_avg_microseconds",
             "Average time to check one read from the disk tier.",
-            format!("{:.1}", avg_us(&st.read_ns, &st.reads)),
+            format!("{:.1}", avg_us(Counter::ReadNs, Counter::Reads)),
         );
         e.finish()
+    }
+
+    /// Reads of objects in the tier that passed their checks, by this process
+    /// and by the dummies reading its files.
+    pub fn reads_served(&self) -> u64 {
+        self.sums.counters().get(Counter::Reads)
     }
 
     /// Objects and bytes recorded.
@@ -514,65 +304,6 @@ mod tests {
             Protocol::Tcp,
         )
         .unwrap()
-    }
-
-    #[test]
-    fn sealed_blocks_verify_and_any_change_is_caught() {
-        let dir = TempDir::new();
-        let t = tier(dir.path(), 1 << 20).tier;
-        let value: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        t.region.write(8192, &value).unwrap();
-        // Nothing sealed yet: not readable.
-        assert!(!t.sums.verify(8192, value.len() as u64));
-        t.sums.seal(8192, value.len() as u64);
-        assert!(t.sums.verify(8192, value.len() as u64));
-        // Part of it, including the partial last block.
-        assert!(t.sums.verify(8192 + 5000, 5000));
-        // Past what was written.
-        assert!(!t.sums.verify(8192, value.len() as u64 + 1));
-        // A flipped byte underneath (another process, bit rot).
-        t.region.write(8192 + 4100, &[value[4100] ^ 1]).unwrap();
-        assert!(!t.sums.verify(8192, value.len() as u64));
-        assert!(t.sums.verify(8192, 4096), "other blocks still verify");
-        assert_eq!(t.sums.stats.checksum_failures.load(Relaxed), 3);
-        // The chunked read checks as it goes and stops at the bad block.
-        let got = Mutex::new(Vec::new());
-        assert!(t.sums.read_checked(8192, 4096, |_, c| {
-            got.lock().extend_from_slice(c);
-            true
-        }));
-        assert_eq!(*got.lock(), value[..4096]);
-        assert!(!t.sums.read_checked(8192, value.len() as u64, |_, _| true));
-        t.region.write(8192 + 4100, &[value[4100]]).unwrap();
-        let whole = Mutex::new(Vec::new());
-        assert!(t.sums.read_checked(8192, value.len() as u64, |pos, c| {
-            let mut w = whole.lock();
-            assert_eq!(pos as usize, w.len());
-            w.extend_from_slice(c);
-            true
-        }));
-        assert_eq!(*whole.lock(), value);
-    }
-
-    #[test]
-    fn large_objects_are_checked_in_two_halves_at_once() {
-        let dir = TempDir::new();
-        let t = tier(dir.path(), 16 << 20).tier;
-        let len = (6 << 20) + 123;
-        let value: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
-        t.region.write(4096, &value).unwrap();
-        t.sums.seal(4096, len);
-        let back = Mutex::new(vec![0u8; len as usize]);
-        assert!(t.sums.read_checked(4096, len, |pos, c| {
-            back.lock()[pos as usize..pos as usize + c.len()].copy_from_slice(c);
-            true
-        }));
-        assert!(*back.lock() == value);
-        // A bad byte in the second half fails the read.
-        t.region
-            .write(4096 + len - 10, &[value[len as usize - 10] ^ 1])
-            .unwrap();
-        assert!(!t.sums.read_checked(4096, len, |_, _| true));
     }
 
     #[test]

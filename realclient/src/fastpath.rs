@@ -74,7 +74,8 @@ async fn dispatch(h: Handler, request: &[u8]) -> RingResponse {
             keys,
             dests,
             released,
-        } => RingResponse::Outcomes(h.get_into(c, keys, dests, released).await),
+            local_disk,
+        } => RingResponse::Outcomes(h.get_into(c, keys, dests, released, local_disk).await),
         RingRequest::PutStart {
             keys,
             sizes,

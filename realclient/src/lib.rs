@@ -165,6 +165,14 @@ pub async fn run(
     if let Some(segment) = client.segment_region() {
         ipc_config = ipc_config.with_export(service::SEGMENT_EXPORT, segment);
     }
+    // Dummies on this host map the disk tier too and read objects there themselves.
+    if let Some(disk) = client.disk() {
+        use mooncake_proto::realclient::{DISK_DATA_EXPORT, DISK_STATS_EXPORT, DISK_SUMS_EXPORT};
+        ipc_config = ipc_config
+            .with_export(DISK_DATA_EXPORT, disk.region.clone())
+            .with_export(DISK_SUMS_EXPORT, disk.sums.sums().clone())
+            .with_export(DISK_STATS_EXPORT, disk.sums.counters().region().clone());
+    }
     let ipc = IpcServer::bind(ipc_config).map_err(|e| {
         Error::Startup(format!(
             "cannot listen on {}: {e}",

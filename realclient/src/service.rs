@@ -78,6 +78,7 @@ impl RealClientService for Handler {
             segment: self.client.segment().cloned(),
             segment_export: SEGMENT_EXPORT.to_string(),
             hostname: self.client.hostname(),
+            disk: self.client.disk().map(|d| d.desc.clone()),
         }
     }
 
@@ -148,10 +149,14 @@ impl RealClientService for Handler {
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
         released: Vec<(String, u64)>,
+        local_disk: bool,
     ) -> Vec<MResult<GetOutcome>> {
         self.client.release_reads(released).await;
         let t = Instant::now();
-        let r = self.client.get_into(keys, dests, self.memory()).await;
+        let r = self
+            .client
+            .get_into(keys, dests, self.memory(), local_disk)
+            .await;
         let bytes: u64 = r
             .iter()
             .map(|o| match o {

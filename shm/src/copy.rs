@@ -4,6 +4,8 @@
 //!
 //! The helper is one long-lived thread (no spawn per copy). A copy that finds it
 //! busy (another copy in flight) or the machine single-core simply copies alone.
+//! [`join`] hands it any other half of a job the same way (the disk tier's
+//! checked reads).
 
 use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -13,18 +15,11 @@ use parking_lot::Mutex;
 /// Copies at least this long are split.
 pub const PARALLEL_COPY_MIN: usize = 4 << 20;
 
-/// A copy the helper does: its half of the bytes.
+/// Work handed to the helper: run it, then say so.
 struct Job {
-    src: *const u8,
-    dst: *mut u8,
-    len: usize,
+    work: Box<dyn FnOnce() + Send + 'static>,
     done: SyncSender<()>,
 }
-
-// SAFETY: a `Job` carries raw pointers to memory the submitting thread keeps valid
-// and exclusively borrowed until the helper signals `done` (`copy_bytes` waits for
-// it before returning), so handing them to the helper thread is sound.
-unsafe impl Send for Job {}
 
 struct Helper {
     jobs: SyncSender<Job>,
@@ -45,11 +40,18 @@ fn helper() -> Option<&'static Mutex<Helper>> {
             std::thread::Builder::new()
                 .name("mooncake-copy".into())
                 .spawn(move || {
-                    for job in rx {
-                        // SAFETY: see `Job`: the submitter keeps both ranges valid
-                        // and untouched by anyone else until `done` is received.
-                        unsafe { std::ptr::copy_nonoverlapping(job.src, job.dst, job.len) };
-                        let _ = job.done.send(());
+                    while let Ok(mut job) = rx.recv() {
+                        loop {
+                            // A panicking job must not take the helper down: the
+                            // submitter learns of it by the missing result.
+                            let _ =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.work));
+                            let _ = job.done.send(());
+                            match poll_for_next(&rx) {
+                                Some(next) => job = next,
+                                None => break,
+                            }
+                        }
                     }
                 })
                 .ok()?;
@@ -61,6 +63,76 @@ fn helper() -> Option<&'static Mutex<Helper>> {
         .as_ref()
 }
 
+/// How long the helper stays awake for another job after one: large copies come
+/// in runs (a batch, a loop of reads), and waking a sleeping thread costs tens of
+/// microseconds on a virtual machine whose idle cores halt.
+const STAY_AWAKE: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The next job if one comes within [`STAY_AWAKE`], polling; yields the core now
+/// and then so a thread woken on it runs at once.
+fn poll_for_next(rx: &Receiver<Job>) -> Option<Job> {
+    let until = std::time::Instant::now() + STAY_AWAKE;
+    loop {
+        for _ in 0..256 {
+            match rx.try_recv() {
+                Ok(job) => return Some(job),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+        if std::time::Instant::now() >= until {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Runs `here` on this thread and `there` on the helper thread at the same time
+/// when a second core is there and the helper is idle; otherwise both here, one
+/// after the other. `None` for `there` only if it panicked on the helper.
+pub fn join<A, B>(here: impl FnOnce() -> A, there: impl FnOnce() -> B + Send) -> (A, Option<B>)
+where
+    B: Send,
+{
+    let Some(helper) = helper()
+        .and_then(|h| h.try_lock())
+        .filter(|h| h.pid == std::process::id())
+    else {
+        let a = here();
+        return (a, Some(there()));
+    };
+    let mut slot: Option<B> = None;
+    let out = &mut slot;
+    let work: Box<dyn FnOnce() + Send + '_> = Box::new(move || *out = Some(there()));
+    // SAFETY: only the lifetime is changed. `work` borrows `slot` and whatever
+    // `there` borrows. Once the job is handed over, this function neither returns
+    // nor unwinds before the helper has run it and signalled `done` (a panic in
+    // `here` is caught and re-raised after that; a job the helper never got is
+    // run here), so the borrows outlive every use the helper makes of them.
+    let work: Box<dyn FnOnce() + Send + 'static> = unsafe { std::mem::transmute(work) };
+    let (done, finished) = sync_channel(1);
+    match helper.jobs.send(Job { work, done }) {
+        Ok(()) => {
+            // Should `here` panic, the helper may still be using the borrows:
+            // wait for it before unwinding.
+            let a = std::panic::catch_unwind(std::panic::AssertUnwindSafe(here));
+            let _ = finished.recv();
+            drop(helper);
+            match a {
+                Ok(a) => (a, slot),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Err(std::sync::mpsc::SendError(job)) => {
+            // The helper is gone (cannot happen while the process runs).
+            drop(helper);
+            let a = here();
+            (job.work)();
+            (a, slot)
+        }
+    }
+}
+
 /// Copies `len` bytes from `src` to `dst` (overlapping ranges allowed).
 ///
 /// # Safety
@@ -69,34 +141,27 @@ fn helper() -> Option<&'static Mutex<Helper>> {
 pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
     let (s, d) = (src as usize, dst as usize);
     let overlap = s < d.saturating_add(len) && d < s.saturating_add(len);
-    if len >= PARALLEL_COPY_MIN
-        && !overlap
-        && let Some(helper) = helper()
-        && let Some(helper) = helper.try_lock()
-        && helper.pid == std::process::id()
-    {
+    if len >= PARALLEL_COPY_MIN && !overlap {
         let half = (len / 2) & !4095;
-        let (done, finished) = sync_channel(1);
-        let job = Job {
-            // SAFETY: `half < len`, so both offsets stay inside the caller's ranges.
-            src: unsafe { src.add(half) },
-            // SAFETY: as above.
-            dst: unsafe { dst.add(half) },
-            len: len - half,
-            done,
-        };
-        if helper.jobs.send(job).is_ok() {
-            // SAFETY: the first half of the caller's ranges, which do not overlap
-            // (checked above) and which the caller vouches for.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst, half) };
-            // The helper's half must be done before the caller's borrow ends.
-            if finished.recv().is_ok() {
-                return;
+        // Addresses as integers: raw pointers are not `Send`.
+        let there = move || {
+            // SAFETY: the second half of the caller's ranges (`half < len`), which
+            // do not overlap (checked above), valid until `join` returns.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (s + half) as *const u8,
+                    (d + half) as *mut u8,
+                    len - half,
+                )
             }
+        };
+        // SAFETY: the first half, as above.
+        let here = || unsafe { std::ptr::copy_nonoverlapping(src, dst, half) };
+        if join(here, there).1.is_none() {
+            // A copy does not panic; should the helper have, copy it again here.
+            // SAFETY: the caller vouches for both ranges.
+            unsafe { std::ptr::copy(src, dst, len) };
         }
-        // The helper is gone (cannot happen while the process runs): copy alone.
-        // SAFETY: the caller vouches for both ranges.
-        unsafe { std::ptr::copy(src, dst, len) };
         return;
     }
     // SAFETY: the caller vouches for both ranges; `ptr::copy` tolerates overlap.

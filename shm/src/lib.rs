@@ -11,7 +11,10 @@
 //!   an fd received from a peer, validated), bounds-checked reads and writes, huge
 //!   pages with a clear fallback, and a [`Gate`] that lets unmapping wait for in-flight users.
 //! - [`copy`]: the copy behind every region read and write; large ones split over a
-//!   helper thread when a second core is there.
+//!   helper thread when a second core is there ([`copy::join`] runs any two halves
+//!   of work that way).
+//! - [`blocksums`]: per-4 KiB-block checksums of a mapped file (the disk tier):
+//!   sealing, and the checked read both its owner and a dummy use.
 //! - [`buffers`]: [`BufferAllocator`], carving a region into buffers (best fit, aligned).
 //! - [`staging`]: [`StagingRing`], a circular staging area for copy-style payloads with
 //!   out-of-order completion.
@@ -21,6 +24,7 @@
 //!   file it maps (memfds made here are sealed instead).
 //! - [`error`]: the crate error type, [`ShmError`].
 
+pub mod blocksums;
 pub mod buffers;
 pub mod callring;
 pub mod copy;

@@ -405,6 +405,32 @@ impl Region {
         ))
     }
 
+    /// Maps the first `len` bytes of a disk-tier file received from the real
+    /// client that owns it (a regular file on a local disk, at least `len` long),
+    /// so a dummy reads offloaded objects itself. Guarded like any file another
+    /// process could shrink: a file cut short underneath reads as an error.
+    pub fn from_disk_fd(fd: OwnedFd, len: u64) -> Result<Region, ShmError> {
+        if len == 0 || !len.is_multiple_of(PAGE) {
+            return Err(ShmError::InvalidSize(len));
+        }
+        let stat = rustix::fs::fstat(&fd).map_err(|e| ShmError::io("fstat", e))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(ShmError::NotMemoryFile(
+                "a disk tier is a regular file".into(),
+            ));
+        }
+        let file_size = stat.st_size as u64;
+        if file_size < len {
+            return Err(ShmError::OutOfBounds {
+                offset: 0,
+                len,
+                limit: file_size,
+            });
+        }
+        let map = Arc::new(map(&fd, 0, len as usize, false)?);
+        Ok(Region::assemble(map, 0, len as usize, fd, 0, None, false))
+    }
+
     /// Maps `len` bytes at `offset` of an fd received from a peer. The fd must be a
     /// shared-memory file (memfd, `/dev/shm`, hugetlbfs) at least `offset + len` long.
     pub fn from_fd(
@@ -520,6 +546,22 @@ impl Region {
     pub fn as_ptr(&self) -> *mut u8 {
         // `delta` is inside the mapping by construction (map_len = delta + len).
         self.map.as_mut_ptr().wrapping_add(self.delta)
+    }
+
+    /// The 8 bytes at `offset` (8-aligned, inside the region) as an atomic
+    /// counter shared with every process mapping the region; `None` when out of
+    /// bounds or misaligned.
+    pub fn atomic_u64(&self, offset: u64) -> Option<&std::sync::atomic::AtomicU64> {
+        self.check(offset, 8).ok()?;
+        let at = self.as_ptr().wrapping_add(offset as usize);
+        if !(at as usize).is_multiple_of(8) {
+            return None;
+        }
+        // SAFETY: the 8 bytes are inside the live mapping (checked), 8-aligned
+        // (checked), borrowed through `&self`; `AtomicU64` has the size and
+        // alignment of `u64` and any bit pattern is valid; every process touches
+        // these bytes only through atomics.
+        Some(unsafe { &*(at as *const std::sync::atomic::AtomicU64) })
     }
 
     /// Checks that `[offset, offset + len)` lies inside the region.

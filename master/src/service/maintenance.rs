@@ -82,10 +82,16 @@ impl MasterService {
 
     /// Current gauges.
     pub fn gauges(&self) -> Gauges {
-        let (capacity_bytes, allocated_bytes, segment_count, disk) = {
+        let (capacity_bytes, allocated_bytes, segment_count, disk, replicas) = {
             let segs = self.segments.read();
             let (c, u) = segs.usage();
-            (c, u, segs.len() as u64, segs.disk_usage())
+            (
+                c,
+                u,
+                segs.len() as u64,
+                segs.disk_usage(),
+                segs.replicas_per_tier(),
+            )
         };
         let (mut key_count, mut processing_count) = (0u64, 0u64);
         for shard in self.shards.iter() {
@@ -113,6 +119,8 @@ impl MasterService {
             disk_allocated_bytes: disk.1,
             offload_queue_depth: self.offload_queue_depth() as u64,
             promotion_queue_depth: self.promotion_queue_depth() as u64,
+            memory_replicas: replicas.0,
+            disk_replicas: replicas.1,
         }
     }
 

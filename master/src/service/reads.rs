@@ -38,9 +38,15 @@ impl MasterService {
         if let Some(o) = shard.get_mut(hash, key) {
             let segs = self.segments.read();
             let list = Self::grant_read(&segs, o, now, ttl);
-            if list.replicas.is_empty() {
+            let Some(first) = list.replicas.first() else {
                 return Err(ErrorCode::ObjectNotFound);
-            }
+            };
+            let (hits, bytes) = match first.medium {
+                Medium::Memory => (&self.metrics.memory_hits, &self.metrics.memory_hit_bytes),
+                Medium::Disk => (&self.metrics.disk_hits, &self.metrics.disk_hit_bytes),
+            };
+            hits.fetch_add(1, Relaxed);
+            bytes.fetch_add(list.size, Relaxed);
             let promotion = self.promotion_order(&segs, key, o);
             drop(segs);
             drop(shard);

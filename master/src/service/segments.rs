@@ -20,7 +20,12 @@ impl MasterService {
                 };
             }
             let id = desc.id;
-            let seg = segs.insert(desc.clone(), client, RangeAllocator::new(desc.size), log);
+            let seg = segs.insert(
+                desc.clone(),
+                client,
+                (RangeAllocator::new(desc.size), 0),
+                log,
+            );
             segs.activate(seg.slot);
             tracing::info!(segment = %id, name = %desc.name, size = desc.size, client = %client, "segment mounted");
         }
@@ -141,10 +146,12 @@ impl MasterService {
                 .map(|e| (e.offset, reserved_len(d.medium, e.size)))
                 .collect();
             let allocator = RangeAllocator::with_allocated(d.size, &allocated);
-            let seg = self
-                .segments
-                .write()
-                .insert(d.clone(), client, allocator, log.clone());
+            let seg = self.segments.write().insert(
+                d.clone(),
+                client,
+                (allocator, allocated.len() as u64),
+                log.clone(),
+            );
             for e in accepted {
                 if self.restore_object(seg.slot, &e) {
                     report.restored += 1;

@@ -1263,6 +1263,12 @@ async fn offloaded_objects_outlive_memory_eviction_and_promote_on_hits() {
     );
     m.release_reads(&[("k0".into(), list.replicas[0].version)]);
     assert_eq!(m.gauges().disk_allocated_bytes, 3 * MIB);
+    let g = m.gauges();
+    assert_eq!((g.memory_replicas, g.disk_replicas), (3, 3));
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(count(&m.metrics.memory_hits), 1);
+    assert_eq!(count(&m.metrics.memory_hit_bytes), MIB);
+    assert_eq!(count(&m.metrics.disk_hits), 0);
     // Memory fills: eviction takes the memory replicas of copied objects first,
     // and they stay readable from disk.
     advance(Duration::from_secs(11)).await;
@@ -1285,6 +1291,19 @@ async fn offloaded_objects_outlive_memory_eviction_and_promote_on_hits() {
     let key = &on_disk_only[0];
     m.get_replica_list(key).unwrap();
     assert_eq!(m.fetch_tasks(c, 16).len(), 0);
+    // A read served from disk counts as such; the gauges follow eviction.
+    assert_eq!(count(&m.metrics.disk_hits), 1);
+    assert_eq!(count(&m.metrics.disk_hit_bytes), MIB);
+    let replicas_on = |medium: Medium| -> u64 {
+        (0..6)
+            .filter_map(|i| m.query_key(&format!("k{i}")).ok())
+            .map(|l| media(&l).iter().filter(|&&x| x == medium).count() as u64)
+            .sum()
+    };
+    let g = m.gauges();
+    assert_eq!(g.memory_replicas, replicas_on(Medium::Memory));
+    assert_eq!(g.disk_replicas, replicas_on(Medium::Disk));
+    assert!(g.memory_replicas < 6, "evicted replicas are not counted");
     // The second read of an object only on disk would bring it back, but memory
     // is full of fresh writes: promotions take free room only.
     m.get_replica_list(key).unwrap();
@@ -1312,6 +1331,11 @@ async fn offloaded_objects_outlive_memory_eviction_and_promote_on_hits() {
     advance(Duration::from_secs(11)).await;
     m.housekeeping();
     assert!(m.gauges().disk_allocated_bytes < before);
+    assert_eq!(m.gauges().disk_replicas, replicas_on(Medium::Disk));
+    assert_eq!(m.gauges().memory_replicas, replicas_on(Medium::Memory));
+    let text = m.metrics.render(&m.gauges());
+    assert!(text.contains("file_cache_hit_nums_ 3"), "{text}");
+    assert!(text.contains("master_disk_replicas "));
 }
 
 #[tokio::test(start_paused = true)]

@@ -205,7 +205,9 @@ async fn same_host_put_and_get_through_the_segment() {
     put(&a, "k", &bytes, ReplicateConfig::default(), None)
         .await
         .unwrap();
-    let out = a.get_into(vec!["k".into()], vec![vec![]], None).await;
+    let out = a
+        .get_into(vec!["k".into()], vec![vec![]], None, false)
+        .await;
     let Ok(GetOutcome::Local(list)) = &out[0] else {
         panic!("{out:?}");
     };
@@ -253,7 +255,12 @@ async fn remote_put_and_get_through_the_transport() {
     // ...and come back into the caller's memory.
     let dest = memory.buf(MIB / 2, bytes.len() as u64);
     let out = caller
-        .get_into(vec!["remote".into()], vec![vec![dest]], Some(&memory))
+        .get_into(
+            vec!["remote".into()],
+            vec![vec![dest]],
+            Some(&memory),
+            false,
+        )
         .await;
     assert_eq!(out[0], Ok(GetOutcome::Done(bytes.len() as u64)));
     let mut back = vec![0u8; bytes.len()];
@@ -265,7 +272,7 @@ async fn remote_put_and_get_through_the_transport() {
         len: bytes.len() as u64,
     };
     let out = caller
-        .get_into(vec!["remote".into()], vec![vec![bad]], Some(&memory))
+        .get_into(vec!["remote".into()], vec![vec![bad]], Some(&memory), false)
         .await;
     assert_eq!(out[0], Err(ErrorCode::InvalidParams));
 }
@@ -296,7 +303,7 @@ async fn reads_fall_back_to_another_replica() {
             .any(|r| Some(r.segment_id) == a.segment().map(|d| d.id))
     );
     let out = caller
-        .get_into(vec!["twice".into()], dest(), Some(&memory))
+        .get_into(vec!["twice".into()], dest(), Some(&memory), false)
         .await;
     assert_eq!(out[0], Ok(GetOutcome::Done(bytes.len() as u64)));
     let mut back = vec![0u8; bytes.len()];
@@ -306,7 +313,7 @@ async fn reads_fall_back_to_another_replica() {
     let all: Vec<SegmentId> = c.transport.segments.lock().keys().copied().collect();
     c.transport.failing.lock().extend(all);
     let out = caller
-        .get_into(vec!["twice".into()], dest(), Some(&memory))
+        .get_into(vec!["twice".into()], dest(), Some(&memory), false)
         .await;
     assert_eq!(out[0], Err(ErrorCode::TransferFail));
 }
@@ -333,6 +340,7 @@ async fn a_read_outlasting_its_lease_reports_lease_expired() {
             vec!["slow".into()],
             vec![vec![memory.buf(MIB / 2, bytes.len() as u64)]],
             Some(&memory),
+            false,
         )
         .await;
     assert_eq!(out[0], Err(ErrorCode::LeaseExpired));
@@ -394,7 +402,7 @@ async fn a_restarted_client_remounts_its_segment_with_the_inventory() {
     let again = c.client_with(config).await;
     for (i, v) in values.iter().enumerate() {
         let out = again
-            .get_into(vec![format!("kept-{i}")], vec![vec![]], None)
+            .get_into(vec![format!("kept-{i}")], vec![vec![]], None, false)
             .await;
         let Ok(GetOutcome::Local(list)) = &out[0] else {
             panic!("kept-{i}: {out:?}");

@@ -24,14 +24,16 @@ impl RealClient {
         }
     }
 
-    /// Reads objects for a dummy: local replicas are left to the dummy; remote ones
-    /// are read straight into its registered `dests`, trying each replica in turn,
-    /// all within the read lease.
+    /// Reads objects for a dummy: local replicas are left to the dummy (replicas
+    /// in this client's disk tier too when `local_disk`: the dummy maps its
+    /// files); remote ones are read straight into its registered `dests`, trying
+    /// each replica in turn, all within the read lease.
     pub async fn get_into(
         &self,
         keys: Vec<String>,
         dests: Vec<Vec<BufRef>>,
         memory: Option<&dyn CallerMemory>,
+        local_disk: bool,
     ) -> Vec<MResult<GetOutcome>> {
         if dests.len() != keys.len() {
             return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
@@ -39,6 +41,7 @@ impl RealClient {
         let started = Instant::now();
         let lists = self.get_replicas(keys.clone()).await;
         let own = self.segment().map(|d| d.id);
+        let own_disk = self.disk.as_ref().filter(|_| local_disk).map(|d| d.desc.id);
         let mut out: Vec<MResult<GetOutcome>> = Vec::with_capacity(lists.len());
         // Grants this call uses up itself; `Local` and `Remote` lists go to the
         // dummy, which releases them once it has read.
@@ -53,7 +56,11 @@ impl RealClient {
                     continue;
                 }
             };
-            if list.replicas.iter().any(|r| Some(r.segment_id) == own) {
+            if list
+                .replicas
+                .iter()
+                .any(|r| Some(r.segment_id) == own || Some(r.segment_id) == own_disk)
+            {
                 out.push(Ok(GetOutcome::Local(list)));
                 continue;
             }

@@ -33,7 +33,7 @@ static CORRUPT_READS: LogGate = LogGate::new(Duration::from_secs(1));
 struct Served {
     id: SegmentId,
     region: Arc<Region>,
-    sums: Option<Arc<crate::disk::BlockSums>>,
+    sums: Option<Arc<mooncake_shm::blocksums::BlockSums>>,
 }
 
 /// Called with the objects a peer's write put into one of the served segments.
@@ -130,7 +130,7 @@ impl TransferServer {
         &self,
         id: SegmentId,
         region: Arc<Region>,
-        sums: Arc<crate::disk::BlockSums>,
+        sums: Arc<mooncake_shm::blocksums::BlockSums>,
     ) {
         self.state.segments.write().push(Served {
             id,
