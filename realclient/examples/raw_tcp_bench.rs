@@ -6,6 +6,7 @@
 //! ```text
 //! raw_tcp_bench serve 10.250.0.2:59070            # on the holder's host
 //! raw_tcp_bench run 10.250.0.2:59070 [MiB] [iterations]
+//! raw_tcp_bench echo 127.0.0.1:59070 [iterations]   # small-request round trip
 //! ```
 //!
 //! `run` moves `MiB` (16) per iteration split over 1, 2 and 4 streams, to the
@@ -115,6 +116,32 @@ fn main() {
                 }
             }
         }
-        _ => eprintln!("usage: raw_tcp_bench serve ADDR | run ADDR [MiB] [iterations]"),
+        Some("echo") => {
+            // The floor of any request/answer between two processes: 8 bytes
+            // asked, 8 answered, blocking sockets, one at a time.
+            let iterations: usize = args.get(3).map_or(5000, |s| s.parse().expect("count"));
+            let mut s = TcpStream::connect(&args[2]).expect("connect");
+            tune(&s);
+            let mut answer = [0u8; 8];
+            let mut runs: Vec<Duration> = (0..iterations)
+                .map(|_| {
+                    let started = Instant::now();
+                    let mut head = [READ; 9];
+                    head[1..].copy_from_slice(&8u64.to_le_bytes());
+                    s.write_all(&head).expect("request");
+                    s.read_exact(&mut answer).expect("answer");
+                    started.elapsed()
+                })
+                .collect();
+            runs.sort();
+            println!(
+                "raw tcp echo round trip: p50 {:.1} us, p99 {:.1} us",
+                runs[runs.len() / 2].as_secs_f64() * 1e6,
+                runs[runs.len() * 99 / 100].as_secs_f64() * 1e6
+            );
+        }
+        _ => eprintln!(
+            "usage: raw_tcp_bench serve ADDR | run ADDR [MiB] [iterations] | echo ADDR [iterations]"
+        ),
     }
 }

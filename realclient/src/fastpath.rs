@@ -35,6 +35,11 @@ pub(crate) fn serve(
         std::thread::Builder::new()
             .name("mc-ring".into())
             .spawn(move || {
+                // The thread's own runtime: a call's master round trip is
+                // written and read on this thread (see `client::thread_master`).
+                let own_runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 while !session.is_closed() {
                     let request = match server.recv(Duration::from_millis(100)) {
                         Ok(Some(r)) => r,
@@ -47,7 +52,14 @@ pub(crate) fn serve(
                             continue;
                         }
                     };
-                    let response = runtime.block_on(dispatch(handler.clone(), &request.data));
+                    let call = async {
+                        handler.client().prepare_thread_master().await;
+                        dispatch(handler.clone(), &request.data).await
+                    };
+                    let response = match &own_runtime {
+                        Ok(own) => own.block_on(call),
+                        Err(_) => runtime.block_on(dispatch(handler.clone(), &request.data)),
+                    };
                     let mut bytes = postcard::to_stdvec(&response).unwrap_or_default();
                     if bytes.len() > max_response {
                         bytes = postcard::to_stdvec(&RingResponse::TooLarge).unwrap_or_default();

@@ -47,6 +47,7 @@ mod session;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod thread_master;
 mod transfers;
 mod writes;
 
@@ -114,6 +115,9 @@ pub struct RealClient {
     client_id: ClientId,
     segment: Option<(Arc<Region>, SegmentDesc)>,
     master: RwLock<Option<MasterHandle>>,
+    /// The address of the master of the current session (none for one in this
+    /// process), for the ring threads' own connections.
+    master_address: Mutex<Option<String>>,
     /// With an `etcd://` master address: the leader as etcd shows it.
     leader: Option<tokio::sync::watch::Receiver<Option<LeaderView>>>,
     /// Counts the master sessions made (connected and remounted): calls waiting
@@ -136,6 +140,9 @@ pub struct RealClient {
     pub metrics: ClientMetrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The runtime the client was started on: background tasks go there, also
+    /// when a ring thread (with a runtime of its own) starts them.
+    runtime: tokio::runtime::Handle,
     /// Set while replica tasks are being fetched and run.
     running_replica_tasks: AtomicBool,
     /// Segments mounted after start.
@@ -444,6 +451,7 @@ impl RealClient {
             client_id,
             segment,
             master: RwLock::new(None),
+            master_address: Mutex::new(None),
             leader,
             master_generation: tokio::sync::watch::Sender::new(0),
             reconnecting: tokio::sync::Mutex::new(()),
@@ -459,6 +467,7 @@ impl RealClient {
             metrics: ClientMetrics::default(),
             shutdown,
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             running_replica_tasks: AtomicBool::new(false),
             extra_segments: Mutex::new(Vec::new()),
             disk,
@@ -479,14 +488,14 @@ impl RealClient {
                 client.config.master_server_address
             );
         }
-        client.tasks.spawn(client.clone().heartbeat());
+        client.spawn_task(client.clone().heartbeat());
         if client.disk.is_some() {
-            client.tasks.spawn(client.clone().poll_offloads());
+            client.spawn_task(client.clone().poll_offloads());
         }
         if client.leader.is_some() {
-            client.tasks.spawn(client.clone().follow_leader());
+            client.spawn_task(client.clone().follow_leader());
         }
-        client.tasks.spawn(client.clone().inventory_sync());
+        client.spawn_task(client.clone().inventory_sync());
         Ok(client)
     }
 
@@ -511,6 +520,15 @@ impl RealClient {
             Some((_, desc)) => desc.name.clone(),
             None => self.config.hostname(),
         }
+    }
+
+    /// Starts a background task on the client's runtime, tracked for shutdown.
+    fn spawn_task<F>(&self, task: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn_on(task, &self.runtime);
     }
 
     /// Whether the master session is up.

@@ -171,7 +171,7 @@ impl RealClient {
             return self.unmount_now(&ids).await;
         }
         let me = self.clone();
-        self.tasks.spawn(async move {
+        self.spawn_task(async move {
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
                 _ = me.shutdown.cancelled() => {}

@@ -4,6 +4,9 @@ use super::*;
 
 impl RealClient {
     pub(super) fn master(&self) -> MResult<MasterHandle> {
+        if let Some(own) = self.thread_master() {
+            return Ok(own);
+        }
         self.master.read().clone().ok_or(ErrorCode::RpcFail)
     }
 
@@ -29,6 +32,7 @@ impl RealClient {
             Some(view) => (view.address.clone(), Some(view.version)),
             None => (self.config.master_server_address.clone(), None),
         };
+        let remote_address = self.local_master.is_none().then(|| address.clone());
         let master = match &self.local_master {
             Some(local) => MasterHandle::Local(local.clone()),
             None if self.leader.is_some() && view.is_none() => {
@@ -54,6 +58,7 @@ impl RealClient {
             }
         };
         *self.master.write() = Some(master);
+        *self.master_address.lock() = remote_address;
         *self.connected_view.lock() = view;
         self.remount_now().await
     }
@@ -281,12 +286,23 @@ impl RealClient {
         F: FnMut(MasterHandle) -> Fut,
         Fut: std::future::Future<Output = MResult<T>>,
     {
+        let connection_lost = |answer: &MResult<T>| {
+            matches!(
+                failure(answer),
+                Some(ErrorCode::RpcFail | ErrorCode::RpcTimeout)
+            )
+        };
         if self.leader.is_none() {
-            return call(self.master()?).await;
+            let answer = call(self.master()?).await;
+            if connection_lost(&answer) {
+                self.drop_thread_master();
+            }
+            return answer;
         }
         let deadline = tokio::time::Instant::now() + self.config.master_failover_timeout;
         loop {
             let generation = *self.master_generation.borrow();
+            let own = self.thread_master().is_some();
             let answer = match self.master() {
                 Ok(m) if self.healthy() => {
                     // A call to a leader that stopped answering is dropped once the
@@ -300,6 +316,11 @@ impl RealClient {
                 }
                 _ => Err(ErrorCode::RpcFail),
             };
+            if own && connection_lost(&answer) {
+                // This thread's own connection failed: the shared one, at once.
+                self.drop_thread_master();
+                continue;
+            }
             let wait = match failure(&answer) {
                 // A master that is not serving (warming up, or deposed and about
                 // to be replaced): ask again shortly.
@@ -375,7 +396,7 @@ impl RealClient {
                 && p.pending_tasks > 0
                 && !self.running_replica_tasks.swap(true, Ordering::AcqRel)
             {
-                self.tasks.spawn(self.clone().run_replica_tasks());
+                self.spawn_task(self.clone().run_replica_tasks());
             }
             let dummies = self.metrics.dummies();
             if status.is_some()

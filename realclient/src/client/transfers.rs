@@ -9,7 +9,11 @@ impl RealClient {
         if reads.is_empty() {
             return;
         }
-        let Ok(master) = self.master() else { return };
+        // The shared connection: the release runs on the client's runtime,
+        // which a ring thread's own connection does not belong to.
+        let Some(master) = self.master.read().clone() else {
+            return;
+        };
         match master {
             // A direct call: done at once.
             MasterHandle::Local(_) => {
@@ -17,7 +21,7 @@ impl RealClient {
             }
             MasterHandle::Remote(_) => {
                 // Off the caller's path, but on the tracker so shutdown waits for it.
-                self.tasks.spawn(async move {
+                self.spawn_task(async move {
                     let _ = master.batch_release_reads(reads).await;
                 });
             }
