@@ -35,6 +35,7 @@ pub(crate) fn serve(
         std::thread::Builder::new()
             .name("mc-ring".into())
             .spawn(move || {
+                crate::client::mark_ring_thread();
                 // The thread's own runtime: a call's master round trip is
                 // written and read on this thread (see `client::thread_master`).
                 let own_runtime = tokio::runtime::Builder::new_current_thread()

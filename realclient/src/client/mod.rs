@@ -48,6 +48,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 mod thread_master;
+pub(crate) use thread_master::mark_ring_thread;
 mod transfers;
 mod writes;
 

@@ -4,7 +4,9 @@
 //! answer on that thread. Through the shared connection the same call hands its
 //! request to the connection's task on the runtime's workers and is woken by it
 //! with the answer: two thread wake-ups more per call, tens of microseconds each
-//! on a small virtual machine whose idle cores halt.
+//! on a small virtual machine whose idle cores halt. For the same reason a ring
+//! thread runs transfers and landed notes itself ([`run_blocking`]) instead of
+//! handing them to the runtime's blocking pool.
 
 use std::cell::RefCell;
 
@@ -20,6 +22,25 @@ struct ThreadMaster {
 
 thread_local! {
     static THREAD_MASTER: RefCell<Option<ThreadMaster>> = const { RefCell::new(None) };
+    static SERVING_A_RING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one serving a call ring: a thread of its own,
+/// which may block, so transfers and notes run on it rather than being handed
+/// to the blocking pool (another two wake-ups).
+pub(crate) fn mark_ring_thread() {
+    SERVING_A_RING.with(|s| s.set(true));
+}
+
+/// Runs blocking work: here on a ring thread, else on the runtime's blocking pool.
+pub(super) async fn run_blocking<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Option<R> {
+    if SERVING_A_RING.with(|s| s.get()) {
+        Some(work())
+    } else {
+        tokio::task::spawn_blocking(work).await.ok()
+    }
 }
 
 impl RealClient {

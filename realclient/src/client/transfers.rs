@@ -365,9 +365,9 @@ impl RealClient {
         let transport = self.transport.clone();
         let lens: Vec<u64> = jobs.iter().map(|j| j.local.len).collect();
         let n = jobs.len();
-        let results = tokio::task::spawn_blocking(move || transport.run(&jobs, deadline))
+        let results = thread_master::run_blocking(move || transport.run(&jobs, deadline))
             .await
-            .unwrap_or_else(|_| vec![Err(ErrorCode::InternalError); n]);
+            .unwrap_or_else(|| vec![Err(ErrorCode::InternalError); n]);
         results.into_iter().zip(lens).collect()
     }
 }

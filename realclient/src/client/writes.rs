@@ -431,7 +431,7 @@ impl RealClient {
         let transport = self.transport.clone();
         let deadline = Instant::now() + self.config.transfer_timeout;
         let n = groups.len();
-        let outcomes = tokio::task::spawn_blocking(move || {
+        let outcomes = thread_master::run_blocking(move || {
             groups
                 .iter()
                 .map(|((endpoint, seg), (_, objects))| {
@@ -440,7 +440,7 @@ impl RealClient {
                 .collect::<Vec<_>>()
         })
         .await
-        .unwrap_or_else(|_| vec![Err(ErrorCode::InternalError); n]);
+        .unwrap_or_else(|| vec![Err(ErrorCode::InternalError); n]);
         for ((seg, items), outcome) in targets.into_iter().zip(outcomes) {
             if let Err(e) = outcome {
                 tracing::warn!(segment = %seg, "the owner was not told of {} objects written ({e}); counting them as failed", items.len());
