@@ -147,6 +147,7 @@ impl RealClient {
             std::slice::from_ref(&task.key),
             std::slice::from_ref(&plan.targets),
             &mut per_key,
+            &[],
         )
         .await;
         let failed_segments = per_key.pop().unwrap_or_default();

@@ -132,4 +132,35 @@ pub trait Transport: Send + Sync + 'static {
     ) -> MResult<()> {
         Ok(())
     }
+
+    /// Runs one write `job`, then tells the owner of its segment that `objects`
+    /// landed (blocking): `(write, note)` results; the note is recorded only
+    /// after a write that succeeded. A transport that can sends the note right
+    /// behind the bytes, for one round trip instead of two.
+    fn write_and_note(
+        &self,
+        job: &TransferJob,
+        objects: &[Landed],
+        deadline: Instant,
+    ) -> (MResult<()>, MResult<()>) {
+        write_then_note(self, job, objects, deadline)
+    }
+}
+
+/// [`Transport::write_and_note`] in two round trips: the write, then the note.
+pub fn write_then_note<T: Transport + ?Sized>(
+    transport: &T,
+    job: &TransferJob,
+    objects: &[Landed],
+    deadline: Instant,
+) -> (MResult<()>, MResult<()>) {
+    let written = transport
+        .run(std::slice::from_ref(job), deadline)
+        .pop()
+        .unwrap_or(Err(mooncake_proto::ErrorCode::InternalError));
+    let noted = match written {
+        Ok(()) => transport.note_landed(&job.endpoint, job.segment_id, objects, deadline),
+        Err(_) => Err(mooncake_proto::ErrorCode::TransferFail),
+    };
+    (written, noted)
 }

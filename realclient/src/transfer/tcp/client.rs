@@ -218,6 +218,54 @@ impl TcpTransport {
 }
 
 impl TcpTransport {
+    /// A write of one piece and its landed note, the note sent right behind the
+    /// bytes without waiting for the write's answer: `Err` for I/O failures,
+    /// else `(write, note)`. A refused write closes the connection on the
+    /// server, so its note is never recorded.
+    fn write_then_note(
+        stream: &mut TcpStream,
+        job: &TransferJob,
+        body: &[u8],
+        deadline: Instant,
+    ) -> std::io::Result<(MResult<()>, MResult<()>)> {
+        until(stream, deadline)?;
+        let header = Header {
+            version: job.version,
+            op: OP_WRITE,
+            segment: job.segment_id,
+            offset: job.remote_offset,
+            len: job.local.len,
+        };
+        stream.write_all(&header.encode())?;
+        let sent = job
+            .local
+            .region
+            .send_to(job.local.offset, job.local.len, stream)
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let note = Header {
+            version: 0,
+            op: OP_LANDED,
+            segment: job.segment_id,
+            offset: 0,
+            len: body.len() as u64,
+        };
+        let noted = sent.and_then(|()| {
+            let mut message = note.encode().to_vec();
+            message.extend_from_slice(body);
+            stream.write_all(&message)
+        });
+        // A refusal arrives before the peer closes: prefer its code.
+        let written = match (noted, read_code(stream)) {
+            (_, Ok(code)) if code != 0 => {
+                return Ok((code_result(code), Err(ErrorCode::TransferFail)));
+            }
+            (Ok(()), Ok(_)) => Ok(()),
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        };
+        written?;
+        Ok((Ok(()), code_result(read_code(stream)?)))
+    }
+
     /// Sends one landed note on `stream`: `Err` for I/O failures.
     fn note(
         stream: &mut TcpStream,
@@ -241,6 +289,42 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    fn write_and_note(
+        &self,
+        job: &TransferJob,
+        objects: &[Landed],
+        deadline: Instant,
+    ) -> (MResult<()>, MResult<()>) {
+        let body = encode_landed(objects);
+        let one_piece = job.local.len < 2 * self.split_min;
+        if job.direction != Direction::Write
+            || !one_piece
+            || body.len() as u64 > MAX_NOTE_LEN
+            || job
+                .local
+                .region
+                .check(job.local.offset, job.local.len)
+                .is_err()
+        {
+            return crate::transfer::write_then_note(self, job, objects, deadline);
+        }
+        let noted = std::cell::Cell::new(Err(ErrorCode::TransferFail));
+        let written = self.pooled(&job.endpoint, deadline, false, |stream| {
+            Self::write_then_note(stream, job, &body, deadline).map(|(w, n)| {
+                noted.set(n);
+                w
+            })
+        });
+        match written {
+            Ok(w) => (w, noted.get()),
+            Err(PoolFailure::Connect(code)) => (Err(code), Err(ErrorCode::TransferFail)),
+            Err(PoolFailure::Io) => (
+                Err(self.io_failure(job, deadline)),
+                Err(ErrorCode::TransferFail),
+            ),
+        }
+    }
+
     fn note_landed(
         &self,
         endpoint: &str,

@@ -275,16 +275,25 @@ mod tests {
         assert!(transport.run(&jobs, deadline).iter().all(|r| r.is_ok()));
     }
 
-    #[test]
-    fn writes_started_with_an_earlier_master_are_refused_and_notes_reach_the_owner() {
+    /// The landed notes a server recorded.
+    type Noted = Arc<Mutex<Vec<(SegmentId, Vec<Landed>)>>>;
+
+    /// A transfer server on a 1 MiB segment, recording the landed notes it gets.
+    fn noting_server() -> (Arc<Region>, SegmentId, TransferServer, Noted) {
         let seg = region(1 << 20);
         let id = Uuid::new_v4();
         let server = TransferServer::bind("127.0.0.1:0", "tok", Some((id, seg.clone()))).unwrap();
-        let noted = Arc::new(Mutex::new(Vec::new()));
+        let noted: Noted = Arc::new(Mutex::new(Vec::new()));
         let sink = noted.clone();
         server.on_landed(Box::new(move |segment, objects| {
             sink.lock().push((segment, objects));
         }));
+        (seg, id, server, noted)
+    }
+
+    #[test]
+    fn writes_started_with_an_earlier_master_are_refused_and_notes_reach_the_owner() {
+        let (seg, id, server, noted) = noting_server();
         let transport = TcpTransport::new("tok");
         let deadline = Instant::now() + Duration::from_secs(10);
         let local = region(8192);
@@ -330,6 +339,61 @@ mod tests {
             Err(ErrorCode::InvalidParams)
         );
         assert_eq!(noted.lock().len(), 1);
+    }
+
+    #[test]
+    fn a_note_sent_behind_its_write_is_recorded_only_when_the_write_lands() {
+        let (seg, id, server, noted) = noting_server();
+        let transport = TcpTransport::new("tok");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let local = region(8192);
+        let data = pattern(8192, 9);
+        local.write(0, &data).unwrap();
+        let object = |version: u64| Landed {
+            offset: 4096,
+            size: 8192,
+            version,
+            key: "small".into(),
+        };
+        let write = |version: u64| TransferJob {
+            version,
+            ..job(Direction::Write, &server, id, 4096, &local, 8192)
+        };
+        // Lands, and the owner hears of it once.
+        assert_eq!(
+            transport.write_and_note(&write(5), &[object(5)], deadline),
+            (Ok(()), Ok(()))
+        );
+        let mut landed = vec![0u8; 8192];
+        seg.read(4096, &mut landed).unwrap();
+        assert!(landed == data);
+        assert_eq!(*noted.lock(), vec![(id, vec![object(5)])]);
+        // A refused write: nothing lands, nothing is noted.
+        server.refuse_writes_below(100);
+        local.write(0, &pattern(8192, 1)).unwrap();
+        assert_eq!(
+            transport.write_and_note(&write(99), &[object(99)], deadline),
+            (Err(ErrorCode::InvalidWrite), Err(ErrorCode::TransferFail))
+        );
+        seg.read(4096, &mut landed).unwrap();
+        assert!(landed == data, "a refused write lands nothing");
+        assert_eq!(noted.lock().len(), 1, "and its note is not recorded");
+        // The pool recovers from the closed connection.
+        assert_eq!(
+            transport.write_and_note(&write(100), &[object(100)], deadline),
+            (Ok(()), Ok(()))
+        );
+        assert_eq!(noted.lock().len(), 2);
+        // A note naming space outside the segment is refused after its write.
+        let outside = Landed {
+            offset: 1 << 20,
+            ..object(101)
+        };
+        assert_eq!(
+            transport.write_and_note(&write(101), &[outside], deadline),
+            (Ok(()), Err(ErrorCode::InvalidParams))
+        );
+        assert_eq!(noted.lock().len(), 2);
     }
 
     #[test]
