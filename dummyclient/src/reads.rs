@@ -366,7 +366,7 @@ impl OpenRead<'_> {
     /// Reads and checks the object here when it is only in this host's disk
     /// tier (mapped here); `None` to read it the other ways (also after a
     /// failed check, when another replica may serve).
-    fn read_local_disk(&self, dst: &mut [u8]) -> Option<MResult<u64>> {
+    fn read_local_disk(&self, dst: Span) -> Option<MResult<u64>> {
         let list = &self.session.list;
         let (_, disk_id) = self.conn.disk.as_ref()?;
         let on = |id: SegmentId| list.replicas.iter().any(|r| r.segment_id == id);
@@ -374,8 +374,8 @@ impl OpenRead<'_> {
         if in_memory || !on(*disk_id) {
             return None;
         }
-        match DummyClient::copy_local(&self.conn, list, &mut Dst::Slice(dst), self.session.granted)
-        {
+        let mut dst = Dst::Registered(vec![dst]);
+        match DummyClient::copy_local(&self.conn, list, &mut dst, self.session.granted) {
             Err(ErrorCode::ChecksumMismatch) if list.replicas.len() > 1 => None,
             r => Some(r),
         }
@@ -391,22 +391,35 @@ impl OpenRead<'_> {
     /// holder through staging, without another master lookup. The object size,
     /// `INVALID_PARAMS` for a short `dst`, `LEASE_EXPIRED` when the lease ran out.
     pub fn read_into(self, dst: &mut [u8]) -> MResult<u64> {
+        // SAFETY: `dst` is writable memory of this process, exclusively borrowed
+        // for the call, `dst.len()` bytes long.
+        unsafe { self.read_into_raw(dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// [`read_into`](Self::read_into) memory given by address, which may be
+    /// uninitialized (a new `bytes` object being filled): nothing reads it
+    /// before writing it.
+    ///
+    /// # Safety
+    /// `[dst, dst + len)` must be writable memory of this process that nothing
+    /// else reads or writes until this returns.
+    pub unsafe fn read_into_raw(self, dst: *mut u8, len: usize) -> MResult<u64> {
         let size = self.size();
-        let result = if (dst.len() as u64) < size {
+        // Process memory the real client cannot map: copied here from the local
+        // segment or disk tier, or staged for a remote holder.
+        let span = Span {
+            region: None,
+            offset: 0,
+            len: size,
+            addr: dst as u64,
+        };
+        let result = if (len as u64) < size {
             Err(ErrorCode::InvalidParams)
         } else if size == 0 {
             Ok(0)
-        } else if let Some(r) = self.read_local_disk(dst) {
+        } else if let Some(r) = self.read_local_disk(span.clone()) {
             r
         } else {
-            // Process memory the real client cannot map: `read_ranges` copies it
-            // here from the local segment, or stages it for a remote holder.
-            let span = Span {
-                region: None,
-                offset: 0,
-                len: size,
-                addr: dst.as_mut_ptr() as u64,
-            };
             let work = [Ok((self.session.clone(), vec![(0, span)]))];
             self.client
                 .read_ranges(&self.conn, std::slice::from_ref(&self.key), &work)

@@ -757,15 +757,30 @@ impl MooncakeDistributedStore {
             return empty();
         };
         let size = opened.size() as usize;
-        let mut opened = Some(opened);
-        PyBytes::new_with(py, size, |buf| {
-            let read = opened.take().map(|o| py.detach(|| o.read_into(buf)));
-            match read {
-                Some(Ok(n)) if n as usize == size => Ok(()),
-                _ => Err(PyTypeError::new_err("object changed while read")),
-            }
-        })
-        .unwrap_or_else(|_| empty())
+        // A new `bytes` left uninitialized: filling it with zeros first (as
+        // `PyBytes::new_with` does) would touch every page once more, on one
+        // thread, before the copy that splits over two.
+        // SAFETY: a null source asks CPython for an uninitialized object of
+        // `size` bytes; the result is checked for null below.
+        let raw = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as isize) };
+        if raw.is_null() {
+            let _ = PyErr::take(py);
+            return empty();
+        }
+        // SAFETY: `raw` is a new, non-null reference to a `bytes` object.
+        let value: Bound<'py, PyBytes> =
+            unsafe { Bound::from_owned_ptr(py, raw).cast_into_unchecked() };
+        // SAFETY: the buffer of a `bytes` object we just made, `size` bytes long
+        // (plus CPython's trailing zero); no other reference to the object exists
+        // until it is returned, so nothing reads the buffer before it is filled.
+        let buffer = unsafe { pyo3::ffi::PyBytes_AsString(raw) } as usize;
+        // SAFETY: as above: writable, `size` bytes, touched by nothing else
+        // (the GIL released meanwhile guards nothing here: no one else holds it).
+        let read = py.detach(|| unsafe { opened.read_into_raw(buffer as *mut u8, size) });
+        match read {
+            Ok(n) if n as usize == size => value,
+            _ => empty(),
+        }
     }
 
     /// Objects as `bytes` (empty for missing ones); as long as `keys`.
