@@ -57,15 +57,18 @@ fn start_disk_client(paths: &Paths, master: &str, dir: &Path) -> Daemon {
         .start()
 }
 
-/// A master copying to disk tiers, promoting objects on their second disk read.
-fn start_promoting_master() -> (Daemon, String, String) {
-    start_master_with_http(&[
-        "--enable_offload=true",
-        "--promotion_on_hit=true",
-        "--promotion_admission_threshold=2",
-        "--eviction_high_watermark_ratio=0.8",
-    ])
-}
+/// Master flags: copies to disk tiers, memory evicted at 80 %.
+const OFFLOADING: &[&str] = &[
+    "--enable_offload=true",
+    "--eviction_high_watermark_ratio=0.8",
+];
+/// The same, and objects promoted back to memory on their second disk read.
+const PROMOTING: &[&str] = &[
+    "--enable_offload=true",
+    "--promotion_on_hit=true",
+    "--promotion_admission_threshold=2",
+    "--eviction_high_watermark_ratio=0.8",
+];
 
 /// Where the replicas of `key` are, as `/query_key` says: `(memory, disk)`.
 fn tiers_of(http: &str, key: &str) -> (usize, usize) {
@@ -108,17 +111,15 @@ fn fill_with(
 
 #[test]
 fn four_times_the_memory_comes_back_from_disk_and_promotes_on_hits() {
-    let (_master, rpc, http) = start_promoting_master();
-    let dir = TempDir::new("fill");
-    let paths = Paths::new("disk-fill");
-    let _client = start_disk_client(&paths, &rpc, &dir.0);
-    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
-    let keys = fill(&dummy, &http, "f");
+    // Bound whole: the daemons it holds live to the end of the test.
+    let s = offloading("fill", PROMOTING);
+    let (http, dummy) = (&s.http, &s.dummy);
+    let keys = fill(dummy, http, "f");
 
     // Memory holds at most 16 MiB: most objects are only on disk now.
     let only_on_disk: Vec<&String> = keys
         .iter()
-        .filter(|k| tiers_of(&http, k) == (0, 1))
+        .filter(|k| tiers_of(http, k) == (0, 1))
         .collect();
     assert!(
         only_on_disk.len() >= keys.len() / 2,
@@ -126,10 +127,10 @@ fn four_times_the_memory_comes_back_from_disk_and_promotes_on_hits() {
         only_on_disk.len(),
         keys.len()
     );
-    assert!(metric(&http, "master_offloaded_evictions_total").unwrap_or(0.0) > 0.0);
-    assert!(metric(&http, "master_disk_allocated_bytes").unwrap_or(0.0) >= (32 << 20) as f64);
+    assert!(metric(http, "master_offloaded_evictions_total").unwrap_or(0.0) > 0.0);
+    assert!(metric(http, "master_disk_allocated_bytes").unwrap_or(0.0) >= (32 << 20) as f64);
     // Every object reads back with its own bytes.
-    assert_all_readable(&dummy, &keys, LEN);
+    assert_all_readable(dummy, &keys, LEN);
 
     // An object read again (its second read since it left memory) comes back
     // to memory, keeping its disk copy.
@@ -138,9 +139,9 @@ fn four_times_the_memory_comes_back_from_disk_and_promotes_on_hits() {
     let got = dummy.batch_get_into_slices(std::slice::from_ref(&hot), &mut [buf.as_mut_slice()]);
     assert_eq!(got, vec![Ok(LEN as u64)]);
     assert!(
-        wait_until(Duration::from_secs(10), || tiers_of(&http, &hot) == (1, 1)),
+        wait_until(Duration::from_secs(10), || tiers_of(http, &hot) == (1, 1)),
         "{hot} was not promoted: {:?}",
-        tiers_of(&http, &hot)
+        tiers_of(http, &hot)
     );
     assert_eq!(buf, value_for(&hot, LEN));
     assert_eq!(dummy.get(&hot).unwrap(), value_for(&hot, LEN));
@@ -153,19 +154,17 @@ fn four_times_the_memory_comes_back_from_disk_and_promotes_on_hits() {
 #[test]
 fn racing_readers_promotions_and_evictions_never_see_wrong_bytes() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let (_master, rpc, http) = start_promoting_master();
-    let dir = TempDir::new("race");
-    let paths = Paths::new("disk-race");
-    let _client = start_disk_client(&paths, &rpc, &dir.0);
-    let dummy = DummyClient::connect(&paths.socket, "").unwrap();
-    let keys = fill(&dummy, &http, "r");
+    // Bound whole: the daemons it holds live to the end of the test.
+    let s = offloading("race", PROMOTING);
+    let (http, dummy, paths) = (&s.http, &s.dummy, &s.paths);
+    let keys = fill(dummy, http, "r");
     let on_disk: Vec<String> = keys
         .iter()
-        .filter(|k| tiers_of(&http, k).1 == 1)
+        .filter(|k| tiers_of(http, k).1 == 1)
         .cloned()
         .collect();
     assert!(on_disk.len() >= keys.len() / 2, "{} on disk", on_disk.len());
-    let promotions_before = metric(&http, "master_promotions_queued_total").unwrap_or(0.0);
+    let promotions_before = metric(http, "master_promotions_queued_total").unwrap_or(0.0);
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
     let written = AtomicU64::new(0);
@@ -218,11 +217,11 @@ fn racing_readers_promotions_and_evictions_never_see_wrong_bytes() {
     assert!(reads.load(Ordering::Relaxed) >= 100, "{reads:?} reads");
     assert!(written.load(Ordering::Relaxed) >= 64, "{written:?} writes");
     assert!(
-        metric(&http, "master_promotions_queued_total").unwrap_or(0.0) > promotions_before,
+        metric(http, "master_promotions_queued_total").unwrap_or(0.0) > promotions_before,
         "no promotion happened while reading"
     );
     // Afterwards, every object still reads back with its own bytes.
-    assert_all_readable(&dummy, &on_disk, LEN);
+    assert_all_readable(dummy, &on_disk, LEN);
 }
 
 #[test]
@@ -314,14 +313,11 @@ struct Offloading {
     client_http: String,
     dummy: DummyClient,
     /// Removed (socket, segment) when dropped: kept as long as the client runs.
-    _paths: Paths,
+    paths: Paths,
 }
 
-fn offloading(tag: &str) -> Offloading {
-    let (master, rpc, http) = start_master_with_http(&[
-        "--enable_offload=true",
-        "--eviction_high_watermark_ratio=0.8",
-    ]);
+fn offloading(tag: &str, master_flags: &[&str]) -> Offloading {
+    let (master, rpc, http) = start_master_with_http(master_flags);
     let dir = TempDir::new(tag);
     let paths = Paths::new(&format!("disk-{tag}"));
     let client = start_disk_client(&paths, &rpc, &dir.0);
@@ -334,14 +330,14 @@ fn offloading(tag: &str) -> Offloading {
         _client: client,
         client_http,
         dummy,
-        _paths: paths,
+        paths,
     }
 }
 
 #[test]
 fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
     // Bound whole: the daemons it holds live to the end of the test.
-    let s = offloading("corrupt");
+    let s = offloading("corrupt", OFFLOADING);
     let (http, dir, client_http, dummy) = (&s.http, &s.dir, &s.client_http, &s.dummy);
     let keys = fill(dummy, http, "c");
     let victim = keys
@@ -375,7 +371,7 @@ fn a_corrupted_block_is_a_checksum_error_never_wrong_bytes() {
 fn a_dummy_reads_large_disk_objects_itself_checked() {
     const BIG: usize = 3 << 20;
     // Bound whole: the daemons it holds live to the end of the test.
-    let s = offloading("big");
+    let s = offloading("big", OFFLOADING);
     let (http, dir, client_http, dummy) = (&s.http, &s.dir, &s.client_http, &s.dummy);
     let keys = fill_with(dummy, http, "big", (4, 4), BIG);
     let on_disk: Vec<String> = keys
