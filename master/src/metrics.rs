@@ -57,6 +57,9 @@ ops! {
     BatchExistKey => "batch_exist_key", true;
     BatchRemove => "batch_remove", true;
     BatchReplicaClear => "batch_replica_clear", true;
+    GrantSpace => "grant_space", false;
+    BatchPutCommit => "batch_put_commit", true;
+    ReturnSpace => "return_space", false;
 }
 
 /// Latency bucket upper bounds, in seconds.
@@ -175,6 +178,9 @@ pub struct Gauges {
     pub memory_replicas: u64,
     /// Replicas in disk tiers.
     pub disk_replicas: u64,
+    /// Bytes of memory segments granted to their owners for writes they place
+    /// themselves, not yet committed or given back (counted as allocated).
+    pub granted_bytes: u64,
 }
 
 impl Metrics {
@@ -256,6 +262,11 @@ impl Metrics {
                 "master_disk_replicas",
                 "Replicas in disk tiers (complete or being written)",
                 g.disk_replicas,
+            ),
+            (
+                "master_granted_bytes",
+                "Bytes granted to segment owners for writes they place themselves, not yet used",
+                g.granted_bytes,
             ),
         ] {
             e.gauge(name, help, v);

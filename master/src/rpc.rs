@@ -197,6 +197,42 @@ impl Master for MasterRpc {
         })
     }
 
+    async fn grant_space(
+        self,
+        _: Context,
+        client_id: ClientId,
+        segment_id: SegmentId,
+        len: u64,
+    ) -> MResult<(u64, u64)> {
+        self.timed(Op::GrantSpace, |s| s.grant_space(client_id, segment_id, len))
+    }
+
+    async fn batch_put_commit(
+        self,
+        _: Context,
+        client_id: ClientId,
+        segment_id: SegmentId,
+        items: Vec<CommitItem>,
+        config: ReplicateConfig,
+    ) -> Vec<MResult<u64>> {
+        self.timed_batch(Op::BatchPutCommit, items.len(), |s| {
+            items
+                .iter()
+                .map(|item| s.put_commit(client_id, segment_id, item, &config))
+                .collect()
+        })
+    }
+
+    async fn return_space(
+        self,
+        _: Context,
+        client_id: ClientId,
+        segment_id: SegmentId,
+        ranges: Vec<(u64, u64)>,
+    ) -> MResult<()> {
+        self.timed(Op::ReturnSpace, |s| s.return_space(client_id, segment_id, &ranges))
+    }
+
     async fn upsert_start(
         self,
         _: Context,

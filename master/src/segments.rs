@@ -1,6 +1,6 @@
 //! Mounted segments, their allocators, and replica placement.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -42,6 +42,9 @@ pub(crate) struct Segment {
     pub replicas: AtomicU64,
     /// The owner's inventory log.
     pub log: Arc<Mutex<InventoryLog>>,
+    /// Space granted to the owner for writes it places itself and not yet
+    /// committed or given back: start → length, in bytes (granule-aligned).
+    pub grants: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Segment {
@@ -65,6 +68,71 @@ impl Segment {
         self.used.store(a.used(), Relaxed);
         self.replicas.fetch_add(1, Relaxed);
         Some(offset)
+    }
+
+    /// Allocates `len` bytes for the owner to place writes in (no replica yet).
+    pub fn grant(&self, len: u64) -> Option<u64> {
+        let len = allocated_len(len);
+        let offset = {
+            let mut a = self.allocator.lock();
+            let offset = a.allocate(len)?;
+            self.used.store(a.used(), Relaxed);
+            offset
+        };
+        self.grants.lock().insert(offset, len);
+        Some(offset)
+    }
+
+    /// Takes `[offset, offset + len)` out of the granted space; false when it
+    /// is not entirely inside one grant. What is left of the grant stays granted.
+    pub fn take_granted(&self, offset: u64, len: u64) -> bool {
+        let mut grants = self.grants.lock();
+        let Some((&start, &glen)) = grants.range(..=offset).next_back() else {
+            return false;
+        };
+        let (Some(end), Some(gend)) = (offset.checked_add(len), start.checked_add(glen)) else {
+            return false;
+        };
+        if len == 0 || end > gend {
+            return false;
+        }
+        grants.remove(&start);
+        if offset > start {
+            grants.insert(start, offset - start);
+        }
+        if gend > end {
+            grants.insert(end, gend - end);
+        }
+        true
+    }
+
+    /// Frees granted space given back (ranges not granted are ignored).
+    pub fn return_granted(&self, offset: u64, len: u64) {
+        let len = allocated_len(len);
+        if self.take_granted(offset, len) {
+            let mut a = self.allocator.lock();
+            a.free(offset, len);
+            self.used.store(a.used(), Relaxed);
+        }
+    }
+
+    /// Frees every grant (the owner remounted, or the segment stops serving
+    /// allocations); returns the bytes freed.
+    pub fn clear_grants(&self) -> u64 {
+        let grants = std::mem::take(&mut *self.grants.lock());
+        let mut a = self.allocator.lock();
+        let mut freed = 0;
+        for (offset, len) in grants {
+            a.free(offset, len);
+            freed += len;
+        }
+        self.used.store(a.used(), Relaxed);
+        freed
+    }
+
+    /// Bytes granted and not yet committed or given back.
+    pub fn granted(&self) -> u64 {
+        self.grants.lock().values().sum()
     }
 
     pub fn free(&self, offset: u64, size: u64) {
@@ -147,6 +215,7 @@ impl SegmentTable {
             owner,
             slot,
             log,
+            grants: Mutex::new(BTreeMap::new()),
         });
         if slot as usize == self.slots.len() {
             self.slots.push(Some(segment.clone()));

@@ -47,6 +47,28 @@ pub trait Master {
     /// Batch form of `put_revoke`.
     async fn batch_put_revoke(client_id: ClientId, keys: Vec<String>) -> Vec<MResult<()>>;
 
+    /// Reserves `len` bytes of the caller's own memory segment for writes it
+    /// places itself (answered: offset and length). The space counts as used
+    /// until objects are committed in it or it is given back; a remount of the
+    /// segment forgets every grant. `NO_AVAILABLE_HANDLE` when there is no room
+    /// even after eviction or the segment is drained.
+    async fn grant_space(client_id: ClientId, segment_id: SegmentId, len: u64) -> MResult<(u64, u64)>;
+    /// Makes writes the caller placed in granted space readable, one round trip
+    /// per batch (one memory replica each, in `segment_id`); per item the
+    /// version given. The item's range leaves the grant whatever the answer;
+    /// its space is freed again unless the item is committed.
+    /// `OBJECT_ALREADY_EXISTS` for a key that exists or is being written,
+    /// `INVALID_WRITE` for a range that is not granted (any more).
+    async fn batch_put_commit(
+        client_id: ClientId,
+        segment_id: SegmentId,
+        items: Vec<CommitItem>,
+        config: ReplicateConfig,
+    ) -> Vec<MResult<u64>>;
+    /// Gives back granted space that will not be used; ranges not granted are
+    /// ignored.
+    async fn return_space(client_id: ClientId, segment_id: SegmentId, ranges: Vec<(u64, u64)>) -> MResult<()>;
+
     /// Starts an insert-or-replace. Readers keep seeing the old value until
     /// `upsert_end`; its space is reclaimed once no read lease covers it.
     async fn upsert_start(

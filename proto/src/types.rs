@@ -325,6 +325,17 @@ pub struct ReplicaCopyPlan {
     pub targets: Vec<ReplicaDesc>,
 }
 
+/// A write placed by its writer in space granted by `grant_space`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitItem {
+    /// Object key.
+    pub key: String,
+    /// Offset of the bytes inside the segment.
+    pub offset: u64,
+    /// Object size in bytes.
+    pub size: u64,
+}
+
 /// One object held in a client's segment, as the client remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct InventoryEntry {

@@ -89,6 +89,18 @@ struct ClientArgs {
         value_parser = mooncake_daemon::gflags::bool_value
     )]
     keep_segment: bool,
+    /// Place single-replica writes into this client's own segment in space the
+    /// master grants ahead of time, so each costs one master round trip instead
+    /// of two (default); `--local_placement=false` makes every write two-phase.
+    #[arg(
+        long = "local_placement",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = mooncake_daemon::gflags::bool_value
+    )]
+    local_placement: bool,
     /// A disk tier under the segment (upstream's flag): offloaded copies go to a
     /// file in `--offload_dir`, and come back on read (docs/DISK.md).
     #[arg(
@@ -191,6 +203,7 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
         config.segment_path = p;
     }
     config.keep_segment = args.keep_segment;
+    config.local_placement = args.local_placement;
     if args.enable_offload {
         let Some(dir) = args.offload_dir.clone() else {
             anyhow::bail!(

@@ -59,6 +59,9 @@ pub struct RealClientConfig {
     pub transfer_sockbuf: usize,
     /// The disk tier, when there is one (`--enable_offload`).
     pub offload: Option<crate::disk::DiskConfig>,
+    /// Place single-replica writes into the own segment, in space the master
+    /// granted ahead of time: one master round trip per write instead of two.
+    pub local_placement: bool,
 }
 
 impl RealClientConfig {
@@ -88,6 +91,7 @@ impl RealClientConfig {
             region: mooncake_shm::RegionOptions::default(),
             transfer_sockbuf: crate::transfer::tcp::DEFAULT_SOCKBUF,
             offload: None,
+            local_placement: true,
         }
     }
 

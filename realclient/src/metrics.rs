@@ -63,6 +63,7 @@ pub struct ClientMetrics {
     dummy_connections: AtomicI64,
     dummy_connections_total: AtomicU64,
     ring_requests: AtomicU64,
+    placed_writes: AtomicU64,
 }
 
 /// A per-operation counter family: name, help, and the value of one operation.
@@ -94,6 +95,16 @@ impl ClientMetrics {
     pub fn add_transfer_bytes(&self, read: u64, written: u64) {
         self.transfer_read_bytes.fetch_add(read, Relaxed);
         self.transfer_write_bytes.fetch_add(written, Relaxed);
+    }
+
+    /// Writes placed in granted space and committed in one round trip.
+    pub fn add_placed_writes(&self, n: u64) {
+        self.placed_writes.fetch_add(n, Relaxed);
+    }
+
+    /// Writes placed in granted space and committed so far.
+    pub fn placed_writes(&self) -> u64 {
+        self.placed_writes.load(Relaxed)
     }
 
     /// A dummy connected (`+1`) or left (`-1`).
@@ -193,6 +204,11 @@ impl ClientMetrics {
                 "mooncake_client_served_write_bytes_total",
                 "Bytes other hosts wrote into this segment.",
                 served.1,
+            ),
+            (
+                "mooncake_client_placed_writes_total",
+                "Writes placed in space the master granted this client ahead of time and committed in one round trip.",
+                self.placed_writes.load(Relaxed),
             ),
             (
                 "mooncake_client_ring_requests_total",

@@ -82,7 +82,7 @@ impl MasterService {
 
     /// Current gauges.
     pub fn gauges(&self) -> Gauges {
-        let (capacity_bytes, allocated_bytes, segment_count, disk, replicas) = {
+        let (capacity_bytes, allocated_bytes, segment_count, disk, replicas, granted_bytes) = {
             let segs = self.segments.read();
             let (c, u) = segs.usage();
             (
@@ -91,6 +91,7 @@ impl MasterService {
                 segs.len() as u64,
                 segs.disk_usage(),
                 segs.replicas_per_tier(),
+                segs.iter().map(|s| s.granted()).sum(),
             )
         };
         let (mut key_count, mut processing_count) = (0u64, 0u64);
@@ -121,6 +122,7 @@ impl MasterService {
             promotion_queue_depth: self.promotion_queue_depth() as u64,
             memory_replicas: replicas.0,
             disk_replicas: replicas.1,
+            granted_bytes,
         }
     }
 

@@ -9,6 +9,7 @@
 //!
 //! - this file: the state, shared helpers (versions, descriptors, freeing space);
 //! - `writes`, `reads`, `removes`, `eviction`: the object operations;
+//! - `grants`: space a real client places its own writes in, and their one-round-trip commit;
 //! - `segments`: mount, unmount, remount with an inventory, ping, inventory sync;
 //! - `maintenance`: housekeeping, gauges, admin listings;
 //! - `replication`: replica copy / move tasks; `drain`: segment drain jobs.
@@ -38,6 +39,7 @@ use crate::tasks::TaskTable;
 
 mod drain;
 mod eviction;
+mod grants;
 mod maintenance;
 mod offload;
 mod reads;

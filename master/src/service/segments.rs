@@ -111,6 +111,8 @@ impl MasterService {
             inventory_seq: log.lock().restart(),
             ..Default::default()
         };
+        // The client forgot the space it was granted before it remounted.
+        self.clear_grants_of(client);
         let fresh = self.segments_to_rebuild(client, &buffer.segments)?;
         // Segments this master still has for the client but the client no
         // longer presents (its disk file or a mounted file is gone since it

@@ -7,6 +7,7 @@ use tokio::time::advance;
 use uuid::Uuid;
 
 use super::{JobStatus, MasterService};
+use crate::allocator::allocated_len;
 use crate::config::MasterConfig;
 
 const MIB: u64 = 1 << 20;
@@ -1466,4 +1467,90 @@ async fn offload_on_evict_with_a_full_disk_tier_falls_back_to_plain_eviction() {
         })
         .count();
     assert!(on_disk >= 1, "{on_disk}");
+}
+
+fn commit(m: &MasterService, c: ClientId, seg: SegmentId, key: &str, offset: u64, size: u64) -> MResult<u64> {
+    let item = CommitItem {
+        key: key.into(),
+        offset,
+        size,
+    };
+    m.put_commit(c, seg, &item, &ReplicateConfig::default())
+}
+
+#[tokio::test(start_paused = true)]
+async fn granted_space_takes_only_its_owners_commits_and_never_leaks() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let sa = segment("a", "h1", 16 * MIB);
+    m.mount_segment(a, sa.clone()).unwrap();
+    m.mount_segment(b, segment("b", "h2", 16 * MIB)).unwrap();
+    // Only the owner gets space in a segment, and not more than a quarter of it.
+    assert_eq!(m.grant_space(b, sa.id, MIB), Err(ErrorCode::IllegalClient));
+    assert_eq!(m.grant_space(a, sa.id, 8 * MIB), Err(ErrorCode::InvalidParams));
+    assert_eq!(m.grant_space(a, Uuid::new_v4(), MIB), Err(ErrorCode::SegmentNotFound));
+    let (base, len) = m.grant_space(a, sa.id, MIB).unwrap();
+    assert_eq!(len, MIB);
+    assert_eq!(m.gauges().granted_bytes, MIB);
+    assert_eq!(m.gauges().allocated_bytes, MIB, "granted space counts as used");
+    // The master places no other object in granted space.
+    let other = put(&m, b, "placed", 4096).unwrap();
+    assert!(other[0].segment_id != sa.id || other[0].offset >= base + len || other[0].offset + 4096 <= base);
+
+    // A commit makes the object readable at once, where its writer put it.
+    let v = commit(&m, a, sa.id, "k1", base, 5000).unwrap();
+    let list = m.get_replica_list("k1").unwrap();
+    assert_eq!((list.size, list.replicas[0].version), (5000, v));
+    assert_eq!(list.replicas[0].segment_id, sa.id);
+    assert_eq!(list.replicas[0].offset, base);
+    assert_eq!(list.replicas[0].status, ReplicaStatus::Complete);
+    // Its range left the grant: it cannot be committed twice, nor by another
+    // client, nor outside the grant, nor misaligned.
+    assert_eq!(commit(&m, a, sa.id, "k2", base, 100), Err(ErrorCode::InvalidWrite));
+    assert_eq!(commit(&m, b, sa.id, "k2", base + 8192, 100), Err(ErrorCode::IllegalClient));
+    assert_eq!(commit(&m, a, sa.id, "k2", base + len, 100), Err(ErrorCode::InvalidWrite));
+    assert_eq!(commit(&m, a, sa.id, "k2", base + len - 64, 128), Err(ErrorCode::InvalidWrite));
+    assert_eq!(commit(&m, a, sa.id, "k2", base + 8200, 100), Err(ErrorCode::InvalidWrite));
+    // An existing key keeps its value; the loser's range is freed, not leaked.
+    let before = m.gauges();
+    assert_eq!(commit(&m, a, sa.id, "k1", base + 8192, 4096), Err(ErrorCode::ObjectAlreadyExists));
+    assert_eq!(m.get_replica_list("k1").unwrap().replicas[0].offset, base);
+    let after = m.gauges();
+    assert_eq!(after.granted_bytes, before.granted_bytes - 4096);
+    assert_eq!(after.allocated_bytes, before.allocated_bytes - 4096);
+    assert_eq!(after.memory_replicas, before.memory_replicas);
+    // A key a two-phase write is writing is taken too.
+    m.put_start(b, "busy", 100, &ReplicateConfig::default(), false).unwrap();
+    assert_eq!(commit(&m, a, sa.id, "busy", base + 16384, 100), Err(ErrorCode::ObjectAlreadyExists));
+
+    // Removing a committed object frees its space like any other.
+    advance(Duration::from_secs(11)).await;
+    let used = m.gauges().allocated_bytes;
+    m.remove("k1", false).unwrap();
+    assert_eq!(m.gauges().allocated_bytes, used - allocated_len(5000));
+
+    // Space given back is free again; a remount forgets every grant.
+    m.return_space(a, sa.id, &[(base + 32768, 4096)]).unwrap();
+    let g = m.gauges();
+    assert_eq!(g.granted_bytes, len - 5056 - 4096 - 128 - 4096);
+    m.remount_segment(a, vec![sa.clone()], Vec::new(), true).unwrap();
+    let g = m.gauges();
+    assert_eq!(g.granted_bytes, 0);
+    assert_eq!(commit(&m, a, sa.id, "k3", base + 65536, 100), Err(ErrorCode::InvalidWrite));
+    // Only "placed" (and the write in flight) hold space now.
+    assert_eq!(g.allocated_bytes, 4096 + 128);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drained_segment_grants_nothing_and_refuses_commits() {
+    let m = master();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let sa = segment("a", "h1", 16 * MIB);
+    m.mount_segment(a, sa.clone()).unwrap();
+    m.mount_segment(b, segment("b", "h2", 16 * MIB)).unwrap();
+    let (base, _) = m.grant_space(a, sa.id, MIB).unwrap();
+    m.create_drain_job(&["a".into()], &[], 1).unwrap();
+    assert_eq!(m.grant_space(a, sa.id, MIB), Err(ErrorCode::NoAvailableHandle));
+    assert_eq!(commit(&m, a, sa.id, "k", base, 100), Err(ErrorCode::NoAvailableHandle));
+    assert_eq!(m.get_replica_list("k"), Err(ErrorCode::ObjectNotFound));
 }

@@ -19,21 +19,7 @@ impl MasterService {
         if size == 0 || config.replica_num == 0 {
             return Err(ErrorCode::InvalidParams);
         }
-        // A soft-pin lifetime for an object that is not soft-pinned is a mistake
-        // upstream refuses, not something to ignore.
-        if config.soft_pin_ttl_ms.is_some() && !config.wants_soft_pin() {
-            return Err(ErrorCode::InvalidParams);
-        }
-        let soft_pin_ttl_ms = match config.soft_pin_action {
-            SoftPinAction::Disable => None,
-            _ if config.wants_soft_pin() => Some(
-                config
-                    .soft_pin_ttl_ms
-                    .unwrap_or(self.config.default_kv_soft_pin_ttl.as_millis() as u64)
-                    .min(self.config.max_kv_soft_pin_ttl.as_millis() as u64),
-            ),
-            _ => None,
-        };
+        let soft_pin_ttl_ms = self.soft_pin_ttl(config)?;
         let writer_host = if config.prefer_alloc_in_same_node {
             self.client_host(&client)
         } else {
@@ -183,41 +169,8 @@ impl MasterService {
             }
             return Err(ErrorCode::InvalidWrite);
         }
-        let previous_pin = shard
-            .get(hash, key)
-            .map(|o| o.soft_pin_until_s)
-            .unwrap_or(0);
-        let soft_pin_until_s = match (p.soft_pin_ttl_ms, p.soft_pin_action) {
-            (Some(ttl), _) => (now + ttl).div_ceil(1000).min(u64::from(u32::MAX)) as u32,
-            (None, SoftPinAction::Preserve) => previous_pin,
-            (None, _) => 0,
-        };
-        let object = Object {
-            size: p.size,
-            version: p.version,
-            lease_until: 0,
-            last_access: now,
-            replicas: Replicas::from_vec(p.replicas),
-            soft_pin_until_s,
-            flags: if p.hard_pin { FLAG_HARD_PIN } else { 0 },
-            readers: 0,
-        };
         let segs = self.segments.read();
-        Self::emit_added(
-            &segs,
-            key,
-            object.replicas.as_slice(),
-            object.size,
-            object.version,
-        );
-        let offload = &self.config.offload;
-        let order = (offload.enabled && !offload.on_evict)
-            .then(|| Self::offload_order(&segs, key, &object))
-            .flatten();
-        let hasher = |k: &str| self.hasher.hash_one(k);
-        if let Some(old) = shard.insert(hash, key, object, &hasher) {
-            self.release_replaced(&segs, &old, now);
-        }
+        let order = self.publish(&mut shard, &segs, hash, key, p, now);
         drop(segs);
         drop(shard);
         if let Some(order) = order {
@@ -248,5 +201,73 @@ impl MasterService {
         }
         self.free_pending(&self.segments.read(), &p);
         Ok(())
+    }
+
+    /// The soft-pin lifetime a write with `config` gets, in ms (`None`: not
+    /// soft-pinned). A lifetime for an object that is not soft-pinned is a
+    /// mistake upstream refuses, not something to ignore.
+    pub(super) fn soft_pin_ttl(&self, config: &ReplicateConfig) -> MResult<Option<u64>> {
+        if config.soft_pin_ttl_ms.is_some() && !config.wants_soft_pin() {
+            return Err(ErrorCode::InvalidParams);
+        }
+        Ok(match config.soft_pin_action {
+            SoftPinAction::Disable => None,
+            _ if config.wants_soft_pin() => Some(
+                config
+                    .soft_pin_ttl_ms
+                    .unwrap_or(self.config.default_kv_soft_pin_ttl.as_millis() as u64)
+                    .min(self.config.max_kv_soft_pin_ttl.as_millis() as u64),
+            ),
+            _ => None,
+        })
+    }
+
+    /// Makes the written `p` the readable value of `key` (replacing any old
+    /// one, whose space is released once its readers are done). Returns the
+    /// offload the new object needs, to be queued once the shard lock is gone.
+    pub(super) fn publish(
+        &self,
+        shard: &mut Shard,
+        segs: &SegmentTable,
+        hash: u64,
+        key: &str,
+        p: PendingWrite,
+        now: u64,
+    ) -> Option<super::offload::CopyOrder> {
+        let previous_pin = shard
+            .get(hash, key)
+            .map(|o| o.soft_pin_until_s)
+            .unwrap_or(0);
+        let soft_pin_until_s = match (p.soft_pin_ttl_ms, p.soft_pin_action) {
+            (Some(ttl), _) => (now + ttl).div_ceil(1000).min(u64::from(u32::MAX)) as u32,
+            (None, SoftPinAction::Preserve) => previous_pin,
+            (None, _) => 0,
+        };
+        let object = Object {
+            size: p.size,
+            version: p.version,
+            lease_until: 0,
+            last_access: now,
+            replicas: Replicas::from_vec(p.replicas),
+            soft_pin_until_s,
+            flags: if p.hard_pin { FLAG_HARD_PIN } else { 0 },
+            readers: 0,
+        };
+        Self::emit_added(
+            segs,
+            key,
+            object.replicas.as_slice(),
+            object.size,
+            object.version,
+        );
+        let offload = &self.config.offload;
+        let order = (offload.enabled && !offload.on_evict)
+            .then(|| Self::offload_order(segs, key, &object))
+            .flatten();
+        let hasher = |k: &str| self.hasher.hash_one(k);
+        if let Some(old) = shard.insert(hash, key, object, &hasher) {
+            self.release_replaced(segs, &old, now);
+        }
+        order
     }
 }

@@ -10,6 +10,8 @@
 //! - this file: the state ([`RealClient`]), startup and shutdown;
 //! - `session`: the master session (remount, heartbeat, inventory sync, persistence);
 //! - `writes`: put/upsert start, end, complete, revoke, and a dead session's writes;
+//! - `grants`: writes placed in space the master granted ahead of time, committed
+//!   in one round trip;
 //! - `transfers`: reads for dummies, ranged transfers, replica fallback, read releases;
 //! - `metadata`: existence, size, replica lists and removes passed to the master;
 //! - `segments`: segments mounted after start;
@@ -41,6 +43,7 @@ use crate::transfer::{
 };
 use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfer};
 
+mod grants;
 mod metadata;
 mod segments;
 mod session;
@@ -97,6 +100,9 @@ struct PendingWrite {
     ranged_failures: Option<Vec<SegmentId>>,
     /// Set when the writer is done copying (its put_end or put_complete came).
     copied: bool,
+    /// Placed by this client in space the master granted (`grants`): ended
+    /// with a commit instead of `put_end`.
+    placed: Option<grants::Placed>,
 }
 
 /// A segment mounted after start (`mount_segment` / `allocate_and_mount_segment`).
@@ -134,6 +140,9 @@ pub struct RealClient {
     local_master: Option<mooncake_master::rpc::MasterRpc>,
     inventory: Mutex<Inventory>,
     pending: Mutex<HashMap<String, PendingWrite>>,
+    /// Space granted in the own segment for writes placed here (`grants`);
+    /// taken before `pending` when both are needed.
+    local_space: Arc<Mutex<grants::LocalSpace>>,
     healthy: AtomicBool,
     transport: Arc<dyn Transport>,
     transfer_server: Option<Arc<TransferServer>>,
@@ -461,6 +470,7 @@ impl RealClient {
             local_master: local_master.map(mooncake_master::rpc::MasterRpc::new),
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),
+            local_space: Default::default(),
             healthy: AtomicBool::new(false),
             transport: transport
                 .unwrap_or_else(|| Arc::new(TcpTransport::new(config_token).with_sockbuf(sockbuf))),

@@ -121,6 +121,10 @@ impl RealClient {
     }
 
     async fn remount_now(&self) -> crate::error::Result<()> {
+        // Grants belong to the mount being replaced: nothing more is placed in
+        // them, and the writes placed already are waited for. The master frees
+        // what it still has of them when the remount arrives.
+        self.drop_grants();
         self.settle_own_writes().await;
         let master = self.master().map_err(|code| Error::MasterRefused {
             what: "a connection",
@@ -186,6 +190,7 @@ impl RealClient {
         self.persist();
         self.healthy.store(true, Ordering::Relaxed);
         self.master_generation.send_modify(|g| *g += 1);
+        self.ask_for_space();
         tracing::info!(
             restored = report.restored,
             rejected = report.rejected.len(),
@@ -427,9 +432,21 @@ impl RealClient {
                 }
             }
             let now = Instant::now();
-            self.pending
-                .lock()
-                .retain(|_, w| now.duration_since(w.started) < PENDING_WRITE_TTL);
+            let mut expired = Vec::new();
+            self.pending.lock().retain(|_, w| {
+                let keep = now.duration_since(w.started) < PENDING_WRITE_TTL;
+                if !keep && w.placed.is_some() {
+                    expired.push(w.replicas.clone());
+                }
+                keep
+            });
+            self.give_back(
+                expired
+                    .into_iter()
+                    .flatten()
+                    .map(|r| (r.offset, r.size))
+                    .collect(),
+            );
         }
     }
 

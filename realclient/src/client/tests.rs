@@ -460,3 +460,114 @@ async fn a_remount_waits_for_copies_into_the_segment_to_end() {
         .unwrap()
         .unwrap();
 }
+
+/// Waits until the master granted `client` space in its segment.
+async fn until_granted(c: &Cluster) {
+    for _ in 0..200 {
+        if c.master.gauges().granted_bytes > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no space was granted");
+}
+
+/// The bytes of `key` as its only replica holds them.
+async fn stored(client: &RealClient, key: &str) -> MResult<Vec<u8>> {
+    let list = client.get_replicas(vec![key.into()]).await.remove(0)?;
+    let r = &list.replicas[0];
+    let mut back = vec![0u8; list.size as usize];
+    client
+        .segment_region()
+        .unwrap()
+        .read(r.offset, &mut back)
+        .unwrap();
+    client.release_reads(vec![(key.into(), r.version)]).await;
+    Ok(back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() {
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 64 * MIB).await;
+    until_granted(&c).await;
+    let commits = || c.master.metrics.requests(mooncake_master::metrics::Op::BatchPutCommit);
+    let starts = || c.master.metrics.requests(mooncake_master::metrics::Op::BatchPutStart);
+    let (commits0, starts0) = (commits(), starts());
+
+    // A small put is placed here and made readable by one commit.
+    let bytes = value(5, 100_000);
+    put(&a, "placed", &bytes, ReplicateConfig::default(), None)
+        .await
+        .unwrap();
+    assert_eq!((commits(), starts()), (commits0 + 1, starts0));
+    assert_eq!(a.metrics.placed_writes(), 1);
+    assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
+    assert_eq!(a.inventory_len(), 1, "recorded for a restart");
+
+    // A put of an existing key succeeds and keeps the first value.
+    put(&a, "placed", &value(6, 100_000), ReplicateConfig::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
+
+    // Larger writes, upserts and two replicas stay two-phase.
+    let big = value(7, 1_500_000);
+    put(&a, "big", &big, ReplicateConfig::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(starts(), starts0 + 1);
+    assert_eq!(stored(&a, "big").await.unwrap(), big);
+
+    // A revoked placed write gives its space back.
+    let granted = c.master.gauges().granted_bytes;
+    let started = a
+        .put_start(vec!["gone".into()], vec![4096], ReplicateConfig::default(), false, 1)
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(started[0].segment_id, a.segment().unwrap().id);
+    a.put_revoke(vec!["gone".into()]).await.remove(0).unwrap();
+    for _ in 0..200 {
+        if c.master.gauges().granted_bytes >= granted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(c.master.gauges().granted_bytes >= granted);
+    assert_eq!(a.get_replicas(vec!["gone".into()]).await[0], Err(ErrorCode::ObjectNotFound));
+
+    // A write placed before a remount cannot be committed after it: the space
+    // may belong to someone else by then. (The remount waits for its copy
+    // first, up to SETTLE_WRITES, as for any write into the own segment.)
+    let stale = value(8, 4096);
+    let started = a
+        .put_start(vec!["stale".into()], vec![4096], ReplicateConfig::default(), false, 1)
+        .await
+        .remove(0)
+        .unwrap();
+    a.segment_region()
+        .unwrap()
+        .write(started[0].offset, &stale)
+        .unwrap();
+    a.remount().await.unwrap();
+    let item = PutCompletion {
+        key: "stale".into(),
+        local_failed: false,
+        sources: Vec::new(),
+    };
+    assert_eq!(
+        a.put_complete(vec![item], None).await.remove(0),
+        Err(ErrorCode::InvalidWrite)
+    );
+    assert_eq!(a.get_replicas(vec!["stale".into()]).await[0], Err(ErrorCode::ObjectNotFound));
+    // The objects committed before stay, and new grants serve new writes.
+    assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
+    until_granted(&c).await;
+    let placed_before = a.metrics.placed_writes();
+    put(&a, "after", &stale, ReplicateConfig::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(a.metrics.placed_writes(), placed_before + 1);
+    assert_eq!(stored(&a, "after").await.unwrap(), stale);
+}

@@ -18,9 +18,43 @@ impl RealClient {
         if config.preferred_segments.is_empty() && self.segment.is_some() {
             config.preferred_segments = vec![self.hostname()];
         }
+        let placed = self.place_writes(&keys, &sizes, &config, upsert, owner);
+        if placed.iter().all(Option::is_some) {
+            return placed.into_iter().map(|p| p.expect("placed")).collect();
+        }
+        if placed.iter().any(Option::is_some) {
+            let rest: Vec<usize> = (0..keys.len()).filter(|&i| placed[i].is_none()).collect();
+            let started = Box::pin(self.put_start_with_master(
+                rest.iter().map(|&i| keys[i].clone()).collect(),
+                rest.iter().map(|&i| sizes[i]).collect(),
+                config,
+                upsert,
+                owner,
+            ))
+            .await;
+            let mut placed = placed;
+            for (i, r) in rest.into_iter().zip(started) {
+                placed[i] = Some(r);
+            }
+            return placed.into_iter().map(|p| p.expect("answered")).collect();
+        }
+        self.put_start_with_master(keys, sizes, config, upsert, owner)
+            .await
+    }
+
+    /// [`Self::put_start`] of writes the master places.
+    async fn put_start_with_master(
+        &self,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
+        config: ReplicateConfig,
+        upsert: bool,
+        owner: u64,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         let mut results = self
             .start_writes(keys.clone(), sizes.clone(), &config, upsert)
             .await;
+        self.claim_started(&keys, &mut results, owner).await;
         if upsert {
             let give_up = Instant::now() + UPSERT_WAIT;
             let mut pause = Duration::from_micros(200);
@@ -33,23 +67,44 @@ impl RealClient {
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(20));
-                let retried = self
+                let busy_keys: Vec<String> = busy.iter().map(|&i| keys[i].clone()).collect();
+                let mut retried = self
                     .start_writes(
-                        busy.iter().map(|&i| keys[i].clone()).collect(),
+                        busy_keys.clone(),
                         busy.iter().map(|&i| sizes[i]).collect(),
                         &config,
                         true,
                     )
                     .await;
+                self.claim_started(&busy_keys, &mut retried, owner).await;
                 for (i, r) in busy.into_iter().zip(retried) {
                     results[i] = r;
                 }
             }
         }
-        let now = Instant::now();
-        let mut pending = self.pending.lock();
-        for (k, r) in keys.iter().zip(&results) {
-            if let Ok(descs) = r {
+        results
+    }
+
+    /// Records the writes the master started as pending. A key this client is
+    /// meanwhile writing into granted space (which the master does not know of
+    /// yet) is not taken from that write: the master's write is revoked and the
+    /// key answers `OBJECT_ALREADY_EXISTS`, as the master would have.
+    async fn claim_started(
+        &self,
+        keys: &[String],
+        results: &mut [MResult<Vec<ReplicaDesc>>],
+        owner: u64,
+    ) {
+        let mut clashes = Vec::new();
+        {
+            let now = Instant::now();
+            let mut pending = self.pending.lock();
+            for (i, (k, r)) in keys.iter().zip(results.iter()).enumerate() {
+                let Ok(descs) = r else { continue };
+                if pending.get(k).is_some_and(|w| w.placed.is_some()) {
+                    clashes.push(i);
+                    continue;
+                }
                 pending.insert(
                     k.clone(),
                     PendingWrite {
@@ -59,11 +114,21 @@ impl RealClient {
                         replicas: descs.clone(),
                         ranged_failures: None,
                         copied: false,
+                        placed: None,
                     },
                 );
             }
         }
-        results
+        if clashes.is_empty() {
+            return;
+        }
+        let revoke: Vec<String> = clashes.iter().map(|&i| keys[i].clone()).collect();
+        if let Ok(m) = self.master() {
+            let _ = m.batch_put_revoke(self.client_id, revoke).await;
+        }
+        for i in clashes {
+            results[i] = Err(ErrorCode::ObjectAlreadyExists);
+        }
     }
 
     pub(super) async fn start_writes(
@@ -126,18 +191,26 @@ impl RealClient {
         if owner == 0 {
             return;
         }
-        let keys: Vec<String> = {
+        let (keys, placed) = {
             let mut pending = self.pending.lock();
             let keys: Vec<String> = pending
                 .iter()
                 .filter(|(_, w)| w.owner == owner)
                 .map(|(k, _)| k.clone())
                 .collect();
-            for k in &keys {
-                pending.remove(k);
+            let mut placed = Vec::new();
+            let mut with_master = Vec::new();
+            for k in keys {
+                let w = pending.remove(&k).expect("listed");
+                if w.placed.is_some() {
+                    placed.push(w);
+                } else {
+                    with_master.push(k);
+                }
             }
-            keys
+            (with_master, placed)
         };
+        self.forget_placed(placed);
         if keys.is_empty() {
             return;
         }
@@ -157,6 +230,32 @@ impl RealClient {
 
     /// Ends writes; records local replicas in the inventory at once.
     pub async fn put_end(&self, keys: Vec<String>) -> Vec<MResult<()>> {
+        let placed = self.take_placed(keys.iter());
+        if placed.is_empty() {
+            return self.put_end_with_master(keys).await;
+        }
+        let mut results: Vec<MResult<()>> = vec![Ok(()); keys.len()];
+        let positions: Vec<usize> = placed.iter().map(|p| p.0).collect();
+        let others: Vec<usize> = (0..keys.len()).filter(|i| !positions.contains(i)).collect();
+        let committed = self
+            .commit_placed(placed.into_iter().map(|(_, k, w)| (k, w, false)).collect())
+            .await;
+        for (i, r) in positions.into_iter().zip(committed) {
+            results[i] = r;
+        }
+        if !others.is_empty() {
+            let ended = self
+                .put_end_with_master(others.iter().map(|&i| keys[i].clone()).collect())
+                .await;
+            for (i, r) in others.into_iter().zip(ended) {
+                results[i] = r;
+            }
+        }
+        results
+    }
+
+    /// [`Self::put_end`] of writes the master placed.
+    async fn put_end_with_master(&self, keys: Vec<String>) -> Vec<MResult<()>> {
         let versions = self.pending_versions(keys.iter());
         let call = |m: MasterHandle| {
             let keys = keys.clone();
@@ -279,6 +378,40 @@ impl RealClient {
     /// buffers to the replicas on other hosts, then ends the batch with the master,
     /// dropping replicas that failed. A key fails only when every replica failed.
     pub async fn put_complete(
+        &self,
+        items: Vec<PutCompletion>,
+        memory: Option<&dyn CallerMemory>,
+    ) -> Vec<MResult<()>> {
+        let placed = self.take_placed(items.iter().map(|it| &it.key));
+        if placed.is_empty() {
+            return self.put_complete_with_master(items, memory).await;
+        }
+        let mut results: Vec<MResult<()>> = vec![Ok(()); items.len()];
+        let positions: Vec<usize> = placed.iter().map(|p| p.0).collect();
+        let writes = placed
+            .into_iter()
+            .map(|(i, k, w)| (k, w, items[i].local_failed))
+            .collect();
+        let committed = self.commit_placed(writes).await;
+        for (&i, r) in positions.iter().zip(committed) {
+            results[i] = r;
+        }
+        let (others, rest): (Vec<usize>, Vec<PutCompletion>) = items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !positions.contains(i))
+            .unzip();
+        if !rest.is_empty() {
+            let ended = Box::pin(self.put_complete_with_master(rest, memory)).await;
+            for (i, r) in others.into_iter().zip(ended) {
+                results[i] = r;
+            }
+        }
+        results
+    }
+
+    /// [`Self::put_complete`] of writes the master placed.
+    async fn put_complete_with_master(
         &self,
         items: Vec<PutCompletion>,
         memory: Option<&dyn CallerMemory>,
@@ -495,6 +628,23 @@ impl RealClient {
 
     /// Revokes writes.
     pub async fn put_revoke(&self, keys: Vec<String>) -> Vec<MResult<()>> {
+        let placed = self.take_placed(keys.iter());
+        if !placed.is_empty() {
+            // The master never heard of these: their space just goes back.
+            let positions: Vec<usize> = placed.iter().map(|p| p.0).collect();
+            self.forget_placed(placed.into_iter().map(|p| p.2));
+            let others: Vec<usize> = (0..keys.len()).filter(|i| !positions.contains(i)).collect();
+            let mut results: Vec<MResult<()>> = vec![Ok(()); keys.len()];
+            if !others.is_empty() {
+                let revoked =
+                    Box::pin(self.put_revoke(others.iter().map(|&i| keys[i].clone()).collect()))
+                        .await;
+                for (i, r) in others.into_iter().zip(revoked) {
+                    results[i] = r;
+                }
+            }
+            return results;
+        }
         {
             let mut pending = self.pending.lock();
             for k in &keys {

@@ -1,0 +1,382 @@
+//! Writes this client places in its own segment, in space the master granted
+//! ahead of time: a write costs one master round trip (`batch_put_commit`, once
+//! its bytes are in) instead of two (`put_start`, `put_end`).
+//!
+//! Only plain puts of one replica that may live here are placed; upserts, writes
+//! to other segments and writes larger than a quarter of a grant stay two-phase.
+//! The master counts granted space as used and checks every commit against
+//! what it granted. A grant belongs to one mount of the segment: before a
+//! remount this client drops its grants (under the same lock that places
+//! writes, so no write is placed in one afterwards) and waits for writes being
+//! copied (`settle_own_writes`); the master frees the grants it still has when
+//! the remount arrives, and a new master never knew them. A grant asked for
+//! across a remount is given back unused.
+
+use super::*;
+
+/// A grant is this fraction of the segment...
+const GRANT_FRACTION: u64 = 32;
+/// ... within these bounds (and at most the quarter of the segment the master
+/// allows).
+const GRANT_MIN: u64 = 1 << 20;
+const GRANT_MAX: u64 = 64 << 20;
+/// Grants held at once: the one in use, the next, and a tail being used up.
+const MAX_GRANTS: usize = 3;
+/// Versions of placed writes before their commit (the master stamps the real
+/// one): this bit keeps them apart from the master's.
+const PLACED_VERSION: u64 = 1 << 63;
+
+/// How a pending write was placed in granted space.
+#[derive(Clone)]
+pub(super) struct Placed {
+    /// The config it is committed with.
+    pub config: ReplicateConfig,
+    /// [`LocalSpace::epoch`] when it was placed.
+    pub epoch: u64,
+}
+
+/// The space granted to this client in its segment and not used yet.
+#[derive(Default)]
+pub(super) struct LocalSpace {
+    /// Bumped when the grants are dropped: a grant asked for before is not used.
+    epoch: u64,
+    /// Free ranges of the grants, `(offset, end)`, used from their start.
+    grants: Vec<(u64, u64)>,
+    /// A grant is being asked for.
+    asking: bool,
+    placed: u64,
+}
+
+impl LocalSpace {
+    /// Takes `len` bytes (granule-rounded) from the first grant with room.
+    fn take(&mut self, len: u64) -> Option<u64> {
+        let g = self.grants.iter_mut().find(|(o, e)| e - *o >= len)?;
+        let offset = g.0;
+        g.0 += len;
+        self.grants.retain(|(o, e)| o < e);
+        Some(offset)
+    }
+
+    fn room(&self) -> u64 {
+        self.grants.iter().map(|(o, e)| e - o).sum()
+    }
+}
+
+impl RealClient {
+    /// Bytes asked for per grant.
+    fn grant_len(&self) -> u64 {
+        let size = self.segment().map_or(0, |d| d.size);
+        let len = (size / GRANT_FRACTION).clamp(GRANT_MIN, GRANT_MAX).min(size / 4);
+        len / GRANULE_BYTES * GRANULE_BYTES
+    }
+
+    /// Whether a write of `size` bytes with `config` may be placed here.
+    fn placeable(&self, size: u64, config: &ReplicateConfig, upsert: bool) -> bool {
+        let Some(desc) = self.segment() else {
+            return false;
+        };
+        self.config.local_placement
+            && !upsert
+            && self.healthy()
+            && config.replica_num == 1
+            && config.preferred_segments.iter().all(|s| *s == desc.name)
+            && size > 0
+            && size <= self.grant_len() / 4
+    }
+
+    /// Places the writes of `keys` that can be placed in granted space: their
+    /// answer (the local replica, or `OBJECT_ALREADY_EXISTS` for a key this
+    /// client is writing already), recorded as pending writes; `None` for the
+    /// others, which go to the master.
+    pub(super) fn place_writes(
+        &self,
+        keys: &[String],
+        sizes: &[u64],
+        config: &ReplicateConfig,
+        upsert: bool,
+        owner: u64,
+    ) -> Vec<Option<MResult<Vec<ReplicaDesc>>>> {
+        let mut out: Vec<Option<MResult<Vec<ReplicaDesc>>>> = vec![None; keys.len()];
+        let Some(desc) = self.segment().cloned() else {
+            return out;
+        };
+        if !sizes.iter().any(|&s| self.placeable(s, config, upsert)) {
+            return out;
+        }
+        let now = Instant::now();
+        let (low, placed_any) = {
+            let mut space = self.local_space.lock();
+            // Under the space lock: a remount drops the grants under it first,
+            // then waits for the pending writes placed in them.
+            let mut pending = self.pending.lock();
+            let mut placed_any = false;
+            for (i, (key, &size)) in keys.iter().zip(sizes).enumerate() {
+                if !self.placeable(size, config, upsert) {
+                    continue;
+                }
+                if pending.contains_key(key) {
+                    // The master would say so of a write it knows.
+                    out[i] = Some(Err(ErrorCode::ObjectAlreadyExists));
+                    continue;
+                }
+                let Some(offset) = space.take(allocated_bytes(size)) else {
+                    continue;
+                };
+                space.placed += 1;
+                let version = PLACED_VERSION | space.placed;
+                let replica = ReplicaDesc {
+                    segment_id: desc.id,
+                    segment_name: desc.name.clone(),
+                    transport_endpoint: desc.transport_endpoint.clone(),
+                    offset,
+                    buffer_address: desc.base + offset,
+                    size,
+                    status: ReplicaStatus::Processing,
+                    version,
+                    medium: Medium::Memory,
+                };
+                pending.insert(
+                    key.clone(),
+                    PendingWrite {
+                        started: now,
+                        owner,
+                        version,
+                        replicas: vec![replica.clone()],
+                        ranged_failures: None,
+                        copied: false,
+                        placed: Some(Placed {
+                            config: config.clone(),
+                            epoch: space.epoch,
+                        }),
+                    },
+                );
+                out[i] = Some(Ok(vec![replica]));
+                placed_any = true;
+            }
+            (space.room() < self.grant_len() / 2, placed_any)
+        };
+        if low || !placed_any {
+            self.ask_for_space();
+        }
+        out
+    }
+
+    /// Asks the master for another grant in the background, unless one is
+    /// being asked for or enough room is left.
+    pub(super) fn ask_for_space(&self) {
+        let Some(desc) = self.segment() else {
+            return;
+        };
+        if !self.config.local_placement || !self.healthy() {
+            return;
+        }
+        let len = self.grant_len();
+        if len == 0 {
+            return;
+        }
+        let epoch = {
+            let mut space = self.local_space.lock();
+            if space.asking || space.room() >= len / 2 {
+                return;
+            }
+            space.asking = true;
+            space.epoch
+        };
+        // The shared connection: the task runs on the client's runtime.
+        let Some(master) = self.master.read().clone() else {
+            self.local_space.lock().asking = false;
+            return;
+        };
+        let (space, client, segment) = (self.local_space.clone(), self.client_id, desc.id);
+        self.spawn_task(async move {
+            let granted = master.grant_space(client, segment, len).await;
+            let unused = {
+                let mut space = space.lock();
+                space.asking = false;
+                match granted {
+                    Ok((offset, len)) if space.epoch == epoch => {
+                        space.grants.push((offset, offset + len));
+                        if space.grants.len() > MAX_GRANTS {
+                            // The smallest rest goes back.
+                            let smallest = (0..space.grants.len())
+                                .min_by_key(|&i| space.grants[i].1 - space.grants[i].0)
+                                .expect("not empty");
+                            let (o, e) = space.grants.remove(smallest);
+                            Some((o, e - o))
+                        } else {
+                            None
+                        }
+                    }
+                    // Asked for before a remount: it may belong to a mount that
+                    // is gone; the master ignores it then.
+                    Ok((offset, len)) => Some((offset, len)),
+                    Err(e) => {
+                        tracing::debug!("no space granted: {e}");
+                        None
+                    }
+                }
+            };
+            if let Some(range) = unused {
+                let _ = master.return_space(client, segment, vec![range]).await;
+            }
+        });
+    }
+
+    /// Drops every grant (before a remount, or when the master refused a commit
+    /// into one): nothing is placed in them any more.
+    pub(super) fn drop_grants(&self) -> Vec<(u64, u64)> {
+        let mut space = self.local_space.lock();
+        space.epoch += 1;
+        std::mem::take(&mut space.grants)
+            .into_iter()
+            .map(|(o, e)| (o, e - o))
+            .collect()
+    }
+
+    /// Gives granted ranges back to the master in the background.
+    pub(super) fn give_back(&self, ranges: Vec<(u64, u64)>) {
+        let Some(desc) = self.segment() else {
+            return;
+        };
+        if ranges.is_empty() {
+            return;
+        }
+        let Some(master) = self.master.read().clone() else {
+            return;
+        };
+        let (client, segment) = (self.client_id, desc.id);
+        self.spawn_task(async move {
+            let _ = master.return_space(client, segment, ranges).await;
+        });
+    }
+
+    /// Makes placed writes readable with one `batch_put_commit` per config; per
+    /// write 0, or the error. A write whose copy failed is not committed: its
+    /// space goes back and it fails with `TRANSFER_FAIL`. A key that exists
+    /// keeps its value and the put succeeds, as a two-phase put of it does.
+    pub(super) async fn commit_placed(&self, writes: Vec<(String, PendingWrite, bool)>) -> Vec<MResult<()>> {
+        let mut results: Vec<MResult<()>> = vec![Err(ErrorCode::TransferFail); writes.len()];
+        let Some(desc) = self.segment().cloned() else {
+            return vec![Err(ErrorCode::InvalidParams); writes.len()];
+        };
+        let mut failed_copies = Vec::new();
+        // Groups of writes with one config, in order.
+        let mut groups: Vec<(ReplicateConfig, Vec<usize>)> = Vec::new();
+        for (i, (_, w, copy_failed)) in writes.iter().enumerate() {
+            let config = w.placed.as_ref().map(|p| p.config.clone()).unwrap_or_default();
+            if *copy_failed {
+                failed_copies.extend(w.replicas.iter().map(|r| (r.offset, r.size)));
+                continue;
+            }
+            match groups.last_mut() {
+                Some((c, members)) if *c == config => members.push(i),
+                _ => groups.push((config, vec![i])),
+            }
+        }
+        self.give_back(failed_copies);
+        let mut stale = false;
+        let epoch = self.local_space.lock().epoch;
+        let mut inv_changed = false;
+        for (config, members) in groups {
+            let items: Vec<CommitItem> = members
+                .iter()
+                .map(|&i| {
+                    let (key, w, _) = &writes[i];
+                    let r = &w.replicas[0];
+                    CommitItem {
+                        key: key.clone(),
+                        offset: r.offset,
+                        size: r.size,
+                    }
+                })
+                .collect();
+            let call = |m: MasterHandle| {
+                let (items, config) = (items.clone(), config.clone());
+                async move {
+                    m.batch_put_commit(self.client_id, desc.id, items, config)
+                        .await
+                }
+            };
+            let answers = per_key(members.len(), self.call_master_batch(call).await);
+            let mut inv = self.inventory.lock();
+            for (&i, answer) in members.iter().zip(answers) {
+                let (key, w, _) = &writes[i];
+                results[i] = match answer {
+                    Ok(version) => {
+                        let r = &w.replicas[0];
+                        inv.add(InventoryEntry {
+                            segment_id: desc.id,
+                            key: key.clone(),
+                            offset: r.offset,
+                            size: r.size,
+                            version,
+                        });
+                        inv_changed = true;
+                        Ok(())
+                    }
+                    Err(ErrorCode::ObjectAlreadyExists) => Ok(()),
+                    Err(code) => {
+                        // The grant is gone (a drain, or a master that does
+                        // not know it): place nothing more in the grants of
+                        // that mount.
+                        stale |= w.placed.as_ref().is_some_and(|p| p.epoch == epoch)
+                            && matches!(
+                            code,
+                            ErrorCode::InvalidWrite
+                                | ErrorCode::NoAvailableHandle
+                                | ErrorCode::SegmentNotFound
+                        );
+                        Err(code)
+                    }
+                };
+            }
+        }
+        if inv_changed {
+            // In the journal before the caller hears success.
+            self.inventory.lock().flush();
+        }
+        if stale {
+            let unused = self.drop_grants();
+            self.give_back(unused);
+            self.ask_for_space();
+        }
+        self.metrics.add_placed_writes(
+            results.iter().filter(|r| r.is_ok()).count() as u64,
+        );
+        results
+    }
+
+    /// Takes the pending writes of `keys` that were placed here out of the
+    /// pending table: their positions and writes. The caller is done copying.
+    pub(super) fn take_placed(&self, keys: impl Iterator<Item = impl AsRef<str>>) -> Vec<(usize, String, PendingWrite)> {
+        let mut pending = self.pending.lock();
+        let mut out = Vec::new();
+        for (i, key) in keys.enumerate() {
+            let key = key.as_ref();
+            if pending.get(key).is_some_and(|w| w.placed.is_some()) {
+                let w = pending.remove(key).expect("present");
+                out.push((i, key.to_string(), w));
+            }
+        }
+        out
+    }
+
+    /// Forgets placed writes nobody will end (revoked, or their writer went
+    /// away): their space goes back to the master.
+    pub(super) fn forget_placed(&self, writes: impl IntoIterator<Item = PendingWrite>) {
+        let ranges: Vec<(u64, u64)> = writes
+            .into_iter()
+            .filter(|w| w.placed.is_some())
+            .flat_map(|w| w.replicas.into_iter().map(|r| (r.offset, r.size)))
+            .collect();
+        self.give_back(ranges);
+    }
+}
+
+/// Allocation granule of the master's allocator: placed writes use the same.
+const GRANULE_BYTES: u64 = mooncake_master::allocator::GRANULE;
+
+/// Bytes a write of `size` takes in the segment.
+fn allocated_bytes(size: u64) -> u64 {
+    size.div_ceil(GRANULE_BYTES) * GRANULE_BYTES
+}
