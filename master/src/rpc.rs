@@ -204,7 +204,9 @@ impl Master for MasterRpc {
         segment_id: SegmentId,
         len: u64,
     ) -> MResult<(u64, u64)> {
-        self.timed(Op::GrantSpace, |s| s.grant_space(client_id, segment_id, len))
+        self.timed(Op::GrantSpace, |s| {
+            s.grant_space(client_id, segment_id, len)
+        })
     }
 
     async fn batch_put_commit(
@@ -230,7 +232,9 @@ impl Master for MasterRpc {
         segment_id: SegmentId,
         ranges: Vec<(u64, u64)>,
     ) -> MResult<()> {
-        self.timed(Op::ReturnSpace, |s| s.return_space(client_id, segment_id, &ranges))
+        self.timed(Op::ReturnSpace, |s| {
+            s.return_space(client_id, segment_id, &ranges)
+        })
     }
 
     async fn upsert_start(
@@ -303,6 +307,18 @@ impl Master for MasterRpc {
         _: Context,
         keys: Vec<String>,
     ) -> Vec<MResult<ReplicaList>> {
+        self.timed_batch(Op::BatchGetReplicaList, keys.len(), |s| {
+            keys.iter().map(|k| s.get_replica_list(k)).collect()
+        })
+    }
+
+    async fn batch_get_replica_list_releasing(
+        self,
+        _: Context,
+        keys: Vec<String>,
+        released: Vec<(String, u64)>,
+    ) -> Vec<MResult<ReplicaList>> {
+        self.svc.release_reads(&released);
         self.timed_batch(Op::BatchGetReplicaList, keys.len(), |s| {
             keys.iter().map(|k| s.get_replica_list(k)).collect()
         })

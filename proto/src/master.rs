@@ -52,7 +52,11 @@ pub trait Master {
     /// until objects are committed in it or it is given back; a remount of the
     /// segment forgets every grant. `NO_AVAILABLE_HANDLE` when there is no room
     /// even after eviction or the segment is drained.
-    async fn grant_space(client_id: ClientId, segment_id: SegmentId, len: u64) -> MResult<(u64, u64)>;
+    async fn grant_space(
+        client_id: ClientId,
+        segment_id: SegmentId,
+        len: u64,
+    ) -> MResult<(u64, u64)>;
     /// Makes writes the caller placed in granted space readable, one round trip
     /// per batch (one memory replica each, in `segment_id`); per item the
     /// version given. The item's range leaves the grant whatever the answer;
@@ -67,7 +71,11 @@ pub trait Master {
     ) -> Vec<MResult<u64>>;
     /// Gives back granted space that will not be used; ranges not granted are
     /// ignored.
-    async fn return_space(client_id: ClientId, segment_id: SegmentId, ranges: Vec<(u64, u64)>) -> MResult<()>;
+    async fn return_space(
+        client_id: ClientId,
+        segment_id: SegmentId,
+        ranges: Vec<(u64, u64)>,
+    ) -> MResult<()>;
 
     /// Starts an insert-or-replace. Readers keep seeing the old value until
     /// `upsert_end`; its space is reclaimed once no read lease covers it.
@@ -98,6 +106,12 @@ pub trait Master {
     async fn get_replica_list(key: String) -> MResult<ReplicaList>;
     /// Batch form of `get_replica_list`.
     async fn batch_get_replica_list(keys: Vec<String>) -> Vec<MResult<ReplicaList>>;
+    /// `batch_release_reads(released)` then `batch_get_replica_list(keys)`, in one
+    /// round trip: a reader's next lookup carries the grants it is done with.
+    async fn batch_get_replica_list_releasing(
+        keys: Vec<String>,
+        released: Vec<(String, u64)>,
+    ) -> Vec<MResult<ReplicaList>>;
     /// The reader is done with the values it was granted, `(key, version)` per
     /// grant: a value replaced or removed meanwhile is freed once its last reader
     /// is done instead of when the lease ends.

@@ -80,6 +80,8 @@ forward! {
     fn batch_put_revoke(client: ClientId, keys: Vec<String>) -> list Vec<MResult<()>>;
     /// `batch_get_replica_list`.
     fn batch_get_replica_list(keys: Vec<String>) -> list Vec<MResult<ReplicaList>>;
+    /// `batch_get_replica_list_releasing`.
+    fn batch_get_replica_list_releasing(keys: Vec<String>, released: Vec<(String, u64)>) -> list Vec<MResult<ReplicaList>>;
     /// `batch_release_reads`.
     fn batch_release_reads(reads: Vec<(String, u64)>) -> list ();
     /// `batch_exist_key`.

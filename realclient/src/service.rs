@@ -151,11 +151,10 @@ impl RealClientService for Handler {
         released: Vec<(String, u64)>,
         local_disk: bool,
     ) -> Vec<MResult<GetOutcome>> {
-        self.client.release_reads(released).await;
         let t = Instant::now();
         let r = self
             .client
-            .get_into(keys, dests, self.memory(), local_disk)
+            .get_into_releasing(keys, dests, released, self.memory(), local_disk)
             .await;
         let bytes: u64 = r
             .iter()

@@ -15,7 +15,12 @@ use super::*;
 impl MasterService {
     /// `grant_space`: reserves `len` bytes of `client`'s memory segment
     /// `segment` for writes it places itself.
-    pub fn grant_space(&self, client: ClientId, segment: SegmentId, len: u64) -> MResult<(u64, u64)> {
+    pub fn grant_space(
+        &self,
+        client: ClientId,
+        segment: SegmentId,
+        len: u64,
+    ) -> MResult<(u64, u64)> {
         if len == 0 {
             return Err(ErrorCode::InvalidParams);
         }

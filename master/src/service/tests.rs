@@ -1469,7 +1469,14 @@ async fn offload_on_evict_with_a_full_disk_tier_falls_back_to_plain_eviction() {
     assert!(on_disk >= 1, "{on_disk}");
 }
 
-fn commit(m: &MasterService, c: ClientId, seg: SegmentId, key: &str, offset: u64, size: u64) -> MResult<u64> {
+fn commit(
+    m: &MasterService,
+    c: ClientId,
+    seg: SegmentId,
+    key: &str,
+    offset: u64,
+    size: u64,
+) -> MResult<u64> {
     let item = CommitItem {
         key: key.into(),
         offset,
@@ -1487,15 +1494,29 @@ async fn granted_space_takes_only_its_owners_commits_and_never_leaks() {
     m.mount_segment(b, segment("b", "h2", 16 * MIB)).unwrap();
     // Only the owner gets space in a segment, and not more than a quarter of it.
     assert_eq!(m.grant_space(b, sa.id, MIB), Err(ErrorCode::IllegalClient));
-    assert_eq!(m.grant_space(a, sa.id, 8 * MIB), Err(ErrorCode::InvalidParams));
-    assert_eq!(m.grant_space(a, Uuid::new_v4(), MIB), Err(ErrorCode::SegmentNotFound));
+    assert_eq!(
+        m.grant_space(a, sa.id, 8 * MIB),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        m.grant_space(a, Uuid::new_v4(), MIB),
+        Err(ErrorCode::SegmentNotFound)
+    );
     let (base, len) = m.grant_space(a, sa.id, MIB).unwrap();
     assert_eq!(len, MIB);
     assert_eq!(m.gauges().granted_bytes, MIB);
-    assert_eq!(m.gauges().allocated_bytes, MIB, "granted space counts as used");
+    assert_eq!(
+        m.gauges().allocated_bytes,
+        MIB,
+        "granted space counts as used"
+    );
     // The master places no other object in granted space.
     let other = put(&m, b, "placed", 4096).unwrap();
-    assert!(other[0].segment_id != sa.id || other[0].offset >= base + len || other[0].offset + 4096 <= base);
+    assert!(
+        other[0].segment_id != sa.id
+            || other[0].offset >= base + len
+            || other[0].offset + 4096 <= base
+    );
 
     // A commit makes the object readable at once, where its writer put it.
     let v = commit(&m, a, sa.id, "k1", base, 5000).unwrap();
@@ -1506,22 +1527,44 @@ async fn granted_space_takes_only_its_owners_commits_and_never_leaks() {
     assert_eq!(list.replicas[0].status, ReplicaStatus::Complete);
     // Its range left the grant: it cannot be committed twice, nor by another
     // client, nor outside the grant, nor misaligned.
-    assert_eq!(commit(&m, a, sa.id, "k2", base, 100), Err(ErrorCode::InvalidWrite));
-    assert_eq!(commit(&m, b, sa.id, "k2", base + 8192, 100), Err(ErrorCode::IllegalClient));
-    assert_eq!(commit(&m, a, sa.id, "k2", base + len, 100), Err(ErrorCode::InvalidWrite));
-    assert_eq!(commit(&m, a, sa.id, "k2", base + len - 64, 128), Err(ErrorCode::InvalidWrite));
-    assert_eq!(commit(&m, a, sa.id, "k2", base + 8200, 100), Err(ErrorCode::InvalidWrite));
+    assert_eq!(
+        commit(&m, a, sa.id, "k2", base, 100),
+        Err(ErrorCode::InvalidWrite)
+    );
+    assert_eq!(
+        commit(&m, b, sa.id, "k2", base + 8192, 100),
+        Err(ErrorCode::IllegalClient)
+    );
+    assert_eq!(
+        commit(&m, a, sa.id, "k2", base + len, 100),
+        Err(ErrorCode::InvalidWrite)
+    );
+    assert_eq!(
+        commit(&m, a, sa.id, "k2", base + len - 64, 128),
+        Err(ErrorCode::InvalidWrite)
+    );
+    assert_eq!(
+        commit(&m, a, sa.id, "k2", base + 8200, 100),
+        Err(ErrorCode::InvalidWrite)
+    );
     // An existing key keeps its value; the loser's range is freed, not leaked.
     let before = m.gauges();
-    assert_eq!(commit(&m, a, sa.id, "k1", base + 8192, 4096), Err(ErrorCode::ObjectAlreadyExists));
+    assert_eq!(
+        commit(&m, a, sa.id, "k1", base + 8192, 4096),
+        Err(ErrorCode::ObjectAlreadyExists)
+    );
     assert_eq!(m.get_replica_list("k1").unwrap().replicas[0].offset, base);
     let after = m.gauges();
     assert_eq!(after.granted_bytes, before.granted_bytes - 4096);
     assert_eq!(after.allocated_bytes, before.allocated_bytes - 4096);
     assert_eq!(after.memory_replicas, before.memory_replicas);
     // A key a two-phase write is writing is taken too.
-    m.put_start(b, "busy", 100, &ReplicateConfig::default(), false).unwrap();
-    assert_eq!(commit(&m, a, sa.id, "busy", base + 16384, 100), Err(ErrorCode::ObjectAlreadyExists));
+    m.put_start(b, "busy", 100, &ReplicateConfig::default(), false)
+        .unwrap();
+    assert_eq!(
+        commit(&m, a, sa.id, "busy", base + 16384, 100),
+        Err(ErrorCode::ObjectAlreadyExists)
+    );
 
     // Removing a committed object frees its space like any other.
     advance(Duration::from_secs(11)).await;
@@ -1533,10 +1576,14 @@ async fn granted_space_takes_only_its_owners_commits_and_never_leaks() {
     m.return_space(a, sa.id, &[(base + 32768, 4096)]).unwrap();
     let g = m.gauges();
     assert_eq!(g.granted_bytes, len - 5056 - 4096 - 128 - 4096);
-    m.remount_segment(a, vec![sa.clone()], Vec::new(), true).unwrap();
+    m.remount_segment(a, vec![sa.clone()], Vec::new(), true)
+        .unwrap();
     let g = m.gauges();
     assert_eq!(g.granted_bytes, 0);
-    assert_eq!(commit(&m, a, sa.id, "k3", base + 65536, 100), Err(ErrorCode::InvalidWrite));
+    assert_eq!(
+        commit(&m, a, sa.id, "k3", base + 65536, 100),
+        Err(ErrorCode::InvalidWrite)
+    );
     // Only "placed" (and the write in flight) hold space now.
     assert_eq!(g.allocated_bytes, 4096 + 128);
 }
@@ -1550,7 +1597,13 @@ async fn a_drained_segment_grants_nothing_and_refuses_commits() {
     m.mount_segment(b, segment("b", "h2", 16 * MIB)).unwrap();
     let (base, _) = m.grant_space(a, sa.id, MIB).unwrap();
     m.create_drain_job(&["a".into()], &[], 1).unwrap();
-    assert_eq!(m.grant_space(a, sa.id, MIB), Err(ErrorCode::NoAvailableHandle));
-    assert_eq!(commit(&m, a, sa.id, "k", base, 100), Err(ErrorCode::NoAvailableHandle));
+    assert_eq!(
+        m.grant_space(a, sa.id, MIB),
+        Err(ErrorCode::NoAvailableHandle)
+    );
+    assert_eq!(
+        commit(&m, a, sa.id, "k", base, 100),
+        Err(ErrorCode::NoAvailableHandle)
+    );
     assert_eq!(m.get_replica_list("k"), Err(ErrorCode::ObjectNotFound));
 }

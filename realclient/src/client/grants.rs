@@ -66,7 +66,9 @@ impl RealClient {
     /// Bytes asked for per grant.
     fn grant_len(&self) -> u64 {
         let size = self.segment().map_or(0, |d| d.size);
-        let len = (size / GRANT_FRACTION).clamp(GRANT_MIN, GRANT_MAX).min(size / 4);
+        let len = (size / GRANT_FRACTION)
+            .clamp(GRANT_MIN, GRANT_MAX)
+            .min(size / 4);
         len / GRANULE_BYTES * GRANULE_BYTES
     }
 
@@ -254,7 +256,10 @@ impl RealClient {
     /// write 0, or the error. A write whose copy failed is not committed: its
     /// space goes back and it fails with `TRANSFER_FAIL`. A key that exists
     /// keeps its value and the put succeeds, as a two-phase put of it does.
-    pub(super) async fn commit_placed(&self, writes: Vec<(String, PendingWrite, bool)>) -> Vec<MResult<()>> {
+    pub(super) async fn commit_placed(
+        &self,
+        writes: Vec<(String, PendingWrite, bool)>,
+    ) -> Vec<MResult<()>> {
         let mut results: Vec<MResult<()>> = vec![Err(ErrorCode::TransferFail); writes.len()];
         let Some(desc) = self.segment().cloned() else {
             return vec![Err(ErrorCode::InvalidParams); writes.len()];
@@ -263,7 +268,11 @@ impl RealClient {
         // Groups of writes with one config, in order.
         let mut groups: Vec<(ReplicateConfig, Vec<usize>)> = Vec::new();
         for (i, (_, w, copy_failed)) in writes.iter().enumerate() {
-            let config = w.placed.as_ref().map(|p| p.config.clone()).unwrap_or_default();
+            let config = w
+                .placed
+                .as_ref()
+                .map(|p| p.config.clone())
+                .unwrap_or_default();
             if *copy_failed {
                 failed_copies.extend(w.replicas.iter().map(|r| (r.offset, r.size)));
                 continue;
@@ -321,11 +330,11 @@ impl RealClient {
                         // that mount.
                         stale |= w.placed.as_ref().is_some_and(|p| p.epoch == epoch)
                             && matches!(
-                            code,
-                            ErrorCode::InvalidWrite
-                                | ErrorCode::NoAvailableHandle
-                                | ErrorCode::SegmentNotFound
-                        );
+                                code,
+                                ErrorCode::InvalidWrite
+                                    | ErrorCode::NoAvailableHandle
+                                    | ErrorCode::SegmentNotFound
+                            );
                         Err(code)
                     }
                 };
@@ -340,15 +349,17 @@ impl RealClient {
             self.give_back(unused);
             self.ask_for_space();
         }
-        self.metrics.add_placed_writes(
-            results.iter().filter(|r| r.is_ok()).count() as u64,
-        );
+        self.metrics
+            .add_placed_writes(results.iter().filter(|r| r.is_ok()).count() as u64);
         results
     }
 
     /// Takes the pending writes of `keys` that were placed here out of the
     /// pending table: their positions and writes. The caller is done copying.
-    pub(super) fn take_placed(&self, keys: impl Iterator<Item = impl AsRef<str>>) -> Vec<(usize, String, PendingWrite)> {
+    pub(super) fn take_placed(
+        &self,
+        keys: impl Iterator<Item = impl AsRef<str>>,
+    ) -> Vec<(usize, String, PendingWrite)> {
         let mut pending = self.pending.lock();
         let mut out = Vec::new();
         for (i, key) in keys.enumerate() {

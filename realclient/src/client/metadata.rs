@@ -14,6 +14,29 @@ impl RealClient {
         per_key(n, self.call_master_batch(call).await)
     }
 
+    /// [`Self::get_replicas`] that first releases the read grants `released`
+    /// (the caller is done reading them), in the same master round trip.
+    pub async fn get_replicas_releasing(
+        &self,
+        keys: Vec<String>,
+        released: Vec<(String, u64)>,
+    ) -> Vec<MResult<ReplicaList>> {
+        if released.is_empty() || matches!(self.master(), Ok(MasterHandle::Local(_))) {
+            self.release_reads(released).await;
+            return self.get_replicas(keys).await;
+        }
+        let n = keys.len();
+        let mut args = self.call_args(keys);
+        // Released once: a retry with the next leader only looks up.
+        let mut released = Some(released);
+        let call = |m: MasterHandle| {
+            let keys = args.take();
+            let released = released.take().unwrap_or_default();
+            async move { m.batch_get_replica_list_releasing(keys, released).await }
+        };
+        per_key(n, self.call_master_batch(call).await)
+    }
+
     /// Existence.
     pub async fn exist(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
         let n = keys.len();

@@ -491,8 +491,16 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
     let c = Cluster::new(MasterConfig::default());
     let a = c.client("host-a", 64 * MIB).await;
     until_granted(&c).await;
-    let commits = || c.master.metrics.requests(mooncake_master::metrics::Op::BatchPutCommit);
-    let starts = || c.master.metrics.requests(mooncake_master::metrics::Op::BatchPutStart);
+    let commits = || {
+        c.master
+            .metrics
+            .requests(mooncake_master::metrics::Op::BatchPutCommit)
+    };
+    let starts = || {
+        c.master
+            .metrics
+            .requests(mooncake_master::metrics::Op::BatchPutStart)
+    };
     let (commits0, starts0) = (commits(), starts());
 
     // A small put is placed here and made readable by one commit.
@@ -506,9 +514,15 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
     assert_eq!(a.inventory_len(), 1, "recorded for a restart");
 
     // A put of an existing key succeeds and keeps the first value.
-    put(&a, "placed", &value(6, 100_000), ReplicateConfig::default(), None)
-        .await
-        .unwrap();
+    put(
+        &a,
+        "placed",
+        &value(6, 100_000),
+        ReplicateConfig::default(),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
 
     // Larger writes, upserts and two replicas stay two-phase.
@@ -522,7 +536,13 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
     // A revoked placed write gives its space back.
     let granted = c.master.gauges().granted_bytes;
     let started = a
-        .put_start(vec!["gone".into()], vec![4096], ReplicateConfig::default(), false, 1)
+        .put_start(
+            vec!["gone".into()],
+            vec![4096],
+            ReplicateConfig::default(),
+            false,
+            1,
+        )
         .await
         .remove(0)
         .unwrap();
@@ -535,14 +555,23 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(c.master.gauges().granted_bytes >= granted);
-    assert_eq!(a.get_replicas(vec!["gone".into()]).await[0], Err(ErrorCode::ObjectNotFound));
+    assert_eq!(
+        a.get_replicas(vec!["gone".into()]).await[0],
+        Err(ErrorCode::ObjectNotFound)
+    );
 
     // A write placed before a remount cannot be committed after it: the space
     // may belong to someone else by then. (The remount waits for its copy
     // first, up to SETTLE_WRITES, as for any write into the own segment.)
     let stale = value(8, 4096);
     let started = a
-        .put_start(vec!["stale".into()], vec![4096], ReplicateConfig::default(), false, 1)
+        .put_start(
+            vec!["stale".into()],
+            vec![4096],
+            ReplicateConfig::default(),
+            false,
+            1,
+        )
         .await
         .remove(0)
         .unwrap();
@@ -560,7 +589,10 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
         a.put_complete(vec![item], None).await.remove(0),
         Err(ErrorCode::InvalidWrite)
     );
-    assert_eq!(a.get_replicas(vec!["stale".into()]).await[0], Err(ErrorCode::ObjectNotFound));
+    assert_eq!(
+        a.get_replicas(vec!["stale".into()]).await[0],
+        Err(ErrorCode::ObjectNotFound)
+    );
     // The objects committed before stay, and new grants serve new writes.
     assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
     until_granted(&c).await;

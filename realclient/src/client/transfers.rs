@@ -39,11 +39,26 @@ impl RealClient {
         memory: Option<&dyn CallerMemory>,
         local_disk: bool,
     ) -> Vec<MResult<GetOutcome>> {
+        self.get_into_releasing(keys, dests, Vec::new(), memory, local_disk)
+            .await
+    }
+
+    /// [`Self::get_into`] that first releases the read grants `released` (the
+    /// caller is done with them), in the same master round trip as the lookup.
+    pub async fn get_into_releasing(
+        &self,
+        keys: Vec<String>,
+        dests: Vec<Vec<BufRef>>,
+        released: Vec<(String, u64)>,
+        memory: Option<&dyn CallerMemory>,
+        local_disk: bool,
+    ) -> Vec<MResult<GetOutcome>> {
         if dests.len() != keys.len() {
+            self.release_reads(released).await;
             return keys.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
         }
         let started = Instant::now();
-        let lists = self.get_replicas(keys.clone()).await;
+        let lists = self.get_replicas_releasing(keys.clone(), released).await;
         let own = self.segment().map(|d| d.id);
         let own_disk = self.disk.as_ref().filter(|_| local_disk).map(|d| d.desc.id);
         let mut out: Vec<MResult<GetOutcome>> = Vec::with_capacity(lists.len());

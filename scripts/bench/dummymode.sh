@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Dummy mode against a master in its own process, side by side with upstream
+# (issue "a standalone master that serves a fleet"): `mooncake_master`, a
+# `mooncake_client` holding the segment, and scripts/bench/python_bench.py in
+# `--mode dummy` (setup_dummy: the benchmark process talks to the real client on
+# this host), run with upstream's wheel and binaries, then with this project's
+# package and binaries twice: with two-phase writes only
+# (`--local_placement=false`) and as shipped (writes placed in space the master
+# granted, one master round trip each). Between the sides: the floor, a raw TCP
+# echo between two processes (realclient/examples/raw_tcp_bench.rs).
+#
+#   scripts/bench/dummymode.sh [--rounds N]
+#
+# Upstream's wheel goes to /tmp/mooncake-upstream (or $MOONCAKE_UPSTREAM_VENV).
+# Results: docs/PERFORMANCE.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+source scripts/bench/side_by_side.sh
+cargo build -q --release -p mooncake-realclient --example raw_tcp_bench
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+floor() {
+  target/release/examples/raw_tcp_bench serve 127.0.0.1:59270 >/dev/null 2>&1 &
+  local p=$!
+  sleep 0.5
+  target/release/examples/raw_tcp_bench echo 127.0.0.1:59270 20000
+  kill $p 2>/dev/null || true
+  wait $p 2>/dev/null || true
+}
+
+run_side() { # name master client python [client flags...] -- [bench args...]
+  local name=$1 master=$2 client=$3 py=$4
+  shift 4
+  local flags=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do flags+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  "$master" --rpc_address=127.0.0.1 --rpc_port=59261 --metrics_port=59262 >"$work/$name-master.log" 2>&1 &
+  pids+=($!)
+  sleep 2
+  "$client" --host=127.0.0.1 --port=59263 --global_segment_size="${SEGMENT:-2 GB}" \
+    --master_server_address=127.0.0.1:59261 --metadata_server=P2PHANDSHAKE "${flags[@]}" >"$work/$name-client.log" 2>&1 &
+  pids+=($!)
+  sleep 4
+  echo "### $name"
+  floor
+  "$py" scripts/bench/python_bench.py --mode dummy --client 127.0.0.1:59263 "$@" 2>"$work/$name-bench.log" || { tail -20 "$work/$name-bench.log"; exit 1; }
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  pids=()
+  rm -f /dev/shm/mooncake_client_59263.segment*
+  echo
+}
+run_side upstream "$UPBIN/mooncake_master" "$UPBIN/mooncake_client" "$UP/bin/python" -- "$@"
+run_side ours-two-phase .venv/bin/mooncake_master .venv/bin/mooncake_client .venv/bin/python --local_placement=false -- "$@"
+run_side ours .venv/bin/mooncake_master .venv/bin/mooncake_client .venv/bin/python -- "$@"
