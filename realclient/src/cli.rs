@@ -101,6 +101,19 @@ struct ClientArgs {
         value_parser = mooncake_daemon::gflags::bool_value
     )]
     local_placement: bool,
+    /// Answer `is_exist` for objects this client holds from its own index, kept
+    /// up to date by the master's inventory sync (default); removes made through
+    /// other hosts show here within one sync (50 ms). `--local_exist=false` asks
+    /// the master every time.
+    #[arg(
+        long = "local_exist",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = mooncake_daemon::gflags::bool_value
+    )]
+    local_exist: bool,
     /// A disk tier under the segment (upstream's flag): offloaded copies go to a
     /// file in `--offload_dir`, and come back on read (docs/DISK.md).
     #[arg(
@@ -204,6 +217,7 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     }
     config.keep_segment = args.keep_segment;
     config.local_placement = args.local_placement;
+    config.local_exist = args.local_exist;
     if args.enable_offload {
         let Some(dir) = args.offload_dir.clone() else {
             anyhow::bail!(

@@ -62,6 +62,8 @@ pub struct RealClientConfig {
     /// Place single-replica writes into the own segment, in space the master
     /// granted ahead of time: one master round trip per write instead of two.
     pub local_placement: bool,
+    /// Answer existence of objects held here without asking the master.
+    pub local_exist: bool,
 }
 
 impl RealClientConfig {
@@ -92,6 +94,7 @@ impl RealClientConfig {
             transfer_sockbuf: crate::transfer::tcp::DEFAULT_SOCKBUF,
             offload: None,
             local_placement: true,
+            local_exist: true,
         }
     }
 

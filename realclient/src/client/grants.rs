@@ -286,6 +286,7 @@ impl RealClient {
         let mut stale = false;
         let epoch = self.local_space.lock().epoch;
         let mut inv_changed = false;
+        let mut done = Vec::new();
         for (config, members) in groups {
             let items: Vec<CommitItem> = members
                 .iter()
@@ -313,13 +314,15 @@ impl RealClient {
                 results[i] = match answer {
                     Ok(version) => {
                         let r = &w.replicas[0];
-                        inv.add(InventoryEntry {
+                        let entry = InventoryEntry {
                             segment_id: desc.id,
                             key: key.clone(),
                             offset: r.offset,
                             size: r.size,
                             version,
-                        });
+                        };
+                        done.push(entry.clone());
+                        inv.add(entry);
                         inv_changed = true;
                         Ok(())
                     }
@@ -344,6 +347,7 @@ impl RealClient {
             // In the journal before the caller hears success.
             self.inventory.lock().flush();
         }
+        self.confirmed(&done);
         if stale {
             let unused = self.drop_grants();
             self.give_back(unused);

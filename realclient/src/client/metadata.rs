@@ -38,7 +38,29 @@ impl RealClient {
     }
 
     /// Existence.
+    /// Existence: objects held here are answered here (`exist_index`), the
+    /// others by the master.
     pub async fn exist(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
+        let here = self.exist_here(&keys);
+        if here.iter().all(Option::is_some) {
+            return here.into_iter().map(|a| Ok(a.unwrap_or(false))).collect();
+        }
+        if here.iter().all(Option::is_none) {
+            return self.exist_with_master(keys).await;
+        }
+        let asked: Vec<usize> = (0..keys.len()).filter(|&i| here[i].is_none()).collect();
+        let answers = self
+            .exist_with_master(asked.iter().map(|&i| keys[i].clone()).collect())
+            .await;
+        let mut out: Vec<MResult<bool>> =
+            here.into_iter().map(|a| Ok(a.unwrap_or(false))).collect();
+        for (i, a) in asked.into_iter().zip(answers) {
+            out[i] = a;
+        }
+        out
+    }
+
+    async fn exist_with_master(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
         let n = keys.len();
         let mut args = self.call_args(keys);
         let call = |m: MasterHandle| {
@@ -61,12 +83,20 @@ impl RealClient {
     /// Removes objects.
     pub async fn remove(&self, keys: Vec<String>, force: bool) -> Vec<MResult<()>> {
         let n = keys.len();
-        let mut args = self.call_args(keys);
+        let mut args = self.call_args(keys.clone());
         let call = |m: MasterHandle| {
             let keys = args.take();
             async move { m.batch_remove(keys, force).await }
         };
-        per_key(n, self.call_master_batch(call).await)
+        let results = per_key(n, self.call_master_batch(call).await);
+        let gone: Vec<&str> = keys
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        self.removed_here(&gone);
+        results
     }
 
     /// Drops this client's replicas of `keys`; the keys cleared.
@@ -75,9 +105,12 @@ impl RealClient {
         keys: Vec<String>,
         segment_name: String,
     ) -> MResult<Vec<String>> {
-        self.master()?
+        let cleared = self
+            .master()?
             .batch_replica_clear(keys, self.client_id, segment_name)
-            .await
+            .await?;
+        self.removed_here(&cleared.iter().map(String::as_str).collect::<Vec<_>>());
+        Ok(cleared)
     }
 
     /// Removes by regex.
@@ -87,12 +120,17 @@ impl RealClient {
             let pattern = args.take();
             async move { m.remove_by_regex(pattern, force).await }
         };
-        self.call_master(call).await
+        let removed = self.call_master(call).await;
+        self.forget_all_here();
+        removed
     }
 
     /// Removes everything.
     pub async fn remove_all(&self, force: bool) -> MResult<u64> {
-        self.call_master(|m: MasterHandle| async move { m.remove_all(force).await })
-            .await
+        let removed = self
+            .call_master(|m: MasterHandle| async move { m.remove_all(force).await })
+            .await;
+        self.forget_all_here();
+        removed
     }
 }

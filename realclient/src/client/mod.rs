@@ -14,6 +14,7 @@
 //!   in one round trip;
 //! - `transfers`: reads for dummies, ranged transfers, replica fallback, read releases;
 //! - `metadata`: existence, size, replica lists and removes passed to the master;
+//! - `exist_index`: existence of the objects held here, answered here;
 //! - `segments`: segments mounted after start;
 //! - `tasks`: replica copy / move tasks.
 
@@ -43,6 +44,7 @@ use crate::transfer::{
 };
 use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfer};
 
+mod exist_index;
 mod grants;
 mod metadata;
 mod segments;
@@ -143,6 +145,8 @@ pub struct RealClient {
     /// Space granted in the own segment for writes placed here (`grants`);
     /// taken before `pending` when both are needed.
     local_space: Arc<Mutex<grants::LocalSpace>>,
+    /// Complete objects held here, answering existence without the master.
+    exist_index: Mutex<exist_index::ExistIndex>,
     healthy: AtomicBool,
     transport: Arc<dyn Transport>,
     transfer_server: Option<Arc<TransferServer>>,
@@ -471,6 +475,7 @@ impl RealClient {
             inventory: Mutex::new(inventory),
             pending: Mutex::new(HashMap::new()),
             local_space: Default::default(),
+            exist_index: Default::default(),
             healthy: AtomicBool::new(false),
             transport: transport
                 .unwrap_or_else(|| Arc::new(TcpTransport::new(config_token).with_sockbuf(sockbuf))),

@@ -125,6 +125,8 @@ impl RealClient {
         // them, and the writes placed already are waited for. The master frees
         // what it still has of them when the remount arrives.
         self.drop_grants();
+        // What the new mount holds is known once the master accepted it.
+        self.exist_index.lock().clear();
         self.settle_own_writes().await;
         let master = self.master().map_err(|code| Error::MasterRefused {
             what: "a connection",
@@ -178,6 +180,13 @@ impl RealClient {
             }
             inv.flush();
             inv.seq = report.inventory_seq;
+            if self.config.local_exist {
+                let mut held = inv.entries();
+                if let Some((_, disk_inv)) = &disk_inv {
+                    held.extend(disk_inv.entries());
+                }
+                self.exist_index.lock().replace(&held);
+            }
         }
         // A new master instance knows nothing of writes started with the last one:
         // those still in flight must not land on space it may hand out again.
@@ -467,13 +476,23 @@ impl RealClient {
                 continue;
             }
             let Ok(master) = self.master() else { continue };
+            self.report_touched();
             let ack = self.inventory.lock().seq;
+            let generation = self.exist_index.lock().generation();
             let Ok(delta) = master.sync_inventory(self.client_id, ack).await else {
                 continue;
             };
             // Each inventory takes the changes of its own segment.
             if delta.resync_required {
                 if let Ok(snapshot) = master.fetch_inventory(self.client_id).await {
+                    {
+                        let mut index = self.exist_index.lock();
+                        if index.generation() == generation {
+                            index.replace(&snapshot.entries);
+                        } else {
+                            index.clear();
+                        }
+                    }
                     if let Some(disk) = &self.disk {
                         let mut disk_inv = disk.inventory.lock();
                         disk_inv.replace(snapshot.entries.clone());
@@ -485,6 +504,12 @@ impl RealClient {
                     inv.seq = snapshot.seq;
                 }
             } else {
+                {
+                    let mut index = self.exist_index.lock();
+                    for change in &delta.changes {
+                        index.apply(change, generation);
+                    }
+                }
                 if let Some(disk) = &self.disk {
                     let mut disk_inv = disk.inventory.lock();
                     for change in &delta.changes {

@@ -533,8 +533,11 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
     assert_eq!(starts(), starts0 + 1);
     assert_eq!(stored(&a, "big").await.unwrap(), big);
 
-    // A revoked placed write gives its space back.
-    let granted = c.master.gauges().granted_bytes;
+    // A revoked placed write gives its space back: the master frees it.
+    let (granted, allocated) = (
+        c.master.gauges().granted_bytes,
+        c.master.gauges().allocated_bytes,
+    );
     let started = a
         .put_start(
             vec!["gone".into()],
@@ -549,12 +552,16 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
     assert_eq!(started[0].segment_id, a.segment().unwrap().id);
     a.put_revoke(vec!["gone".into()]).await.remove(0).unwrap();
     for _ in 0..200 {
-        if c.master.gauges().granted_bytes >= granted {
+        if c.master.gauges().granted_bytes < granted {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(c.master.gauges().granted_bytes >= granted);
+    let g = c.master.gauges();
+    assert_eq!(
+        (g.granted_bytes, g.allocated_bytes),
+        (granted - 4096, allocated - 4096)
+    );
     assert_eq!(
         a.get_replicas(vec!["gone".into()]).await[0],
         Err(ErrorCode::ObjectNotFound)
@@ -602,4 +609,93 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
         .unwrap();
     assert_eq!(a.metrics.placed_writes(), placed_before + 1);
     assert_eq!(stored(&a, "after").await.unwrap(), stale);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existence_of_objects_held_here_is_answered_here_and_follows_removes() {
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 64 * MIB).await;
+    let b = c.client("host-b", 64 * MIB).await;
+    let asked = || {
+        c.master
+            .metrics
+            .requests(mooncake_master::metrics::Op::BatchExistKey)
+    };
+    for k in ["x", "y"] {
+        put(&a, k, &value(1, 8192), ReplicateConfig::default(), None)
+            .await
+            .unwrap();
+    }
+    put(
+        &b,
+        "on-b",
+        &value(2, 8192),
+        ReplicateConfig::default(),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Held here: no master call.
+    let before = asked();
+    let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(a.exist(keys(&["x", "y"])).await, vec![Ok(true), Ok(true)]);
+    assert_eq!(asked(), before);
+    // Held elsewhere, or nowhere, or a bad key: the master answers those.
+    assert_eq!(
+        a.exist(keys(&["x", "on-b", "none", ""])).await,
+        vec![Ok(true), Ok(true), Ok(false), Ok(false)]
+    );
+    assert_eq!(asked(), before + 1);
+
+    // A remove through this client is seen at once.
+    a.remove(keys(&["x"]), false).await.remove(0).unwrap();
+    assert_eq!(a.exist(keys(&["x"])).await, vec![Ok(false)]);
+    // One through another host is seen once the sync brings it.
+    b.remove(keys(&["y"]), false).await.remove(0).unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if a.exist(keys(&["y"])).await == vec![Ok(false)] {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "a remove made elsewhere reached this host's index");
+
+    // Another host's write into this segment counts once the master completed it.
+    let to_a = ReplicateConfig {
+        preferred_segments: vec![a.segment().unwrap().name.clone()],
+        ..ReplicateConfig::default()
+    };
+    let memory = Plain::new(MIB);
+    put(&b, "from-b", &value(3, 8192), to_a, Some(&memory))
+        .await
+        .unwrap();
+    let mut held = false;
+    for _ in 0..100 {
+        if a.exist_here(&keys(&["from-b"])) == vec![Some(true)] {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "other hosts' completed writes here are known here");
+
+    // Probes answered here keep the objects warm at the master.
+    let before = asked();
+    for _ in 0..5 {
+        let _ = a.exist(keys(&["from-b"])).await;
+    }
+    for _ in 0..100 {
+        if asked() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(asked() > before, "recency reaches the master");
+
+    // remove_all starts the index over.
+    a.remove_all(true).await.unwrap();
+    assert_eq!(a.exist(keys(&["from-b"])).await, vec![Ok(false)]);
 }

@@ -262,6 +262,8 @@ impl RealClient {
             async move { m.batch_put_end(self.client_id, keys).await }
         };
         let results = per_key(keys.len(), self.call_master_batch(call).await);
+        let own = self.segment().map(|d| d.id);
+        let mut done = Vec::new();
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for ((k, r), version) in keys.iter().zip(&results).zip(versions) {
@@ -273,18 +275,24 @@ impl RealClient {
             };
             if r.is_ok() {
                 for d in descs {
-                    inv.add(InventoryEntry {
+                    let entry = InventoryEntry {
                         segment_id: d.segment_id,
                         key: k.clone(),
                         offset: d.offset,
                         size: d.size,
                         version: d.version,
-                    });
+                    };
+                    if Some(d.segment_id) == own {
+                        done.push(entry.clone());
+                    }
+                    inv.add(entry);
                 }
             }
         }
         // In the journal before the caller hears success.
         inv.flush();
+        drop((inv, pending));
+        self.confirmed(&done);
         results
     }
 
@@ -530,6 +538,7 @@ impl RealClient {
             async move { m.batch_put_end_except(self.client_id, keys, failed).await }
         };
         let mut results = per_key(keys.len(), self.call_master_batch(call).await);
+        let mut done = Vec::new();
         let mut pending = self.pending.lock();
         let mut inv = self.inventory.lock();
         for (i, k) in keys.iter().enumerate() {
@@ -539,13 +548,15 @@ impl RealClient {
             if results[i].is_ok() {
                 for d in descs {
                     if Some(d.segment_id) == own && !failed[i].contains(&d.segment_id) {
-                        inv.add(InventoryEntry {
+                        let entry = InventoryEntry {
                             segment_id: d.segment_id,
                             key: k.clone(),
                             offset: d.offset,
                             size: d.size,
                             version: d.version,
-                        });
+                        };
+                        done.push(entry.clone());
+                        inv.add(entry);
                     }
                 }
             } else if let Some(code) = overrides[i] {
@@ -554,6 +565,8 @@ impl RealClient {
         }
         // In the journal before the caller hears success.
         inv.flush();
+        drop((inv, pending));
+        self.confirmed(&done);
         results
     }
 

@@ -1,0 +1,201 @@
+//! Existence answered on this host for objects it holds: a key with a complete
+//! replica in this client's segment or disk tier exists, with no master round
+//! trip. Keys the index does not know go to the master, as before.
+//!
+//! The index holds only objects the master has completed: this client's own
+//! writes once their `put_end` or commit succeeded, the changes the master
+//! reports through the inventory sync (every 50 ms: other hosts' writes and
+//! copies into this segment, removals, evictions, replacements), and after a
+//! remount the inventory the master accepted. A write another host is still
+//! making here (its landed note came, its end did not) is not in it.
+//!
+//! What that costs: a remove or eviction made through *another* host is seen
+//! here once the next sync brings it (≤ 50 ms plus a round trip); until then
+//! `is_exist` may say true and a get then misses, the same race any cache has
+//! between a probe and a read. Removes made through this client take effect
+//! at once, and a sync answer already in flight cannot bring back what they
+//! took out. Recency: keys answered here are passed to the master with the
+//! next sync tick, so probes keep objects warm as they did.
+//! `--local_exist=false` sends every probe to the master.
+
+use super::*;
+
+/// Keys answered here whose recency the master is told of, at most, per tick.
+const MAX_TOUCHED: usize = 65_536;
+
+/// The complete objects this client holds, by key.
+#[derive(Default)]
+pub(super) struct ExistIndex {
+    /// (segment, offset) → (key, version).
+    by_place: HashMap<(SegmentId, u64), (String, u64)>,
+    /// The places of each key's replicas here (memory and disk tier).
+    by_key: HashMap<String, Vec<(SegmentId, u64)>>,
+    /// Bumped whenever entries are taken out: an inventory answer asked for
+    /// before adds nothing (it could bring back what was just removed).
+    generation: u64,
+    /// Keys answered here since the master was last told.
+    touched: Vec<String>,
+}
+
+impl ExistIndex {
+    /// Records a complete replica.
+    pub fn add(&mut self, e: &InventoryEntry) {
+        let place = (e.segment_id, e.offset);
+        if let Some((old_key, _)) = self.by_place.remove(&place) {
+            self.unlink(&old_key, place);
+        }
+        self.by_place.insert(place, (e.key.clone(), e.version));
+        self.by_key.entry(e.key.clone()).or_default().push(place);
+    }
+
+    fn unlink(&mut self, key: &str, place: (SegmentId, u64)) {
+        if let Some(places) = self.by_key.get_mut(key) {
+            places.retain(|p| *p != place);
+            if places.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+
+    /// Forgets the replica at `(segment, offset)` if it is of `version`.
+    pub fn remove(&mut self, segment: SegmentId, offset: u64, version: u64) {
+        let place = (segment, offset);
+        if self
+            .by_place
+            .get(&place)
+            .is_some_and(|(_, v)| *v == version)
+            && let Some((key, _)) = self.by_place.remove(&place)
+        {
+            self.unlink(&key, place);
+        }
+    }
+
+    /// Forgets every replica of `keys` (removed through this client).
+    pub fn forget(&mut self, keys: &[&str]) {
+        self.generation += 1;
+        for key in keys {
+            for place in self.by_key.remove(*key).unwrap_or_default() {
+                self.by_place.remove(&place);
+            }
+        }
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.generation += 1;
+        self.by_place.clear();
+        self.by_key.clear();
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Applies an inventory change the master reported; adds only when no
+    /// entry was taken out since the answer was asked for (`generation`).
+    pub fn apply(&mut self, change: &InventoryChange, generation: u64) {
+        match change {
+            InventoryChange::Added(e) if generation == self.generation => self.add(e),
+            InventoryChange::Added(_) => {}
+            InventoryChange::Removed {
+                segment_id,
+                offset,
+                version,
+            } => self.remove(*segment_id, *offset, *version),
+        }
+    }
+
+    /// Everything again, from a complete list of what the master holds here.
+    pub fn replace(&mut self, entries: &[InventoryEntry]) {
+        self.clear();
+        for e in entries {
+            self.add(e);
+        }
+    }
+
+    /// Notes keys answered here, for the master's recency.
+    fn touch<'a>(&mut self, keys: impl Iterator<Item = &'a String>) {
+        for k in keys {
+            if self.touched.len() >= MAX_TOUCHED {
+                return;
+            }
+            self.touched.push(k.clone());
+        }
+    }
+
+    pub fn take_touched(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.touched)
+    }
+}
+
+impl RealClient {
+    /// Whether existence is answered here for the objects this client holds.
+    fn local_exist(&self) -> bool {
+        self.config.local_exist && self.segment.is_some()
+    }
+
+    /// Answers existence from the index for the keys it knows (true); `None`
+    /// for the others, which the master answers.
+    pub(super) fn exist_here(&self, keys: &[String]) -> Vec<Option<bool>> {
+        if !self.local_exist() || !self.healthy() {
+            return vec![None; keys.len()];
+        }
+        let mut index = self.exist_index.lock();
+        let answers: Vec<Option<bool>> = keys
+            .iter()
+            .map(|k| index.contains(k).then_some(true))
+            .collect();
+        index.touch(
+            keys.iter()
+                .zip(&answers)
+                .filter(|(_, a)| a.is_some())
+                .map(|(k, _)| k),
+        );
+        answers
+    }
+
+    /// Records replicas of this client whose write the master completed.
+    pub(super) fn confirmed(&self, entries: &[InventoryEntry]) {
+        if !self.local_exist() || entries.is_empty() {
+            return;
+        }
+        let mut index = self.exist_index.lock();
+        for e in entries {
+            index.add(e);
+        }
+    }
+
+    /// Keys removed through this client.
+    pub(super) fn removed_here(&self, keys: &[&str]) {
+        if self.local_exist() && !keys.is_empty() {
+            self.exist_index.lock().forget(keys);
+        }
+    }
+
+    /// Objects were removed through this client by pattern: the index starts
+    /// over (objects held here are asked of the master until written again).
+    pub(super) fn forget_all_here(&self) {
+        if self.local_exist() {
+            self.exist_index.lock().clear();
+        }
+    }
+
+    /// Tells the master which keys were answered here since the last tick, so
+    /// their objects stay as recently used as a probe there would keep them.
+    pub(super) fn report_touched(&self) {
+        let touched = self.exist_index.lock().take_touched();
+        if touched.is_empty() {
+            return;
+        }
+        let Some(master) = self.master.read().clone() else {
+            return;
+        };
+        self.spawn_task(async move {
+            let _ = master.batch_exist_key(touched).await;
+        });
+    }
+}
