@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use mooncake_master::{MasterConfig, MasterService, ServerOptions};
 use mooncake_proto::codec::connect_master;
-use mooncake_proto::{Protocol, ReplicateConfig, SegmentDesc};
+use mooncake_proto::{CommitItem, Protocol, ReplicateConfig, SegmentDesc};
 
 #[derive(Parser)]
 struct Args {
@@ -76,10 +76,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn fresh_master() -> (Arc<MasterService>, Uuid) {
+    let (svc, client, _) = fresh_master_with_segment();
+    (svc, client)
+}
+
+fn fresh_master_with_segment() -> (Arc<MasterService>, Uuid, Uuid) {
     let svc = Arc::new(MasterService::new(MasterConfig::default()));
     let client = Uuid::new_v4();
-    svc.mount_segment(client, segment(1 << 40)).unwrap();
-    (svc, client)
+    let seg = segment(1 << 40);
+    let id = seg.id;
+    svc.mount_segment(client, seg).unwrap();
+    (svc, client, id)
+}
+
+/// Commits of one 4 KiB key each into space granted up front, the way a real
+/// client ends the writes it placed itself.
+fn commit_item(key: String, base: u64, i: usize) -> CommitItem {
+    CommitItem {
+        key,
+        offset: base + i as u64 * 4096,
+        size: 4096,
+    }
 }
 
 fn inproc(args: &Args) {
@@ -120,6 +137,30 @@ fn inproc(args: &Args) {
             });
             exist_rates.push(keys.len() as f64 / start.elapsed().as_secs_f64());
         }
+        let mut commit_rates = Vec::new();
+        for _ in 0..args.reps {
+            let (svc, client, seg) = fresh_master_with_segment();
+            let (base, _) = svc
+                .grant_space(client, seg, keys.len() as u64 * 4096)
+                .unwrap();
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let (svc, keys, config) = (&svc, &keys, &config);
+                    s.spawn(move || {
+                        for (i, k) in keys.iter().enumerate().skip(t).step_by(threads) {
+                            let item = commit_item(k.clone(), base, i);
+                            svc.put_commit(client, seg, &item, config).unwrap();
+                        }
+                    });
+                }
+            });
+            commit_rates.push(keys.len() as f64 / start.elapsed().as_secs_f64());
+        }
+        println!(
+            "inproc threads={threads} put_commit (placed writes): {:.0} puts/s",
+            median(commit_rates)
+        );
         println!(
             "inproc threads={threads} put_start+put_end: {:.0} pairs/s | batch_exist(128): {:.0} keys/s",
             median(put_rates),
@@ -158,8 +199,10 @@ async fn rpc(args: &Args) {
     };
     let client = connect_master(&addr, "").await.unwrap();
     let me = Uuid::new_v4();
+    let bench_segment = segment(1 << 40);
+    let seg_id = bench_segment.id;
     client
-        .mount_segment(tarpc::context::current(), me, segment(1 << 40))
+        .mount_segment(tarpc::context::current(), me, bench_segment)
         .await
         .unwrap()
         .unwrap();
@@ -271,6 +314,39 @@ async fn rpc(args: &Args) {
     }
     println!(
         "rpc 64 callers put_start+put_end: {:.0} pairs/s",
+        median(rates)
+    );
+
+    // 64 concurrent callers ending placed writes: one batch_put_commit each.
+    let mut rates = Vec::new();
+    for rep in 0..args.reps {
+        let (base, _) = client
+            .grant_space(ctx(), me, seg_id, n as u64 * 4096)
+            .await
+            .unwrap()
+            .unwrap();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (t..n).step_by(64) {
+                    let item = commit_item(format!("com{rep}-{}", kv_key(i as u64)), base, i);
+                    let r = client
+                        .batch_put_commit(ctx(), me, seg_id, vec![item], ReplicateConfig::default())
+                        .await
+                        .unwrap();
+                    r[0].unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    println!(
+        "rpc 64 callers batch_put_commit (placed writes): {:.0} puts/s",
         median(rates)
     );
 

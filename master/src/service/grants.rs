@@ -24,29 +24,23 @@ impl MasterService {
         if len == 0 {
             return Err(ErrorCode::InvalidParams);
         }
-        for attempt in 0..2 {
-            {
-                let segs = self.segments.read();
-                let seg = segs.by_id(&segment).ok_or(ErrorCode::SegmentNotFound)?;
-                if seg.owner != client {
-                    return Err(ErrorCode::IllegalClient);
-                }
-                if seg.on_disk() || len > seg.capacity() / 4 {
-                    return Err(ErrorCode::InvalidParams);
-                }
-                if !segs.active_slots().contains(&seg.slot) {
-                    return Err(ErrorCode::NoAvailableHandle);
-                }
-                if let Some(offset) = seg.grant(len) {
-                    return Ok((offset, allocated_len(len)));
-                }
-            }
-            if attempt == 1 || !self.evict_for_space(len) {
-                break;
-            }
+        let segs = self.segments.read();
+        let seg = segs.by_id(&segment).ok_or(ErrorCode::SegmentNotFound)?;
+        if seg.owner != client {
+            return Err(ErrorCode::IllegalClient);
         }
-        self.metrics.put_start_alloc_failures.fetch_add(1, Relaxed);
-        Err(ErrorCode::NoAvailableHandle)
+        if seg.on_disk() || len > seg.capacity() / 4 {
+            return Err(ErrorCode::InvalidParams);
+        }
+        if !segs.active_slots().contains(&seg.slot) {
+            return Err(ErrorCode::NoAvailableHandle);
+        }
+        // No eviction for a grant: it is asked for ahead of need, and a full
+        // segment's writes go two-phase (evicting then) until the watermark
+        // eviction made room again.
+        seg.grant(len)
+            .map(|offset| (offset, allocated_len(len)))
+            .ok_or(ErrorCode::NoAvailableHandle)
     }
 
     /// `return_space`: frees granted ranges the client will not use.

@@ -15,13 +15,16 @@
 use super::*;
 
 /// A grant is this fraction of the segment...
-const GRANT_FRACTION: u64 = 32;
+const GRANT_FRACTION: u64 = 64;
 /// ... within these bounds (and at most the quarter of the segment the master
 /// allows).
-const GRANT_MIN: u64 = 1 << 20;
+const GRANT_MIN: u64 = 256 << 10;
 const GRANT_MAX: u64 = 64 << 20;
 /// Grants held at once: the one in use, the next, and a tail being used up.
 const MAX_GRANTS: usize = 3;
+/// After the master had no room for a grant, the next ask waits this long
+/// (writes go two-phase meanwhile).
+const ASK_BACKOFF: Duration = Duration::from_millis(100);
 /// Versions of placed writes before their commit (the master stamps the real
 /// one): this bit keeps them apart from the master's.
 const PLACED_VERSION: u64 = 1 << 63;
@@ -44,6 +47,8 @@ pub(super) struct LocalSpace {
     grants: Vec<(u64, u64)>,
     /// A grant is being asked for.
     asking: bool,
+    /// No grant is asked for before this (the last ask found no room).
+    not_before: Option<Instant>,
     placed: u64,
 }
 
@@ -178,7 +183,10 @@ impl RealClient {
         }
         let epoch = {
             let mut space = self.local_space.lock();
-            if space.asking || space.room() >= len / 2 {
+            if space.asking
+                || space.room() >= len / 2
+                || space.not_before.is_some_and(|t| Instant::now() < t)
+            {
                 return;
             }
             space.asking = true;
@@ -197,6 +205,7 @@ impl RealClient {
                 space.asking = false;
                 match granted {
                     Ok((offset, len)) if space.epoch == epoch => {
+                        space.not_before = None;
                         space.grants.push((offset, offset + len));
                         if space.grants.len() > MAX_GRANTS {
                             // The smallest rest goes back.
@@ -214,6 +223,7 @@ impl RealClient {
                     Ok((offset, len)) => Some((offset, len)),
                     Err(e) => {
                         tracing::debug!("no space granted: {e}");
+                        space.not_before = Some(Instant::now() + ASK_BACKOFF);
                         None
                     }
                 }
