@@ -230,6 +230,7 @@ impl Span {
 }
 
 /// Where a value comes from.
+#[derive(Clone)]
 enum Src<'a> {
     Registered(Vec<Span>),
     Bytes(Vec<&'a [u8]>),
@@ -844,8 +845,9 @@ impl DummyClient {
                 sizes,
                 config,
                 upsert,
+                place,
             } => RingResponse::Started(
-                self.call(conn, rpc.put_start(c(), keys, sizes, config, upsert))?,
+                self.call(conn, rpc.put_start(c(), keys, sizes, config, upsert, place))?,
             ),
             RingRequest::PutComplete(items) => {
                 RingResponse::Units(self.call(conn, rpc.put_complete(c(), items))?)

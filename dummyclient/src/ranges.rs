@@ -198,7 +198,8 @@ impl DummyClient {
         };
         let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
         let req_sizes: Vec<u64> = valid.iter().map(|&i| sizes[i]).collect();
-        let started = self.start_puts(&conn, req_keys, req_sizes, config, false);
+        // A session must hear of an existing key at its start: not placed.
+        let started = self.start_puts(&conn, req_keys, req_sizes, config, false, false);
         let ipc_session = conn.ipc.session();
         let mut open = self.put_sessions.lock();
         for (&i, r) in valid.iter().zip(started) {

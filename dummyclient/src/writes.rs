@@ -83,7 +83,37 @@ impl DummyClient {
     /// The write path: `put_start`, local replica copied here, remote replicas sent
     /// by the real client from registered memory, `put_complete`. `None` sources
     /// (unregistered memory) fail with `INVALID_PARAMS` without a call.
+    ///
+    /// A write that ends with `INVALID_WRITE` was lost to a change of the
+    /// master's view of the space it went to (a master restart or failover, a
+    /// drain) after it started; it is written once more, from the start.
     pub(super) fn put_core(
+        &self,
+        keys: &[String],
+        srcs: Vec<Option<Src<'_>>>,
+        config: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<MResult<()>> {
+        let mut results = self.put_core_once(keys, srcs.clone(), config, upsert);
+        let again: Vec<usize> = (0..keys.len())
+            .filter(|&i| results[i] == Err(ErrorCode::InvalidWrite))
+            .collect();
+        if again.is_empty() {
+            return results;
+        }
+        let retried = self.put_core_once(
+            &again.iter().map(|&i| keys[i].clone()).collect::<Vec<_>>(),
+            again.iter().map(|&i| srcs[i].clone()).collect(),
+            config,
+            upsert,
+        );
+        for (i, r) in again.into_iter().zip(retried) {
+            results[i] = r;
+        }
+        results
+    }
+
+    fn put_core_once(
         &self,
         keys: &[String],
         srcs: Vec<Option<Src<'_>>>,
@@ -128,7 +158,7 @@ impl DummyClient {
             .iter()
             .map(|&i| srcs[i].as_ref().map_or(0, |s| s.len()))
             .collect();
-        let started = self.start_puts(&conn, req_keys, sizes, config, upsert);
+        let started = self.start_puts(&conn, req_keys, sizes, config, upsert, true);
         let local = conn.local_segment();
         let mut completions: Vec<(usize, PutCompletion)> = Vec::new();
         let mut to_stage: Vec<usize> = Vec::new();
@@ -228,7 +258,7 @@ impl DummyClient {
     }
 
     /// `put_start` through the call ring, or the socket when the ring cannot
-    /// carry it; one result per key.
+    /// carry it; one result per key. `place`: see `RealClientService::put_start`.
     pub(super) fn start_puts(
         &self,
         conn: &Conn,
@@ -236,6 +266,7 @@ impl DummyClient {
         sizes: Vec<u64>,
         config: &ReplicateConfig,
         upsert: bool,
+        place: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         let n = keys.len();
         let request = RingRequest::PutStart {
@@ -243,6 +274,7 @@ impl DummyClient {
             sizes,
             config: config.clone(),
             upsert,
+            place,
         };
         self.dispatch_batch(conn, n, request, |r| match r {
             RingResponse::Started(v) => Some(v),

@@ -290,7 +290,14 @@ fn bad_input_gets_error_codes_and_harms_no_one() {
         .spawn();
         let ctx = tarpc_ctx();
         let started = rpc
-            .put_start(ctx, vec!["evil".into()], vec![4096], remote.clone(), false)
+            .put_start(
+                ctx,
+                vec!["evil".into()],
+                vec![4096],
+                remote.clone(),
+                false,
+                true,
+            )
             .await
             .unwrap();
         assert!(started[0].is_ok());

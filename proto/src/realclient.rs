@@ -110,6 +110,7 @@ pub enum RingRequest {
         sizes: Vec<u64>,
         config: ReplicateConfig,
         upsert: bool,
+        place: bool,
     },
     PutComplete(Vec<PutCompletion>),
     PutDirect {
@@ -151,11 +152,17 @@ pub trait RealClientService {
     async fn ping() -> MResult<()>;
     /// Starts writes (`upsert` replaces existing values). Existing keys give
     /// `OBJECT_ALREADY_EXISTS` for plain puts.
+    ///
+    /// `place`: a write the real client may place in space the master granted
+    /// it ahead of time (plain puts): an existing key is then found at
+    /// `put_complete` (which succeeds, keeping the value) rather than here.
+    /// Put sessions, which must hear of an existing key at the start, say false.
     async fn put_start(
         keys: Vec<String>,
         sizes: Vec<u64>,
         config: ReplicateConfig,
         upsert: bool,
+        place: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>>;
     /// Ends writes whose bytes are in place.
     async fn put_end(keys: Vec<String>) -> Vec<MResult<()>>;

@@ -90,11 +90,12 @@ async fn dispatch(h: Handler, request: &[u8]) -> RingResponse {
             local_disk,
         } => RingResponse::Outcomes(h.get_into(c, keys, dests, released, local_disk).await),
         RingRequest::PutStart {
+            place,
             keys,
             sizes,
             config,
             upsert,
-        } => RingResponse::Started(h.put_start(c, keys, sizes, config, upsert).await),
+        } => RingResponse::Started(h.put_start(c, keys, sizes, config, upsert, place).await),
         RingRequest::PutComplete(items) => RingResponse::Units(h.put_complete(c, items).await),
         RingRequest::PutDirect {
             items,

@@ -97,13 +97,14 @@ impl RealClientService for Handler {
         sizes: Vec<u64>,
         config: ReplicateConfig,
         upsert: bool,
+        place: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         let t = Instant::now();
         let bytes: u64 = sizes.iter().sum();
         let owner = self.session.as_ref().map_or(0, |s| s.id());
         let r = self
             .client
-            .put_start(keys, sizes, config, upsert, owner)
+            .put_start_with(keys, sizes, config, upsert, owner, place)
             .await;
         self.client.metrics.add_object_bytes(bytes, 0);
         self.record(Op::PutStart, t, &r);

@@ -4,10 +4,12 @@
 # `mooncake_client` holding the segment, and scripts/bench/python_bench.py in
 # `--mode dummy` (setup_dummy: the benchmark process talks to the real client on
 # this host), run with upstream's wheel and binaries, then with this project's
-# package and binaries twice: with two-phase writes only
-# (`--local_placement=false`) and as shipped (writes placed in space the master
-# granted, one master round trip each). Between the sides: the floor, a raw TCP
-# echo between two processes (realclient/examples/raw_tcp_bench.rs).
+# package and binaries twice: with every call going to the master
+# (`--local_placement=false --local_exist=false`: two-phase writes, every
+# existence probe asked) and as shipped (writes placed in space the master
+# granted, one master round trip each; existence of objects held here answered
+# by the real client). Before each side: the floor, a raw TCP echo between two
+# processes (realclient/examples/raw_tcp_bench.rs).
 #
 #   scripts/bench/dummymode.sh [--rounds N]
 #
@@ -59,5 +61,5 @@ run_side() { # name master client python [client flags...] -- [bench args...]
   echo
 }
 run_side upstream "$UPBIN/mooncake_master" "$UPBIN/mooncake_client" "$UP/bin/python" -- "$@"
-run_side ours-two-phase .venv/bin/mooncake_master .venv/bin/mooncake_client .venv/bin/python --local_placement=false -- "$@"
+run_side ours-all-to-master .venv/bin/mooncake_master .venv/bin/mooncake_client .venv/bin/python --local_placement=false --local_exist=false -- "$@"
 run_side ours .venv/bin/mooncake_master .venv/bin/mooncake_client .venv/bin/python -- "$@"

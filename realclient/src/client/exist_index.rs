@@ -80,6 +80,22 @@ impl ExistIndex {
         }
     }
 
+    /// Forgets every replica in `segment` (unmounted).
+    pub fn forget_segment(&mut self, segment: SegmentId) {
+        self.generation += 1;
+        let places: Vec<(SegmentId, u64)> = self
+            .by_place
+            .keys()
+            .filter(|p| p.0 == segment)
+            .copied()
+            .collect();
+        for place in places {
+            if let Some((key, _)) = self.by_place.remove(&place) {
+                self.unlink(&key, place);
+            }
+        }
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.generation += 1;
@@ -156,6 +172,14 @@ impl RealClient {
                 .map(|(k, _)| k),
         );
         answers
+    }
+
+    /// The segments mounted here: the segment, those mounted later, the disk tier.
+    pub(super) fn own_segment_ids(&self) -> Vec<SegmentId> {
+        let mut ids: Vec<SegmentId> = self.segment().map(|d| d.id).into_iter().collect();
+        ids.extend(self.extra_segments.lock().iter().map(|e| e.desc.id));
+        ids.extend(self.disk.as_ref().map(|d| d.desc.id));
+        ids
     }
 
     /// Records replicas of this client whose write the master completed.

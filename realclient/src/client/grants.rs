@@ -337,19 +337,19 @@ impl RealClient {
                         Ok(())
                     }
                     Err(ErrorCode::ObjectAlreadyExists) => Ok(()),
-                    Err(code) => {
+                    Err(
+                        ErrorCode::InvalidWrite
+                        | ErrorCode::NoAvailableHandle
+                        | ErrorCode::SegmentNotFound,
+                    ) => {
                         // The grant is gone (a drain, or a master that does
                         // not know it): place nothing more in the grants of
-                        // that mount.
-                        stale |= w.placed.as_ref().is_some_and(|p| p.epoch == epoch)
-                            && matches!(
-                                code,
-                                ErrorCode::InvalidWrite
-                                    | ErrorCode::NoAvailableHandle
-                                    | ErrorCode::SegmentNotFound
-                            );
-                        Err(code)
+                        // that mount. The write is lost, not refused: the
+                        // caller writes it again (`INVALID_WRITE`).
+                        stale |= w.placed.as_ref().is_some_and(|p| p.epoch == epoch);
+                        Err(ErrorCode::InvalidWrite)
                     }
+                    Err(code) => Err(code),
                 };
             }
         }

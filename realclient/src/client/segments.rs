@@ -198,6 +198,8 @@ impl RealClient {
                 server.remove_segment(id);
             }
             self.extra_segments.lock().retain(|e| e.desc.id != *id);
+            // Its objects left the pool with it.
+            self.exist_index.lock().forget_segment(*id);
             tracing::info!(segment = %id, "segment unmounted");
         }
         result

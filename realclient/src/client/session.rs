@@ -486,9 +486,16 @@ impl RealClient {
             if delta.resync_required {
                 if let Ok(snapshot) = master.fetch_inventory(self.client_id).await {
                     {
+                        let mine = self.own_segment_ids();
+                        let held: Vec<InventoryEntry> = snapshot
+                            .entries
+                            .iter()
+                            .filter(|e| mine.contains(&e.segment_id))
+                            .cloned()
+                            .collect();
                         let mut index = self.exist_index.lock();
                         if index.generation() == generation {
-                            index.replace(&snapshot.entries);
+                            index.replace(&held);
                         } else {
                             index.clear();
                         }
@@ -505,8 +512,16 @@ impl RealClient {
                 }
             } else {
                 {
+                    // Only segments still mounted here: an object reported for
+                    // one unmounted since left the pool with it.
+                    let mine = self.own_segment_ids();
                     let mut index = self.exist_index.lock();
                     for change in &delta.changes {
+                        if let InventoryChange::Added(e) = change
+                            && !mine.contains(&e.segment_id)
+                        {
+                            continue;
+                        }
                         index.apply(change, generation);
                     }
                 }

@@ -11,14 +11,33 @@ impl RealClient {
         &self,
         keys: Vec<String>,
         sizes: Vec<u64>,
+        config: ReplicateConfig,
+        upsert: bool,
+        owner: u64,
+    ) -> Vec<MResult<Vec<ReplicaDesc>>> {
+        self.put_start_with(keys, sizes, config, upsert, owner, true)
+            .await
+    }
+
+    /// [`Self::put_start`]; `place = false` keeps every write two-phase (a put
+    /// session, which must hear of an existing key at its start).
+    pub async fn put_start_with(
+        &self,
+        keys: Vec<String>,
+        sizes: Vec<u64>,
         mut config: ReplicateConfig,
         upsert: bool,
         owner: u64,
+        place: bool,
     ) -> Vec<MResult<Vec<ReplicaDesc>>> {
         if config.preferred_segments.is_empty() && self.segment.is_some() {
             config.preferred_segments = vec![self.hostname()];
         }
-        let placed = self.place_writes(&keys, &sizes, &config, upsert, owner);
+        let placed = if place {
+            self.place_writes(&keys, &sizes, &config, upsert, owner)
+        } else {
+            vec![None; keys.len()]
+        };
         if placed.iter().all(Option::is_some) {
             return placed.into_iter().map(|p| p.expect("placed")).collect();
         }
