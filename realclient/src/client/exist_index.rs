@@ -18,6 +18,8 @@
 //! next sync tick, so probes keep objects warm as they did.
 //! `--local_exist=false` sends every probe to the master.
 
+use std::collections::HashSet;
+
 use super::*;
 
 /// Keys answered here whose recency the master is told of, at most, per tick.
@@ -33,8 +35,8 @@ pub(super) struct ExistIndex {
     /// Bumped whenever entries are taken out: an inventory answer asked for
     /// before adds nothing (it could bring back what was just removed).
     generation: u64,
-    /// Keys answered here since the master was last told.
-    touched: Vec<String>,
+    /// Keys answered here since the master was last told (each once).
+    touched: HashSet<String>,
 }
 
 impl ExistIndex {
@@ -139,12 +141,14 @@ impl ExistIndex {
             if self.touched.len() >= MAX_TOUCHED {
                 return;
             }
-            self.touched.push(k.clone());
+            if !self.touched.contains(k) {
+                self.touched.insert(k.clone());
+            }
         }
     }
 
     pub fn take_touched(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.touched)
+        std::mem::take(&mut self.touched).into_iter().collect()
     }
 }
 
