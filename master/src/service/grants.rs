@@ -93,7 +93,7 @@ impl MasterService {
             return Err(ErrorCode::InvalidParams);
         }
         let len = allocated_len(item.size);
-        if item.offset % GRANULE != 0 || !seg.take_granted(item.offset, len) {
+        if !item.offset.is_multiple_of(GRANULE) || !seg.take_granted(item.offset, len) {
             return Err(ErrorCode::InvalidWrite);
         }
         // From here the range is this item's: committed, or freed.
@@ -107,10 +107,10 @@ impl MasterService {
             // just moved everything away from.
             return refuse(ErrorCode::NoAvailableHandle);
         }
-        if let Some(p) = shard.processing.get(key) {
-            if now < p.started + discard_ms {
-                return refuse(ErrorCode::ObjectAlreadyExists);
-            }
+        if let Some(p) = shard.processing.get(key)
+            && now < p.started + discard_ms
+        {
+            return refuse(ErrorCode::ObjectAlreadyExists);
         }
         if shard.get(hash, key).is_some() {
             return refuse(ErrorCode::ObjectAlreadyExists);

@@ -5,12 +5,13 @@
 //! Only plain puts of one replica that may live here are placed; upserts, writes
 //! to other segments and writes larger than a quarter of a grant stay two-phase.
 //! The master counts granted space as used and checks every commit against
-//! what it granted. A grant belongs to one mount of the segment: before a
-//! remount this client drops its grants (under the same lock that places
-//! writes, so no write is placed in one afterwards) and waits for writes being
-//! copied (`settle_own_writes`); the master frees the grants it still has when
-//! the remount arrives, and a new master never knew them. A grant asked for
-//! across a remount is given back unused.
+//! what it granted. A grant belongs to one mount of the segment: when a
+//! remount starts this client drops its grants (under the same lock that
+//! places writes, so no write is placed in one afterwards) and waits for writes
+//! being copied (`settle_own_writes`); the master frees the grants it still has
+//! when the remount arrives, and a new master never knew them. Until the
+//! remount is over nothing is placed, asked for or taken: a grant answered
+//! meanwhile (the remount may free it) is given back unused.
 
 use super::*;
 
@@ -47,6 +48,8 @@ pub(super) struct LocalSpace {
     grants: Vec<(u64, u64)>,
     /// A grant is being asked for.
     asking: bool,
+    /// A remount is under way: no grant is used, asked for or taken.
+    remounting: bool,
     /// No grant is asked for before this (the last ask found no room).
     not_before: Option<Instant>,
     placed: u64,
@@ -113,6 +116,9 @@ impl RealClient {
         let now = Instant::now();
         let (low, placed_any) = {
             let mut space = self.local_space.lock();
+            if space.remounting {
+                return out;
+            }
             // Under the space lock: a remount drops the grants under it first,
             // then waits for the pending writes placed in them.
             let mut pending = self.pending.lock();
@@ -184,6 +190,7 @@ impl RealClient {
         let epoch = {
             let mut space = self.local_space.lock();
             if space.asking
+                || space.remounting
                 || space.room() >= len / 2
                 || space.not_before.is_some_and(|t| Instant::now() < t)
             {
@@ -204,7 +211,7 @@ impl RealClient {
                 let mut space = space.lock();
                 space.asking = false;
                 match granted {
-                    Ok((offset, len)) if space.epoch == epoch => {
+                    Ok((offset, len)) if space.epoch == epoch && !space.remounting => {
                         space.not_before = None;
                         space.grants.push((offset, offset + len));
                         if space.grants.len() > MAX_GRANTS {
@@ -234,8 +241,26 @@ impl RealClient {
         });
     }
 
-    /// Drops every grant (before a remount, or when the master refused a commit
-    /// into one): nothing is placed in them any more.
+    /// A remount starts: every grant is dropped (the master frees them when
+    /// the remount arrives) and none is used, asked for or taken until
+    /// [`Self::end_remount`].
+    pub(super) fn begin_remount(&self) {
+        let mut space = self.local_space.lock();
+        space.remounting = true;
+        space.epoch += 1;
+        space.grants.clear();
+    }
+
+    /// The remount is over: grants asked for during it (which it may have
+    /// freed) are not taken; new ones may be asked for.
+    pub(super) fn end_remount(&self) {
+        let mut space = self.local_space.lock();
+        space.remounting = false;
+        space.epoch += 1;
+    }
+
+    /// Drops every grant (the master refused a commit into one): nothing is
+    /// placed in them any more.
     pub(super) fn drop_grants(&self) -> Vec<(u64, u64)> {
         let mut space = self.local_space.lock();
         space.epoch += 1;

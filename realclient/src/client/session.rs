@@ -123,8 +123,18 @@ impl RealClient {
     async fn remount_now(&self) -> crate::error::Result<()> {
         // Grants belong to the mount being replaced: nothing more is placed in
         // them, and the writes placed already are waited for. The master frees
-        // what it still has of them when the remount arrives.
-        self.drop_grants();
+        // what it still has of them when the remount arrives, so none is asked
+        // for or used until the remount is over.
+        self.begin_remount();
+        let remounted = self.remount_granting_nothing().await;
+        self.end_remount();
+        if remounted.is_ok() {
+            self.ask_for_space();
+        }
+        remounted
+    }
+
+    async fn remount_granting_nothing(&self) -> crate::error::Result<()> {
         // What the new mount holds is known once the master accepted it.
         self.exist_index.lock().clear();
         self.settle_own_writes().await;
@@ -199,7 +209,6 @@ impl RealClient {
         self.persist();
         self.healthy.store(true, Ordering::Relaxed);
         self.master_generation.send_modify(|g| *g += 1);
-        self.ask_for_space();
         tracing::info!(
             restored = report.restored,
             rejected = report.rejected.len(),
