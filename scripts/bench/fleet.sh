@@ -7,6 +7,8 @@
 # (both must be 0), and the master's CPU time per request it served.
 #
 #   scripts/bench/fleet.sh [SECONDS=600] [CLIENTS=16] [OPS_PER_SECOND_PER_DUMMY=40]
+#
+# CLIENT_FLAGS: more flags for every real client (e.g. "--local_placement=false").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_RUN="${1:-600}" CLIENTS="${2:-16}" RATE="${3:-40}"
@@ -34,7 +36,7 @@ for i in $(seq 1 "$CLIENTS"); do
   target/release/mooncake_client --host=127.0.0.1 --port=$port --global_segment_size=64MB \
     --master_server_address=127.0.0.1:$MPORT --http_port=0 --keep_segment=false \
     --ipc_socket_path="$work/c$i.sock" --segment_path="/dev/shm/mc-fleet-$$-$i.segment" \
-    >"$work/client$i.log" 2>&1 &
+    ${CLIENT_FLAGS:-} >"$work/client$i.log" 2>&1 &
   pids+=($!)
 done
 for i in $(seq 1 "$CLIENTS"); do wait_for "$work/client$i.log" "mooncake_client ready"; done
@@ -51,6 +53,11 @@ for i in $(seq 1 "$CLIENTS"); do
 done
 for p in "${load[@]}"; do wait "$p"; done
 cpu1=$(cpu) req1=$(requests) t1=$(date +%s.%N)
+# How writes ended: two-phase (put_end) or placed in granted space (commit);
+# and the master calls each kind made.
+curl -s "http://127.0.0.1:$MHTTP/metrics" | awk '
+  /^master_batch_put_(end|commit)_items_total / {print "master: " $1 " " $2}
+  /^master_(batch_put_start|batch_put_end|batch_put_commit|grant_space|return_space|batch_exist_key)_requests_total / {print "master: " $1 " " $2}'
 ticks=$(getconf CLK_TCK)
 python3 - "$work" "$CLIENTS" "$cpu0" "$cpu1" "$req0" "$req1" "$ticks" "$t0" "$t1" <<'PY'
 import json, statistics, sys

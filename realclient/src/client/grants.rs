@@ -113,6 +113,15 @@ impl RealClient {
         if !sizes.iter().any(|&s| self.placeable(s, config, upsert)) {
             return out;
         }
+        // A key this host holds already goes to the master: its `put_start`
+        // answers that it exists with no copy and no second call. (Only a hint:
+        // the master decides either way.)
+        let held: Vec<bool> = if self.config.local_exist {
+            let index = self.exist_index.lock();
+            keys.iter().map(|k| index.contains(k)).collect()
+        } else {
+            vec![false; keys.len()]
+        };
         let now = Instant::now();
         let (low, placed_any) = {
             let mut space = self.local_space.lock();
@@ -124,7 +133,7 @@ impl RealClient {
             let mut pending = self.pending.lock();
             let mut placed_any = false;
             for (i, (key, &size)) in keys.iter().zip(sizes).enumerate() {
-                if !self.placeable(size, config, upsert) {
+                if held[i] || !self.placeable(size, config, upsert) {
                     continue;
                 }
                 if pending.contains_key(key) {
@@ -388,8 +397,8 @@ impl RealClient {
             self.give_back(unused);
             self.ask_for_space();
         }
-        self.metrics
-            .add_placed_writes(results.iter().filter(|r| r.is_ok()).count() as u64);
+        // Committed ones only (not the keys that existed already).
+        self.metrics.add_placed_writes(done.len() as u64);
         results
     }
 

@@ -513,19 +513,50 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
     assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
     assert_eq!(a.inventory_len(), 1, "recorded for a restart");
 
-    // A put of an existing key succeeds and keeps the first value.
-    put(
+    // A put of a key held here goes to the master, which says it exists (a
+    // dummy maps that to success); the first value stays.
+    let again = put(
         &a,
         "placed",
         &value(6, 100_000),
         ReplicateConfig::default(),
         None,
     )
+    .await;
+    assert_eq!(again, Err(ErrorCode::ObjectAlreadyExists));
+    assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
+    // A key placed here whose object lives on another host (unknown here) is
+    // committed, and the commit keeps the existing value too.
+    let other = c.client("host-b", 64 * MIB).await;
+    put(
+        &other,
+        "there",
+        &value(9, 4096),
+        ReplicateConfig::default(),
+        None,
+    )
     .await
     .unwrap();
-    assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
+    let (placed, commits_before) = (a.metrics.placed_writes(), commits());
+    put(
+        &a,
+        "there",
+        &value(10, 4096),
+        ReplicateConfig::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(commits(), commits_before + 1, "placed, then the commit");
+    assert_eq!(
+        a.metrics.placed_writes(),
+        placed,
+        "found existing, not committed"
+    );
+    assert_eq!(stored(&other, "there").await.unwrap(), value(9, 4096));
 
     // Larger writes, upserts and two replicas stay two-phase.
+    let starts0 = starts();
     let big = value(7, 1_500_000);
     put(&a, "big", &big, ReplicateConfig::default(), None)
         .await
