@@ -20,15 +20,6 @@ cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 source scripts/bench/side_by_side.sh
 cargo build -q --release -p mooncake-realclient --example raw_tcp_bench
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 floor() {
   target/release/examples/raw_tcp_bench serve 127.0.0.1:59270 >/dev/null 2>&1 &
   local p=$!
@@ -44,20 +35,11 @@ run_side() { # name master client python [client flags...] -- [bench args...]
   local flags=()
   while [ $# -gt 0 ] && [ "$1" != -- ]; do flags+=("$1"); shift; done
   [ $# -gt 0 ] && shift
-  "$master" --rpc_address=127.0.0.1 --rpc_port=59261 --metrics_port=59262 >"$work/$name-master.log" 2>&1 &
-  pids+=($!)
-  sleep 2
-  "$client" --host=127.0.0.1 --port=59263 --global_segment_size="${SEGMENT:-2 GB}" \
-    --master_server_address=127.0.0.1:59261 --metadata_server=P2PHANDSHAKE "${flags[@]}" >"$work/$name-client.log" 2>&1 &
-  pids+=($!)
-  sleep 4
+  start_side "$name" "$master" "$client" "${flags[@]}"
   echo "### $name"
   floor
   "$py" scripts/bench/python_bench.py --mode dummy --client 127.0.0.1:59263 "$@" 2>"$work/$name-bench.log" || { tail -20 "$work/$name-bench.log"; exit 1; }
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  pids=()
-  rm -f /dev/shm/mooncake_client_59263.segment*
+  stop_side
   echo
 }
 run_side upstream "$UPBIN/mooncake_master" "$UPBIN/mooncake_client" "$UP/bin/python" -- "$@"

@@ -14,29 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 source scripts/bench/side_by_side.sh
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 run_side() { # name master client python
   local name=$1 master=$2 client=$3 py=$4
-  "$master" --rpc_address=127.0.0.1 --rpc_port=59261 --metrics_port=59262 >"$work/$name-master.log" 2>&1 &
-  pids+=($!)
-  sleep 2
-  "$client" --host=127.0.0.1 --port=59263 --global_segment_size="${SEGMENT:-2 GB}" \
-    --master_server_address=127.0.0.1:59261 --metadata_server=P2PHANDSHAKE >"$work/$name-client.log" 2>&1 &
-  pids+=($!)
-  sleep 4
+  start_side "$name" "$master" "$client"
   echo "### $name"
   "$py" scripts/bench/python_bench.py --mode in_process --segment 0 --master 127.0.0.1:59261 "${@:5}" 2>"$work/$name-bench.log" || { tail -20 "$work/$name-bench.log"; exit 1; }
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  pids=()
+  stop_side
   echo
 }
 run_side upstream "$UPBIN/mooncake_master" "$UPBIN/mooncake_client" "$UP/bin/python" "$@"

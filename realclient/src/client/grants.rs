@@ -432,6 +432,22 @@ impl RealClient {
     }
 }
 
+/// Which positions of a batch of `n` the placed writes `placed` (from
+/// [`RealClient::take_placed`]) hold.
+pub(super) fn placed_mask(n: usize, placed: &[(usize, String, PendingWrite)]) -> Vec<bool> {
+    let mut mask = vec![false; n];
+    for (i, _, _) in placed {
+        mask[*i] = true;
+    }
+    mask
+}
+
+/// The positions of a batch of `n` that no placed write holds.
+pub(super) fn unplaced(n: usize, placed: &[(usize, String, PendingWrite)]) -> Vec<usize> {
+    let mask = placed_mask(n, placed);
+    (0..n).filter(|&i| !mask[i]).collect()
+}
+
 /// Allocation granule of the master's allocator: placed writes use the same.
 const GRANULE_BYTES: u64 = mooncake_master::allocator::GRANULE;
 

@@ -254,8 +254,8 @@ impl RealClient {
             return self.put_end_with_master(keys).await;
         }
         let mut results: Vec<MResult<()>> = vec![Ok(()); keys.len()];
+        let others = grants::unplaced(keys.len(), &placed);
         let positions: Vec<usize> = placed.iter().map(|p| p.0).collect();
-        let others: Vec<usize> = (0..keys.len()).filter(|i| !positions.contains(i)).collect();
         let committed = self
             .commit_placed(placed.into_iter().map(|(_, k, w)| (k, w, false)).collect())
             .await;
@@ -414,6 +414,7 @@ impl RealClient {
             return self.put_complete_with_master(items, memory).await;
         }
         let mut results: Vec<MResult<()>> = vec![Ok(()); items.len()];
+        let is_placed = grants::placed_mask(items.len(), &placed);
         let positions: Vec<usize> = placed.iter().map(|p| p.0).collect();
         let writes = placed
             .into_iter()
@@ -426,7 +427,7 @@ impl RealClient {
         let (others, rest): (Vec<usize>, Vec<PutCompletion>) = items
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| !positions.contains(i))
+            .filter(|(i, _)| !is_placed[*i])
             .unzip();
         if !rest.is_empty() {
             let ended = Box::pin(self.put_complete_with_master(rest, memory)).await;
@@ -663,9 +664,8 @@ impl RealClient {
         let placed = self.take_placed(keys.iter());
         if !placed.is_empty() {
             // The master never heard of these: their space just goes back.
-            let positions: Vec<usize> = placed.iter().map(|p| p.0).collect();
+            let others = grants::unplaced(keys.len(), &placed);
             self.forget_placed(placed.into_iter().map(|p| p.2));
-            let others: Vec<usize> = (0..keys.len()).filter(|i| !positions.contains(i)).collect();
             let mut results: Vec<MResult<()>> = vec![Ok(()); keys.len()];
             if !others.is_empty() {
                 let revoked =
