@@ -28,7 +28,7 @@ pub(crate) fn serve(
 ) -> std::io::Result<()> {
     let max_response = ring.shape().resp_size as usize;
     for _ in 0..RING_THREADS {
-        let server = ring.server();
+        let mut server = ring.server();
         let handler = handler.clone();
         let session = session.clone();
         let runtime = runtime.clone();

@@ -62,6 +62,8 @@ def main():
     ap.add_argument("--dir", required=True)
     ap.add_argument("--segment", type=int, required=True)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sizes", default="16,1",
+                    help="object sizes in MiB, comma-separated (default: 16,1)")
     args = ap.parse_args()
     store = MooncakeDistributedStore()
     assert store.setup_dummy(64 * MIB, 16 * MIB, args.client) == 0
@@ -69,7 +71,8 @@ def main():
     alloc = MooncakeHostMemAllocator()
     # Large objects first: the segment's free space is not yet cut into small
     # pieces (16 MiB objects need 16 MiB in one piece).
-    for size in [16 * MIB, MIB]:
+    sizes = [int(x) * MIB for x in args.sizes.split(",")]
+    for size in sizes:
         count = max(8, (256 * MIB) // size)
         addr = alloc.alloc(size)
         assert addr, "alloc"
@@ -163,7 +166,7 @@ def main():
         store.unregister_buffer(addr)
     print(f"{'size':>7} {'cache':>5} {'store p50 us':>13} {'store GB/s':>10} "
           f"{'raw p50 us':>11} {'raw GB/s':>9} {'ratio':>6}")
-    for size in [MIB, 16 * MIB]:
+    for size in sorted(sizes):
         for mode in ["warm", "cold"]:
             s = results.get((size, mode, "store"))
             r = results.get((size, mode, "raw"))
