@@ -40,7 +40,7 @@ impl Bench for BenchServer {
         };
         // A dedicated polling thread, as the real client would run per dummy.
         std::thread::spawn(move || {
-            let server = ring.server();
+            let mut server = ring.server();
             while let Ok(Some(req)) = server.recv(Duration::from_secs(5)) {
                 if server.reply(req.slot, &[]).is_err() {
                     break;

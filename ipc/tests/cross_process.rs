@@ -253,7 +253,7 @@ async fn ring_calls_from_concurrent_producers_in_another_process() {
         .unwrap();
     let ring = CallRing::attach(session.region_at(base).expect("ring registered")).unwrap();
     let seen = tokio::task::spawn_blocking(move || {
-        let server = ring.server();
+        let mut server = ring.server();
         let mut last: HashMap<u32, i64> = HashMap::new();
         let mut total = 0;
         while total < 4 * 500 {
