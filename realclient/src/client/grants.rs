@@ -71,6 +71,12 @@ impl LocalSpace {
 }
 
 impl RealClient {
+    /// Bytes of granted space this client holds and can place writes in.
+    #[cfg(test)]
+    pub(super) fn granted_room(&self) -> u64 {
+        self.local_space.lock().room()
+    }
+
     /// Bytes asked for per grant.
     fn grant_len(&self) -> u64 {
         let size = self.segment().map_or(0, |d| d.size);

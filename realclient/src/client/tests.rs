@@ -462,9 +462,11 @@ async fn a_remount_waits_for_copies_into_the_segment_to_end() {
 }
 
 /// Waits until the master granted `client` space in its segment.
-async fn until_granted(c: &Cluster) {
+/// Waits until `client` holds granted space. (The master's gauge counts a
+/// grant before its answer reaches the client.)
+async fn until_granted(client: &RealClient) {
     for _ in 0..200 {
-        if c.master.gauges().granted_bytes > 0 {
+        if client.granted_room() > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -490,7 +492,7 @@ async fn stored(client: &RealClient, key: &str) -> MResult<Vec<u8>> {
 async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() {
     let c = Cluster::new(MasterConfig::default());
     let a = c.client("host-a", 64 * MIB).await;
-    until_granted(&c).await;
+    until_granted(&a).await;
     let commits = || {
         c.master
             .metrics
@@ -633,7 +635,7 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
     );
     // The objects committed before stay, and new grants serve new writes.
     assert_eq!(stored(&a, "placed").await.unwrap(), bytes);
-    until_granted(&c).await;
+    until_granted(&a).await;
     let placed_before = a.metrics.placed_writes();
     put(&a, "after", &stale, ReplicateConfig::default(), None)
         .await
