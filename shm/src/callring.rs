@@ -628,6 +628,16 @@ mod tests {
         (server, CallRing::attach(Arc::new(region)).unwrap())
     }
 
+    /// Calls `msg` and checks the echo server's answer: the bytes reversed.
+    fn assert_echoed(client: &CallRingClient, msg: String) {
+        let got = client
+            .call(msg.as_bytes(), Duration::from_secs(10))
+            .unwrap();
+        let mut expect = msg.into_bytes();
+        expect.reverse();
+        assert_eq!(got, expect);
+    }
+
     fn echo_server(
         ring: CallRing,
         stop: Arc<std::sync::atomic::AtomicBool>,
@@ -662,13 +672,10 @@ mod tests {
                 let client = client.clone();
                 s.spawn(move || {
                     for i in 0..2000u32 {
-                        let msg = format!("{t}:{i}:{}", "x".repeat((i % 100) as usize));
-                        let got = client
-                            .call(msg.as_bytes(), Duration::from_secs(10))
-                            .unwrap();
-                        let mut expect = msg.into_bytes();
-                        expect.reverse();
-                        assert_eq!(got, expect);
+                        assert_echoed(
+                            &client,
+                            format!("{t}:{i}:{}", "x".repeat((i % 100) as usize)),
+                        );
                     }
                 });
             }
@@ -769,13 +776,7 @@ mod tests {
                         if i % 50 == 0 {
                             std::thread::sleep(Duration::from_millis(1 + u64::from(t)));
                         }
-                        let msg = format!("{t}:{i}");
-                        let got = client
-                            .call(msg.as_bytes(), Duration::from_secs(10))
-                            .unwrap();
-                        let mut expect = msg.into_bytes();
-                        expect.reverse();
-                        assert_eq!(got, expect);
+                        assert_echoed(&client, format!("{t}:{i}"));
                     }
                 });
             }
