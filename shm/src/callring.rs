@@ -786,6 +786,36 @@ mod tests {
         assert_eq!(served, 1200);
     }
 
+    /// The counts of polling and sleeping server threads live in memory the
+    /// peer can write. A peer that claims a thread polls (so its callers never
+    /// wake one) or sets the counts to garbage only slows its own calls: the
+    /// servers look at the queue again at least every 100 ms and answer.
+    #[test]
+    fn garbage_in_the_server_counts_delays_calls_but_loses_none() {
+        let (server_side, client_side) = pair(RingShape::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let servers = [
+            echo_server(server_side.clone(), stop.clone()),
+            echo_server(server_side.clone(), stop.clone()),
+        ];
+        let client = client_side.client();
+        for (polling, sleeping) in [(u32::MAX, 0), (1, 0), (0, u32::MAX), (7, 7)] {
+            std::thread::sleep(Duration::from_millis(30)); // let the servers sleep
+            client_side
+                .servers_polling()
+                .store(polling, Ordering::Relaxed);
+            client_side
+                .servers_sleeping()
+                .store(sleeping, Ordering::Relaxed);
+            for i in 0..5 {
+                assert_echoed(&client, format!("{polling}:{sleeping}:{i}"));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let served: u64 = servers.into_iter().map(|s| s.join().unwrap()).sum();
+        assert_eq!(served, 20);
+    }
+
     #[test]
     fn sleeping_server_is_woken_and_timeouts_free_the_slot() {
         let (server_side, client_side) = pair(RingShape {
