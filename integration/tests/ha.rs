@@ -105,6 +105,8 @@ struct Load {
     acked: Arc<Mutex<Vec<(String, usize)>>>,
     /// Reads that returned bytes other than the key's value (must stay 0).
     wrong: Arc<AtomicU64>,
+    /// What each wrong read returned, for the failure message.
+    wrong_reads: Arc<Mutex<Vec<String>>>,
     /// Successful puts and gets so far.
     puts: Arc<AtomicU64>,
     gets: Arc<AtomicU64>,
@@ -117,6 +119,7 @@ impl Load {
             stop: Arc::new(AtomicBool::new(false)),
             acked: Arc::new(Mutex::new(Vec::new())),
             wrong: Arc::new(AtomicU64::new(0)),
+            wrong_reads: Arc::new(Mutex::new(Vec::new())),
             puts: Arc::new(AtomicU64::new(0)),
             gets: Arc::new(AtomicU64::new(0)),
             threads: Vec::new(),
@@ -124,6 +127,7 @@ impl Load {
         let mut threads = Vec::new();
         for w in 0..writers {
             let socket = sockets[w % sockets.len()].clone();
+            let wrong_reads = load.wrong_reads.clone();
             let (stop, acked, wrong, puts, gets) = (
                 load.stop.clone(),
                 load.acked.clone(),
@@ -155,6 +159,10 @@ impl Load {
                         gets.fetch_add(1, Ordering::Relaxed);
                         if bytes != value_for(&key, len) {
                             wrong.fetch_add(1, Ordering::Relaxed);
+                            wrong_reads
+                                .lock()
+                                .unwrap()
+                                .push(describe_wrong_read(&key, len, &bytes));
                         }
                     }
                     std::thread::sleep(Duration::from_millis(2));
@@ -202,10 +210,29 @@ impl Load {
         assert_eq!(
             self.wrong.load(Ordering::Relaxed),
             0,
-            "a read returned wrong bytes"
+            "a read returned wrong bytes: {:?}",
+            self.wrong_reads.lock().unwrap()
         );
         self.acked.lock().unwrap().clone()
     }
+}
+
+/// What a read of `key` returned instead of its value: lengths, where the bytes
+/// first differ and what is there (values spell their key, so this names the
+/// object whose bytes were found).
+fn describe_wrong_read(key: &str, len: usize, got: &[u8]) -> String {
+    let want = value_for(key, len);
+    let at = want
+        .iter()
+        .zip(got)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(got.len()));
+    let seen = &got[at.saturating_sub(8)..got.len().min(at + 48)];
+    format!(
+        "{key}: {} bytes read, {len} expected, first difference at {at}: {:?}",
+        got.len(),
+        String::from_utf8_lossy(seen)
+    )
 }
 
 /// Every acknowledged object is readable through `socket` with its own bytes.
@@ -367,8 +394,16 @@ fn a_leader_paused_past_its_lease_steps_down_and_acknowledges_nothing() {
     );
     let (status, _) = http_get(&fleet.masters[old].http, "/get_all_keys").unwrap();
     assert_eq!(status, 503, "a standby's admin endpoints are not served");
-    // Its RPC port is closed: nothing can be acknowledged by it.
-    assert!(std::net::TcpStream::connect(&fleet.masters[old].rpc).is_err());
+    // Its RPC port closes (its fence already refuses every call; the term's
+    // watcher notices within 50 ms and stops the listener): nothing can be
+    // acknowledged by it.
+    assert!(
+        wait_until(Duration::from_secs(2), || std::net::TcpStream::connect(
+            &fleet.masters[old].rpc
+        )
+        .is_err()),
+        "the deposed leader's RPC port stayed open"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let acked = load.finish();
     for socket in fleet.sockets() {

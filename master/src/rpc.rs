@@ -203,9 +203,10 @@ impl Master for MasterRpc {
         client_id: ClientId,
         segment_id: SegmentId,
         len: u64,
+        epoch: u64,
     ) -> MResult<(u64, u64)> {
         self.timed(Op::GrantSpace, |s| {
-            s.grant_space(client_id, segment_id, len)
+            s.grant_space(client_id, segment_id, len, epoch)
         })
     }
 
@@ -214,13 +215,14 @@ impl Master for MasterRpc {
         _: Context,
         client_id: ClientId,
         segment_id: SegmentId,
+        epoch: u64,
         items: Vec<CommitItem>,
         config: ReplicateConfig,
     ) -> Vec<MResult<u64>> {
         self.timed_batch(Op::BatchPutCommit, items.len(), |s| {
             items
                 .iter()
-                .map(|item| s.put_commit(client_id, segment_id, item, &config))
+                .map(|item| s.put_commit(client_id, segment_id, epoch, item, &config))
                 .collect()
         })
     }
@@ -230,10 +232,11 @@ impl Master for MasterRpc {
         _: Context,
         client_id: ClientId,
         segment_id: SegmentId,
+        epoch: u64,
         ranges: Vec<(u64, u64)>,
     ) -> MResult<()> {
         self.timed(Op::ReturnSpace, |s| {
-            s.return_space(client_id, segment_id, &ranges)
+            s.return_space(client_id, segment_id, epoch, &ranges)
         })
     }
 

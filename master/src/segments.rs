@@ -43,8 +43,20 @@ pub(crate) struct Segment {
     /// The owner's inventory log.
     pub log: Arc<Mutex<InventoryLog>>,
     /// Space granted to the owner for writes it places itself and not yet
-    /// committed or given back: start → length, in bytes (granule-aligned).
-    pub grants: Mutex<BTreeMap<u64, u64>>,
+    /// committed or given back, by start (granule-aligned).
+    pub grants: Mutex<BTreeMap<u64, Grant>>,
+}
+
+/// A granted range: its length and the owner's grant epoch it was asked in.
+///
+/// The owner changes its epoch whenever a remount may have freed its grants;
+/// a commit or a return names the epoch of the grant it uses, so one left over
+/// from before a remount never matches space granted again after it (the same
+/// bytes may be granted anew, and must not be committed twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub len: u64,
+    pub epoch: u64,
 }
 
 impl Segment {
@@ -70,8 +82,9 @@ impl Segment {
         Some(offset)
     }
 
-    /// Allocates `len` bytes for the owner to place writes in (no replica yet).
-    pub fn grant(&self, len: u64) -> Option<u64> {
+    /// Allocates `len` bytes for the owner to place writes in (no replica yet),
+    /// in the owner's grant `epoch`.
+    pub fn grant(&self, len: u64, epoch: u64) -> Option<u64> {
         let len = allocated_len(len);
         let offset = {
             let mut a = self.allocator.lock();
@@ -79,37 +92,52 @@ impl Segment {
             self.used.store(a.used(), Relaxed);
             offset
         };
-        self.grants.lock().insert(offset, len);
+        self.grants.lock().insert(offset, Grant { len, epoch });
         Some(offset)
     }
 
     /// Takes `[offset, offset + len)` out of the granted space; false when it
-    /// is not entirely inside one grant. What is left of the grant stays granted.
-    pub fn take_granted(&self, offset: u64, len: u64) -> bool {
+    /// is not entirely inside one grant of `epoch`. What is left of the grant
+    /// stays granted.
+    pub fn take_granted(&self, offset: u64, len: u64, epoch: u64) -> bool {
         let mut grants = self.grants.lock();
-        let Some((&start, &glen)) = grants.range(..=offset).next_back() else {
+        let Some((&start, &grant)) = grants.range(..=offset).next_back() else {
             return false;
         };
-        let (Some(end), Some(gend)) = (offset.checked_add(len), start.checked_add(glen)) else {
+        let (Some(end), Some(gend)) = (offset.checked_add(len), start.checked_add(grant.len))
+        else {
             return false;
         };
-        if len == 0 || end > gend {
+        if len == 0 || end > gend || grant.epoch != epoch {
             return false;
         }
         grants.remove(&start);
         if offset > start {
-            grants.insert(start, offset - start);
+            grants.insert(
+                start,
+                Grant {
+                    len: offset - start,
+                    epoch,
+                },
+            );
         }
         if gend > end {
-            grants.insert(end, gend - end);
+            grants.insert(
+                end,
+                Grant {
+                    len: gend - end,
+                    epoch,
+                },
+            );
         }
         true
     }
 
-    /// Frees granted space given back (ranges not granted are ignored).
-    pub fn return_granted(&self, offset: u64, len: u64) {
+    /// Frees granted space of `epoch` given back (ranges not granted in it
+    /// are ignored).
+    pub fn return_granted(&self, offset: u64, len: u64, epoch: u64) {
         let len = allocated_len(len);
-        if self.take_granted(offset, len) {
+        if self.take_granted(offset, len, epoch) {
             let mut a = self.allocator.lock();
             a.free(offset, len);
             self.used.store(a.used(), Relaxed);
@@ -122,7 +150,7 @@ impl Segment {
         let grants = std::mem::take(&mut *self.grants.lock());
         let mut a = self.allocator.lock();
         let mut freed = 0;
-        for (offset, len) in grants {
+        for (offset, Grant { len, .. }) in grants {
             a.free(offset, len);
             freed += len;
         }
@@ -132,7 +160,7 @@ impl Segment {
 
     /// Bytes granted and not yet committed or given back.
     pub fn granted(&self) -> u64 {
-        self.grants.lock().values().sum()
+        self.grants.lock().values().map(|g| g.len).sum()
     }
 
     pub fn free(&self, offset: u64, size: u64) {

@@ -52,28 +52,36 @@ pub trait Master {
     /// until objects are committed in it or it is given back; a remount of the
     /// segment forgets every grant. `NO_AVAILABLE_HANDLE` when there is no room
     /// even after eviction or the segment is drained.
+    ///
+    /// `epoch` is the caller's grant epoch, a number it changes whenever a
+    /// remount may have freed its grants: commits and returns name it, and
+    /// match only space granted in the same epoch, so a write placed before a
+    /// remount can never be committed into the same bytes granted after it.
     async fn grant_space(
         client_id: ClientId,
         segment_id: SegmentId,
         len: u64,
+        epoch: u64,
     ) -> MResult<(u64, u64)>;
     /// Makes writes the caller placed in granted space readable, one round trip
     /// per batch (one memory replica each, in `segment_id`); per item the
     /// version given. The item's range leaves the grant whatever the answer;
     /// its space is freed again unless the item is committed.
     /// `OBJECT_ALREADY_EXISTS` for a key that exists or is being written,
-    /// `INVALID_WRITE` for a range that is not granted (any more).
+    /// `INVALID_WRITE` for a range that is not granted (any more) in `epoch`.
     async fn batch_put_commit(
         client_id: ClientId,
         segment_id: SegmentId,
+        epoch: u64,
         items: Vec<CommitItem>,
         config: ReplicateConfig,
     ) -> Vec<MResult<u64>>;
-    /// Gives back granted space that will not be used; ranges not granted are
-    /// ignored.
+    /// Gives back space granted in `epoch` that will not be used; ranges not
+    /// granted in it are ignored.
     async fn return_space(
         client_id: ClientId,
         segment_id: SegmentId,
+        epoch: u64,
         ranges: Vec<(u64, u64)>,
     ) -> MResult<()>;
 

@@ -71,11 +71,11 @@ forward! {
     /// `batch_put_end_except`.
     fn batch_put_end_except(client: ClientId, keys: Vec<String>, failed: Vec<Vec<SegmentId>>) -> list Vec<MResult<()>>;
     /// `grant_space`.
-    fn grant_space(client: ClientId, segment: SegmentId, len: u64) -> flat (u64, u64);
+    fn grant_space(client: ClientId, segment: SegmentId, len: u64, epoch: u64) -> flat (u64, u64);
     /// `batch_put_commit`.
-    fn batch_put_commit(client: ClientId, segment: SegmentId, items: Vec<CommitItem>, config: ReplicateConfig) -> list Vec<MResult<u64>>;
+    fn batch_put_commit(client: ClientId, segment: SegmentId, epoch: u64, items: Vec<CommitItem>, config: ReplicateConfig) -> list Vec<MResult<u64>>;
     /// `return_space`.
-    fn return_space(client: ClientId, segment: SegmentId, ranges: Vec<(u64, u64)>) -> flat ();
+    fn return_space(client: ClientId, segment: SegmentId, epoch: u64, ranges: Vec<(u64, u64)>) -> flat ();
     /// `batch_put_revoke`.
     fn batch_put_revoke(client: ClientId, keys: Vec<String>) -> list Vec<MResult<()>>;
     /// `batch_get_replica_list`.

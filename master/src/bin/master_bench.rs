@@ -141,7 +141,7 @@ fn inproc(args: &Args) {
         for _ in 0..args.reps {
             let (svc, client, seg) = fresh_master_with_segment();
             let (base, _) = svc
-                .grant_space(client, seg, keys.len() as u64 * 4096)
+                .grant_space(client, seg, keys.len() as u64 * 4096, 0)
                 .unwrap();
             let start = Instant::now();
             std::thread::scope(|s| {
@@ -150,7 +150,7 @@ fn inproc(args: &Args) {
                     s.spawn(move || {
                         for (i, k) in keys.iter().enumerate().skip(t).step_by(threads) {
                             let item = commit_item(k.clone(), base, i);
-                            svc.put_commit(client, seg, &item, config).unwrap();
+                            svc.put_commit(client, seg, 0, &item, config).unwrap();
                         }
                     });
                 }
@@ -321,7 +321,7 @@ async fn rpc(args: &Args) {
     let mut rates = Vec::new();
     for rep in 0..args.reps {
         let (base, _) = client
-            .grant_space(ctx(), me, seg_id, n as u64 * 4096)
+            .grant_space(ctx(), me, seg_id, n as u64 * 4096, 0)
             .await
             .unwrap()
             .unwrap();
@@ -333,7 +333,14 @@ async fn rpc(args: &Args) {
                 for i in (t..n).step_by(64) {
                     let item = commit_item(format!("com{rep}-{}", kv_key(i as u64)), base, i);
                     let r = client
-                        .batch_put_commit(ctx(), me, seg_id, vec![item], ReplicateConfig::default())
+                        .batch_put_commit(
+                            ctx(),
+                            me,
+                            seg_id,
+                            0,
+                            vec![item],
+                            ReplicateConfig::default(),
+                        )
                         .await
                         .unwrap();
                     r[0].unwrap();

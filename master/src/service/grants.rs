@@ -14,12 +14,13 @@ use super::*;
 
 impl MasterService {
     /// `grant_space`: reserves `len` bytes of `client`'s memory segment
-    /// `segment` for writes it places itself.
+    /// `segment` for writes it places itself, in its grant `epoch`.
     pub fn grant_space(
         &self,
         client: ClientId,
         segment: SegmentId,
         len: u64,
+        epoch: u64,
     ) -> MResult<(u64, u64)> {
         if len == 0 {
             return Err(ErrorCode::InvalidParams);
@@ -38,16 +39,17 @@ impl MasterService {
         // No eviction for a grant: it is asked for ahead of need, and a full
         // segment's writes go two-phase (evicting then) until the watermark
         // eviction made room again.
-        seg.grant(len)
+        seg.grant(len, epoch)
             .map(|offset| (offset, allocated_len(len)))
             .ok_or(ErrorCode::NoAvailableHandle)
     }
 
-    /// `return_space`: frees granted ranges the client will not use.
+    /// `return_space`: frees ranges granted in `epoch` the client will not use.
     pub fn return_space(
         &self,
         client: ClientId,
         segment: SegmentId,
+        epoch: u64,
         ranges: &[(u64, u64)],
     ) -> MResult<()> {
         let segs = self.segments.read();
@@ -56,18 +58,20 @@ impl MasterService {
             return Err(ErrorCode::IllegalClient);
         }
         for &(offset, len) in ranges {
-            seg.return_granted(offset, len);
+            seg.return_granted(offset, len, epoch);
         }
         Ok(())
     }
 
-    /// One item of `batch_put_commit`: the write of `item` into granted space of
-    /// `segment` becomes the readable value of its key. The item's range leaves
-    /// the grant once it is known to be one; unless committed it is freed.
+    /// One item of `batch_put_commit`: the write of `item` into space of
+    /// `segment` granted in `epoch` becomes the readable value of its key. The
+    /// item's range leaves the grant once it is known to be one; unless
+    /// committed it is freed.
     pub fn put_commit(
         &self,
         client: ClientId,
         segment: SegmentId,
+        epoch: u64,
         item: &CommitItem,
         config: &ReplicateConfig,
     ) -> MResult<u64> {
@@ -93,7 +97,7 @@ impl MasterService {
             return Err(ErrorCode::InvalidParams);
         }
         let len = allocated_len(item.size);
-        if !item.offset.is_multiple_of(GRANULE) || !seg.take_granted(item.offset, len) {
+        if !item.offset.is_multiple_of(GRANULE) || !seg.take_granted(item.offset, len, epoch) {
             return Err(ErrorCode::InvalidWrite);
         }
         // From here the range is this item's: committed, or freed.

@@ -1469,10 +1469,25 @@ async fn offload_on_evict_with_a_full_disk_tier_falls_back_to_plain_eviction() {
     assert!(on_disk >= 1, "{on_disk}");
 }
 
+/// The grant epoch the tests' clients ask in (a remount bumps it).
+const EPOCH: u64 = 7;
+
 fn commit(
     m: &MasterService,
     c: ClientId,
     seg: SegmentId,
+    key: &str,
+    offset: u64,
+    size: u64,
+) -> MResult<u64> {
+    commit_in(m, c, seg, EPOCH, key, offset, size)
+}
+
+fn commit_in(
+    m: &MasterService,
+    c: ClientId,
+    seg: SegmentId,
+    epoch: u64,
     key: &str,
     offset: u64,
     size: u64,
@@ -1482,7 +1497,7 @@ fn commit(
         offset,
         size,
     };
-    m.put_commit(c, seg, &item, &ReplicateConfig::default())
+    m.put_commit(c, seg, epoch, &item, &ReplicateConfig::default())
 }
 
 #[tokio::test(start_paused = true)]
@@ -1493,16 +1508,19 @@ async fn granted_space_takes_only_its_owners_commits_and_never_leaks() {
     m.mount_segment(a, sa.clone()).unwrap();
     m.mount_segment(b, segment("b", "h2", 16 * MIB)).unwrap();
     // Only the owner gets space in a segment, and not more than a quarter of it.
-    assert_eq!(m.grant_space(b, sa.id, MIB), Err(ErrorCode::IllegalClient));
     assert_eq!(
-        m.grant_space(a, sa.id, 8 * MIB),
+        m.grant_space(b, sa.id, MIB, EPOCH),
+        Err(ErrorCode::IllegalClient)
+    );
+    assert_eq!(
+        m.grant_space(a, sa.id, 8 * MIB, EPOCH),
         Err(ErrorCode::InvalidParams)
     );
     assert_eq!(
-        m.grant_space(a, Uuid::new_v4(), MIB),
+        m.grant_space(a, Uuid::new_v4(), MIB, EPOCH),
         Err(ErrorCode::SegmentNotFound)
     );
-    let (base, len) = m.grant_space(a, sa.id, MIB).unwrap();
+    let (base, len) = m.grant_space(a, sa.id, MIB, EPOCH).unwrap();
     assert_eq!(len, MIB);
     assert_eq!(m.gauges().granted_bytes, MIB);
     assert_eq!(
@@ -1573,7 +1591,8 @@ async fn granted_space_takes_only_its_owners_commits_and_never_leaks() {
     assert_eq!(m.gauges().allocated_bytes, used - allocated_len(5000));
 
     // Space given back is free again; a remount forgets every grant.
-    m.return_space(a, sa.id, &[(base + 32768, 4096)]).unwrap();
+    m.return_space(a, sa.id, EPOCH, &[(base + 32768, 4096)])
+        .unwrap();
     let g = m.gauges();
     assert_eq!(g.granted_bytes, len - 5056 - 4096 - 128 - 4096);
     m.remount_segment(a, vec![sa.clone()], Vec::new(), true)
@@ -1589,16 +1608,45 @@ async fn granted_space_takes_only_its_owners_commits_and_never_leaks() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_write_placed_before_a_remount_is_never_committed_into_space_granted_after_it() {
+    let m = master();
+    let a = Uuid::new_v4();
+    let sa = segment("a", "h1", 16 * MIB);
+    m.mount_segment(a, sa.clone()).unwrap();
+    let (base, _) = m.grant_space(a, sa.id, MIB, 1).unwrap();
+    // The remount frees the grant; the same bytes are granted again in the
+    // client's next epoch, and the client places its next write at their start.
+    m.remount_segment(a, vec![sa.clone()], Vec::new(), true)
+        .unwrap();
+    assert_eq!(m.grant_space(a, sa.id, MIB, 2), Ok((base, MIB)));
+    // The write placed before the remount, committed late: refused, so the
+    // next write placed there cannot overwrite an object the master serves.
+    assert_eq!(
+        commit_in(&m, a, sa.id, 1, "before", base, 4096),
+        Err(ErrorCode::InvalidWrite)
+    );
+    assert_eq!(m.get_replica_list("before"), Err(ErrorCode::ObjectNotFound));
+    // Giving back the old write's range does not free the new grant either.
+    m.return_space(a, sa.id, 1, &[(base, 4096)]).unwrap();
+    assert_eq!(m.gauges().granted_bytes, MIB);
+    assert!(commit_in(&m, a, sa.id, 2, "after", base, 4096).is_ok());
+    assert_eq!(
+        m.get_replica_list("after").unwrap().replicas[0].offset,
+        base
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_drained_segment_grants_nothing_and_refuses_commits() {
     let m = master();
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let sa = segment("a", "h1", 16 * MIB);
     m.mount_segment(a, sa.clone()).unwrap();
     m.mount_segment(b, segment("b", "h2", 16 * MIB)).unwrap();
-    let (base, _) = m.grant_space(a, sa.id, MIB).unwrap();
+    let (base, _) = m.grant_space(a, sa.id, MIB, EPOCH).unwrap();
     m.create_drain_job(&["a".into()], &[], 1).unwrap();
     assert_eq!(
-        m.grant_space(a, sa.id, MIB),
+        m.grant_space(a, sa.id, MIB, EPOCH),
         Err(ErrorCode::NoAvailableHandle)
     );
     assert_eq!(

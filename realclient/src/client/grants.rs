@@ -39,10 +39,36 @@ pub(super) struct Placed {
     pub epoch: u64,
 }
 
+impl Placed {
+    /// The granted ranges `write` (placed this way) occupies.
+    pub(super) fn ranges(&self, write: &PendingWrite) -> Vec<GrantedRange> {
+        write
+            .replicas
+            .iter()
+            .map(|r| GrantedRange {
+                epoch: self.epoch,
+                offset: r.offset,
+                len: r.size,
+            })
+            .collect()
+    }
+}
+
+/// Granted space to give back: where, and the grant epoch it was granted in.
+pub(super) struct GrantedRange {
+    pub epoch: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
 /// The space granted to this client in its segment and not used yet.
 #[derive(Default)]
 pub(super) struct LocalSpace {
-    /// Bumped when the grants are dropped: a grant asked for before is not used.
+    /// The grant epoch, bumped when the grants are dropped: a grant asked for
+    /// before is not used. The master records each grant with the epoch it
+    /// was asked in and commits only into grants of the epoch a write names,
+    /// so a write placed before a remount cannot be committed into the same
+    /// bytes granted again after it (they may hold the next write).
     epoch: u64,
     /// Free ranges of the grants, `(offset, end)`, used from their start.
     grants: Vec<(u64, u64)>,
@@ -221,7 +247,7 @@ impl RealClient {
         };
         let (space, client, segment) = (self.local_space.clone(), self.client_id, desc.id);
         self.spawn_task(async move {
-            let granted = master.grant_space(client, segment, len).await;
+            let granted = master.grant_space(client, segment, len, epoch).await;
             let unused = {
                 let mut space = space.lock();
                 space.asking = false;
@@ -251,7 +277,9 @@ impl RealClient {
                 }
             };
             if let Some(range) = unused {
-                let _ = master.return_space(client, segment, vec![range]).await;
+                let _ = master
+                    .return_space(client, segment, epoch, vec![range])
+                    .await;
             }
         });
     }
@@ -275,22 +303,36 @@ impl RealClient {
     }
 
     /// Drops every grant (the master refused a commit into one): nothing is
-    /// placed in them any more.
-    pub(super) fn drop_grants(&self) -> Vec<(u64, u64)> {
+    /// placed in them any more. Their unused ranges, with the epoch they were
+    /// granted in.
+    pub(super) fn drop_grants(&self) -> Vec<GrantedRange> {
         let mut space = self.local_space.lock();
+        let epoch = space.epoch;
         space.epoch += 1;
         std::mem::take(&mut space.grants)
             .into_iter()
-            .map(|(o, e)| (o, e - o))
+            .map(|(offset, end)| GrantedRange {
+                epoch,
+                offset,
+                len: end - offset,
+            })
             .collect()
     }
 
-    /// Gives granted ranges back to the master in the background.
-    pub(super) fn give_back(&self, ranges: Vec<(u64, u64)>) {
+    /// Gives granted ranges back to the master in the background, one call per
+    /// epoch (the master frees only space it granted in the epoch named).
+    pub(super) fn give_back(&self, ranges: impl IntoIterator<Item = GrantedRange>) {
         let Some(desc) = self.segment() else {
             return;
         };
-        if ranges.is_empty() {
+        let mut by_epoch: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
+        for r in ranges {
+            match by_epoch.iter_mut().find(|(e, _)| *e == r.epoch) {
+                Some((_, list)) => list.push((r.offset, r.len)),
+                None => by_epoch.push((r.epoch, vec![(r.offset, r.len)])),
+            }
+        }
+        if by_epoch.is_empty() {
             return;
         }
         let Some(master) = self.master.read().clone() else {
@@ -298,7 +340,9 @@ impl RealClient {
         };
         let (client, segment) = (self.client_id, desc.id);
         self.spawn_task(async move {
-            let _ = master.return_space(client, segment, ranges).await;
+            for (epoch, ranges) in by_epoch {
+                let _ = master.return_space(client, segment, epoch, ranges).await;
+            }
         });
     }
 
@@ -315,21 +359,22 @@ impl RealClient {
             return vec![Err(ErrorCode::InvalidParams); writes.len()];
         };
         let mut failed_copies = Vec::new();
-        // Groups of writes with one config, in order.
-        let mut groups: Vec<(ReplicateConfig, Vec<usize>)> = Vec::new();
+        // Groups of writes with one config and one grant epoch, in order.
+        let mut groups: Vec<(ReplicateConfig, u64, Vec<usize>)> = Vec::new();
         for (i, (_, w, copy_failed)) in writes.iter().enumerate() {
-            let config = w
-                .placed
-                .as_ref()
-                .map(|p| p.config.clone())
-                .unwrap_or_default();
+            let Some(placed) = &w.placed else {
+                results[i] = Err(ErrorCode::InternalError);
+                continue;
+            };
             if *copy_failed {
-                failed_copies.extend(w.replicas.iter().map(|r| (r.offset, r.size)));
+                failed_copies.extend(placed.ranges(w));
                 continue;
             }
             match groups.last_mut() {
-                Some((c, members)) if *c == config => members.push(i),
-                _ => groups.push((config, vec![i])),
+                Some((c, e, members)) if *c == placed.config && *e == placed.epoch => {
+                    members.push(i)
+                }
+                _ => groups.push((placed.config.clone(), placed.epoch, vec![i])),
             }
         }
         self.give_back(failed_copies);
@@ -337,7 +382,7 @@ impl RealClient {
         let epoch = self.local_space.lock().epoch;
         let mut inv_changed = false;
         let mut done = Vec::new();
-        for (config, members) in groups {
+        for (config, grant_epoch, members) in groups {
             let items: Vec<CommitItem> = members
                 .iter()
                 .map(|&i| {
@@ -353,7 +398,7 @@ impl RealClient {
             let call = |m: MasterHandle| {
                 let (items, config) = (items.clone(), config.clone());
                 async move {
-                    m.batch_put_commit(self.client_id, desc.id, items, config)
+                    m.batch_put_commit(self.client_id, desc.id, grant_epoch, items, config)
                         .await
                 }
             };
@@ -429,10 +474,9 @@ impl RealClient {
     /// Forgets placed writes nobody will end (revoked, or their writer went
     /// away): their space goes back to the master.
     pub(super) fn forget_placed(&self, writes: impl IntoIterator<Item = PendingWrite>) {
-        let ranges: Vec<(u64, u64)> = writes
+        let ranges: Vec<GrantedRange> = writes
             .into_iter()
-            .filter(|w| w.placed.is_some())
-            .flat_map(|w| w.replicas.into_iter().map(|r| (r.offset, r.size)))
+            .flat_map(|w| w.placed.as_ref().map(|p| p.ranges(&w)).unwrap_or_default())
             .collect();
         self.give_back(ranges);
     }

@@ -453,18 +453,12 @@ impl RealClient {
             let mut expired = Vec::new();
             self.pending.lock().retain(|_, w| {
                 let keep = now.duration_since(w.started) < PENDING_WRITE_TTL;
-                if !keep && w.placed.is_some() {
-                    expired.push(w.replicas.clone());
+                if !keep && let Some(placed) = &w.placed {
+                    expired.extend(placed.ranges(w));
                 }
                 keep
             });
-            self.give_back(
-                expired
-                    .into_iter()
-                    .flatten()
-                    .map(|r| (r.offset, r.size))
-                    .collect(),
-            );
+            self.give_back(expired);
         }
     }
 

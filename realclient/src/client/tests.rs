@@ -645,6 +645,67 @@ async fn writes_placed_in_granted_space_are_one_commit_and_die_with_the_mount() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_placed_before_a_remount_and_committed_after_it_never_overlaps_the_next() {
+    // Found by the HA test: a commit held up by a paused leader was made again
+    // with the next one, after the remount, when the same bytes had been
+    // granted anew; the next write was placed there, over a served object.
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 64 * MIB).await;
+    until_granted(&a).await;
+    let start = |key: &str| {
+        a.put_start(
+            vec![key.into()],
+            vec![4096],
+            ReplicateConfig::default(),
+            false,
+            1,
+        )
+    };
+    let completion = |key: &str| PutCompletion {
+        key: key.into(),
+        local_failed: false,
+        sources: Vec::new(),
+    };
+    let stale = start("stale").await.remove(0).unwrap();
+    let stale_bytes = value(8, 4096);
+    a.segment_region()
+        .unwrap()
+        .write(stale[0].offset, &stale_bytes)
+        .unwrap();
+    a.remount().await.unwrap();
+    // The remount freed the grant and the master grants the same bytes again:
+    // the next write is placed where the stale one lies.
+    until_granted(&a).await;
+    let next = start("next").await.remove(0).unwrap();
+    assert_eq!(
+        next[0].offset, stale[0].offset,
+        "the test needs the same bytes granted again"
+    );
+    let next_bytes = value(11, 4096);
+    a.segment_region()
+        .unwrap()
+        .write(next[0].offset, &next_bytes)
+        .unwrap();
+    // The stale write's commit comes late: refused, though its range lies in
+    // a grant again.
+    assert_eq!(
+        a.put_complete(vec![completion("stale")], None)
+            .await
+            .remove(0),
+        Err(ErrorCode::InvalidWrite)
+    );
+    assert_eq!(
+        a.get_replicas(vec!["stale".into()]).await[0],
+        Err(ErrorCode::ObjectNotFound)
+    );
+    a.put_complete(vec![completion("next")], None)
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(stored(&a, "next").await.unwrap(), next_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existence_of_objects_held_here_is_answered_here_and_follows_removes() {
     let c = Cluster::new(MasterConfig::default());
     let a = c.client("host-a", 64 * MIB).await;
