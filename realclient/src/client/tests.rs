@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mooncake_master::{MasterConfig, MasterService};
@@ -703,6 +704,95 @@ async fn a_write_placed_before_a_remount_and_committed_after_it_never_overlaps_t
         .remove(0)
         .unwrap();
     assert_eq!(stored(&a, "next").await.unwrap(), next_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_racing_remounts_never_see_another_writes_bytes() {
+    // Writers place small values in granted space while the client remounts
+    // again and again (what a master restart or failover does): each remount
+    // frees the grants and the same bytes are granted anew. Every put that
+    // succeeded must read back as its own value, and the segment must not
+    // hold two objects in one range.
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 64 * MIB).await;
+    until_granted(&a).await;
+    let placed_before = a.metrics.placed_writes();
+    let writing = Arc::new(AtomicBool::new(true));
+    let remounts = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..3u8 {
+        let (a, remounts) = (a.clone(), remounts.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            // At least 150 puts each, and on until a few remounts raced them.
+            for i in 0usize.. {
+                if i >= 150 && remounts.load(Ordering::Relaxed) >= 5 {
+                    break;
+                }
+                let key = format!("race-{w}-{i}");
+                let len = 4096 + (i % 5) * 6000;
+                let seed = w.wrapping_mul(71).wrapping_add(i as u8);
+                if put(
+                    &a,
+                    &key,
+                    &value(seed, len),
+                    ReplicateConfig::default(),
+                    None,
+                )
+                .await
+                .is_ok()
+                {
+                    acked.push((key, seed, len));
+                }
+                if i % 8 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            acked
+        }));
+    }
+    let remounter = {
+        let (a, writing, remounts) = (a.clone(), writing.clone(), remounts.clone());
+        tokio::spawn(async move {
+            while writing.load(Ordering::Relaxed) {
+                a.remount().await.unwrap();
+                remounts.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    writing.store(false, Ordering::Relaxed);
+    remounter.await.unwrap();
+    assert!(
+        a.metrics.placed_writes() > placed_before,
+        "no write was placed in granted space"
+    );
+    assert!(acked.len() >= 100, "only {} puts succeeded", acked.len());
+    let mut ranges = Vec::new();
+    for (key, seed, len) in &acked {
+        assert_eq!(
+            stored(&a, key).await.unwrap(),
+            value(*seed, *len),
+            "{key} does not hold its own bytes"
+        );
+        let list = a.get_replicas(vec![key.clone()]).await.remove(0).unwrap();
+        let r = &list.replicas[0];
+        ranges.push((r.offset, r.offset + list.size, key.clone()));
+        a.release_reads(vec![(key.clone(), r.version)]).await;
+    }
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "{} and {} share bytes",
+            pair[0].2,
+            pair[1].2
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
