@@ -4,7 +4,7 @@
 //! large value:
 //!
 //! ```text
-//! raw_tcp_bench serve 10.250.0.2:59070            # on the holder's host
+//! raw_tcp_bench serve 10.250.0.2:59070 [slots]    # on the holder's host
 //! raw_tcp_bench run 10.250.0.2:59070 [MiB] [iterations]
 //! raw_tcp_bench echo 127.0.0.1:59070 [iterations]   # small-request round trip
 //! ```
@@ -13,6 +13,11 @@
 //! server ("write", as a put to another host) and from it ("read", as a get),
 //! and prints the median GB/s of each. Sockets are set up as the transfer
 //! engine sets up its own (no delay, 4 MiB buffers).
+//!
+//! A server given `slots` (> 1) receives each write into the next of that many
+//! destinations in turn, as a store's segment takes each new value in space
+//! not touched since several values ago (out of the CPU caches); by default
+//! every write lands in the same buffer, warm from the one before.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,21 +35,24 @@ fn tune(s: &TcpStream) {
 
 /// Answers one connection: a request is the direction and a length; a write is
 /// read whole and acknowledged with one byte, a read is answered with the bytes.
-fn serve_one(mut s: TcpStream) {
+fn serve_one(mut s: TcpStream, slots: usize) {
     tune(&s);
     let mut buf: Vec<u8> = Vec::new();
+    let mut turn = 0usize;
     loop {
         let mut head = [0u8; 9];
         if s.read_exact(&mut head).is_err() {
             return;
         }
         let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes")) as usize;
-        if buf.len() < len {
-            buf.resize(len, 7);
+        if buf.len() < len * slots {
+            buf.resize(len * slots, 7);
         }
+        let at = (turn % slots) * len;
+        turn += 1;
         let ok = match head[0] {
             WRITE => s
-                .read_exact(&mut buf[..len])
+                .read_exact(&mut buf[at..at + len])
                 .and_then(|_| s.write_all(&[1])),
             _ => s.write_all(&buf[..len]),
         };
@@ -80,9 +88,10 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("serve") => {
             let listener = TcpListener::bind(&args[2]).expect("bind");
+            let slots: usize = args.get(3).map_or(1, |s| s.parse().expect("slots"));
             println!("serving on {}", listener.local_addr().expect("address"));
             for s in listener.incoming().flatten() {
-                std::thread::spawn(move || serve_one(s));
+                std::thread::spawn(move || serve_one(s, slots.max(1)));
             }
         }
         Some("run") => {
