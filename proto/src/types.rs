@@ -323,6 +323,13 @@ pub struct ReplicaCopyPlan {
     /// The new replicas to write (PROCESSING until `replica_copy_end`); may be
     /// empty when every target already holds a replica.
     pub targets: Vec<ReplicaDesc>,
+    /// A version the master issued for this copy, newer than every version it
+    /// had issued before: the copy's writes and landed notes carry it, so a
+    /// holder that has since remounted with a later master instance (whose
+    /// version floor is above it) refuses them instead of letting them land on
+    /// space that master may have handed out again. The copied object keeps
+    /// its own `version`.
+    pub write_version: u64,
 }
 
 /// A write placed by its writer in space granted by `grant_space`.

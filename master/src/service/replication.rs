@@ -294,6 +294,7 @@ impl MasterService {
                 .iter()
                 .filter_map(|p| describe(p, ReplicaStatus::Processing))
                 .collect(),
+            write_version: self.next_version(),
         };
         o.flags |= FLAG_REPLICATING;
         let pending = PendingCopy {

@@ -950,6 +950,19 @@ async fn copy_and_move_tasks_run_through_the_source_owner() {
     assert_eq!(plan.targets.len(), 1);
     assert_eq!(plan.targets[0].segment_id, seg_b.id);
     assert_eq!(plan.targets[0].status, ReplicaStatus::Processing);
+    // The copy keeps the object's version; its writes carry one issued now,
+    // newer than the object's, so that a holder that remounted with a later
+    // master (a higher floor) refuses them, and this master's holders do not.
+    assert_eq!(plan.targets[0].version, plan.source.version);
+    assert!(plan.write_version > plan.source.version);
+    let floor = m
+        .remount_segment(b, vec![seg_b.clone()], Vec::new(), true)
+        .unwrap()
+        .version_floor;
+    assert!(
+        floor >= plan.write_version,
+        "a later floor refuses the copy"
+    );
     // One copy per key at a time; the object cannot be removed meanwhile (unless
     // forced) and stays readable from its source.
     assert_eq!(

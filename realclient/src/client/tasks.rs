@@ -106,13 +106,15 @@ impl RealClient {
         let plan = ReplicaCopyPlan {
             source: plan.source.clone(),
             targets: remote,
+            write_version: plan.write_version,
         };
         let jobs: Vec<TransferJob> = plan
             .targets
             .iter()
             .map(|t| TransferJob {
-                // A copy keeps the object's (old) version: not a write's age.
-                version: 0,
+                // The copy's own version, not the object's (old) one: a holder
+                // that remounted with a later master refuses it.
+                version: plan.write_version,
                 direction: Direction::Write,
                 endpoint: t.transport_endpoint.clone(),
                 segment_id: t.segment_id,
@@ -148,6 +150,7 @@ impl RealClient {
             std::slice::from_ref(&plan.targets),
             &mut per_key,
             &[],
+            Some(plan.write_version),
         )
         .await;
         let failed_segments = per_key.pop().unwrap_or_default();

@@ -552,7 +552,8 @@ impl RealClient {
         }
         drop(held);
         let keys: Vec<String> = items.iter().map(|it| it.key.clone()).collect();
-        self.tell_owners(&keys, &replicas, &mut failed, &told).await;
+        self.tell_owners(&keys, &replicas, &mut failed, &told, None)
+            .await;
         let call = |m: MasterHandle| {
             let (keys, failed) = (keys.clone(), failed.clone());
             async move { m.batch_put_end_except(self.client_id, keys, failed).await }
@@ -595,12 +596,19 @@ impl RealClient {
     /// inventory then has every acknowledged object, and a new master rebuilds it
     /// whatever happened to the old one. A replica whose owner could not be told
     /// counts as failed.
+    ///
+    /// Each note carries the version its writes carried (`write_version` for a
+    /// copy; for puts, the oldest write version among its objects), so that an
+    /// owner remounted with a later master since refuses it as it refuses the
+    /// writes: recorded, it would list an object in space that master may have
+    /// handed to another.
     pub(super) async fn tell_owners(
         &self,
         keys: &[String],
         replicas: &[Vec<ReplicaDesc>],
         failed: &mut [Vec<SegmentId>],
         told: &[(usize, SegmentId)],
+        write_version: Option<u64>,
     ) {
         let own = self.segment().map(|d| d.id);
         // Per owner (endpoint, segment): the items written there and their notes.
@@ -641,7 +649,9 @@ impl RealClient {
             groups
                 .iter()
                 .map(|((endpoint, seg), (_, objects))| {
-                    transport.note_landed(endpoint, *seg, objects, deadline)
+                    let stamp = write_version
+                        .unwrap_or_else(|| objects.iter().map(|o| o.version).min().unwrap_or(0));
+                    transport.note_landed(endpoint, *seg, objects, stamp, deadline)
                 })
                 .collect::<Vec<_>>()
         })

@@ -94,8 +94,9 @@ pub struct TransferJob {
     pub remote_offset: u64,
     /// The local side.
     pub local: LocalSpan,
-    /// For a write: the version of the object being put (0: none, e.g. a replica
-    /// copy), so that the owner refuses a write started with an earlier master.
+    /// For a write: the version of the object being put, or the version the
+    /// master issued for a replica copy (0: none), so that the owner refuses a
+    /// write started with an earlier master.
     pub version: u64,
 }
 
@@ -121,13 +122,16 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Tells the owner of `segment` (at `endpoint`) which objects a finished write
     /// put there, so that its inventory has them before the write is acknowledged
-    /// (blocking). A transport whose peers learn about writes some other way
-    /// keeps this default.
+    /// (blocking). `write_version` is the version the writes carried (0: none):
+    /// an owner refuses a note older than its version floor, as it refuses such
+    /// writes. A transport whose peers learn about writes some other way keeps
+    /// this default.
     fn note_landed(
         &self,
         _endpoint: &str,
         _segment: SegmentId,
         _objects: &[Landed],
+        _write_version: u64,
         _deadline: Instant,
     ) -> MResult<()> {
         Ok(())
@@ -159,7 +163,13 @@ pub fn write_then_note<T: Transport + ?Sized>(
         .pop()
         .unwrap_or(Err(mooncake_proto::ErrorCode::InternalError));
     let noted = match written {
-        Ok(()) => transport.note_landed(&job.endpoint, job.segment_id, objects, deadline),
+        Ok(()) => transport.note_landed(
+            &job.endpoint,
+            job.segment_id,
+            objects,
+            job.version,
+            deadline,
+        ),
         Err(_) => Err(mooncake_proto::ErrorCode::TransferFail),
     };
     (written, noted)

@@ -243,7 +243,7 @@ impl TcpTransport {
             .send_to(job.local.offset, job.local.len, stream)
             .map_err(|e| std::io::Error::other(e.to_string()));
         let note = Header {
-            version: 0,
+            version: job.version,
             op: OP_LANDED,
             segment: job.segment_id,
             offset: 0,
@@ -271,11 +271,12 @@ impl TcpTransport {
         stream: &mut TcpStream,
         segment: SegmentId,
         body: &[u8],
+        write_version: u64,
         deadline: Instant,
     ) -> std::io::Result<MResult<()>> {
         until(stream, deadline)?;
         let header = Header {
-            version: 0,
+            version: write_version,
             op: OP_LANDED,
             segment,
             offset: 0,
@@ -330,6 +331,7 @@ impl Transport for TcpTransport {
         endpoint: &str,
         segment: SegmentId,
         objects: &[Landed],
+        write_version: u64,
         deadline: Instant,
     ) -> MResult<()> {
         // Large batches go in several notes, each under the server's cap.
@@ -345,7 +347,7 @@ impl Transport for TcpTransport {
         }
         for body in chunks.iter().filter(|b| !b.is_empty()) {
             match self.pooled(endpoint, deadline, true, |stream| {
-                Self::note(stream, segment, body, deadline)
+                Self::note(stream, segment, body, write_version, deadline)
             }) {
                 Ok(r) => r?,
                 Err(PoolFailure::Connect(code)) => return Err(code),

@@ -7,7 +7,8 @@
 //! length and the cluster token; the server answers an `i32` code (0 or
 //! `ILLEGAL_CLIENT`). Then requests follow, each a 40-byte header
 //! `op: u8, version: u56, segment: [u8; 16], offset: u64, len: u64`, where
-//! `version` is the version of the object a write belongs to (0: none given):
+//! `version` is the version a write carries (0: none given): the version of the
+//! object a put writes, or the version the master issued for a replica copy:
 //! - read (`op` 1): the server answers an `i32` code, then, when 0, `len` bytes;
 //! - write (`op` 2): `len` bytes follow the header; the server answers an `i32`
 //!   code once they are in place. A refused write closes the connection (the bytes
@@ -19,7 +20,10 @@
 //!   (`offset: u64, size: u64, version: u64, key_len: u32, key`), at most
 //!   [`MAX_NOTE_LEN`]; the owner records them in its inventory and answers an
 //!   `i32` code. So the owner knows every object in its segment before the write
-//!   is acknowledged, whatever happens to the master then.
+//!   is acknowledged, whatever happens to the master then. The header's
+//!   `version` is the one the writes carried, and a note below the floor is
+//!   refused (`INVALID_WRITE`) like its writes: recorded, it would list an
+//!   object in space the owner's new master may have given to another.
 //!
 //! Blocking sockets on plain threads: each transfer is one long copy loop, which the
 //! kernel runs best without an async reactor in between.
@@ -313,7 +317,7 @@ mod tests {
             untouched.iter().all(|&b| b == 0),
             "a refused write lands nothing"
         );
-        // The current master's writes, and untagged ones (copies), pass.
+        // The current master's writes pass, and untagged ones (an older peer's).
         assert_eq!(
             transport.run(&[write(1_000, 0), write(0, 4096)], deadline),
             vec![Ok(()), Ok(())]
@@ -327,18 +331,48 @@ mod tests {
         };
         let endpoint = server.local_addr().to_string();
         transport
-            .note_landed(&endpoint, id, std::slice::from_ref(&object), deadline)
+            .note_landed(
+                &endpoint,
+                id,
+                std::slice::from_ref(&object),
+                1_000,
+                deadline,
+            )
             .unwrap();
         assert_eq!(*noted.lock(), vec![(id, vec![object.clone()])]);
         let outside = Landed {
             offset: 1 << 20,
-            ..object
+            ..object.clone()
         };
         assert_eq!(
-            transport.note_landed(&endpoint, id, &[outside], deadline),
+            transport.note_landed(&endpoint, id, &[outside], 1_000, deadline),
             Err(ErrorCode::InvalidParams)
         );
         assert_eq!(noted.lock().len(), 1);
+        // A note of writes started with an earlier master (a copy's bytes that
+        // landed before the owner remounted, its note after) is refused too: the
+        // object it names may lie in space the new master gave to another. The
+        // object's own version does not matter (a copy keeps an old one); the
+        // version the writes carried does. The connection stays usable.
+        assert_eq!(
+            transport.note_landed(&endpoint, id, std::slice::from_ref(&object), 999, deadline),
+            Err(ErrorCode::InvalidWrite)
+        );
+        assert_eq!(noted.lock().len(), 1, "a stale note records nothing");
+        let old_object = Landed {
+            version: 3,
+            ..object
+        };
+        transport
+            .note_landed(
+                &endpoint,
+                id,
+                std::slice::from_ref(&old_object),
+                1_000,
+                deadline,
+            )
+            .unwrap();
+        assert_eq!(noted.lock().len(), 2);
     }
 
     #[test]

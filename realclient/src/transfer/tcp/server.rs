@@ -313,13 +313,15 @@ fn serve_connection(
             None => Err(ErrorCode::SegmentNotFound),
         };
         let floor = state.write_floor.load(Ordering::Acquire);
+        // A write or landed note started with an earlier master instance than
+        // the one this owner remounted with: that master may have handed the
+        // space out again.
+        let stale = matches!(h.op, OP_WRITE | OP_LANDED) && h.version != 0 && h.version < floor;
+        if stale && let Some(held_back) = STALE_WRITES.admit() {
+            tracing::warn!(%peer, op = h.op, version = h.version, floor, held_back, "refused a write or landed note started with an earlier master");
+        }
         let target = match target {
-            Ok(_) if h.op == OP_WRITE && h.version != 0 && h.version < floor => {
-                if let Some(held_back) = STALE_WRITES.admit() {
-                    tracing::warn!(%peer, version = h.version, floor, held_back, "refused a write started with an earlier master");
-                }
-                Err(ErrorCode::InvalidWrite)
-            }
+            Ok(_) if stale && h.op == OP_WRITE => Err(ErrorCode::InvalidWrite),
             other => other,
         };
         let target = match target {
@@ -370,6 +372,7 @@ fn serve_connection(
                 let mut body = vec![0u8; h.len as usize];
                 stream.read_exact(&mut body)?;
                 let code = match (&found, decode_landed(&body)) {
+                    _ if stale => ErrorCode::InvalidWrite.as_i32(),
                     (None, _) => ErrorCode::SegmentNotFound.as_i32(),
                     (Some(region), Some(objects))
                         if objects
