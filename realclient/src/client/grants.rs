@@ -54,6 +54,18 @@ impl Placed {
     }
 }
 
+/// A replica copy into the own disk tier under way (from
+/// [`RealClient::begin_local_copy`]).
+pub(super) struct LocalCopy<'a> {
+    client: &'a RealClient,
+}
+
+impl Drop for LocalCopy<'_> {
+    fn drop(&mut self) {
+        self.client.local_space.lock().local_copies -= 1;
+    }
+}
+
 /// Granted space to give back: where, and the grant epoch it was granted in.
 pub(super) struct GrantedRange {
     pub epoch: u64,
@@ -79,6 +91,9 @@ pub(super) struct LocalSpace {
     /// No grant is asked for before this (the last ask found no room).
     not_before: Option<Instant>,
     placed: u64,
+    /// Replica copies into this client's own disk tier under way (see
+    /// [`RealClient::begin_local_copy`]); a remount waits for them.
+    local_copies: usize,
 }
 
 impl LocalSpace {
@@ -282,6 +297,27 @@ impl RealClient {
                     .await;
             }
         });
+    }
+
+    /// Starts a replica copy into this client's own disk tier, planned by the
+    /// master of session `generation`: `None` while a remount is under way or
+    /// once another session began (that master may have handed the target space
+    /// out again; the copy's bytes must not land there). Counted until the
+    /// guard drops, and a remount waits for the count to reach zero, so no copy
+    /// started before it lands after it. (Copies to other hosts go through
+    /// their transfer ports, which refuse them by version.)
+    pub(super) fn begin_local_copy(&self, generation: u64) -> Option<LocalCopy<'_>> {
+        let mut space = self.local_space.lock();
+        if space.remounting || *self.master_generation.borrow() != generation {
+            return None;
+        }
+        space.local_copies += 1;
+        Some(LocalCopy { client: self })
+    }
+
+    /// Replica copies into the own disk tier under way.
+    pub(super) fn local_copies(&self) -> usize {
+        self.local_space.lock().local_copies
     }
 
     /// A remount starts: every grant is dropped (the master frees them when

@@ -219,7 +219,8 @@ impl RealClient {
     }
 
     /// Waits (up to [`SETTLE_WRITES`]) until no dummy is still copying into this
-    /// client's own segments for a write started before the remount. A master
+    /// client's own segments for a write started before the remount, and no
+    /// replica copy into the own disk tier is under way. A master
     /// that rebuilds from the inventory does not know those writes: once the
     /// remount is in, it may hand their space to other objects, and a copy still
     /// running there would land on them. A dummy is done copying when its
@@ -240,6 +241,7 @@ impl RealClient {
                     .values()
                     .filter(|w| !w.copied && w.replicas.iter().any(|r| own.contains(&r.segment_id)))
                     .count()
+                    + self.local_copies()
             };
             if in_flight == 0 {
                 return;

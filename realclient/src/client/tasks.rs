@@ -45,6 +45,9 @@ impl RealClient {
         task: &TaskAssignment,
     ) -> Result<(), ReplicaTaskError> {
         let failed = |step: &'static str, code: ErrorCode| ReplicaTaskError::Master { step, code };
+        // The session the plan comes from: a copy into the own disk tier runs
+        // only within it (see `begin_local_copy`).
+        let generation = *self.master_generation.borrow();
         let plan = master
             .replica_copy_start(
                 self.client_id,
@@ -83,6 +86,11 @@ impl RealClient {
         let mut written = 0;
         for t in &local {
             let disk = self.disk.as_ref().expect("partitioned on the disk tier");
+            let Some(_copying) = self.begin_local_copy(generation) else {
+                tracing::warn!(key = %task.key, "a copy into the disk tier planned before a remount is not made");
+                failed_segments.push(t.segment_id);
+                continue;
+            };
             match region.copy_to(plan.source.offset, &disk.region, t.offset, plan.source.size) {
                 Ok(()) => {
                     disk.sums.seal(t.offset, plan.source.size);

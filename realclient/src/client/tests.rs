@@ -462,6 +462,39 @@ async fn a_remount_waits_for_copies_into_the_segment_to_end() {
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remount_waits_for_copies_into_the_disk_tier_and_stops_those_planned_before_it() {
+    let c = Cluster::new(MasterConfig::default());
+    let a = c.client("host-a", 4 * MIB).await;
+    let planned_in = *a.master_generation.borrow();
+    // A replica copy into the own disk tier is under way: the remount waits.
+    let copying = a.begin_local_copy(planned_in).expect("no remount yet");
+    let remounting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.remount().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !remounting.is_finished(),
+        "the remount went ahead while a copy into the disk tier was running"
+    );
+    // Meanwhile no other copy starts.
+    assert!(a.begin_local_copy(planned_in).is_none());
+    drop(copying);
+    tokio::time::timeout(Duration::from_secs(2), remounting)
+        .await
+        .expect("the remount finished once the copy ended")
+        .unwrap()
+        .unwrap();
+    // A copy planned before the remount is not made after it (the new mount's
+    // master may have given its target space to another object); one planned
+    // now is.
+    assert!(a.begin_local_copy(planned_in).is_none());
+    let now = *a.master_generation.borrow();
+    assert_ne!(now, planned_in);
+    assert!(a.begin_local_copy(now).is_some());
+}
+
 /// Waits until the master granted `client` space in its segment.
 /// Waits until `client` holds granted space. (The master's gauge counts a
 /// grant before its answer reaches the client.)
