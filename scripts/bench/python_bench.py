@@ -10,6 +10,7 @@ Each figure is the median of ``--rounds`` rounds; latencies are per-call medians
 
 import argparse
 import ctypes
+import json
 import statistics
 import time
 import uuid
@@ -90,6 +91,8 @@ def main():
     p.add_argument("--master", default="127.0.0.1:50051", help="master (in_process mode)")
     p.add_argument("--segment", default="2GB", help="segment of the in-process client")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", help="also write the medians (seconds per call, keyed by "
+                   "size and operation; existence rates per second) to this file")
     args = p.parse_args()
 
     alloc = MooncakeHostMemAllocator()
@@ -108,8 +111,10 @@ def main():
     print("| size | memcpy GB/s | put p50 | get p50 | put_from p50 | get_into p50 | "
           "put_from GB/s (% memcpy) | get_into GB/s (% memcpy) | batch_put_from GB/s | batch_get_into GB/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    results = {"mode": args.mode, "sizes": {}}
     for size in SIZES:
         r = bench_size(store, size, buf_a, buf_b, args.rounds)
+        results["sizes"][str(size)] = r
         gbs = {k: size / v / 1e9 for k, v in r.items()}
         us = {k: v * 1e6 for k, v in r.items()}
         m = gbs["memcpy"]
@@ -121,6 +126,11 @@ def main():
     exist, batch_exist = bench_exist(store, args.rounds)
     print(f"\nis_exist: {exist / 1e3:.1f} k ops/s; batch_is_exist(128): {batch_exist / 1e6:.2f} M keys/s")
     store.close()
+    if args.json:
+        results["is_exist"] = exist
+        results["batch_is_exist"] = batch_exist
+        with open(args.json, "w") as f:
+            json.dump(results, f)
 
 
 if __name__ == "__main__":
