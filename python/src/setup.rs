@@ -163,10 +163,17 @@ pub fn transfer_sockbuf() -> usize {
         .unwrap_or(mooncake_realclient::transfer::tcp::DEFAULT_SOCKBUF)
 }
 
-/// Options of a dummy connection: `MC_DISABLE_CALL_RING` forces the socket.
+/// Options of a dummy connection: `MC_DISABLE_CALL_RING` forces the socket;
+/// `MC_RING_SPIN_US` sets how long a call spins for its answer on the call ring
+/// before the caller sleeps (default 50 µs, 300 µs for `setup()`'s client in this
+/// process).
 pub fn dummy_options() -> mooncake_dummyclient::ConnectOptions {
+    let spin = var("MC_RING_SPIN_US")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_micros);
     mooncake_dummyclient::ConnectOptions::default()
         .with_call_ring(std::env::var_os("MC_DISABLE_CALL_RING").is_none())
+        .with_ring_spin(spin)
 }
 
 /// The socket of the real client `setup_dummy` was pointed at: `host:port` names
