@@ -552,6 +552,22 @@ const RING_SPIN: Duration = Duration::from_micros(50);
 /// µs, and 58–68 / 55–60 µs spinning up to 200–400 µs.
 const IN_PROCESS_RING_SPIN: Duration = Duration::from_micros(300);
 
+/// Calls that move at least this many bytes through the real client spin no
+/// longer than [`RING_SPIN`].
+const BULK_CALL_BYTES: u64 = 1 << 20;
+
+/// The payload bytes `request` asks the real client to move from or into this
+/// process's memory (0 for calls that move none).
+fn bulk_bytes(request: &RingRequest) -> u64 {
+    let lens = |bufs: &[BufRef]| bufs.iter().map(|b| b.len).sum::<u64>();
+    match request {
+        RingRequest::GetInto { dests, .. } => dests.iter().map(|d| lens(d)).sum(),
+        RingRequest::PutComplete(items) => items.iter().map(|i| lens(&i.sources)).sum(),
+        RingRequest::PutDirect { items, .. } => items.iter().map(|(_, b)| lens(b)).sum(),
+        _ => 0,
+    }
+}
+
 /// How a dummy connects.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -594,7 +610,9 @@ impl ConnectOptions {
     /// sleeps. `None` (the default): 50 µs, or 300 µs with a real client in this
     /// process ([`DummyClient::connect_in_process`]), whose calls wait on the
     /// network. Longer spins keep the caller's core busy while it waits; shorter
-    /// ones pay a wake-up when the answer comes after them.
+    /// ones pay a wake-up when the answer comes after them. Calls that move 1 MiB
+    /// or more through the real client spin no longer than 50 µs (they last long
+    /// anyway, and a spinning caller would take a core from the copy).
     pub fn with_ring_spin(mut self, spin: Option<Duration>) -> Self {
         self.ring_spin = spin;
         self
@@ -837,7 +855,15 @@ impl DummyClient {
         let ring = conn.ring.as_ref()?;
         let bytes = postcard::to_stdvec(request).ok()?;
         let alive = || !conn.broken.load(Ordering::Relaxed);
-        match ring.call_while(&bytes, CALL_TIMEOUT, &alive) {
+        // A call that moves a lot of bytes through the real client lasts long
+        // whatever happens: spinning through its start would only take a core
+        // from the copy.
+        let spin = if bulk_bytes(request) >= BULK_CALL_BYTES {
+            self.shared.ring_spin.min(RING_SPIN)
+        } else {
+            self.shared.ring_spin
+        };
+        match ring.call_spinning(&bytes, CALL_TIMEOUT, &alive, spin) {
             Ok(answer) => match postcard::from_bytes::<RingResponse>(&answer) {
                 Ok(RingResponse::TooLarge | RingResponse::Malformed) | Err(_) => None,
                 Ok(r) => Some(Ok(r)),

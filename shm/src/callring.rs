@@ -345,6 +345,18 @@ impl CallRingClient {
         timeout: Duration,
         alive: &dyn Fn() -> bool,
     ) -> Result<Vec<u8>, ShmError> {
+        self.call_spinning(request, timeout, alive, self.spin)
+    }
+
+    /// [`call_while`](Self::call_while), polling for the answer for `spin`
+    /// (instead of the client's own) before sleeping.
+    pub fn call_spinning(
+        &self,
+        request: &[u8],
+        timeout: Duration,
+        alive: &dyn Fn() -> bool,
+        spin: Duration,
+    ) -> Result<Vec<u8>, ShmError> {
         let max = self.ring.shape.slot_size as usize;
         if request.len() > max {
             return Err(ShmError::TooLarge {
@@ -367,7 +379,7 @@ impl CallRingClient {
             return Err(e);
         }
         let state = self.ring.resp_state(resp);
-        let spin_until = Instant::now() + self.spin;
+        let spin_until = Instant::now() + spin;
         let mut spins = 0u32;
         loop {
             if state.load(Ordering::Acquire) == READY {
