@@ -345,17 +345,19 @@ impl CallRingClient {
         timeout: Duration,
         alive: &dyn Fn() -> bool,
     ) -> Result<Vec<u8>, ShmError> {
-        self.call_spinning(request, timeout, alive, self.spin)
+        self.call_spinning(request, timeout, alive, self.spin, &|| true)
     }
 
     /// [`call_while`](Self::call_while), polling for the answer for `spin`
-    /// (instead of the client's own) before sleeping.
+    /// (instead of the client's own) before sleeping, and only while
+    /// `keep_spinning` says so (checked every few microseconds).
     pub fn call_spinning(
         &self,
         request: &[u8],
         timeout: Duration,
         alive: &dyn Fn() -> bool,
         spin: Duration,
+        keep_spinning: &dyn Fn() -> bool,
     ) -> Result<Vec<u8>, ShmError> {
         let max = self.ring.shape.slot_size as usize;
         if request.len() > max {
@@ -388,7 +390,7 @@ impl CallRingClient {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) {
                 let now = Instant::now();
-                if now >= spin_until {
+                if now >= spin_until || !keep_spinning() {
                     let gone = now >= deadline || !alive();
                     if gone {
                         // Give the slot to the server to free when (if) it answers.
