@@ -31,7 +31,7 @@ mod staging;
 mod writes;
 
 pub use ranges::{KeyRanges, ObjectRange};
-pub use reads::OpenRead;
+pub use reads::{OpenRead, StagedRead, StartedRead};
 
 pub use hostmem::HostMemAllocator;
 pub use mooncake_proto::realclient::BufRef;
@@ -628,6 +628,9 @@ struct Shared {
     ring_spin: Duration,
     /// Ring calls in flight now, from all threads.
     ring_calls: AtomicUsize,
+    /// Room [`DummyClient::start_read`] offers a value of unknown size: the
+    /// largest it found too large lately.
+    read_room: AtomicU64,
     /// The pool values are staged through (`local_buffer_size`), when one is set.
     staging: Option<Arc<StagingPool>>,
     conn: RwLock<Option<Arc<Conn>>>,
@@ -818,6 +821,7 @@ impl DummyClient {
             reconnects: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             ring_calls: AtomicUsize::new(0),
+            read_room: AtomicU64::new(0),
         });
         let conn = runtime.block_on(shared.connect())?;
         *shared.conn.write() = Some(conn);

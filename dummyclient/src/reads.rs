@@ -55,6 +55,60 @@ impl DummyClient {
         })
     }
 
+    /// Begins reading a whole object of unknown size in one call. When it is on
+    /// another host, free space in the local buffer (`local_buffer_size`) is
+    /// offered for it, as much as the largest value this client read this way
+    /// lately (at least 64 KiB): one that fits comes in this call
+    /// ([`StartedRead::Staged`]). Otherwise (larger, no local buffer, or a
+    /// replica this side copies itself) it is looked up and its lease held
+    /// ([`StartedRead::Open`]), to be read without another lookup.
+    pub fn start_read(&self, key: &str) -> MResult<StartedRead<'_>> {
+        let conn = self.conn()?;
+        let pool = self.shared.staging.as_deref();
+        let room = self.read_room().min(pool.map_or(0, |p| p.capacity() / 4));
+        let offered = match (pool, conn.staging_base) {
+            (Some(pool), Some(base)) => Staging::offered(pool, base, room),
+            _ => None,
+        };
+        let dests = offered.as_ref().map_or_else(Vec::new, |st| {
+            vec![BufRef {
+                addr: st.base,
+                len: room,
+            }]
+        });
+        let asked = Instant::now();
+        let outcome = self
+            .get_into_call(&conn, vec![key.to_string()], vec![dests], true)
+            .pop()
+            .unwrap_or(Err(ErrorCode::InternalError))?;
+        let list = match outcome {
+            GetOutcome::Done(size) => {
+                let staging = offered.ok_or(ErrorCode::InternalError)?;
+                return Ok(StartedRead::Staged(StagedRead { staging, size }));
+            }
+            GetOutcome::Local(list) => list,
+            GetOutcome::Remote(list) => {
+                self.grow_read_room(list.size);
+                list
+            }
+        };
+        drop(offered);
+        if !self.copies_fit([list.size]) {
+            self.release_reads(&conn, grant_of(key, &list).into_iter().collect());
+            return Err(ErrorCode::InvalidParams);
+        }
+        Ok(StartedRead::Open(OpenRead {
+            client: self,
+            conn,
+            key: key.to_string(),
+            session: GetSession {
+                ipc_session: 0,
+                list,
+                granted: asked,
+            },
+        }))
+    }
+
     /// Reads objects into byte slices; per key the object size, `INVALID_PARAMS`
     /// when the buffer is too small, `OBJECT_NOT_FOUND` when missing.
     pub fn batch_get_into_slices(
@@ -120,21 +174,32 @@ impl DummyClient {
                 _ => Vec::new(),
             })
             .collect();
-        // Destinations of known size that the real client cannot reach get space
-        // in the staging pool up front, so a remote object comes in this one
-        // round instead of a second one.
+        // Destinations that the real client cannot reach get space in the staging
+        // pool up front, so a remote object comes in this one round instead of a
+        // second one: their size when known, else the room `start_read` offers
+        // (when that much is free now).
+        let room = self.read_room();
         let unreachable: Vec<(usize, u64)> = valid
             .iter()
             .enumerate()
-            .filter(|&(j, &i)| {
-                dests[j].is_empty() && !matches!(dsts[i], Some(Dst::Owned(_)) | None)
+            .filter(|&(j, &i)| dests[j].is_empty() && dsts[i].is_some())
+            .map(|(j, &i)| match &dsts[i] {
+                Some(Dst::Owned(_)) => (j, room),
+                d => (j, d.as_ref().map_or(0, Dst::capacity)),
             })
-            .map(|(j, &i)| (j, dsts[i].as_ref().map_or(0, Dst::capacity)))
             .collect();
         let wanted: u64 = unreachable.iter().map(|(_, n)| n).sum();
-        let prestaged = match Staging::pooled(&conn, self.shared.staging.as_deref(), wanted) {
-            Some(Ok(st)) => Some(st),
-            _ => None,
+        let unknown = valid
+            .iter()
+            .any(|&i| matches!(dsts[i], Some(Dst::Owned(_))));
+        let prestaged = match (self.shared.staging.as_deref(), conn.staging_base) {
+            (Some(pool), Some(base)) if unknown => {
+                Staging::offered(pool, base, wanted).filter(|_| wanted <= pool.capacity() / 4)
+            }
+            _ => match Staging::pooled(&conn, self.shared.staging.as_deref(), wanted) {
+                Some(Ok(st)) => Some(st),
+                _ => None,
+            },
         };
         // Where each prestaged destination's bytes land in the staging space.
         let mut staged_at: HashMap<usize, u64> = HashMap::new();
@@ -189,6 +254,9 @@ impl DummyClient {
                 }
                 Ok(GetOutcome::Remote(list)) => {
                     done_with.extend(grant_of(&keys[i], &list));
+                    if matches!(dst, Dst::Owned(_)) {
+                        self.grow_read_room(list.size);
+                    }
                     if dst.capacity() < list.size {
                         Err(ErrorCode::InvalidParams)
                     } else {
@@ -205,6 +273,22 @@ impl DummyClient {
         }
         self.release_reads(&conn, done_with);
         results
+    }
+
+    /// Room offered to a value of unknown size read from another host.
+    fn read_room(&self) -> u64 {
+        self.shared
+            .read_room
+            .load(Ordering::Relaxed)
+            .clamp(MIN_READ_ROOM, MAX_READ_ROOM)
+    }
+
+    /// A value of unknown size did not fit the room offered: offer that much
+    /// next time.
+    fn grow_read_room(&self, size: u64) {
+        self.shared
+            .read_room
+            .fetch_max(size.min(MAX_READ_ROOM), Ordering::Relaxed);
     }
 
     /// Whether copying calls moving values of these sizes stay within the
@@ -351,6 +435,61 @@ impl DummyClient {
                 }
             };
         }
+    }
+}
+
+/// Least room [`DummyClient::start_read`] offers a value of unknown size.
+const MIN_READ_ROOM: u64 = 64 << 10;
+/// Most room [`DummyClient::start_read`] offers (and never more than a quarter of
+/// the local buffer).
+const MAX_READ_ROOM: u64 = 64 << 20;
+
+/// A read begun by [`DummyClient::start_read`].
+pub enum StartedRead<'a> {
+    /// The whole value came in the first call and waits in the local buffer.
+    Staged(StagedRead<'a>),
+    /// The value is looked up and its lease held: read it with [`OpenRead`].
+    Open(OpenRead<'a>),
+}
+
+/// A value in the local buffer, held there until this is dropped.
+pub struct StagedRead<'a> {
+    staging: Staging<'a>,
+    size: u64,
+}
+
+impl StagedRead<'_> {
+    /// The value's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Copies the value into `dst` (at least [`size`](Self::size) bytes); its size.
+    pub fn read_into(&self, dst: &mut [u8]) -> MResult<u64> {
+        // SAFETY: `dst` is writable memory of this process, exclusively borrowed
+        // for the call, `dst.len()` bytes long.
+        unsafe { self.read_into_raw(dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// [`read_into`](Self::read_into) memory given by address, which may be
+    /// uninitialized.
+    ///
+    /// # Safety
+    /// `[dst, dst + len)` must be writable memory of this process that nothing
+    /// else reads or writes until this returns.
+    pub unsafe fn read_into_raw(&self, dst: *mut u8, len: usize) -> MResult<u64> {
+        if (len as u64) < self.size {
+            return Err(ErrorCode::InvalidParams);
+        }
+        // SAFETY: the caller promises `[dst, dst + len)` is writable and touched by
+        // nothing else meanwhile; `size <= len` was checked above.
+        unsafe {
+            self.staging
+                .region()
+                .read_into_raw(self.staging.start, dst, self.size)
+        }
+        .map_err(|e| e.code())?;
+        Ok(self.size)
     }
 }
 

@@ -79,6 +79,11 @@ impl StagingPool {
         }
     }
 
+    /// Space for `size` bytes when it is free now; never waits.
+    fn try_take(&self, size: u64) -> Option<u64> {
+        self.allocator.allocate(size).ok()
+    }
+
     fn give_back(&self, offset: u64) {
         let _ = self.allocator.free(offset);
         let _guard = self.waiters.lock();
@@ -124,6 +129,21 @@ impl<'a> Staging<'a> {
             base: pool_base + offset,
             hold: Hold::Pooled(pool, offset),
         }))
+    }
+
+    /// Space in `pool` (registered at `pool_base`) for `size` bytes when that
+    /// much is free now: room offered for a value of unknown size, never
+    /// waited for.
+    pub(crate) fn offered(pool: &'a StagingPool, pool_base: u64, size: u64) -> Option<Staging<'a>> {
+        if size == 0 || !pool.fits(size) {
+            return None;
+        }
+        let offset = pool.try_take(size)?;
+        Some(Staging {
+            start: offset,
+            base: pool_base + offset,
+            hold: Hold::Pooled(pool, offset),
+        })
     }
 
     pub(crate) fn new(

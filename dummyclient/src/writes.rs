@@ -153,6 +153,12 @@ impl DummyClient {
             Ok(c) => c,
             Err(e) => return vec![Err(e); keys.len()],
         };
+        if conn.local_segment().is_none() {
+            // No segment here to copy into: every byte goes through the real
+            // client anyway, so one call does the whole write.
+            self.put_through_real_client(&conn, keys, &srcs, &valid, config, upsert, &mut results);
+            return results;
+        }
         let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
         let sizes: Vec<u64> = valid
             .iter()
@@ -255,6 +261,98 @@ impl DummyClient {
             results[*i] = r;
         }
         results
+    }
+
+    /// A write with no local segment mapped here: the values the real client
+    /// cannot read where they are (plain memory) are staged first, then one
+    /// `put_direct` call starts the writes, sends the bytes to their replicas
+    /// and ends them. Fills `results` at the `valid` positions.
+    #[allow(clippy::too_many_arguments)]
+    fn put_through_real_client(
+        &self,
+        conn: &Conn,
+        keys: &[String],
+        srcs: &[Option<Src<'_>>],
+        valid: &[usize],
+        config: &ReplicateConfig,
+        upsert: bool,
+        results: &mut [MResult<()>],
+    ) {
+        let shared: Vec<Option<Vec<BufRef>>> = valid
+            .iter()
+            .map(|&i| match srcs[i].as_ref() {
+                Some(Src::Registered(spans)) => spans.iter().map(Span::shared_ref).collect(),
+                _ => None,
+            })
+            .collect();
+        let staging_size: u64 = valid
+            .iter()
+            .zip(&shared)
+            .filter(|(_, refs)| refs.is_none())
+            .map(|(&i, _)| srcs[i].as_ref().map_or(0, |s| s.len()))
+            .sum();
+        let staging = if staging_size > 0 {
+            match Staging::new(
+                conn,
+                &self.runtime,
+                self.shared.staging.as_deref(),
+                staging_size,
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot stage values for remote replicas: {e}");
+                    for &i in valid {
+                        results[i] = Err(e);
+                    }
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let mut items: Vec<(String, Vec<BufRef>)> = Vec::with_capacity(valid.len());
+        let mut positions: Vec<usize> = Vec::with_capacity(valid.len());
+        let mut at = 0;
+        for (&i, refs) in valid.iter().zip(shared) {
+            let refs = match (refs, &staging) {
+                (Some(refs), _) => refs,
+                (None, Some(st)) => {
+                    let src = srcs[i].as_ref().expect("valid");
+                    let len = src.len();
+                    if let Err(e) = src.copy_into(st.region(), st.start + at) {
+                        results[i] = Err(e);
+                        continue;
+                    }
+                    at += len;
+                    vec![BufRef {
+                        addr: st.base + at - len,
+                        len,
+                    }]
+                }
+                (None, None) => {
+                    results[i] = Err(ErrorCode::InternalError);
+                    continue;
+                }
+            };
+            items.push((keys[i].clone(), refs));
+            positions.push(i);
+        }
+        if items.is_empty() {
+            return;
+        }
+        let request = RingRequest::PutDirect {
+            items,
+            config: config.clone(),
+            upsert,
+        };
+        let ended = self.dispatch_batch(conn, positions.len(), request, |r| match r {
+            RingResponse::Units(v) => Some(v),
+            _ => None,
+        });
+        drop(staging);
+        for (i, r) in positions.into_iter().zip(ended) {
+            results[i] = r;
+        }
     }
 
     /// `put_start` through the call ring, or the socket when the ring cannot

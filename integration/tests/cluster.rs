@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mooncake_dummyclient::{DummyClient, HostMemAllocator, Item};
+use mooncake_dummyclient::{ConnectOptions, DummyClient, HostMemAllocator, Item, StartedRead};
 use mooncake_integration::*;
 use mooncake_proto::realclient::{BufRef, PutCompletion, RealClientServiceClient};
 use mooncake_proto::{ErrorCode, ReplicateConfig};
@@ -168,6 +168,147 @@ fn put_through_host_a_read_through_host_b() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(ring_calls > 0, "small calls take the shared-memory ring");
+}
+
+/// Reads of values whose size the caller does not know (Python's `get`), from
+/// a dummy with a local buffer: a value on another host that fits the room
+/// offered comes in the first call, a larger one is read with its lease held
+/// and makes the room grow; every byte is the value's, whatever the path.
+#[test]
+fn reads_of_unknown_size_take_one_call_when_the_value_fits_the_room_offered() {
+    let c = Cluster::start("room", 2);
+    let options = ConnectOptions::default().with_staging_budget(Some(64 << 20));
+    let a = DummyClient::connect_with_options(&c.paths[0].socket, "", options).unwrap();
+    let b = c.dummy(1);
+    let remote = |key: &str, len: usize| {
+        let config = ReplicateConfig::default().with_preferred_segments(vec![c.segment(1)]);
+        b.put(key, &value_for(key, len), &config).unwrap();
+    };
+    let read = |key: &str| -> (bool, Vec<u8>) {
+        match a.start_read(key).unwrap() {
+            StartedRead::Staged(staged) => {
+                let mut v = vec![0u8; staged.size() as usize];
+                assert_eq!(staged.read_into(&mut v), Ok(v.len() as u64));
+                (true, v)
+            }
+            StartedRead::Open(opened) => {
+                let mut v = vec![0u8; opened.size() as usize];
+                assert_eq!(opened.read_into(&mut v), Ok(v.len() as u64));
+                (false, v)
+            }
+        }
+    };
+    remote("small", 3000);
+    remote("big-1", 1 << 20);
+    remote("big-2", 1 << 20);
+    remote("bigger", (1 << 20) + 4096);
+    assert_eq!(read("small"), (true, value_for("small", 3000)));
+    // The first value over the room is looked up, then read with its lease...
+    assert_eq!(read("big-1"), (false, value_for("big-1", 1 << 20)));
+    // ...and values of that size then come in one call.
+    assert_eq!(read("big-2"), (true, value_for("big-2", 1 << 20)));
+    assert_eq!(read("big-1"), (true, value_for("big-1", 1 << 20)));
+    assert_eq!(
+        read("bigger"),
+        (false, value_for("bigger", (1 << 20) + 4096))
+    );
+    assert_eq!(read("small"), (true, value_for("small", 3000)));
+    // A value in this host's own segment is copied here, not staged.
+    let config = ReplicateConfig::default().with_preferred_segments(vec![c.segment(0)]);
+    a.put("here", &value_for("here", 70_000), &config).unwrap();
+    assert_eq!(read("here"), (false, value_for("here", 70_000)));
+    assert!(matches!(
+        a.start_read("missing"),
+        Err(ErrorCode::ObjectNotFound)
+    ));
+    // Whole-value reads of a batch, sizes unknown: each value complete.
+    let keys: Vec<String> = ["small", "big-1", "here", "missing", "bigger"]
+        .map(String::from)
+        .to_vec();
+    let got = a.batch_get(&keys);
+    assert_eq!(got[0], Ok(value_for("small", 3000)));
+    assert_eq!(got[1], Ok(value_for("big-1", 1 << 20)));
+    assert_eq!(got[2], Ok(value_for("here", 70_000)));
+    assert_eq!(got[3], Err(ErrorCode::ObjectNotFound));
+    assert_eq!(got[4], Ok(value_for("bigger", (1 << 20) + 4096)));
+    // The room offered is given back after each read.
+    for _ in 0..80 {
+        assert_eq!(read("big-2"), (true, value_for("big-2", 1 << 20)));
+    }
+}
+
+/// A dummy whose real client has no segment of its own (as Python's `setup()`
+/// with no segment) writes everything through it in one call per batch:
+/// values from registered memory and from plain bytes, small and large, a key
+/// that exists (kept), an upsert (replaced), a second replica; each reads back
+/// whole from another host, and a failed item fails alone.
+#[test]
+fn writes_through_a_client_without_a_segment_land_whole() {
+    let mut c = Cluster::start("noseg", 2);
+    let no_segment = Paths::new("noseg-x");
+    let client = ClientBuilder::new(&no_segment)
+        .with_master(&c.master_addr)
+        .with_size("0")
+        .start();
+    let options = ConnectOptions::default().with_staging_budget(Some(8 << 20));
+    let w = DummyClient::connect_with_options(&no_segment.socket, "", options).unwrap();
+    let r = c.dummy(1);
+    let sizes = [1usize, 4096, 100_000, (1 << 20) + 3, 3 << 20];
+    let src = registered(&w, 8 << 20);
+    let mem = HostMemAllocator::new();
+    let mut items = Vec::new();
+    let mut at = src;
+    for (i, &n) in sizes.iter().enumerate() {
+        let key = format!("reg-{i}");
+        mem.write(at, &value_for(&key, n)).unwrap();
+        items.push(Item::new(key, at, n as u64));
+        at += (n as u64).next_multiple_of(4096);
+    }
+    let config = ReplicateConfig::default();
+    assert_eq!(
+        w.batch_put_from(&items, &config, false),
+        vec![Ok(()); sizes.len()]
+    );
+    let values: Vec<(String, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("bytes-{i}"), value_for(&format!("bytes-{i}"), n)))
+        .collect();
+    let objects: Vec<(&str, &[u8])> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    assert_eq!(
+        w.batch_put(&objects, &config, false),
+        vec![Ok(()); sizes.len()]
+    );
+    for (i, &n) in sizes.iter().enumerate() {
+        for key in [format!("reg-{i}"), format!("bytes-{i}")] {
+            assert_eq!(r.get(&key), Ok(value_for(&key, n)), "{key}");
+        }
+    }
+    // A plain put of an existing key keeps the old value; an upsert replaces it.
+    assert_eq!(w.put("bytes-2", b"other", &config), Ok(()));
+    assert_eq!(r.get("bytes-2"), Ok(value_for("bytes-2", 100_000)));
+    assert_eq!(
+        w.batch_put(&[("bytes-2", b"newer")], &config, true),
+        vec![Ok(())]
+    );
+    assert_eq!(r.get("bytes-2"), Ok(b"newer".to_vec()));
+    // Memory that is not registered fails its item only.
+    let bad = Item::new("bad", 0x7fff_0000_0000, 4096);
+    let good = Item::new("good", src, 4096);
+    let out = w.batch_put_from(&[bad, good], &config, false);
+    assert_eq!(out, vec![Err(ErrorCode::InvalidParams), Ok(())]);
+    assert!(!r.is_exist("bad").unwrap());
+    // Two replicas, one on each host with a segment: either one serves.
+    let twice = ReplicateConfig::default().with_replica_num(2);
+    let big = value_for("twice", 2 << 20);
+    assert_eq!(w.put("twice", &big, &twice), Ok(()));
+    assert_eq!(r.get("twice"), Ok(big.clone()));
+    c.clients[0].kill9();
+    assert_eq!(r.get("twice"), Ok(big));
+    drop(client);
 }
 
 #[test]

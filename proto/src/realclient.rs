@@ -62,7 +62,9 @@ pub enum GetOutcome {
     Local(ReplicaList),
     /// The real client already moved this many bytes into the given buffers.
     Done(u64),
-    /// Only remote replicas and no registered destination was given.
+    /// Only remote replicas, and no registered destination was given or the one
+    /// given is smaller than the object: the lease is held for the dummy, which
+    /// reads the object in another call or releases it.
     Remote(ReplicaList),
 }
 

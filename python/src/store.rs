@@ -12,18 +12,13 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use mooncake_dummyclient::{BufRef, DummyClient, Item, KeyRanges, ObjectRange};
+use mooncake_dummyclient::{BufRef, DummyClient, Item, KeyRanges, ObjectRange, StartedRead};
 use mooncake_proto::{ErrorCode, MResult};
 use mooncake_realclient::background::BackgroundClient;
 
 use crate::pybuf::ByteView;
 use crate::setup::{SetupArgs, dummy_socket, size_from_py};
 use crate::types::{BufferHandle, PyTaskId, QueryTaskResponse, ReplicaDescriptor, ReplicateConfig};
-
-thread_local! {
-    /// Per-thread landing buffer of `get` for objects up to its size.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 << 10]);
-}
 
 /// How long `setup` waits for the master before giving up.
 const MASTER_WAIT: Duration = Duration::from_secs(5);
@@ -734,29 +729,16 @@ impl MooncakeDistributedStore {
         let Some(c) = self.connected() else {
             return empty();
         };
-        // Small objects: one call into this thread's scratch buffer, then one copy.
-        let small = py.detach(|| {
-            SCRATCH.with_borrow_mut(|scratch| {
-                let mut dst = [&mut scratch[..]];
-                c.dummy
-                    .batch_get_into_slices(std::slice::from_ref(&key), &mut dst)
-                    .remove(0)
-            })
-        });
-        match small {
-            Ok(n) => {
-                return SCRATCH.with_borrow(|scratch| PyBytes::new(py, &scratch[..n as usize]));
-            }
-            Err(ErrorCode::InvalidParams) => {}
-            Err(_) => return empty(),
-        }
-        // Large ones: one lookup gives the size and holds the lease, then the bytes
-        // go straight into the new object (no second master lookup; a fresh
-        // buffer for them would cost a page fault per 4 KiB, more than the copy).
-        let Ok(opened) = py.detach(|| c.dummy.open_read(&key)) else {
+        // One call: a value on another host that fits the room offered in the
+        // local buffer comes with it; any other is looked up and its lease held,
+        // and its bytes go straight into the new object without a second lookup.
+        let Ok(started) = py.detach(|| c.dummy.start_read(&key)) else {
             return empty();
         };
-        let size = opened.size() as usize;
+        let size = match &started {
+            StartedRead::Staged(staged) => staged.size(),
+            StartedRead::Open(opened) => opened.size(),
+        } as usize;
         // A new `bytes` left uninitialized: filling it with zeros first (as
         // `PyBytes::new_with` does) would touch every page once more, on one
         // thread, before the copy that splits over two.
@@ -776,7 +758,12 @@ impl MooncakeDistributedStore {
         let buffer = unsafe { pyo3::ffi::PyBytes_AsString(raw) } as usize;
         // SAFETY: as above: writable, `size` bytes, touched by nothing else
         // (the GIL released meanwhile guards nothing here: no one else holds it).
-        let read = py.detach(|| unsafe { opened.read_into_raw(buffer as *mut u8, size) });
+        let read = py.detach(|| unsafe {
+            match started {
+                StartedRead::Staged(staged) => staged.read_into_raw(buffer as *mut u8, size),
+                StartedRead::Open(opened) => opened.read_into_raw(buffer as *mut u8, size),
+            }
+        });
         match read {
             Ok(n) if n as usize == size => value,
             _ => empty(),

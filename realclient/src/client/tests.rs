@@ -276,6 +276,31 @@ async fn remote_put_and_get_through_the_transport() {
         .get_into(vec!["remote".into()], vec![vec![bad]], Some(&memory), false)
         .await;
     assert_eq!(out[0], Err(ErrorCode::InvalidParams));
+    // A destination smaller than the object (a caller that guessed the size)
+    // gets the replica list with its lease held, for a second round without
+    // another lookup; nothing is written.
+    memory.0.write(MIB / 2, &[7u8; 4096]).unwrap();
+    let short = memory.buf(MIB / 2, 4096);
+    let out = caller
+        .get_into(
+            vec!["remote".into()],
+            vec![vec![short]],
+            Some(&memory),
+            false,
+        )
+        .await;
+    let Ok(GetOutcome::Remote(list)) = &out[0] else {
+        panic!("expected the replica list, got {:?}", out[0]);
+    };
+    assert_eq!(list.size, bytes.len() as u64);
+    let mut untouched = vec![0u8; 4096];
+    memory.0.read(MIB / 2, &mut untouched).unwrap();
+    assert_eq!(untouched, vec![7u8; 4096]);
+    assert_eq!(
+        c.master.remove("remote", false),
+        Err(ErrorCode::ObjectHasLease),
+        "the lease is held for the caller"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,17 +83,16 @@ impl RealClient {
                 out.push(Ok(GetOutcome::Local(list)));
                 continue;
             }
-            if dests[i].is_empty() {
+            // No destination, or one too small (a caller that did not know the
+            // size): the list, its lease held, so the caller reads it in a
+            // second round without another lookup, or releases it.
+            let capacity: u64 = dests[i].iter().map(|d| d.len).sum();
+            if dests[i].is_empty() || capacity < list.size {
                 out.push(Ok(GetOutcome::Remote(list)));
                 continue;
             }
             if let Some(r) = list.replicas.first() {
                 done_with.push((keys[i].clone(), r.version));
-            }
-            let capacity: u64 = dests[i].iter().map(|d| d.len).sum();
-            if capacity < list.size {
-                out.push(Err(ErrorCode::InvalidParams));
-                continue;
             }
             match translate_all(memory, &dests[i], list.size) {
                 Ok(spans) => {

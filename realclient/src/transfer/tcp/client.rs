@@ -401,21 +401,22 @@ impl Transport for TcpTransport {
             }
         } else {
             let next = AtomicUsize::new(0);
-            std::thread::scope(|scope| {
-                for _ in 0..workers {
-                    scope.spawn(|| {
-                        loop {
-                            let k = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&(i, at, n)) = pieces.get(k) else {
-                                break;
-                            };
-                            if results[i].lock().is_err() {
-                                continue; // the job already failed
-                            }
-                            record(i, self.piece(&jobs[i], at, n, deadline));
-                        }
-                    });
+            let work = || loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(i, at, n)) = pieces.get(k) else {
+                    break;
+                };
+                if results[i].lock().is_err() {
+                    continue; // the job already failed
                 }
+                record(i, self.piece(&jobs[i], at, n, deadline));
+            };
+            // This thread takes pieces too: one thread fewer to start.
+            std::thread::scope(|scope| {
+                for _ in 1..workers {
+                    scope.spawn(work);
+                }
+                work();
             });
         }
         results.into_iter().map(|m| m.into_inner()).collect()
