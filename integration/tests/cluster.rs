@@ -19,13 +19,25 @@ struct Cluster {
 
 impl Cluster {
     fn start(tag: &str, hosts: usize) -> Cluster {
+        Self::start_with(tag, hosts, &[])
+    }
+
+    /// [`Cluster::start`] with `flags` given to every real client.
+    fn start_with(tag: &str, hosts: usize, flags: &[String]) -> Cluster {
         let (master, master_addr) = start_master(0);
         let paths: Vec<Paths> = (0..hosts)
             .map(|i| Paths::new(&format!("{tag}{i}")))
             .collect();
         let clients = paths
             .iter()
-            .map(|p| ClientBuilder::new(p).with_master(&master_addr).start())
+            .map(|p| {
+                flags
+                    .iter()
+                    .fold(ClientBuilder::new(p).with_master(&master_addr), |b, f| {
+                        b.with_arg(f.clone())
+                    })
+                    .start()
+            })
             .collect();
         Cluster {
             _master: master,
@@ -168,6 +180,71 @@ fn put_through_host_a_read_through_host_b() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(ring_calls > 0, "small calls take the shared-memory ring");
+}
+
+/// Two real clients on one host (one network namespace, one user): once one
+/// has mapped the other's segment (in the background, after their first
+/// transfer), reads and large writes between them are copies through the
+/// mapping instead of loopback TCP, byte for byte the same. With
+/// `--same_host_transfers=false` every byte goes over TCP.
+#[test]
+fn transfers_between_real_clients_on_one_host_copy_through_mapped_segments() {
+    let metric = |http: &str, name: &str| -> u64 {
+        let (_, body) = http_get(http, "/metrics").unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    for same_host in [true, false] {
+        let flag = format!("--same_host_transfers={same_host}");
+        let c = Cluster::start_with(&format!("sh{}", same_host as u8), 2, &[flag]);
+        let a = c.dummy(0);
+        let on_b = ReplicateConfig::default().with_preferred_segments(vec![c.segment(1)]);
+        let http = c.clients[0].ready_field("http").unwrap();
+        let len = 1usize << 20;
+        let src = registered(&a, 2 * len as u64);
+        let dst = registered(&a, 2 * len as u64);
+        let mem = HostMemAllocator::new();
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let mut keys = Vec::new();
+        for round in 0.. {
+            // A large value (copied once mapped) and a small one (TCP either way).
+            for (key, n) in [
+                (format!("big-{round}"), len),
+                (format!("small-{round}"), 3000),
+            ] {
+                mem.write(src, &value_for(&key, n)).unwrap();
+                assert_eq!(a.put_from(&key, src, n as u64, &on_b), Ok(()), "{key}");
+                mem.write(dst, &vec![0u8; n]).unwrap();
+                assert_eq!(a.get_into(&key, dst, n as u64), Ok(n as u64), "{key}");
+                assert!(read_back(dst, n) == value_for(&key, n), "{key} read back");
+                keys.push((key, n));
+            }
+            let read = metric(&http, "mooncake_client_same_host_read_bytes_total");
+            let written = metric(&http, "mooncake_client_same_host_write_bytes_total");
+            if !same_host {
+                assert_eq!((read, written), (0, 0), "TCP only when turned off");
+                if round == 3 {
+                    break;
+                }
+            } else if read >= 2 * len as u64 && written >= 2 * len as u64 {
+                // Small writes keep TCP.
+                assert_eq!(written % len as u64, 0, "only large writes are copied");
+                break;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the peer's segment was never mapped"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The holder serves every object from its own segment to its own dummy.
+        let b = c.dummy(1);
+        for (key, n) in &keys {
+            assert_eq!(b.get(key), Ok(value_for(key, *n)), "{key} on the holder");
+        }
+    }
 }
 
 /// Reads of values whose size the caller does not know (Python's `get`), from

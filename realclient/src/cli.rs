@@ -114,6 +114,19 @@ struct ClientArgs {
         value_parser = mooncake_daemon::gflags::bool_value
     )]
     local_exist: bool,
+    /// Move the bytes of transfers with real clients on this host (the same
+    /// network namespace, the same user) through their segments mapped here,
+    /// and let them map this one, instead of over loopback TCP (default).
+    /// `--same_host_transfers=false` keeps every transfer on TCP.
+    #[arg(
+        long = "same_host_transfers",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = mooncake_daemon::gflags::bool_value
+    )]
+    same_host_transfers: bool,
     /// A disk tier under the segment (upstream's flag): offloaded copies go to a
     /// file in `--offload_dir`, and come back on read (docs/DISK.md).
     #[arg(
@@ -218,6 +231,7 @@ fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     config.keep_segment = args.keep_segment;
     config.local_placement = args.local_placement;
     config.local_exist = args.local_exist;
+    config.same_host_transfers = args.same_host_transfers;
     if args.enable_offload {
         let Some(dir) = args.offload_dir.clone() else {
             anyhow::bail!(

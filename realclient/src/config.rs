@@ -64,6 +64,9 @@ pub struct RealClientConfig {
     pub local_placement: bool,
     /// Answer existence of objects held here without asking the master.
     pub local_exist: bool,
+    /// Copy to and from real clients on this host through their segments
+    /// mapped here, and let them map this one (`--same_host_transfers`).
+    pub same_host_transfers: bool,
 }
 
 impl RealClientConfig {
@@ -95,6 +98,7 @@ impl RealClientConfig {
             offload: None,
             local_placement: true,
             local_exist: true,
+            same_host_transfers: true,
         }
     }
 

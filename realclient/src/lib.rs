@@ -183,6 +183,7 @@ pub async fn run(
         "serving dummy clients on {}",
         config.ipc_socket_path.display()
     );
+    client.offer_same_host(&config.ipc_socket_path);
 
     let tcp = if config.serve_tcp {
         let addr = format!("{}:{}", config.bind_host, config.port);
@@ -322,7 +323,7 @@ fn http_router(client: Arc<RealClient>) -> Router {
         .route(
             "/metrics",
             get(|State(c): State<Arc<RealClient>>| async move {
-                let mut text = c.metrics.render(c.bytes_served());
+                let mut text = c.metrics.render(c.bytes_served(), c.same_host_bytes());
                 if let Some(disk) = c.disk() {
                     text.push_str(&disk.render_metrics());
                 }

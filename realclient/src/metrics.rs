@@ -136,7 +136,7 @@ impl ClientMetrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, served: (u64, u64)) -> String {
+    pub fn render(&self, served: (u64, u64), same_host: (u64, u64)) -> String {
         let mut e = Exposition::new();
         let families: [PerOpFamily; 3] = [
             (
@@ -196,6 +196,16 @@ impl ClientMetrics {
                 self.transfer_write_bytes.load(Relaxed),
             ),
             (
+                "mooncake_client_same_host_read_bytes_total",
+                "Of the bytes read from other real clients, those copied from their segments mapped here (same host).",
+                same_host.0,
+            ),
+            (
+                "mooncake_client_same_host_write_bytes_total",
+                "Of the bytes written to other real clients, those copied into their segments mapped here (same host).",
+                same_host.1,
+            ),
+            (
                 "mooncake_client_served_read_bytes_total",
                 "Bytes other hosts read from this segment.",
                 served.0,
@@ -246,7 +256,7 @@ mod tests {
         let m = ClientMetrics::default();
         m.record(Op::Exist, Duration::from_micros(40), 128, 0);
         m.record(Op::Exist, Duration::from_micros(700), 1, 1);
-        let text = m.render((0, 0));
+        let text = m.render((0, 0), (0, 0));
         assert!(text.contains("mooncake_client_requests_total{op=\"exist\"} 2"));
         assert!(text.contains("mooncake_client_keys_total{op=\"exist\"} 129"));
         assert!(text.contains("mooncake_client_key_errors_total{op=\"exist\"} 1"));

@@ -460,6 +460,7 @@ impl RealClient {
         }
         let config_token = config.cluster_token.clone();
         let sockbuf = config.transfer_sockbuf;
+        let same_host = config.same_host_transfers;
         let client = Arc::new(RealClient {
             config,
             client_id,
@@ -477,8 +478,13 @@ impl RealClient {
             local_space: Default::default(),
             exist_index: Default::default(),
             healthy: AtomicBool::new(false),
-            transport: transport
-                .unwrap_or_else(|| Arc::new(TcpTransport::new(config_token).with_sockbuf(sockbuf))),
+            transport: transport.unwrap_or_else(|| {
+                let tcp = TcpTransport::new(config_token.clone()).with_sockbuf(sockbuf);
+                Arc::new(match same_host {
+                    true => tcp.with_same_host(tokio::runtime::Handle::current(), &config_token),
+                    false => tcp,
+                })
+            }),
             transfer_server: transfer_server.map(Arc::new),
             metrics: ClientMetrics::default(),
             shutdown,
@@ -560,9 +566,27 @@ impl RealClient {
             .unwrap_or((0, 0))
     }
 
+    /// Bytes this client copied through other real clients' segments mapped
+    /// here (same host), instead of over TCP: `(read, written)`.
+    pub fn same_host_bytes(&self) -> (u64, u64) {
+        self.transport.same_host_bytes()
+    }
+
     /// The transfer port's address, when this client has a segment.
     pub fn transfer_addr(&self) -> Option<std::net::SocketAddr> {
         self.transfer_server.as_ref().map(|s| s.local_addr())
+    }
+
+    /// Lets real clients on this host map the global segment through the Unix
+    /// socket at `socket` (see `--same_host_transfers`).
+    pub fn offer_same_host(&self, socket: &std::path::Path) {
+        if let (true, Some(server), Some(_)) = (
+            self.config.same_host_transfers,
+            &self.transfer_server,
+            &self.segment,
+        ) {
+            server.offer_same_host(socket);
+        }
     }
 
     /// Records objects a peer wrote into this client's segment (its landed note).

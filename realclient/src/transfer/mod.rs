@@ -120,6 +120,12 @@ pub trait Transport: Send + Sync + 'static {
     /// `deadline` (reads past it give `LEASE_EXPIRED`, writes `TRANSFER_FAIL`).
     fn run(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>>;
 
+    /// Bytes copied through peers' segments mapped in this process instead of
+    /// sent to them (peers on this host): `(read, written)`.
+    fn same_host_bytes(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
     /// Tells the owner of `segment` (at `endpoint`) which objects a finished write
     /// put there, so that its inventory has them before the write is acknowledged
     /// (blocking). `write_version` is the version the writes carried (0: none):

@@ -10,6 +10,8 @@ pub struct TcpTransport {
     idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
     max_streams: usize,
     split_min: u64,
+    /// Peers on this host whose segments are mapped here.
+    pub(super) same_host: Option<samehost::SameHost>,
 }
 
 impl TcpTransport {
@@ -23,7 +25,16 @@ impl TcpTransport {
             idle: Mutex::new(HashMap::new()),
             max_streams: 4,
             split_min: 1 << 20,
+            same_host: None,
         }
+    }
+
+    /// Copies to and from peers on this host through their segments mapped
+    /// here (mapped by tasks on `runtime`, presenting `token` on their Unix
+    /// sockets) instead of over TCP; see `samehost`.
+    pub fn with_same_host(mut self, runtime: tokio::runtime::Handle, token: &str) -> Self {
+        self.same_host = samehost::SameHost::new(runtime, token.to_string());
+        self
     }
 
     /// Socket buffer size for its connections (0 = kernel autotuning).
@@ -101,7 +112,7 @@ impl TcpTransport {
     /// request here is idempotent). The connection goes back to the pool after a
     /// success, and after a refusal when `keep_after_refusal` (the peer answered
     /// and keeps the connection). `Err` only when no connection could carry it.
-    fn pooled(
+    pub(super) fn pooled(
         &self,
         endpoint: &str,
         deadline: Instant,
@@ -300,6 +311,7 @@ impl Transport for TcpTransport {
         let one_piece = job.local.len < 2 * self.split_min;
         if job.direction != Direction::Write
             || !one_piece
+            || self.writes_same_host(job, deadline)
             || body.len() as u64 > MAX_NOTE_LEN
             || job
                 .local
@@ -357,6 +369,15 @@ impl Transport for TcpTransport {
         Ok(())
     }
 
+    fn same_host_bytes(&self) -> (u64, u64) {
+        self.same_host.as_ref().map_or((0, 0), |sh| {
+            (
+                sh.read_bytes.load(Ordering::Relaxed),
+                sh.written_bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     fn run(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>> {
         for job in jobs {
             if job
@@ -369,6 +390,27 @@ impl Transport for TcpTransport {
                 return jobs.iter().map(|_| Err(ErrorCode::InvalidParams)).collect();
             }
         }
+        let mut out: Vec<Option<MResult<()>>> = vec![None; jobs.len()];
+        self.run_same_host(jobs, deadline, &mut out);
+        if out.iter().all(Option::is_none) {
+            return self.run_tcp(jobs, deadline);
+        }
+        let rest: Vec<usize> = (0..jobs.len()).filter(|&i| out[i].is_none()).collect();
+        if !rest.is_empty() {
+            let over_tcp: Vec<TransferJob> = rest.iter().map(|&i| jobs[i].clone()).collect();
+            for (i, r) in rest.into_iter().zip(self.run_tcp(&over_tcp, deadline)) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or(Err(ErrorCode::InternalError)))
+            .collect()
+    }
+}
+
+impl TcpTransport {
+    /// [`Transport::run`] over TCP: large jobs split across parallel streams.
+    fn run_tcp(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>> {
         let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             let len = job.local.len;
@@ -424,7 +466,7 @@ impl Transport for TcpTransport {
 }
 
 /// Bounds every read and write on `stream` by `deadline` (`TimedOut` once past it).
-fn until(stream: &TcpStream, deadline: Instant) -> std::io::Result<()> {
+pub(super) fn until(stream: &TcpStream, deadline: Instant) -> std::io::Result<()> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
         return Err(std::io::ErrorKind::TimedOut.into());
@@ -434,7 +476,7 @@ fn until(stream: &TcpStream, deadline: Instant) -> std::io::Result<()> {
 }
 
 /// Why [`TcpTransport::pooled`] could not carry a request.
-enum PoolFailure {
+pub(super) enum PoolFailure {
     /// No connection could be made (the code says why).
     Connect(ErrorCode),
     /// The connection failed in the middle of the request.

@@ -24,6 +24,14 @@
 //!   `version` is the one the writes carried, and a note below the floor is
 //!   refused (`INVALID_WRITE`) like its writes: recorded, it would list an
 //!   object in space the owner's new master may have given to another.
+//! - begin (`op` 4): a writer on the same host, about to copy `len` bytes into
+//!   the segment through its own mapping of it (see `samehost`), asks first; the
+//!   server checks the range and the version as for a write and answers an `i32`
+//!   code. No bytes follow; a landed note ends the write as for one over TCP.
+//! - local (`op` 5): the server answers an `i32` code, then (when 0) a `u32`
+//!   length and that many bytes: its network namespace (`u64`) and the path of
+//!   its Unix socket, through which a real client on the same host maps its
+//!   segment (code `NOT_SUPPORTED`: it offers none).
 //!
 //! Blocking sockets on plain threads: each transfer is one long copy loop, which the
 //! kernel runs best without an async reactor in between.
@@ -32,7 +40,9 @@
 //!
 //! - this file: the wire format (header, codes, hello) and socket tuning;
 //! - `client`: [`TcpTransport`], the pooled client side;
-//! - `server`: [`TransferServer`], the transfer port.
+//! - `server`: [`TransferServer`], the transfer port;
+//! - `samehost`: peers on this host, whose segments are mapped here and copied
+//!   to and from directly.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -52,9 +62,11 @@ use mooncake_shm::{Gate, Region};
 use super::{Direction, Landed, TransferJob, Transport};
 
 mod client;
+mod samehost;
 mod server;
 
 pub use client::TcpTransport;
+use client::{PoolFailure, until};
 pub use server::TransferServer;
 
 /// Hello magic: "MCXFER" and the two-digit version of this wire format (02: the
@@ -66,6 +78,10 @@ const HEADER_LEN: usize = 40;
 const OP_READ: u8 = 1;
 const OP_WRITE: u8 = 2;
 const OP_LANDED: u8 = 3;
+const OP_BEGIN: u8 = 4;
+const OP_LOCAL: u8 = 5;
+/// The largest answer to a local request (a socket path fits in 108 bytes).
+const MAX_LOCAL_ANSWER: usize = 4096;
 /// The largest landed note (about 10 000 objects of 64-byte keys).
 pub const MAX_NOTE_LEN: u64 = 1 << 20;
 const MAX_TOKEN_LEN: usize = 4096;
@@ -581,5 +597,59 @@ mod tests {
         let r =
             TcpTransport::new("").run(&[job(Direction::Read, &server, id, 0, &local, 4096)], past);
         assert!(r[0].is_err());
+    }
+
+    #[test]
+    fn same_host_writers_ask_first_and_are_refused_as_tcp_writers_are() {
+        let (_seg, id, server, _noted) = noting_server();
+        let transport = TcpTransport::new("tok");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let endpoint = server.local_addr().to_string();
+        // A port that offers nothing says so.
+        assert_eq!(transport.ask_local(&endpoint, deadline), None);
+        server.offer_same_host(std::path::Path::new("/tmp/some.sock"));
+        let (netns, socket) = transport.ask_local(&endpoint, deadline).unwrap();
+        assert_eq!(Some(netns), samehost::network_namespace());
+        assert_eq!(socket, std::path::PathBuf::from("/tmp/some.sock"));
+        // Begins are checked as writes: range, segment, version floor.
+        let local = region(1 << 20);
+        let write = |offset: u64, len: u64, version: u64, segment: SegmentId| TransferJob {
+            version,
+            segment_id: segment,
+            ..job(Direction::Write, &server, id, offset, &local, len)
+        };
+        server.refuse_writes_below(100);
+        let jobs = [
+            write(0, 4096, 100, id),
+            write(0, 4096, 99, id),
+            write(1 << 20, 4096, 100, id),
+            write(0, 4096, 100, Uuid::new_v4()),
+            write(4096, 8192, 0, id),
+        ];
+        let asked: Vec<&TransferJob> = jobs.iter().collect();
+        assert_eq!(
+            transport.begin_writes(&endpoint, &asked, deadline),
+            vec![
+                Ok(()),
+                Err(ErrorCode::InvalidWrite),
+                Err(ErrorCode::InvalidParams),
+                Err(ErrorCode::SegmentNotFound),
+                Ok(()),
+            ]
+        );
+        // The connection stays usable after refusals.
+        assert!(
+            transport.run(
+                &[job(Direction::Read, &server, id, 0, &local, 4096)],
+                deadline
+            )[0]
+            .is_ok()
+        );
+        let (_, written) = server.bytes_served();
+        assert_eq!(
+            written,
+            4096 + 8192,
+            "accepted begins count as bytes written"
+        );
     }
 }

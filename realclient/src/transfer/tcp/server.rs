@@ -22,6 +22,9 @@ struct ServerState {
     on_landed: std::sync::OnceLock<LandedHook>,
     /// Writes of an older object version were started with an earlier master.
     write_floor: AtomicU64,
+    /// What a real client on this host needs to map the segment itself:
+    /// this process's network namespace and its Unix socket.
+    local: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// Stale writes refused are logged at most once a second.
@@ -89,6 +92,7 @@ impl TransferServer {
             bytes_in: AtomicU64::new(0),
             on_landed: std::sync::OnceLock::new(),
             write_floor: AtomicU64::new(0),
+            local: std::sync::OnceLock::new(),
         });
         let accept_state = state.clone();
         let accept = std::thread::Builder::new()
@@ -104,6 +108,21 @@ impl TransferServer {
     /// Where landed notes go (set once; notes before it are answered and dropped).
     pub fn on_landed(&self, hook: LandedHook) {
         let _ = self.state.on_landed.set(hook);
+    }
+
+    /// Tells real clients on this host (the same network namespace) that they
+    /// may map the global segment through the Unix socket at `socket` and copy
+    /// to and from it themselves, instead of sending the bytes over TCP.
+    pub fn offer_same_host(&self, socket: &std::path::Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(netns) = samehost::network_namespace() else {
+            return;
+        };
+        let mut answer = netns.to_le_bytes().to_vec();
+        answer.extend_from_slice(socket.as_os_str().as_bytes());
+        if answer.len() <= MAX_LOCAL_ANSWER {
+            let _ = self.state.local.set(answer);
+        }
     }
 
     /// From now on refuses writes of objects older than `version` (with
@@ -316,12 +335,15 @@ fn serve_connection(
         // A write or landed note started with an earlier master instance than
         // the one this owner remounted with: that master may have handed the
         // space out again.
-        let stale = matches!(h.op, OP_WRITE | OP_LANDED) && h.version != 0 && h.version < floor;
+        let stale =
+            matches!(h.op, OP_WRITE | OP_BEGIN | OP_LANDED) && h.version != 0 && h.version < floor;
         if stale && let Some(held_back) = STALE_WRITES.admit() {
             tracing::warn!(%peer, op = h.op, version = h.version, floor, held_back, "refused a write or landed note started with an earlier master");
         }
         let target = match target {
-            Ok(_) if stale && h.op == OP_WRITE => Err(ErrorCode::InvalidWrite),
+            Ok(_) if stale && matches!(h.op, OP_WRITE | OP_BEGIN) => Err(ErrorCode::InvalidWrite),
+            // The disk tier sums what it receives: only this port writes it.
+            Ok(_) if h.op == OP_BEGIN && sums.is_some() => Err(ErrorCode::InvalidParams),
             other => other,
         };
         let target = match target {
@@ -364,6 +386,20 @@ fn serve_connection(
                 let _ = reply(&mut stream, code.as_i32());
                 return Err(std::io::Error::other(format!("refused a write: {code}")));
             }
+            (OP_BEGIN, Ok(_)) => {
+                state.bytes_in.fetch_add(h.len, Ordering::Relaxed);
+                reply(&mut stream, 0)?;
+            }
+            (OP_BEGIN, Err(code)) => reply(&mut stream, code.as_i32())?,
+            (OP_LOCAL, _) => match state.local.get() {
+                Some(answer) => {
+                    let mut message = 0i32.to_le_bytes().to_vec();
+                    message.extend_from_slice(&(answer.len() as u32).to_le_bytes());
+                    message.extend_from_slice(answer);
+                    stream.write_all(&message)?;
+                }
+                None => reply(&mut stream, ErrorCode::NotSupported.as_i32())?,
+            },
             (OP_LANDED, _) if h.len > MAX_NOTE_LEN => {
                 let _ = reply(&mut stream, ErrorCode::InvalidParams.as_i32());
                 return Err(std::io::Error::other("landed note too long"));
