@@ -130,7 +130,17 @@ pub fn client_config(
     config.cluster_token = cluster_token();
     config.region = region_options();
     config.transfer_sockbuf = transfer_sockbuf();
+    config.same_host_transfers = same_host_transfers();
     Ok(config)
+}
+
+/// Whether transfers with real clients on this host copy through their mapped
+/// segments (`--same_host_transfers`): `MC_SAME_HOST_TRANSFERS=0` keeps them on TCP.
+pub fn same_host_transfers() -> bool {
+    !matches!(
+        var("MC_SAME_HOST_TRANSFERS").as_deref().map(str::trim),
+        Some("0" | "false" | "off" | "no")
+    )
 }
 
 // The process environment is read here and in the command lines only; everything
