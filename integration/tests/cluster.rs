@@ -239,6 +239,13 @@ fn transfers_between_real_clients_on_one_host_copy_through_mapped_segments() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The holder counts the mapping client as a peer, not as a dummy.
+        let holder = c.clients[1].ready_field("http").unwrap();
+        assert_eq!(
+            metric(&holder, "mooncake_client_peer_mappings"),
+            same_host as u64
+        );
+        assert_eq!(metric(&holder, "mooncake_client_dummy_connections"), 0);
         // The holder serves every object from its own segment to its own dummy.
         let b = c.dummy(1);
         for (key, n) in &keys {

@@ -152,6 +152,10 @@ pub trait RealClientService {
     async fn info() -> RealClientInfo;
     /// `Ok` when the real client is connected to a master.
     async fn ping() -> MResult<()>;
+    /// Says this connection is another real client on this host, which maps the
+    /// segment to copy its own transfers with this one (not a dummy): it is
+    /// counted apart from the dummies.
+    async fn attach_peer() -> MResult<()>;
     /// Starts writes (`upsert` replaces existing values). Existing keys give
     /// `OBJECT_ALREADY_EXISTS` for plain puts.
     ///

@@ -250,6 +250,7 @@ pub async fn run(
                     let (session, transport) = conn.into_transport();
                     client.metrics.dummy_connected(1);
                     let handler = service::Handler::new(client.clone(), Some(session.clone()));
+                    let peer = handler.peer_flag();
                     let serving = BaseChannel::with_defaults(transport)
                         .execute(handler.serve())
                         .for_each(|f| {
@@ -264,7 +265,11 @@ pub async fn run(
                     session.close(DRAIN_TIMEOUT).await;
                     // Writes the dummy started and never finished will not be.
                     client.revoke_writes_of(session.id()).await;
-                    client.metrics.dummy_connected(-1);
+                    if peer.load(std::sync::atomic::Ordering::Acquire) {
+                        client.metrics.peer_mapping(-1);
+                    } else {
+                        client.metrics.dummy_connected(-1);
+                    }
                 });
             }
         }

@@ -62,6 +62,7 @@ pub struct ClientMetrics {
     transfer_write_bytes: AtomicU64,
     dummy_connections: AtomicI64,
     dummy_connections_total: AtomicU64,
+    peer_mappings: AtomicI64,
     ring_requests: AtomicU64,
     placed_writes: AtomicU64,
 }
@@ -113,6 +114,12 @@ impl ClientMetrics {
         if delta > 0 {
             self.dummy_connections_total.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A connection turned out to be another real client on this host mapping
+    /// the segment (`+1`), or such a one left (`-1`).
+    pub fn peer_mapping(&self, delta: i64) {
+        self.peer_mappings.fetch_add(delta, Relaxed);
     }
 
     /// Dummies connected now.
@@ -242,6 +249,11 @@ impl ClientMetrics {
             "mooncake_client_dummy_connections",
             "Dummy clients connected now.",
             self.dummy_connections(),
+        );
+        e.gauge(
+            "mooncake_client_peer_mappings",
+            "Other real clients on this host that map this segment now (same-host transfers).",
+            self.peer_mappings.load(Relaxed),
         );
         e.finish()
     }

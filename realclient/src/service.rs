@@ -28,6 +28,8 @@ pub struct Handler {
     session: Option<Arc<Session>>,
     /// Call rings attached on this connection.
     rings: Arc<AtomicUsize>,
+    /// Whether the connection is another real client mapping the segment.
+    peer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Call rings one connection may attach.
@@ -40,7 +42,13 @@ impl Handler {
             client,
             session,
             rings: Arc::new(AtomicUsize::new(0)),
+            peer: Arc::default(),
         }
+    }
+
+    /// Set once the connection says it is another real client (`attach_peer`).
+    pub fn peer_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.peer.clone()
     }
 
     /// The dummy's registered memory, through which the core reaches its buffers.
@@ -80,6 +88,17 @@ impl RealClientService for Handler {
             hostname: self.client.hostname(),
             disk: self.client.disk().map(|d| d.desc.clone()),
         }
+    }
+
+    async fn attach_peer(self, _: Context) -> MResult<()> {
+        if self.session.is_none() {
+            return Err(ErrorCode::InvalidParams);
+        }
+        if !self.peer.swap(true, Ordering::AcqRel) {
+            self.client.metrics.dummy_connected(-1);
+            self.client.metrics.peer_mapping(1);
+        }
+        Ok(())
     }
 
     async fn ping(self, _: Context) -> MResult<()> {

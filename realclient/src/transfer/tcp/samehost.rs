@@ -141,7 +141,9 @@ impl SameHost {
                         tokio::time::sleep(PEER_PING).await;
                         let mut ctx = tarpc::context::current();
                         ctx.deadline = Instant::now() + PEER_PING * 2;
-                        if !matches!(rpc.ping(ctx).await, Ok(Ok(()))) {
+                        // Only a connection that fails ends it (a peer between
+                        // masters answers, with an error).
+                        if rpc.ping(ctx).await.is_err() {
                             break;
                         }
                     }
@@ -183,6 +185,11 @@ async fn map(
         .await
         .map_err(|e| e.to_string())?;
     let id = info.segment.as_ref().ok_or("no segment")?.id;
+    // Counted as a peer there, not as one of its dummies.
+    rpc.attach_peer(tarpc::context::current())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|code| format!("attach_peer: {code}"))?;
     // Populated now, in the background, so no copy pays first-touch faults
     // (dummies map the segment the same way).
     let region = ipc
