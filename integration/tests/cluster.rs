@@ -251,6 +251,21 @@ fn transfers_between_real_clients_on_one_host_copy_through_mapped_segments() {
         for (key, n) in &keys {
             assert_eq!(b.get(key), Ok(value_for(key, *n)), "{key} on the holder");
         }
+        // A holder that dies is unmapped within seconds: its memory is not kept
+        // alive by the other client.
+        let maps_holder = |c: &Cluster| {
+            let maps =
+                std::fs::read_to_string(format!("/proc/{}/maps", c.clients[0].pid())).unwrap();
+            maps.contains(&*c.paths[1].segment.to_string_lossy())
+        };
+        assert_eq!(maps_holder(&c), same_host);
+        drop(b);
+        let mut c = c;
+        c.clients[1].kill9();
+        assert!(
+            wait_until(Duration::from_secs(10), || !maps_holder(&c)),
+            "the dead holder's segment is still mapped"
+        );
     }
 }
 

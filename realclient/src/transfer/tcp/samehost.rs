@@ -113,8 +113,9 @@ impl SameHost {
                 let endpoint = endpoint.to_string();
                 let token = self.token.clone();
                 let peers = self.peers.clone();
+                let table = peers.clone();
                 let done = move |endpoint: &str, peer: Option<Arc<PeerSegment>>| {
-                    settle(&peers, endpoint, peer)
+                    settle(&table, endpoint, peer)
                 };
                 self.runtime.spawn(async move {
                     let mapped = tokio::time::timeout(MAP_TIMEOUT, map(&socket, &token)).await;
@@ -148,6 +149,14 @@ impl SameHost {
                         }
                     }
                     peer.alive.store(false, Ordering::Release);
+                    // Unmapped once the copies under way are done with it: a mapping
+                    // left in the table would keep a gone peer's memory alive.
+                    let mut table = peers.lock();
+                    if matches!(table.get(&endpoint), Some(PeerState::Mapped(p)) if Arc::ptr_eq(p, &peer))
+                    {
+                        table.remove(&endpoint);
+                    }
+                    drop(table);
                     tracing::info!("same-host peer {endpoint} went away; back to TCP");
                 });
             }
