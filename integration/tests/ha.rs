@@ -120,7 +120,12 @@ struct Load {
 }
 
 impl Load {
-    fn start(sockets: &[std::path::PathBuf], writers: usize) -> Load {
+    /// `writers` threads, each with a dummy on one of `sockets` (in turn); every
+    /// fourth put of a writer goes to the segment of the next host in
+    /// `segments` (same order as `sockets`) and is 64 KiB or more: the other
+    /// real client on this host, so its bytes are copied through that segment
+    /// mapped here once it is (same-host transfers), across the failovers.
+    fn start(sockets: &[std::path::PathBuf], segments: &[String], writers: usize) -> Load {
         let load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             acked: Arc::new(Mutex::new(Vec::new())),
@@ -133,6 +138,8 @@ impl Load {
         let mut threads = Vec::new();
         for w in 0..writers {
             let socket = sockets[w % sockets.len()].clone();
+            let elsewhere = ReplicateConfig::default()
+                .with_preferred_segments(vec![segments[(w + 1) % segments.len()].clone()]);
             let wrong_reads = load.wrong_reads.clone();
             let (stop, acked, wrong, puts, gets) = (
                 load.stop.clone(),
@@ -146,12 +153,19 @@ impl Load {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("w{w}-{i}");
-                    let len = 4096 + (i as usize % 8) * 8192;
+                    let remote = i % 4 == 3;
+                    let len = if remote {
+                        (64 << 10) + (i as usize % 3) * 4096
+                    } else {
+                        4096 + (i as usize % 8) * 8192
+                    };
+                    let config = if remote {
+                        elsewhere.clone()
+                    } else {
+                        ReplicateConfig::default()
+                    };
                     i += 1;
-                    if dummy
-                        .put(&key, &value_for(&key, len), &ReplicateConfig::default())
-                        .is_ok()
-                    {
+                    if dummy.put(&key, &value_for(&key, len), &config).is_ok() {
                         puts.fetch_add(1, Ordering::Relaxed);
                         acked.lock().unwrap().push((key, len));
                     }
@@ -325,6 +339,14 @@ impl Fleet {
     fn sockets(&self) -> Vec<std::path::PathBuf> {
         self.paths.iter().map(|p| p.socket.clone()).collect()
     }
+
+    /// The real clients' segment names, in the order of [`Fleet::sockets`].
+    fn segments(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .map(|c| c.ready_field("segment").expect("segment name"))
+            .collect()
+    }
 }
 
 #[test]
@@ -332,7 +354,7 @@ fn killing_the_leader_loses_no_acknowledged_object() {
     let Some(mut fleet) = Fleet::start("hakill") else {
         return;
     };
-    let load = Load::start(&fleet.sockets(), 4);
+    let load = Load::start(&fleet.sockets(), &fleet.segments(), 4);
     load.wait_for_puts(50);
     let old = leader(&fleet.masters, Duration::from_secs(1)).unwrap();
     let killed_at = Instant::now();
@@ -365,6 +387,20 @@ fn killing_the_leader_loses_no_acknowledged_object() {
     std::thread::sleep(Duration::from_millis(500));
     let acked = load.finish();
     assert!(acked.len() > 50);
+    // Writes to the other host's segment went through its mapping (same host).
+    let copied: u64 = fleet
+        .clients
+        .iter()
+        .map(|c| {
+            let http = c.ready_field("http").expect("http");
+            let (_, body) = http_get(&http, "/metrics").unwrap();
+            body.lines()
+                .find_map(|l| l.strip_prefix("mooncake_client_same_host_write_bytes_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(copied > 0, "no write was copied through a mapped segment");
     fleet.dump_logs();
     for socket in fleet.sockets() {
         assert_acked_readable(&socket, &acked);
@@ -382,7 +418,7 @@ fn a_leader_paused_past_its_lease_steps_down_and_acknowledges_nothing() {
     let Some(fleet) = Fleet::start("hastop") else {
         return;
     };
-    let load = Load::start(&fleet.sockets(), 2);
+    let load = Load::start(&fleet.sockets(), &fleet.segments(), 2);
     load.wait_for_puts(20);
     let old = leader(&fleet.masters, Duration::from_secs(1)).unwrap();
     let stopped_at = Instant::now();
@@ -422,7 +458,7 @@ fn etcd_restarts_and_whole_cluster_restarts_lose_nothing() {
     let Some(mut fleet) = Fleet::start("harestart") else {
         return;
     };
-    let load = Load::start(&fleet.sockets(), 2);
+    let load = Load::start(&fleet.sockets(), &fleet.segments(), 2);
     load.wait_for_puts(20);
     // etcd restarts under load: the leader keeps or regains leadership.
     fleet.etcd.restart();
