@@ -203,8 +203,8 @@ fn transfers_between_real_clients_on_one_host_copy_through_mapped_segments() {
         let on_b = ReplicateConfig::default().with_preferred_segments(vec![c.segment(1)]);
         let http = c.clients[0].ready_field("http").unwrap();
         let len = 1usize << 20;
-        let src = registered(&a, 2 * len as u64);
-        let dst = registered(&a, 2 * len as u64);
+        let src = registered(&a, 8 * len as u64);
+        let dst = registered(&a, 8 * len as u64);
         let mem = HostMemAllocator::new();
         let give_up = Instant::now() + Duration::from_secs(30);
         let mut keys = Vec::new();
@@ -239,6 +239,36 @@ fn transfers_between_real_clients_on_one_host_copy_through_mapped_segments() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // A batch (8 MiB in all: the copies are shared with the copy helper
+        // thread when mapped), every value whole.
+        let batch: Vec<(String, usize)> = (0..8)
+            .map(|i| (format!("batch-{i}"), len - i * 4096))
+            .collect();
+        let items: Vec<Item> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (key, n))| {
+                let at = src + (i * len) as u64;
+                mem.write(at, &value_for(key, *n)).unwrap();
+                Item::new(key.clone(), at, *n as u64)
+            })
+            .collect();
+        assert_eq!(a.batch_put_from(&items, &on_b, false), vec![Ok(()); 8]);
+        mem.write(dst, &vec![0u8; 8 * len]).unwrap();
+        let into: Vec<Item> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (key, n))| Item::new(key.clone(), dst + (i * len) as u64, *n as u64))
+            .collect();
+        let got = a.batch_get_into(&into);
+        for (i, (key, n)) in batch.iter().enumerate() {
+            assert_eq!(got[i], Ok(*n as u64), "{key}");
+            assert!(
+                read_back(dst + (i * len) as u64, *n) == value_for(key, *n),
+                "{key} read back"
+            );
+        }
+        keys.extend(batch);
         // The holder counts the mapping client as a peer, not as a dummy.
         let holder = c.clients[1].ready_field("http").unwrap();
         assert_eq!(

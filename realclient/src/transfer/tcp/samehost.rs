@@ -331,6 +331,8 @@ impl TcpTransport {
         let Some(same_host) = &self.same_host else {
             return;
         };
+        // The copies to make: reads at once, writes once their owner accepted them.
+        let mut copies: Vec<(usize, Arc<PeerSegment>)> = Vec::new();
         let mut writes: HashMap<&str, Vec<(usize, Arc<PeerSegment>)>> = HashMap::new();
         for (i, job) in jobs.iter().enumerate() {
             if job.direction == Direction::Write && job.local.len < SAME_HOST_WRITE_MIN {
@@ -340,15 +342,7 @@ impl TcpTransport {
                 continue;
             };
             match job.direction {
-                Direction::Read => {
-                    let read = peer.copy(job, deadline);
-                    if read.is_ok() {
-                        same_host
-                            .read_bytes
-                            .fetch_add(job.local.len, Ordering::Relaxed);
-                    }
-                    out[i] = Some(read);
-                }
+                Direction::Read => copies.push((i, peer)),
                 Direction::Write => writes.entry(&job.endpoint).or_default().push((i, peer)),
             }
         }
@@ -356,14 +350,44 @@ impl TcpTransport {
             let asked: Vec<&TransferJob> = list.iter().map(|(i, _)| &jobs[*i]).collect();
             let begun = self.begin_writes(endpoint, &asked, deadline);
             for ((i, peer), begun) in list.into_iter().zip(begun) {
-                let written = begun.and_then(|()| peer.copy(&jobs[i], deadline));
-                if written.is_ok() {
-                    same_host
-                        .written_bytes
-                        .fetch_add(jobs[i].local.len, Ordering::Relaxed);
+                match begun {
+                    Ok(()) => copies.push((i, peer)),
+                    Err(code) => out[i] = Some(Err(code)),
                 }
-                out[i] = Some(written);
             }
+        }
+        let copy_all = |part: &[(usize, Arc<PeerSegment>)]| -> Vec<(usize, MResult<()>)> {
+            part.iter()
+                .map(|(i, peer)| (*i, peer.copy(&jobs[*i], deadline)))
+                .collect()
+        };
+        // A batch of values each too small to be split (a copy of 4 MiB or more
+        // splits itself) goes half to the copy helper, so both cores copy.
+        let total: u64 = copies.iter().map(|(i, _)| jobs[*i].local.len).sum();
+        let done = if copies.len() >= 2 && total >= mooncake_shm::copy::PARALLEL_COPY_MIN as u64 {
+            let mut half = 0;
+            let mut bytes = 0;
+            while half < copies.len() && bytes * 2 < total {
+                bytes += jobs[copies[half].0].local.len;
+                half += 1;
+            }
+            let (here, there) = copies.split_at(half);
+            let (mut done, helped) =
+                mooncake_shm::copy::join(|| copy_all(here), || copy_all(there));
+            done.extend(helped.unwrap_or_else(|| copy_all(there)));
+            done
+        } else {
+            copy_all(&copies)
+        };
+        for (i, result) in done {
+            if result.is_ok() {
+                let counter = match jobs[i].direction {
+                    Direction::Read => &same_host.read_bytes,
+                    Direction::Write => &same_host.written_bytes,
+                };
+                counter.fetch_add(jobs[i].local.len, Ordering::Relaxed);
+            }
+            out[i] = Some(result);
         }
     }
 
