@@ -154,7 +154,7 @@ impl RealClient {
         owner: u64,
     ) -> Vec<Option<MResult<Vec<ReplicaDesc>>>> {
         let mut out: Vec<Option<MResult<Vec<ReplicaDesc>>>> = vec![None; keys.len()];
-        let Some(desc) = self.segment().cloned() else {
+        let Some(desc) = self.segment() else {
             return out;
         };
         if !sizes.iter().any(|&s| self.placeable(s, config, upsert)) {
@@ -391,7 +391,7 @@ impl RealClient {
         writes: Vec<(String, PendingWrite, bool)>,
     ) -> Vec<MResult<()>> {
         let mut results: Vec<MResult<()>> = vec![Err(ErrorCode::TransferFail); writes.len()];
-        let Some(desc) = self.segment().cloned() else {
+        let Some(segment_id) = self.segment().map(|d| d.id) else {
             return vec![Err(ErrorCode::InvalidParams); writes.len()];
         };
         let mut failed_copies = Vec::new();
@@ -434,7 +434,7 @@ impl RealClient {
             let call = |m: MasterHandle| {
                 let (items, config) = (items.clone(), config.clone());
                 async move {
-                    m.batch_put_commit(self.client_id, desc.id, grant_epoch, items, config)
+                    m.batch_put_commit(self.client_id, segment_id, grant_epoch, items, config)
                         .await
                 }
             };
@@ -446,7 +446,7 @@ impl RealClient {
                     Ok(version) => {
                         let r = &w.replicas[0];
                         let entry = InventoryEntry {
-                            segment_id: desc.id,
+                            segment_id,
                             key: key.clone(),
                             offset: r.offset,
                             size: r.size,
@@ -500,8 +500,8 @@ impl RealClient {
         for (i, key) in keys.enumerate() {
             let key = key.as_ref();
             if pending.get(key).is_some_and(|w| w.placed.is_some()) {
-                let w = pending.remove(key).expect("present");
-                out.push((i, key.to_string(), w));
+                let (key, w) = pending.remove_entry(key).expect("present");
+                out.push((i, key, w));
             }
         }
         out
