@@ -39,6 +39,18 @@ impl DummyClient {
             GetOutcome::Local(list) | GetOutcome::Remote(list) => list,
             GetOutcome::Done(_) => return Err(ErrorCode::InternalError),
         };
+        self.opened(conn, key, list, asked)
+    }
+
+    /// An [`OpenRead`] of `list` (looked up at `asked`), when a copying read of
+    /// it fits the local buffer; otherwise its grant is released.
+    fn opened(
+        &self,
+        conn: Arc<Conn>,
+        key: &str,
+        list: ReplicaList,
+        asked: Instant,
+    ) -> MResult<OpenRead<'_>> {
         if !self.copies_fit([list.size]) {
             self.release_reads(&conn, grant_of(key, &list).into_iter().collect());
             return Err(ErrorCode::InvalidParams);
@@ -93,20 +105,7 @@ impl DummyClient {
             }
         };
         drop(offered);
-        if !self.copies_fit([list.size]) {
-            self.release_reads(&conn, grant_of(key, &list).into_iter().collect());
-            return Err(ErrorCode::InvalidParams);
-        }
-        Ok(StartedRead::Open(OpenRead {
-            client: self,
-            conn,
-            key: key.to_string(),
-            session: GetSession {
-                ipc_session: 0,
-                list,
-                granted: asked,
-            },
-        }))
+        self.opened(conn, key, list, asked).map(StartedRead::Open)
     }
 
     /// Reads objects into byte slices; per key the object size, `INVALID_PARAMS`

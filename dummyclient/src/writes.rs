@@ -224,22 +224,7 @@ impl DummyClient {
             .iter()
             .map(|&c| srcs[completions[c].0].as_ref().map_or(0, |s| s.len()))
             .sum();
-        let staging = if staging_size > 0 {
-            match Staging::new(
-                &conn,
-                &self.runtime,
-                self.shared.staging.as_deref(),
-                staging_size,
-            ) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!("cannot stage values for remote replicas: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let staging = self.stage_for_remote(&conn, staging_size).unwrap_or(None);
         if let Some(st) = &staging {
             let mut at = 0;
             for &c in &to_stage {
@@ -261,6 +246,17 @@ impl DummyClient {
             results[*i] = r;
         }
         results
+    }
+
+    /// Registered space for `size` bytes of values in plain memory bound for
+    /// other hosts (`None` when there are none); a failure is logged.
+    fn stage_for_remote<'a>(&'a self, conn: &'a Conn, size: u64) -> MResult<Option<Staging<'a>>> {
+        if size == 0 {
+            return Ok(None);
+        }
+        Staging::new(conn, &self.runtime, self.shared.staging.as_deref(), size)
+            .map(Some)
+            .inspect_err(|e| tracing::warn!("cannot stage values for remote replicas: {e}"))
     }
 
     /// A write with no local segment mapped here: the values the real client
@@ -291,24 +287,14 @@ impl DummyClient {
             .filter(|(_, refs)| refs.is_none())
             .map(|(&i, _)| srcs[i].as_ref().map_or(0, |s| s.len()))
             .sum();
-        let staging = if staging_size > 0 {
-            match Staging::new(
-                conn,
-                &self.runtime,
-                self.shared.staging.as_deref(),
-                staging_size,
-            ) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!("cannot stage values for remote replicas: {e}");
-                    for &i in valid {
-                        results[i] = Err(e);
-                    }
-                    return;
+        let staging = match self.stage_for_remote(conn, staging_size) {
+            Ok(s) => s,
+            Err(e) => {
+                for &i in valid {
+                    results[i] = Err(e);
                 }
+                return;
             }
-        } else {
-            None
         };
         let mut items: Vec<(String, Vec<BufRef>)> = Vec::with_capacity(valid.len());
         let mut positions: Vec<usize> = Vec::with_capacity(valid.len());
