@@ -9,11 +9,13 @@
 //! next to the segment file (page cache, like the segment itself: they survive the
 //! process, not the machine).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +25,13 @@ use mooncake_proto::{ClientId, InventoryChange, InventoryEntry, SegmentDesc, Seg
 #[derive(Debug, Default)]
 pub struct Inventory {
     segment: Option<SegmentId>,
-    by_offset: HashMap<u64, InventoryEntry>,
+    by_offset: HashMap<u64, InventoryEntry, foldhash::fast::RandomState>,
     /// Last acknowledged master sequence number.
     pub seq: u64,
     dirty: bool,
     journal: Option<Journal>,
+    /// Bytes of the last snapshot written (0 before the first).
+    snapshot_bytes: u64,
 }
 
 /// The append-only change log beside the snapshot.
@@ -40,10 +44,11 @@ struct Journal {
     len: u64,
 }
 
-/// One journal record (postcard, after a `u32` length).
+/// One journal record (postcard, after a `u32` length). Written from a borrowed
+/// entry, read back as an owned one (the encoding is the same).
 #[derive(Debug, Serialize, Deserialize)]
-enum JournalRecord {
-    Added(InventoryEntry),
+enum JournalRecord<'a> {
+    Added(Cow<'a, InventoryEntry>),
     Removed { offset: u64, version: u64 },
     Cleared,
 }
@@ -88,7 +93,7 @@ impl Inventory {
         match self.by_offset.get(&entry.offset) {
             Some(existing) if existing.version >= entry.version => {}
             _ => {
-                self.log(&JournalRecord::Added(entry.clone()));
+                self.log(&JournalRecord::Added(Cow::Borrowed(&entry)));
                 self.by_offset.insert(entry.offset, entry);
                 self.dirty = true;
             }
@@ -128,14 +133,37 @@ impl Inventory {
         Ok(self)
     }
 
-    fn log(&mut self, record: &JournalRecord) {
-        if let Some(j) = &mut self.journal
-            && let Ok(bytes) = postcard::to_stdvec(record)
-        {
-            j.pending
-                .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            j.pending.extend_from_slice(&bytes);
+    fn log(&mut self, record: &JournalRecord<'_>) {
+        let Some(j) = &mut self.journal else {
+            return;
+        };
+        // Encoded in place behind a length filled in after.
+        let start = j.pending.len();
+        j.pending.extend_from_slice(&[0; 4]);
+        match postcard::to_extend(record, std::mem::take(&mut j.pending)) {
+            Ok(mut pending) => {
+                let len = (pending.len() - start - 4) as u32;
+                pending[start..start + 4].copy_from_slice(&len.to_le_bytes());
+                j.pending = pending;
+            }
+            // (Cannot happen: an entry always encodes.) Nothing of it is kept.
+            Err(_) => j.pending.clear(),
         }
+    }
+
+    /// Whether a new snapshot is due, `since_last` after the last one. With a
+    /// journal, when the journal has grown as large as the snapshot (at least
+    /// [`JOURNAL_COMPACT_BYTES`]), or half as large and a while has passed: every
+    /// snapshot then costs at most about as much writing as the changes since the
+    /// last one, however many objects there are. Without one, at every change.
+    pub fn snapshot_due(&self, since_last: Duration) -> bool {
+        if self.journal.is_none() {
+            return true;
+        }
+        let journal = self.journal_len();
+        let snapshot = self.snapshot_bytes;
+        journal >= snapshot.max(JOURNAL_COMPACT_BYTES)
+            || (since_last >= SNAPSHOT_INTERVAL && journal >= (snapshot / 2).max(1))
     }
 
     /// Writes the changes made since the last call to the journal (one write):
@@ -239,28 +267,54 @@ impl Inventory {
     }
 }
 
+/// Journal bytes that always make a snapshot due (see [`Inventory::snapshot_due`]).
+pub const JOURNAL_COMPACT_BYTES: u64 = 4 << 20;
+
+/// How long a journal half the size of the snapshot waits for one.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// [`PersistedInventory`] encoded straight from the inventory (the same bytes).
+#[derive(Serialize)]
+struct PersistedInventoryRef<'a> {
+    client_id: ClientId,
+    segment: &'a SegmentDesc,
+    #[serde(serialize_with = "entries_of")]
+    entries: &'a HashMap<u64, InventoryEntry, foldhash::fast::RandomState>,
+}
+
+fn entries_of<S: serde::Serializer>(
+    by_offset: &&HashMap<u64, InventoryEntry, foldhash::fast::RandomState>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(by_offset.values())
+}
+
 /// Writes a snapshot of `inventory` (the objects of `segment`, held by
 /// `client_id`) to `path`, then trims the part of its journal the snapshot
-/// covers. The file is written without holding the lock.
+/// covers. The entries are encoded under the lock (no copy of them is made)
+/// and the file is written without it.
 pub fn persist(
     inventory: &parking_lot::Mutex<Inventory>,
     path: &Path,
     client_id: ClientId,
     segment: SegmentDesc,
 ) -> std::io::Result<()> {
-    let (entries, covered) = {
+    let (bytes, covered) = {
         let mut inv = inventory.lock();
         inv.flush();
         inv.take_dirty();
-        (inv.entries(), inv.journal_len())
+        let state = PersistedInventoryRef {
+            client_id,
+            segment: &segment,
+            entries: &inv.by_offset,
+        };
+        let bytes = postcard::to_stdvec(&state).map_err(std::io::Error::other)?;
+        (bytes, inv.journal_len())
     };
-    let state = PersistedInventory {
-        client_id,
-        segment,
-        entries,
-    };
-    save(path, &state)?;
-    inventory.lock().compact_journal(covered);
+    write_atomically(path, &bytes)?;
+    let mut inv = inventory.lock();
+    inv.snapshot_bytes = bytes.len() as u64;
+    inv.compact_journal(covered);
     Ok(())
 }
 
@@ -272,6 +326,10 @@ const PRIVATE: u32 = 0o600;
 /// user only.
 pub fn save(path: &Path, state: &PersistedInventory) -> std::io::Result<()> {
     let bytes = postcard::to_stdvec(state).map_err(std::io::Error::other)?;
+    write_atomically(path, &bytes)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let mut file = std::fs::OpenOptions::new()
@@ -281,7 +339,7 @@ pub fn save(path: &Path, state: &PersistedInventory) -> std::io::Result<()> {
         .mode(PRIVATE)
         .open(&tmp)?;
     file.set_permissions(std::fs::Permissions::from_mode(PRIVATE))?;
-    file.write_all(&bytes)?;
+    file.write_all(bytes)?;
     drop(file);
     std::fs::rename(&tmp, path)
 }
@@ -312,7 +370,7 @@ pub fn load(path: &Path) -> Option<PersistedInventory> {
                     .get(&e.offset)
                     .is_none_or(|old| old.version < e.version)
                 {
-                    by_offset.insert(e.offset, e);
+                    by_offset.insert(e.offset, e.into_owned());
                 }
             }
             JournalRecord::Added(_) => {}
@@ -458,6 +516,62 @@ mod tests {
             .set_len(len - 3)
             .unwrap();
         assert_eq!(load(&path).unwrap().entries.len(), 3);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&journal).unwrap();
+    }
+
+    #[test]
+    fn snapshots_come_as_often_as_the_journal_grows_as_large_as_the_last_one() {
+        let seg = segment();
+        let path = std::env::temp_dir().join(format!("inv-policy-{}", std::process::id()));
+        let journal = journal_path(&path);
+        let _ = std::fs::remove_file(&journal);
+        // Big enough that the snapshot outweighs the fixed journal threshold.
+        let entries: Vec<InventoryEntry> = (0..150_000).map(|i| entry(seg.id, i * 64, 1)).collect();
+        let inv = Inventory::new(Some(seg.id), entries)
+            .with_journal(&journal)
+            .unwrap();
+        let inv = parking_lot::Mutex::new(inv);
+        assert!(
+            !inv.lock().snapshot_due(Duration::ZERO),
+            "nothing journaled"
+        );
+        persist(&inv, &path, Uuid::nil(), seg.clone()).unwrap();
+        let snapshot = std::fs::metadata(&path).unwrap().len();
+        assert!(snapshot > JOURNAL_COMPACT_BYTES, "{snapshot}");
+        // What persist wrote (encoded from the map in place) loads back whole.
+        let back = load(&path).unwrap();
+        assert_eq!(back.entries.len(), 150_000);
+        assert_eq!(back.segment.id, seg.id);
+
+        // Changes worth a quarter of the snapshot: not due, even after a while.
+        let mut next = 150_000u64;
+        let mut grow_to = |inv: &parking_lot::Mutex<Inventory>, bytes: u64| {
+            let mut inv = inv.lock();
+            while inv.journal_len() < bytes {
+                inv.add(entry(seg.id, next * 64, 1));
+                next += 1;
+                inv.flush();
+            }
+        };
+        grow_to(&inv, snapshot / 4);
+        assert!(!inv.lock().snapshot_due(Duration::ZERO));
+        assert!(!inv.lock().snapshot_due(SNAPSHOT_INTERVAL * 10));
+        // Half of it: due once a while has passed; all of it: due at once.
+        grow_to(&inv, snapshot / 2);
+        assert!(!inv.lock().snapshot_due(Duration::ZERO));
+        assert!(inv.lock().snapshot_due(SNAPSHOT_INTERVAL));
+        grow_to(&inv, snapshot);
+        assert!(inv.lock().snapshot_due(Duration::ZERO));
+        let total = inv.lock().len();
+        persist(&inv, &path, Uuid::nil(), seg.clone()).unwrap();
+        assert_eq!(
+            inv.lock().journal_len(),
+            0,
+            "the snapshot covers the journal"
+        );
+        assert!(!inv.lock().snapshot_due(SNAPSHOT_INTERVAL * 10));
+        assert_eq!(load(&path).unwrap().entries.len(), total);
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(&journal).unwrap();
     }

@@ -25,13 +25,53 @@ use super::*;
 /// Keys answered here whose recency the master is told of, at most, per tick.
 const MAX_TOUCHED: usize = 65_536;
 
-/// The complete objects this client holds, by key.
+type Place = (SegmentId, u64);
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Where a key's replicas here are: almost always one place (no allocation
+/// for it), sometimes a memory and a disk-tier copy.
+#[derive(Debug)]
+enum Places {
+    One(Place),
+    Many(Vec<Place>),
+}
+
+impl Places {
+    fn push(&mut self, place: Place) {
+        match self {
+            Places::One(first) => *self = Places::Many(vec![*first, place]),
+            Places::Many(all) => all.push(place),
+        }
+    }
+
+    /// Takes `place` out; whether none is left.
+    fn take(&mut self, place: Place) -> bool {
+        match self {
+            Places::One(only) => *only == place,
+            Places::Many(all) => {
+                all.retain(|p| *p != place);
+                all.is_empty()
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Place> + '_ {
+        let (one, many): (Option<Place>, &[Place]) = match self {
+            Places::One(p) => (Some(*p), &[]),
+            Places::Many(all) => (None, all),
+        };
+        one.into_iter().chain(many.iter().copied())
+    }
+}
+
+/// The complete objects this client holds, by key. A key's text is held once,
+/// shared by both maps.
 #[derive(Default)]
 pub(super) struct ExistIndex {
     /// (segment, offset) → (key, version).
-    by_place: HashMap<(SegmentId, u64), (String, u64)>,
+    by_place: FastMap<Place, (Arc<str>, u64)>,
     /// The places of each key's replicas here (memory and disk tier).
-    by_key: HashMap<String, Vec<(SegmentId, u64)>>,
+    by_key: FastMap<Arc<str>, Places>,
     /// Bumped whenever entries are taken out: an inventory answer asked for
     /// before adds nothing (it could bring back what was just removed).
     generation: u64,
@@ -43,19 +83,35 @@ impl ExistIndex {
     /// Records a complete replica.
     pub fn add(&mut self, e: &InventoryEntry) {
         let place = (e.segment_id, e.offset);
+        // Known already (the master's report of a write this client made).
+        if self
+            .by_place
+            .get(&place)
+            .is_some_and(|(key, version)| *version == e.version && **key == *e.key)
+        {
+            return;
+        }
         if let Some((old_key, _)) = self.by_place.remove(&place) {
             self.unlink(&old_key, place);
         }
-        self.by_place.insert(place, (e.key.clone(), e.version));
-        self.by_key.entry(e.key.clone()).or_default().push(place);
+        let key = match self.by_key.get_key_value(e.key.as_str()) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(e.key.as_str()),
+        };
+        match self.by_key.get_mut(&key) {
+            Some(places) => places.push(place),
+            None => {
+                self.by_key.insert(key.clone(), Places::One(place));
+            }
+        }
+        self.by_place.insert(place, (key, e.version));
     }
 
-    fn unlink(&mut self, key: &str, place: (SegmentId, u64)) {
-        if let Some(places) = self.by_key.get_mut(key) {
-            places.retain(|p| *p != place);
-            if places.is_empty() {
-                self.by_key.remove(key);
-            }
+    fn unlink(&mut self, key: &str, place: Place) {
+        if let Some(places) = self.by_key.get_mut(key)
+            && places.take(place)
+        {
+            self.by_key.remove(key);
         }
     }
 
@@ -76,8 +132,10 @@ impl ExistIndex {
     pub fn forget(&mut self, keys: &[&str]) {
         self.generation += 1;
         for key in keys {
-            for place in self.by_key.remove(*key).unwrap_or_default() {
-                self.by_place.remove(&place);
+            if let Some(places) = self.by_key.remove(*key) {
+                for place in places.iter() {
+                    self.by_place.remove(&place);
+                }
             }
         }
     }
@@ -85,7 +143,7 @@ impl ExistIndex {
     /// Forgets every replica in `segment` (unmounted).
     pub fn forget_segment(&mut self, segment: SegmentId) {
         self.generation += 1;
-        let places: Vec<(SegmentId, u64)> = self
+        let places: Vec<Place> = self
             .by_place
             .keys()
             .filter(|p| p.0 == segment)

@@ -59,10 +59,9 @@ mod writes;
 
 use transfers::{replica_jobs, translate_all};
 
-/// The inventory snapshot is rewritten once its journal is this long...
-const JOURNAL_COMPACT_BYTES: u64 = 4 << 20;
-/// ... or this long after the last one.
-const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
+/// Writes started and not yet ended, by key.
+type PendingTable = HashMap<String, PendingWrite, foldhash::fast::RandomState>;
+
 /// How long a remount waits for dummies to finish the writes they are copying
 /// into this client's segment.
 const SETTLE_WRITES: Duration = Duration::from_secs(5);
@@ -141,7 +140,7 @@ pub struct RealClient {
     /// The embedded master, when this process runs one.
     local_master: Option<mooncake_master::rpc::MasterRpc>,
     inventory: Mutex<Inventory>,
-    pending: Mutex<HashMap<String, PendingWrite>>,
+    pending: Mutex<PendingTable>,
     /// Space granted in the own segment for writes placed here (`grants`);
     /// taken before `pending` when both are needed.
     local_space: Arc<Mutex<grants::LocalSpace>>,
@@ -474,7 +473,7 @@ impl RealClient {
             master_view: std::sync::atomic::AtomicU64::new(0),
             local_master: local_master.map(mooncake_master::rpc::MasterRpc::new),
             inventory: Mutex::new(inventory),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             local_space: Default::default(),
             exist_index: Default::default(),
             healthy: AtomicBool::new(false),

@@ -545,14 +545,10 @@ impl RealClient {
                 inv.seq = delta.seq;
             }
             // The journal has every change at once; the snapshot is rewritten
-            // when the journal has grown or a while has passed (at every change
-            // when there is no journal).
+            // when the journal has grown (`Inventory::snapshot_due`).
             let dirty = {
                 let mut inv = self.inventory.lock();
-                let due = !inv.has_journal()
-                    || inv.journal_len() > JOURNAL_COMPACT_BYTES
-                    || last_snapshot.elapsed() > SNAPSHOT_INTERVAL;
-                due && inv.take_dirty()
+                inv.snapshot_due(last_snapshot.elapsed()) && inv.take_dirty()
             };
             if dirty {
                 last_snapshot = Instant::now();

@@ -192,7 +192,7 @@ impl RealClient {
     /// Takes the pending write of `key` if it is still the one of `version` (a
     /// later write of the key may have started once this one ended).
     pub(super) fn take_pending(
-        pending: &mut HashMap<String, PendingWrite>,
+        pending: &mut PendingTable,
         key: &str,
         version: u64,
     ) -> Option<PendingWrite> {
