@@ -38,7 +38,7 @@ const MAGIC: u64 = 0x4d43_5249_4e47_0002;
 /// run (the last two no further apart than this), before it sleeps.
 pub const RUN_SPIN: Duration = Duration::from_micros(300);
 
-/// Polling rounds (64 pauses each, a few microseconds) between yields of the core.
+/// Polling rounds (64 pauses each, about a microsecond) between yields of the core.
 const ROUNDS_PER_YIELD: u32 = 4;
 const LINE: usize = 64;
 const HEADER_BYTES: usize = 4 * LINE;
@@ -581,7 +581,12 @@ impl CallRingServer {
             if rounds.is_multiple_of(ROUNDS_PER_YIELD) {
                 std::thread::yield_now();
             }
-            for _ in 0..64 {
+            // A look at the queue every 8 pauses (~150 ns here): 64 pauses
+            // without one put about a microsecond of waiting on every call.
+            for i in 0..64 {
+                if i % 8 == 7 && self.ring.has_request() {
+                    break;
+                }
                 std::hint::spin_loop();
             }
         }
