@@ -16,6 +16,11 @@ pub enum MasterHandle {
     Local(MasterRpc),
 }
 
+/// The context of calls to the master in this process, which reads nothing
+/// from it: made once instead of a clock read and a trace id per call.
+static LOCAL_CONTEXT: std::sync::LazyLock<context::Context> =
+    std::sync::LazyLock::new(context::current);
+
 fn rpc_code(e: &tarpc::client::RpcError) -> ErrorCode {
     match e {
         tarpc::client::RpcError::DeadlineExceeded => ErrorCode::RpcTimeout,
@@ -34,7 +39,7 @@ macro_rules! forward {
                             .$name(context::current(), $($arg),*)
                             .await
                             .map_err(|e| rpc_code(&e)),
-                        MasterHandle::Local(s) => Ok(Master::$name(s.clone(), context::current(), $($arg),*).await),
+                        MasterHandle::Local(s) => Ok(Master::$name(s.clone(), *LOCAL_CONTEXT, $($arg),*).await),
                     };
                     forward!(@$kind answer)
                 }

@@ -431,8 +431,9 @@ impl RealClient {
                     }
                 })
                 .collect();
+            let mut args = self.call_args((items, config));
             let call = |m: MasterHandle| {
-                let (items, config) = (items.clone(), config.clone());
+                let (items, config) = args.take();
                 async move {
                     m.batch_put_commit(self.client_id, segment_id, grant_epoch, items, config)
                         .await
@@ -452,8 +453,8 @@ impl RealClient {
                             size: r.size,
                             version,
                         };
-                        done.push(entry.clone());
-                        inv.add(entry);
+                        inv.add(entry.clone());
+                        done.push(entry);
                         inv_changed = true;
                         Ok(())
                     }
