@@ -200,12 +200,14 @@ struct Span {
 impl Span {
     /// Copies this span into `dst` at `at`.
     fn copy_into(&self, dst: &Region, at: u64) -> MResult<()> {
+        // Into a segment or staging space this process does not read back: large
+        // copies write past the caches.
         match &self.region {
-            Some(r) => r.copy_to(self.offset, dst, at, self.len),
+            Some(r) => r.copy_to_uncached(self.offset, dst, at, self.len),
             // SAFETY: the caller registered `[addr, addr + len)` as memory of this
             // process (upstream's contract for `register_buffer`), and `resolve`
             // checked the span lies inside that registration.
-            None => unsafe { dst.write_from_raw(at, self.addr as *const u8, self.len) },
+            None => unsafe { dst.write_from_raw_uncached(at, self.addr as *const u8, self.len) },
         }
         .map_err(|e| e.code())
     }
@@ -244,7 +246,8 @@ impl Src<'_> {
         }
     }
 
-    /// Copies the value into `dst` at `at`.
+    /// Copies the value into `dst` at `at` (a segment or staging space: large
+    /// copies write past the caches).
     fn copy_into(&self, dst: &Region, at: u64) -> MResult<()> {
         let mut pos = at;
         match self {
@@ -256,7 +259,9 @@ impl Src<'_> {
             }
             Src::Bytes(parts) => {
                 for p in parts {
-                    dst.write(pos, p).map_err(|e| e.code())?;
+                    // SAFETY: `p` is a live slice of this process for the whole call.
+                    unsafe { dst.write_from_raw_uncached(pos, p.as_ptr(), p.len() as u64) }
+                        .map_err(|e| e.code())?;
                     pos += p.len() as u64;
                 }
             }

@@ -621,6 +621,26 @@ impl Region {
         Ok(())
     }
 
+    /// [`write_from_raw`](Self::write_from_raw) into space no one reads soon (a
+    /// store's segment): large copies write past the CPU caches
+    /// ([`crate::copy::UNCACHED_COPY_MIN`]).
+    ///
+    /// # Safety
+    /// As [`write_from_raw`](Self::write_from_raw).
+    pub unsafe fn write_from_raw_uncached(
+        &self,
+        offset: u64,
+        src: *const u8,
+        len: u64,
+    ) -> Result<(), ShmError> {
+        self.check(offset, len)?;
+        // SAFETY: as in `write_from_raw`; the uncached copy tolerates overlap too.
+        unsafe {
+            crate::copy::copy_bytes_uncached(src, self.as_ptr().add(offset as usize), len as usize)
+        };
+        Ok(())
+    }
+
     /// Copies `len` bytes of the region at `offset` into this process's memory at `dst`.
     ///
     /// # Safety
@@ -647,16 +667,47 @@ impl Region {
         dst_offset: u64,
         len: u64,
     ) -> Result<(), ShmError> {
+        self.copy_to_with(offset, dst, dst_offset, len, false)
+    }
+
+    /// [`copy_to`](Self::copy_to) into space no one reads soon (a store's
+    /// segment): large copies write past the CPU caches
+    /// ([`crate::copy::UNCACHED_COPY_MIN`]).
+    pub fn copy_to_uncached(
+        &self,
+        offset: u64,
+        dst: &Region,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), ShmError> {
+        self.copy_to_with(offset, dst, dst_offset, len, true)
+    }
+
+    fn copy_to_with(
+        &self,
+        offset: u64,
+        dst: &Region,
+        dst_offset: u64,
+        len: u64,
+        uncached: bool,
+    ) -> Result<(), ShmError> {
         self.check(offset, len)?;
         dst.check(dst_offset, len)?;
+        let (from, to) = (
+            // SAFETY: both offsets were bounds-checked against live mappings
+            // borrowed for the duration of the call.
+            unsafe { self.as_ptr().add(offset as usize) },
+            // SAFETY: as above.
+            unsafe { dst.as_ptr().add(dst_offset as usize) },
+        );
         // SAFETY: both ranges were bounds-checked against live mappings borrowed for the
-        // duration of the call; `copy_bytes` is memmove-correct for overlapping addresses.
+        // duration of the call; both copies are memmove-correct for overlapping addresses.
         unsafe {
-            crate::copy::copy_bytes(
-                self.as_ptr().add(offset as usize),
-                dst.as_ptr().add(dst_offset as usize),
-                len as usize,
-            )
+            if uncached {
+                crate::copy::copy_bytes_uncached(from, to, len as usize)
+            } else {
+                crate::copy::copy_bytes(from, to, len as usize)
+            }
         };
         Ok(())
     }

@@ -719,7 +719,7 @@ fn copy_into_segment(spans: &[HeldSpan], segment: &Region, offset: u64) -> MResu
     for held in spans {
         let span = held.span();
         span.region
-            .copy_to(span.offset, segment, at, span.len)
+            .copy_to_uncached(span.offset, segment, at, span.len)
             .map_err(|_| ErrorCode::InvalidParams)?;
         at += span.len;
     }

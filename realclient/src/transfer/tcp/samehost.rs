@@ -231,11 +231,13 @@ impl PeerSegment {
                 self.region
                     .copy_to(job.remote_offset, &local.region, local.offset, local.len)
             }
-            Direction::Write => {
-                local
-                    .region
-                    .copy_to(local.offset, &self.region, job.remote_offset, local.len)
-            }
+            // Space in the owner's segment no one reads soon: past the caches.
+            Direction::Write => local.region.copy_to_uncached(
+                local.offset,
+                &self.region,
+                job.remote_offset,
+                local.len,
+            ),
         };
         copied.map_err(|_| ErrorCode::InvalidParams)?;
         if job.direction == Direction::Read && Instant::now() > deadline {
