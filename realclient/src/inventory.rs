@@ -140,14 +140,12 @@ impl Inventory {
         // Encoded in place behind a length filled in after.
         let start = j.pending.len();
         j.pending.extend_from_slice(&[0; 4]);
-        match postcard::to_extend(record, std::mem::take(&mut j.pending)) {
-            Ok(mut pending) => {
-                let len = (pending.len() - start - 4) as u32;
-                pending[start..start + 4].copy_from_slice(&len.to_le_bytes());
-                j.pending = pending;
-            }
-            // (Cannot happen: an entry always encodes.) Nothing of it is kept.
-            Err(_) => j.pending.clear(),
+        if postcard::to_io(record, &mut j.pending).is_ok() {
+            let len = (j.pending.len() - start - 4) as u32;
+            j.pending[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        } else {
+            // (Cannot happen: an entry always encodes.) Records before it stay.
+            j.pending.truncate(start);
         }
     }
 

@@ -614,11 +614,8 @@ impl Region {
         src: *const u8,
         len: u64,
     ) -> Result<(), ShmError> {
-        self.check(offset, len)?;
-        // SAFETY: the destination was bounds-checked against the live mapping; the
-        // caller vouches for the source; `copy_bytes` tolerates overlap.
-        unsafe { crate::copy::copy_bytes(src, self.as_ptr().add(offset as usize), len as usize) };
-        Ok(())
+        // SAFETY: passed on from the caller.
+        unsafe { self.write_from_raw_with(offset, src, len, false) }
     }
 
     /// [`write_from_raw`](Self::write_from_raw) into space no one reads soon (a
@@ -633,10 +630,29 @@ impl Region {
         src: *const u8,
         len: u64,
     ) -> Result<(), ShmError> {
+        // SAFETY: passed on from the caller.
+        unsafe { self.write_from_raw_with(offset, src, len, true) }
+    }
+
+    /// # Safety
+    /// As [`write_from_raw`](Self::write_from_raw).
+    unsafe fn write_from_raw_with(
+        &self,
+        offset: u64,
+        src: *const u8,
+        len: u64,
+        uncached: bool,
+    ) -> Result<(), ShmError> {
         self.check(offset, len)?;
-        // SAFETY: as in `write_from_raw`; the uncached copy tolerates overlap too.
+        // SAFETY: the destination was bounds-checked against the live mapping; the
+        // caller vouches for the source; both copies tolerate overlap.
         unsafe {
-            crate::copy::copy_bytes_uncached(src, self.as_ptr().add(offset as usize), len as usize)
+            let to = self.as_ptr().add(offset as usize);
+            if uncached {
+                crate::copy::copy_bytes_uncached(src, to, len as usize)
+            } else {
+                crate::copy::copy_bytes(src, to, len as usize)
+            }
         };
         Ok(())
     }

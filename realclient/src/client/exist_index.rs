@@ -94,16 +94,20 @@ impl ExistIndex {
         if let Some((old_key, _)) = self.by_place.remove(&place) {
             self.unlink(&old_key, place);
         }
-        let key = match self.by_key.get_key_value(e.key.as_str()) {
-            Some((key, _)) => key.clone(),
-            None => Arc::from(e.key.as_str()),
-        };
-        match self.by_key.get_mut(&key) {
-            Some(places) => places.push(place),
-            None => {
-                self.by_key.insert(key.clone(), Places::One(place));
+        let key = match self.by_key.get_mut(e.key.as_str()) {
+            // A second copy of a key held here (memory and disk tier).
+            Some(places) => {
+                places.push(place);
+                self.by_key
+                    .get_key_value(e.key.as_str())
+                    .map_or_else(|| Arc::from(e.key.as_str()), |(key, _)| key.clone())
             }
-        }
+            None => {
+                let key: Arc<str> = Arc::from(e.key.as_str());
+                self.by_key.insert(key.clone(), Places::One(place));
+                key
+            }
+        };
         self.by_place.insert(place, (key, e.version));
     }
 
