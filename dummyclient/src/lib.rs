@@ -133,12 +133,40 @@ struct Conn {
     broken: AtomicBool,
     /// Where this connection registered the staging pool, when there is one.
     staging_base: Option<u64>,
+    /// The pid of this process when the real client runs in it and serves
+    /// this connection's calls from the process's own memory
+    /// (`use_process_memory`).
+    process_pid: Option<u32>,
     /// Read grants this side is done with, sent along with the next `get_into`
     /// (or by the pinger within a second).
     released: Mutex<Vec<(String, u64)>>,
 }
 
 impl Conn {
+    /// Whether the real client reads and writes this process's own memory where
+    /// it is (no staging). Not in a child forked after the connection: its
+    /// addresses would name the parent's memory there.
+    fn process_memory(&self) -> bool {
+        self.process_pid
+            .is_some_and(|pid| pid == std::process::id())
+    }
+
+    /// After a call that ended without its answer (a timeout, a broken
+    /// connection) while the real client may still be copying to or from this
+    /// process's memory: waits until it no longer is, so the caller does not
+    /// free memory a copy still touches.
+    fn settle<T>(&self, result: &MResult<T>) {
+        if self.process_memory()
+            && matches!(result, Err(ErrorCode::RpcTimeout | ErrorCode::RpcFail))
+        {
+            while !mooncake_shm::process::wait_spans_released(Duration::from_secs(10)) {
+                tracing::warn!(
+                    "a call ended early; waiting for the real client to release this process's memory"
+                );
+            }
+        }
+    }
+
     fn local_segment(&self) -> Option<(&Region, SegmentId)> {
         Some((self.segment.as_ref()?, self.info.segment.as_ref()?.id))
     }
@@ -229,6 +257,21 @@ impl Span {
             len: self.len,
         })
     }
+
+    /// The address the real client can reach: mapped memory, or any memory of
+    /// this process when the real client runs in it (`process`, see
+    /// [`Conn::process_memory`]).
+    fn reachable_ref(&self, process: bool) -> Option<BufRef> {
+        (self.region.is_some() || process).then_some(BufRef {
+            addr: self.addr,
+            len: self.len,
+        })
+    }
+}
+
+/// The real client's references to `spans`, when it can reach all of them.
+fn reachable_refs(spans: &[Span], process: bool) -> Option<Vec<BufRef>> {
+    spans.iter().map(|s| s.reachable_ref(process)).collect()
 }
 
 /// Where a value comes from.
@@ -239,6 +282,24 @@ enum Src<'a> {
 }
 
 impl Src<'_> {
+    /// The real client's references to the value, when it can read it where it
+    /// is: registered shared memory, or with `process` any memory of this process.
+    fn reachable_refs(&self, process: bool) -> Option<Vec<BufRef>> {
+        match self {
+            Src::Registered(spans) => reachable_refs(spans, process),
+            Src::Bytes(parts) => process.then(|| {
+                parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| BufRef {
+                        addr: p.as_ptr() as u64,
+                        len: p.len() as u64,
+                    })
+                    .collect()
+            }),
+        }
+    }
+
     fn len(&self) -> u64 {
         match self {
             Src::Registered(spans) => spans.iter().map(|s| s.len).sum(),
@@ -278,6 +339,19 @@ enum Dst<'a> {
 }
 
 impl Dst<'_> {
+    /// The real client's references to the destination, when it can write it
+    /// where it is (see [`Src::reachable_refs`]); never for a value of unknown size.
+    fn reachable_refs(&mut self, process: bool) -> Option<Vec<BufRef>> {
+        match self {
+            Dst::Registered(spans) => reachable_refs(spans, process),
+            Dst::Slice(s) if process && !s.is_empty() => Some(vec![BufRef {
+                addr: s.as_mut_ptr() as u64,
+                len: s.len() as u64,
+            }]),
+            Dst::Slice(_) | Dst::Owned(_) => None,
+        }
+    }
+
     fn capacity(&self) -> u64 {
         match self {
             Dst::Registered(spans) => spans.iter().map(|s| s.len).sum(),
@@ -638,6 +712,9 @@ struct Shared {
     read_room: AtomicU64,
     /// The pool values are staged through (`local_buffer_size`), when one is set.
     staging: Option<Arc<StagingPool>>,
+    /// The real client runs in this process ([`DummyClient::connect_in_process`]):
+    /// each connection asks it to serve the process's own memory.
+    process_memory: bool,
     conn: RwLock<Option<Arc<Conn>>>,
     registrations: Mutex<Vec<Registration>>,
     reconnects: AtomicU64,
@@ -667,6 +744,19 @@ impl Shared {
             Some(pool) => Some(ipc.register(pool.region(), 0, pool.capacity()).await?),
             None => None,
         };
+        let process_pid = if self.process_memory {
+            match rpc.use_process_memory(ctx(PING_TIMEOUT)).await {
+                Ok(Ok(())) => Some(std::process::id()),
+                other => {
+                    tracing::info!(
+                        "the real client does not serve this process's memory ({other:?}); staging it"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let ring = if !self.options.call_ring {
             None
         } else {
@@ -687,6 +777,7 @@ impl Shared {
             disk,
             broken: AtomicBool::new(false),
             staging_base,
+            process_pid,
             released: Mutex::new(Vec::new()),
         }))
     }
@@ -821,6 +912,7 @@ impl DummyClient {
             options,
             ring_spin,
             staging,
+            process_memory,
             conn: RwLock::new(None),
             registrations: Mutex::new(Vec::new()),
             reconnects: AtomicU64::new(0),
@@ -852,13 +944,15 @@ impl DummyClient {
     where
         F: std::future::Future<Output = Result<T, tarpc::client::RpcError>>,
     {
-        self.runtime.block_on(f).map_err(|e| {
+        let result = self.runtime.block_on(f).map_err(|e| {
             if !matches!(e, tarpc::client::RpcError::DeadlineExceeded) {
                 conn.broken.store(true, Ordering::Relaxed);
                 self.shared.wake.notify_one();
             }
             rpc_code(&e)
-        })
+        });
+        conn.settle(&result);
+        result
     }
 
     /// Sends `request` through the call ring. `None`: no ring, or the call must go
@@ -891,10 +985,14 @@ impl DummyClient {
                 Ok(r) => Some(Ok(r)),
             },
             Err(ShmError::TooLarge { .. }) => None,
-            Err(ShmError::Timeout) => Some(Err(ErrorCode::RpcTimeout)),
+            Err(ShmError::Timeout) => {
+                conn.settle::<()>(&Err(ErrorCode::RpcTimeout));
+                Some(Err(ErrorCode::RpcTimeout))
+            }
             Err(_) => {
                 conn.broken.store(true, Ordering::Relaxed);
                 self.shared.wake.notify_one();
+                conn.settle::<()>(&Err(ErrorCode::RpcFail));
                 Some(Err(ErrorCode::RpcFail))
             }
         }

@@ -87,10 +87,11 @@ impl DummyClient {
         items: Vec<(String, Vec<ReplicaDesc>, u64, &Ranges)>,
     ) -> Vec<MResult<u64>> {
         let n = items.len();
+        let process = conn.process_memory();
         let staged_len: u64 = items
             .iter()
             .flat_map(|it| it.3.iter())
-            .filter(|(_, s)| s.shared_ref().is_none())
+            .filter(|(_, s)| s.reachable_ref(process).is_none())
             .map(|(_, s)| s.len)
             .sum();
         let staging = if staged_len > 0 {
@@ -114,7 +115,7 @@ impl DummyClient {
         for (i, (key, replicas, lease_left_ms, ranges)) in items.iter().enumerate() {
             let mut refs = Vec::with_capacity(ranges.len());
             for (off, span) in ranges.iter() {
-                let buf = match (span.shared_ref(), &staging) {
+                let buf = match (span.reachable_ref(process), &staging) {
                     (Some(b), _) => b,
                     (None, Some(st)) => {
                         if write && let Err(e) = span.copy_into(st.region(), st.start + at) {

@@ -77,7 +77,13 @@ impl DummyClient {
     pub fn start_read(&self, key: &str) -> MResult<StartedRead<'_>> {
         let conn = self.conn()?;
         let pool = self.shared.staging.as_deref();
-        let room = self.read_room().min(pool.map_or(0, |p| p.capacity() / 4));
+        let mut room = self.read_room().min(pool.map_or(0, |p| p.capacity() / 4));
+        if conn.process_memory() {
+            // The real client can write the caller's memory itself: past this
+            // size a second call (the read straight into it) costs less than
+            // copying the value out of staging.
+            room = room.min(PROCESS_READ_ROOM);
+        }
         let offered = match (pool, conn.staging_base) {
             (Some(pool), Some(base)) => Staging::offered(pool, base, room),
             _ => None,
@@ -161,16 +167,16 @@ impl DummyClient {
             Err(e) => return vec![Err(e); keys.len()],
         };
         let req_keys: Vec<String> = valid.iter().map(|&i| keys[i].clone()).collect();
+        // Memory the real client cannot write where it is (process memory, unless
+        // it runs in this process) is staged instead.
+        let process = conn.process_memory();
         let mut dests: Vec<Vec<BufRef>> = valid
             .iter()
-            .map(|&i| match &dsts[i] {
-                // Process memory: the real client cannot write it; staged instead.
-                Some(Dst::Registered(spans)) => spans
-                    .iter()
-                    .map(Span::shared_ref)
-                    .collect::<Option<Vec<_>>>()
-                    .unwrap_or_default(),
-                _ => Vec::new(),
+            .map(|&i| {
+                dsts[i]
+                    .as_mut()
+                    .and_then(|d| d.reachable_refs(process))
+                    .unwrap_or_default()
             })
             .collect();
         // Destinations that the real client cannot reach get space in the staging
@@ -442,6 +448,9 @@ const MIN_READ_ROOM: u64 = 64 << 10;
 /// Most room [`DummyClient::start_read`] offers (and never more than a quarter of
 /// the local buffer).
 const MAX_READ_ROOM: u64 = 64 << 20;
+/// The most room [`DummyClient::start_read`] offers when the real client runs
+/// in this process (see there).
+const PROCESS_READ_ROOM: u64 = 256 << 10;
 
 /// A read begun by [`DummyClient::start_read`].
 pub enum StartedRead<'a> {

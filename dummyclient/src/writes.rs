@@ -194,10 +194,7 @@ impl DummyClient {
                     _ => remote = true,
                 }
             }
-            let shared: Option<Vec<BufRef>> = match src {
-                Src::Registered(spans) => spans.iter().map(Span::shared_ref).collect(),
-                Src::Bytes(_) => None,
-            };
+            let shared = src.reachable_refs(conn.process_memory());
             let sources = match (remote, shared) {
                 (false, _) => Vec::new(),
                 (true, Some(refs)) => refs,
@@ -274,12 +271,10 @@ impl DummyClient {
         upsert: bool,
         results: &mut [MResult<()>],
     ) {
+        let process = conn.process_memory();
         let shared: Vec<Option<Vec<BufRef>>> = valid
             .iter()
-            .map(|&i| match srcs[i].as_ref() {
-                Some(Src::Registered(spans)) => spans.iter().map(Span::shared_ref).collect(),
-                _ => None,
-            })
+            .map(|&i| srcs[i].as_ref().and_then(|s| s.reachable_refs(process)))
             .collect();
         let staging_size: u64 = valid
             .iter()

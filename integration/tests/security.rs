@@ -534,3 +534,65 @@ fn idle_peers_cannot_exhaust_threads_and_fd_exhaustion_neither_spins_nor_lasts()
     assert!(client.alive());
     assert_all_readable(&dummy, &keys, 4096);
 }
+
+/// Only a client inside the real client's own process may name that process's
+/// memory: a dummy in another process that asks is refused, and the plain
+/// addresses it then sends are refused as unregistered, never read as the real
+/// client's own memory; the real client lives on and serves everyone else.
+#[test]
+fn a_dummy_in_another_process_cannot_make_the_real_client_use_its_own_memory() {
+    use mooncake_ipc::IpcClient;
+    use mooncake_ipc::client::control_transport;
+    use mooncake_proto::ReplicateConfig;
+    use mooncake_proto::realclient::{BufRef, RealClientServiceClient};
+
+    let paths = Paths::new("sec-procmem");
+    let mut client = start_client(&paths, None, "32MB");
+    let honest = DummyClient::connect(&paths.socket, "").unwrap();
+    let keys = put_many(&honest, "before", 8, 64 << 10);
+    // An address that is valid in this process and, very likely, in the real
+    // client's too (its stack and heap sit in similar places): a read of it there
+    // would store the real client's bytes under the key.
+    let here = vec![0x5au8; 4096];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (_ipc, control) = IpcClient::connect(&paths.socket, "").await.unwrap();
+        let rpc =
+            RealClientServiceClient::new(Default::default(), control_transport(control)).spawn();
+        let asked = rpc
+            .use_process_memory(tarpc::context::current())
+            .await
+            .unwrap();
+        assert_eq!(
+            asked,
+            Err(ErrorCode::InvalidParams),
+            "granted to another process"
+        );
+        for addr in [here.as_ptr() as u64, 0x1000, u64::MAX - 8192] {
+            let put = rpc
+                .put_direct(
+                    tarpc::context::current(),
+                    vec![("stolen".to_string(), vec![BufRef { addr, len: 4096 }])],
+                    ReplicateConfig::default(),
+                    false,
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                put,
+                vec![Err(ErrorCode::InvalidParams)],
+                "address {addr:#x}"
+            );
+        }
+    });
+    assert!(client.alive(), "the real client died");
+    assert!(
+        !honest.is_exist("stolen").unwrap_or(true),
+        "an object was made"
+    );
+    assert_all_readable(&honest, &keys, 64 << 10);
+    drop(client.drain_log());
+}

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -94,6 +95,9 @@ pub struct Session {
     peer: PeerInfo,
     regions: RwLock<BTreeMap<u64, Arc<Registered>>>,
     gate: Gate,
+    /// The client runs in this very process and asked to be served from its
+    /// own memory ([`Session::allow_process_memory`]).
+    process_memory: AtomicBool,
 }
 
 impl Session {
@@ -104,6 +108,7 @@ impl Session {
             peer,
             regions: RwLock::new(BTreeMap::new()),
             gate: Gate::default(),
+            process_memory: AtomicBool::new(false),
         }
     }
 
@@ -114,6 +119,30 @@ impl Session {
 
     pub(crate) fn secret(&self) -> u64 {
         self.secret
+    }
+
+    /// Lets the client name memory of this process that it did not register:
+    /// granted only when the client is this very process (its peer credentials
+    /// carry this process's pid), as a real client running inside an inference
+    /// process is, whose caller vouches for the addresses it sends. Returns
+    /// whether it was granted.
+    pub fn allow_process_memory(&self) -> bool {
+        let same = self.peer.pid == Some(std::process::id() as i32);
+        if same {
+            self.process_memory.store(true, Ordering::Release);
+        }
+        same
+    }
+
+    /// Whether [`allow_process_memory`](Self::allow_process_memory) was granted.
+    pub fn process_memory_allowed(&self) -> bool {
+        self.process_memory.load(Ordering::Acquire)
+    }
+
+    /// Holds the session open (its close waits) while the guard lives; fails
+    /// once it is closing.
+    pub fn hold(&self) -> Result<GateGuard, ErrorCode> {
+        self.gate.enter().map_err(|_| ErrorCode::RpcFail)
     }
 
     /// Credentials of the client.

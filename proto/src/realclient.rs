@@ -156,6 +156,13 @@ pub trait RealClientService {
     /// segment to copy its own transfers with this one (not a dummy): it is
     /// counted apart from the dummies.
     async fn attach_peer() -> MResult<()>;
+    /// Says this connection comes from a client running inside the real
+    /// client's own process, which will name its own memory (plain bytes,
+    /// buffers it registered without a mapping) for the real client to copy
+    /// straight to or from, instead of staging it in shared memory. Granted
+    /// (`Ok`) only when the connection's peer is this very process; else
+    /// `INVALID_PARAMS`.
+    async fn use_process_memory() -> MResult<()>;
     /// Starts writes (`upsert` replaces existing values). Existing keys give
     /// `OBJECT_ALREADY_EXISTS` for plain puts.
     ///

@@ -471,6 +471,49 @@ def test_a_small_local_buffer_shared_by_racing_threads_never_mixes_bytes(master,
     assert failures == []
 
 
+def test_in_process_store_moves_plain_process_memory_to_the_real_client_exactly(master, real_client):
+    """An in-process store with no segment of its own, as LMCache registers its
+    pinned pool: plain process memory (not from the allocator) registered with
+    register_buffer, values larger than the 1 MiB local buffer written from it and
+    read back into it, and bytes values, all through the real client's segment.
+    Every value comes back exactly, at every size and offset."""
+    s = MooncakeDistributedStore()
+    assert s.setup("localhost", "P2PHANDSHAKE", 0, 1 * MB, "tcp", "", master.address) == 0
+    src = (ctypes.c_uint8 * (8 * MB))()
+    dst = (ctypes.c_uint8 * (8 * MB))()
+    src_addr, dst_addr = ctypes.addressof(src), ctypes.addressof(dst)
+    assert s.register_buffer(src_addr, 8 * MB) == 0
+    assert s.register_buffer(dst_addr, 8 * MB) == 0
+    pattern = bytes((i * 7 + 3) % 251 for i in range(8 * MB))
+    ctypes.memmove(src_addr, pattern, 8 * MB)
+    cases = [(0, 4096), (13, 65_537), (4096, 3 * MB + 5), (MB + 1, 5 * MB)]
+    keys = [uniq("procmem") for _ in cases]
+    for k, (off, n) in zip(keys, cases):
+        assert s.put_from(k, src_addr + off, n) == 0, (off, n)
+    for k, (off, n) in zip(keys, cases):
+        ctypes.memset(dst_addr, 0, 8 * MB)
+        assert s.get_into(k, dst_addr + 7, n) == n, (off, n)
+        assert ctypes.string_at(dst_addr + 7, n) == pattern[off : off + n], (off, n)
+        assert ctypes.string_at(dst_addr, 7) == bytes(7), "bytes before the destination written"
+        assert ctypes.string_at(dst_addr + 7 + n, 64) == bytes(64), "bytes after the destination written"
+    # Batches mixing sizes, and bytes values within the local buffer.
+    bkeys = [uniq("procmem-b") for _ in range(4)]
+    sizes = [100, 300_000, 2 * MB, 4096]
+    offs = [0, 100, 400_000, 5 * MB]
+    assert s.batch_put_from(bkeys, [src_addr + o for o in offs], sizes) == [0, 0, 0, 0]
+    got = s.batch_get_into(bkeys, [dst_addr + o for o in offs], sizes)
+    assert got == sizes
+    for o, n in zip(offs, sizes):
+        assert ctypes.string_at(dst_addr + o, n) == pattern[o : o + n]
+    value = pattern[:900_000]
+    k = uniq("procmem-bytes")
+    assert s.put(k, value) == 0
+    assert s.get(k) == value
+    s.unregister_buffer(src_addr)
+    s.unregister_buffer(dst_addr)
+    s.close()
+
+
 def test_nof_allocator_addresses_are_upstreams_null_allocator():
     """Upstream's non-NoF wheel hands out a hugepage allocator with nothing to
     allocate from: alloc gives NULL, free does nothing."""

@@ -110,7 +110,7 @@ fn main() {
                 segment_id: id,
                 remote_offset: 0,
                 local: LocalSpan {
-                    region: local.clone(),
+                    memory: local.clone().into(),
                     offset: 0,
                     len: *LEN as u64,
                 },

@@ -11,11 +11,11 @@ use mooncake_proto::realclient::{
     BufRef, GetOutcome, PutCompletion, RangeTransfer, RealClientInfo, RealClientService,
 };
 use mooncake_proto::*;
-use mooncake_shm::CallRing;
+use mooncake_shm::{CallRing, ProcessSpan};
 
 use crate::client::RealClient;
 use crate::metrics::Op;
-use crate::transfer::{CallerMemory, HeldSpan, LocalSpan};
+use crate::transfer::{CallerMemory, HeldSpan, LocalMemory, LocalSpan};
 
 /// Name under which the segment's fd is exported on the IPC socket.
 pub const SEGMENT_EXPORT: &str = "segment";
@@ -99,6 +99,13 @@ impl RealClientService for Handler {
             self.client.metrics.peer_mapping(1);
         }
         Ok(())
+    }
+
+    async fn use_process_memory(self, _: Context) -> MResult<()> {
+        match &self.session {
+            Some(s) if s.allow_process_memory() => Ok(()),
+            _ => Err(ErrorCode::InvalidParams),
+        }
     }
 
     async fn ping(self, _: Context) -> MResult<()> {
@@ -352,12 +359,33 @@ impl RealClientService for Handler {
 }
 
 /// The IPC edge: a dummy's addresses resolve through its session's registrations,
-/// and each span holds the session open until the call using it ends.
+/// and each span holds the session open until the call using it ends. A client
+/// in this very process that asked for it (`use_process_memory`) may also name
+/// its own memory.
 impl CallerMemory for Session {
     fn translate(&self, addr: u64, len: u64) -> MResult<HeldSpan> {
-        let t = Session::translate(self, addr, len)?;
+        let t = match Session::translate(self, addr, len) {
+            Err(ErrorCode::InvalidParams) if self.process_memory_allowed() => {
+                let hold = self.hold()?;
+                // SAFETY: the session's peer is this very process
+                // (`allow_process_memory` checked its pid), and it asked to be served
+                // from its own memory: the dummy client's in-process mode sends only
+                // addresses it resolved against its own registrations or slices its
+                // caller lent it for the call, and waits for every such span to be
+                // dropped before returning from a call that ended early.
+                let span =
+                    unsafe { ProcessSpan::new(addr, len) }.ok_or(ErrorCode::InvalidParams)?;
+                let span = LocalSpan {
+                    memory: LocalMemory::Process(Arc::new(span)),
+                    offset: 0,
+                    len,
+                };
+                return Ok(HeldSpan::holding(span, hold));
+            }
+            other => other?,
+        };
         let span = LocalSpan {
-            region: t.region_arc().clone(),
+            memory: t.region_arc().clone().into(),
             offset: t.offset(),
             len: t.len(),
         };

@@ -15,6 +15,8 @@
 //!   of work that way).
 //! - [`blocksums`]: per-4 KiB-block checksums of a mapped file (the disk tier):
 //!   sealing, and the checked read both its owner and a dummy use.
+//! - [`process`]: [`ProcessSpan`], this process's own memory as the local side
+//!   of a copy (a real client running inside the caller's process).
 //! - [`buffers`]: [`BufferAllocator`], carving a region into buffers (best fit, aligned).
 //! - [`staging`]: [`StagingRing`], a circular staging area for copy-style payloads with
 //!   out-of-order completion.
@@ -30,11 +32,13 @@ pub mod callring;
 pub mod copy;
 pub mod error;
 pub mod guard;
+pub mod process;
 pub mod region;
 pub mod staging;
 
 pub use buffers::BufferAllocator;
 pub use callring::{CallRing, CallRingClient, CallRingServer};
 pub use error::ShmError;
+pub use process::ProcessSpan;
 pub use region::{Gate, GateGuard, Region, RegionOptions};
 pub use staging::{Reservation, StagingRing};

@@ -128,7 +128,7 @@ impl RealClient {
                 segment_id: t.segment_id,
                 remote_offset: t.offset,
                 local: LocalSpan {
-                    region: region.clone(),
+                    memory: region.clone().into(),
                     offset: plan.source.offset,
                     len: plan.source.size,
                 },

@@ -59,13 +59,16 @@ impl Transport for Loopback {
                 let local = &job.local;
                 let copied = match job.direction {
                     Direction::Read => {
-                        remote.copy_to(job.remote_offset, &local.region, local.offset, local.len)
-                    }
-                    Direction::Write => {
                         local
-                            .region
-                            .copy_to(local.offset, &remote, job.remote_offset, local.len)
+                            .memory
+                            .copy_from(local.offset, &remote, job.remote_offset, local.len)
                     }
+                    Direction::Write => local.memory.copy_to_segment(
+                        local.offset,
+                        &remote,
+                        job.remote_offset,
+                        local.len,
+                    ),
                 };
                 copied.map_err(|_| ErrorCode::InvalidParams)
             })
@@ -102,7 +105,7 @@ impl CallerMemory for Plain {
             .check(offset, len)
             .map_err(|_| ErrorCode::InvalidParams)?;
         Ok(HeldSpan::new(LocalSpan {
-            region: self.0.clone(),
+            memory: self.0.clone().into(),
             offset,
             len,
         }))

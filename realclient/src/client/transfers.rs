@@ -466,7 +466,7 @@ impl RealClient {
                     };
                     let within = pos - starts[at];
                     let n = (d.len.saturating_sub(within)).min(chunk.len() as u64) as usize;
-                    if n == 0 || d.region.write(d.offset + within, &chunk[..n]).is_err() {
+                    if n == 0 || d.memory.write(d.offset + within, &chunk[..n]).is_err() {
                         bad.store(true, Ordering::Relaxed);
                         return false;
                     }

@@ -718,8 +718,8 @@ fn copy_into_segment(spans: &[HeldSpan], segment: &Region, offset: u64) -> MResu
     let mut at = offset;
     for held in spans {
         let span = held.span();
-        span.region
-            .copy_to_uncached(span.offset, segment, at, span.len)
+        span.memory
+            .copy_to_segment(span.offset, segment, at, span.len)
             .map_err(|_| ErrorCode::InvalidParams)?;
         at += span.len;
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mooncake_proto::{MResult, SegmentId};
-use mooncake_shm::Region;
+use mooncake_shm::{ProcessSpan, Region, ShmError};
 
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,12 +28,101 @@ pub enum Direction {
 /// Bytes mapped in this process.
 #[derive(Clone)]
 pub struct LocalSpan {
-    /// The mapping.
-    pub region: Arc<Region>,
-    /// First byte in `region`.
+    /// The memory.
+    pub memory: LocalMemory,
+    /// First byte in `memory`.
     pub offset: u64,
     /// Length.
     pub len: u64,
+}
+
+/// The memory a [`LocalSpan`] lies in.
+#[derive(Clone)]
+pub enum LocalMemory {
+    /// A shared mapping: a caller's registered buffer, a segment, a staging area.
+    Mapped(Arc<Region>),
+    /// Memory of this very process, from a caller running in it (the Python
+    /// `setup()`): it cannot be mapped, and needs no mapping.
+    Process(Arc<ProcessSpan>),
+}
+
+impl From<Arc<Region>> for LocalMemory {
+    fn from(region: Arc<Region>) -> Self {
+        LocalMemory::Mapped(region)
+    }
+}
+
+impl LocalMemory {
+    /// Checks that `[offset, offset + len)` lies inside.
+    pub fn check(&self, offset: u64, len: u64) -> Result<(), ShmError> {
+        match self {
+            LocalMemory::Mapped(r) => r.check(offset, len),
+            LocalMemory::Process(p) => p.check(offset, len),
+        }
+    }
+
+    /// Writes `len` bytes at `offset` to `sink` (a socket).
+    pub fn send_to(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut impl std::io::Write,
+    ) -> Result<(), ShmError> {
+        match self {
+            LocalMemory::Mapped(r) => r.send_to(offset, len, sink),
+            LocalMemory::Process(p) => p.send_to(offset, len, sink),
+        }
+    }
+
+    /// Fills `len` bytes at `offset` from `source` (a socket).
+    pub fn recv_from(
+        &self,
+        offset: u64,
+        len: u64,
+        source: &mut impl std::io::Read,
+    ) -> Result<(), ShmError> {
+        match self {
+            LocalMemory::Mapped(r) => r.recv_from(offset, len, source),
+            LocalMemory::Process(p) => p.recv_from(offset, len, source),
+        }
+    }
+
+    /// Copies `bytes` in at `offset`.
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), ShmError> {
+        match self {
+            LocalMemory::Mapped(r) => r.write(offset, bytes),
+            LocalMemory::Process(p) => p.recv_from(offset, bytes.len() as u64, &mut &bytes[..]),
+        }
+    }
+
+    /// Copies `len` bytes at `offset` into `dst` (a segment: past the CPU caches
+    /// when large).
+    pub fn copy_to_segment(
+        &self,
+        offset: u64,
+        dst: &Region,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), ShmError> {
+        match self {
+            LocalMemory::Mapped(r) => r.copy_to_uncached(offset, dst, dst_offset, len),
+            LocalMemory::Process(p) => p.copy_to_region(offset, dst, dst_offset, len, true),
+        }
+    }
+
+    /// Fills `len` bytes at `offset` from `src` at `src_offset`.
+    pub fn copy_from(
+        &self,
+        offset: u64,
+        src: &Region,
+        src_offset: u64,
+        len: u64,
+    ) -> Result<(), ShmError> {
+        match self {
+            LocalMemory::Mapped(r) => src.copy_to(src_offset, r, offset, len),
+            LocalMemory::Process(p) => p.copy_from_region(offset, src, src_offset, len),
+        }
+    }
 }
 
 /// Caller memory mapped in this process, held for as long as this value lives

@@ -210,13 +210,13 @@ impl TcpTransport {
                     return Ok(Err(code));
                 }
                 job.local
-                    .region
+                    .memory
                     .recv_from(local, len, stream)
                     .map_err(shm_io)?;
                 Ok(Ok(()))
             }
             Direction::Write => {
-                let sent = job.local.region.send_to(local, len, stream).map_err(shm_io);
+                let sent = job.local.memory.send_to(local, len, stream).map_err(shm_io);
                 // A refusal arrives before the peer closes: prefer its code.
                 match (sent, read_code(stream)) {
                     (_, Ok(code)) if code != 0 => Ok(Err(code_result(code).unwrap_err())),
@@ -250,7 +250,7 @@ impl TcpTransport {
         stream.write_all(&header.encode())?;
         let sent = job
             .local
-            .region
+            .memory
             .send_to(job.local.offset, job.local.len, stream)
             .map_err(|e| std::io::Error::other(e.to_string()));
         let note = Header {
@@ -315,7 +315,7 @@ impl Transport for TcpTransport {
             || body.len() as u64 > MAX_NOTE_LEN
             || job
                 .local
-                .region
+                .memory
                 .check(job.local.offset, job.local.len)
                 .is_err()
         {
@@ -382,7 +382,7 @@ impl Transport for TcpTransport {
         for job in jobs {
             if job
                 .local
-                .region
+                .memory
                 .check(job.local.offset, job.local.len)
                 .is_err()
             {

@@ -243,7 +243,7 @@ mod tests {
             segment_id: seg,
             remote_offset: remote,
             local: LocalSpan {
-                region: local.clone(),
+                memory: local.clone().into(),
                 offset: 0,
                 len,
             },
@@ -284,7 +284,7 @@ mod tests {
             .map(|i| TransferJob {
                 version: 0,
                 local: LocalSpan {
-                    region: dst.clone(),
+                    memory: dst.clone().into(),
                     offset: i * 4096,
                     len: 4096,
                 },

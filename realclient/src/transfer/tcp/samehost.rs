@@ -228,11 +228,12 @@ impl PeerSegment {
         let local = &job.local;
         let copied = match job.direction {
             Direction::Read => {
-                self.region
-                    .copy_to(job.remote_offset, &local.region, local.offset, local.len)
+                local
+                    .memory
+                    .copy_from(local.offset, &self.region, job.remote_offset, local.len)
             }
             // Space in the owner's segment no one reads soon: past the caches.
-            Direction::Write => local.region.copy_to_uncached(
+            Direction::Write => local.memory.copy_to_segment(
                 local.offset,
                 &self.region,
                 job.remote_offset,
