@@ -471,12 +471,17 @@ def test_a_small_local_buffer_shared_by_racing_threads_never_mixes_bytes(master,
     assert failures == []
 
 
-def test_in_process_store_moves_plain_process_memory_to_the_real_client_exactly(master, real_client):
+@pytest.mark.parametrize("same_host", ["1", "0"])
+def test_in_process_store_moves_plain_process_memory_to_the_real_client_exactly(
+    master, real_client, monkeypatch, same_host
+):
     """An in-process store with no segment of its own, as LMCache registers its
     pinned pool: plain process memory (not from the allocator) registered with
     register_buffer, values larger than the 1 MiB local buffer written from it and
-    read back into it, and bytes values, all through the real client's segment.
-    Every value comes back exactly, at every size and offset."""
+    read back into it, and bytes values, all through the real client's segment
+    (mapped here, or over TCP with MC_SAME_HOST_TRANSFERS=0). Every value comes
+    back exactly, at every size and offset."""
+    monkeypatch.setenv("MC_SAME_HOST_TRANSFERS", same_host)
     s = MooncakeDistributedStore()
     assert s.setup("localhost", "P2PHANDSHAKE", 0, 1 * MB, "tcp", "", master.address) == 0
     src = (ctypes.c_uint8 * (8 * MB))()

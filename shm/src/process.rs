@@ -201,4 +201,26 @@ mod tests {
         // SAFETY: refused before any use.
         assert!(unsafe { ProcessSpan::new(u64::MAX - 4, 10) }.is_none());
     }
+
+    #[test]
+    fn a_caller_waiting_for_spans_returns_only_once_they_are_released() {
+        let mut mine = vec![0u8; 64];
+        // SAFETY: `mine` outlives the span, which is only counted, never copied.
+        let span = unsafe { ProcessSpan::new(mine.as_mut_ptr() as u64, 64) }.unwrap();
+        assert!(
+            !wait_spans_released(Duration::from_millis(20)),
+            "a live span was ignored"
+        );
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(span);
+        });
+        let started = Instant::now();
+        assert!(wait_spans_released(Duration::from_secs(30)));
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "returned before the release"
+        );
+        holder.join().unwrap();
+    }
 }
