@@ -13,7 +13,11 @@
 # MC_TCP_BIND_ADDRESS=127.0.0.1. memcpy is measured in every benchmark process.
 # Prints the table (scripts/bench/compare_table.py), with speed-ups.
 #
-#   scripts/bench/compare.sh [--rounds N]      (default 3)
+#   scripts/bench/compare.sh [--rounds N] [--buffers process]
+#
+# --rounds: default 3. --buffers process: the in-process runs register plain
+# process memory (ctypes arrays, as LMCache registers its pinned pool) instead of
+# MooncakeHostMemAllocator's.
 #
 # Results: docs/PERFORMANCE.md.
 set -euo pipefail

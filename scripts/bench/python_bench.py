@@ -91,13 +91,21 @@ def main():
     p.add_argument("--master", default="127.0.0.1:50051", help="master (in_process mode)")
     p.add_argument("--segment", default="2GB", help="segment of the in-process client")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--buffers", choices=["allocator", "process"], default="allocator",
+                   help="in_process mode: register memory from MooncakeHostMemAllocator, or "
+                   "plain process memory (as LMCache registers its pinned pool); dummy mode "
+                   "always uses the allocator")
     p.add_argument("--json", help="also write the medians (seconds per call, keyed by "
                    "size and operation; existence rates per second) to this file")
     args = p.parse_args()
 
-    alloc = MooncakeHostMemAllocator()
     span = 4 * 16 * MIB
-    buf_a, buf_b = alloc.alloc(span), alloc.alloc(span)
+    if args.buffers == "process" and args.mode == "in_process":
+        plain = [(ctypes.c_uint8 * span)(), (ctypes.c_uint8 * span)()]
+        buf_a, buf_b = (ctypes.addressof(b) for b in plain)
+    else:
+        alloc = MooncakeHostMemAllocator()
+        buf_a, buf_b = alloc.alloc(span), alloc.alloc(span)
     store = MooncakeDistributedStore()
     if args.mode == "dummy":
         rc = store.setup_dummy(2 * span, 16 * MIB, args.client)
@@ -107,7 +115,9 @@ def main():
     assert rc == 0, f"setup failed: {rc}"
     assert store.register_buffer(buf_a, span) == 0 and store.register_buffer(buf_b, span) == 0
 
-    print(f"## mooncake.store, {args.mode} mode (median of {args.rounds} rounds)\n")
+    buffers = "plain process memory" if args.buffers == "process" and args.mode == "in_process" \
+        else "allocator memory"
+    print(f"## mooncake.store, {args.mode} mode, {buffers} (median of {args.rounds} rounds)\n")
     print("| size | memcpy GB/s | put p50 | get p50 | put_from p50 | get_into p50 | "
           "put_from GB/s (% memcpy) | get_into GB/s (% memcpy) | batch_put_from GB/s | batch_get_into GB/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
