@@ -19,8 +19,9 @@ impl RealClient {
     pub async fn get_replicas_releasing(
         &self,
         keys: Vec<String>,
-        released: Vec<(String, u64)>,
+        mut released: Vec<(String, u64)>,
     ) -> Vec<MResult<ReplicaList>> {
+        released.extend(self.take_held_releases());
         if released.is_empty() || matches!(self.master(), Ok(MasterHandle::Local(_))) {
             self.release_reads(released).await;
             return self.get_replicas(keys).await;

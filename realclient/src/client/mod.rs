@@ -160,6 +160,10 @@ pub struct RealClient {
     running_replica_tasks: AtomicBool,
     /// Segments mounted after start.
     extra_segments: Mutex<Vec<ExtraSegment>>,
+    /// Read grants this client is done with, for a master in another process:
+    /// sent along with the next lookup, or by the heartbeat within a second
+    /// (a release of its own would cost the master a call per read).
+    held_releases: Mutex<Vec<(String, u64)>>,
     /// The disk tier (`--enable_offload`), served as one more segment.
     disk: Option<Arc<crate::disk::DiskTier>>,
 }
@@ -491,6 +495,7 @@ impl RealClient {
             runtime: tokio::runtime::Handle::current(),
             running_replica_tasks: AtomicBool::new(false),
             extra_segments: Mutex::new(Vec::new()),
+            held_releases: Mutex::new(Vec::new()),
             disk,
             _segment_lock: segment_lock,
         });

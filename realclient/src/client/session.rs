@@ -408,6 +408,7 @@ impl RealClient {
                 );
                 repaired = now_repaired;
             }
+            self.flush_releases();
             let status = match self.master() {
                 Ok(m) => match tokio::time::timeout(Duration::from_secs(3), m.ping(self.client_id))
                     .await

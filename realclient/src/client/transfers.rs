@@ -2,13 +2,57 @@
 
 use super::*;
 
+/// Read grants held back for the next lookup before they are sent on their own.
+const MAX_HELD_RELEASES: usize = 256;
+
 impl RealClient {
     /// Readers are done with values they were granted: tells the master, without
-    /// waiting, so replaced values are freed as soon as nobody reads them.
+    /// waiting (with a master in another process, along with the next lookup or
+    /// within a second), so replaced values are freed as soon as nobody reads
+    /// them.
     pub async fn release_reads(&self, reads: Vec<(String, u64)>) {
         if reads.is_empty() {
             return;
         }
+        if matches!(self.master(), Ok(MasterHandle::Remote(_))) {
+            let mut held = self.held_releases.lock();
+            held.extend(reads);
+            if held.len() < MAX_HELD_RELEASES {
+                return;
+            }
+            let reads = std::mem::take(&mut *held);
+            drop(held);
+            self.send_releases(reads);
+            return;
+        }
+        self.send_releases_now(reads).await;
+    }
+
+    /// Sends the read grants held back by [`Self::release_reads`] (the heartbeat,
+    /// every second).
+    pub(super) fn flush_releases(&self) {
+        let reads = std::mem::take(&mut *self.held_releases.lock());
+        if !reads.is_empty() {
+            self.send_releases(reads);
+        }
+    }
+
+    /// Takes the held-back grants, to go with a lookup.
+    pub(super) fn take_held_releases(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *self.held_releases.lock())
+    }
+
+    fn send_releases(&self, reads: Vec<(String, u64)>) {
+        let Some(master) = self.master.read().clone() else {
+            return;
+        };
+        // Off the caller's path, but on the tracker so shutdown waits for it.
+        self.spawn_task(async move {
+            let _ = master.batch_release_reads(reads).await;
+        });
+    }
+
+    async fn send_releases_now(&self, reads: Vec<(String, u64)>) {
         // The shared connection: the release runs on the client's runtime,
         // which a ring thread's own connection does not belong to.
         let Some(master) = self.master.read().clone() else {
