@@ -316,9 +316,12 @@ impl Fleet {
     }
 
     fn start_client(&self, i: usize) -> Daemon {
+        // Room for everything the load writes (~15 MB/s on a fast machine, over
+        // the tests' up to ~30 s) below the eviction watermark: an evicted
+        // object would read as one lost.
         ClientBuilder::new(&self.paths[i])
             .with_master(&self.master_address())
-            .with_size("64MB")
+            .with_size("512MB")
             .start()
     }
 
