@@ -166,6 +166,7 @@ impl DummyClient {
             .collect();
         let started = self.start_puts(&conn, req_keys, sizes, config, upsert, true);
         let local = conn.local_segment();
+        let process = conn.process_memory();
         let mut completions: Vec<(usize, PutCompletion)> = Vec::new();
         let mut to_stage: Vec<usize> = Vec::new();
         for (&i, r) in valid.iter().zip(started) {
@@ -194,7 +195,7 @@ impl DummyClient {
                     _ => remote = true,
                 }
             }
-            let shared = src.reachable_refs(conn.process_memory());
+            let shared = src.reachable_refs(process);
             let sources = match (remote, shared) {
                 (false, _) => Vec::new(),
                 (true, Some(refs)) => refs,

@@ -14,24 +14,29 @@ impl RealClient {
         if reads.is_empty() {
             return;
         }
-        if matches!(self.master(), Ok(MasterHandle::Remote(_))) {
-            let mut held = self.held_releases.lock();
-            held.extend(reads);
-            if held.len() < MAX_HELD_RELEASES {
-                return;
+        let master = self.master.read().clone();
+        match master {
+            // A direct call: done at once.
+            Some(master @ MasterHandle::Local(_)) => {
+                let _ = master.batch_release_reads(reads).await;
             }
-            let reads = std::mem::take(&mut *held);
-            drop(held);
-            self.send_releases(reads);
-            return;
+            Some(MasterHandle::Remote(_)) => {
+                let mut held = self.held_releases.lock();
+                held.extend(reads);
+                if held.len() >= MAX_HELD_RELEASES {
+                    let reads = std::mem::take(&mut *held);
+                    drop(held);
+                    self.send_releases(reads);
+                }
+            }
+            None => {}
         }
-        self.send_releases_now(reads).await;
     }
 
     /// Sends the read grants held back by [`Self::release_reads`] (the heartbeat,
     /// every second).
     pub(super) fn flush_releases(&self) {
-        let reads = std::mem::take(&mut *self.held_releases.lock());
+        let reads = self.take_held_releases();
         if !reads.is_empty() {
             self.send_releases(reads);
         }
@@ -42,34 +47,16 @@ impl RealClient {
         std::mem::take(&mut *self.held_releases.lock())
     }
 
+    /// Sends `reads` on the shared connection, off the caller's path (a ring
+    /// thread's own connection belongs to another runtime), on the tracker so
+    /// shutdown waits for it.
     fn send_releases(&self, reads: Vec<(String, u64)>) {
         let Some(master) = self.master.read().clone() else {
             return;
         };
-        // Off the caller's path, but on the tracker so shutdown waits for it.
         self.spawn_task(async move {
             let _ = master.batch_release_reads(reads).await;
         });
-    }
-
-    async fn send_releases_now(&self, reads: Vec<(String, u64)>) {
-        // The shared connection: the release runs on the client's runtime,
-        // which a ring thread's own connection does not belong to.
-        let Some(master) = self.master.read().clone() else {
-            return;
-        };
-        match master {
-            // A direct call: done at once.
-            MasterHandle::Local(_) => {
-                let _ = master.batch_release_reads(reads).await;
-            }
-            MasterHandle::Remote(_) => {
-                // Off the caller's path, but on the tracker so shutdown waits for it.
-                self.spawn_task(async move {
-                    let _ = master.batch_release_reads(reads).await;
-                });
-            }
-        }
     }
 
     /// Reads objects for a dummy: local replicas are left to the dummy (replicas
