@@ -857,11 +857,15 @@ impl DummyClient {
     /// Connects to a real client running in this very process (the Python
     /// `setup()`): `register_buffer` then also accepts any memory of the process,
     /// not only [`HostMemAllocator`]'s; bytes of such memory bound for other hosts
-    /// go through a temporary shared buffer.
+    /// go through a temporary shared buffer. The real client may also run in
+    /// another process (a `setup()` with no segment calling the host's real
+    /// client): it refuses to serve this process's memory, so such memory is
+    /// always staged through the shared buffer.
     ///
     /// # Safety
     ///
-    /// The real client behind `socket` must run in this process. Reads through the
+    /// The real client behind `socket` must be a real client of this project
+    /// (in this process or, as above, another). Reads through the
     /// returned client write into any range registered with `register_buffer`
     /// (checked only to be mapped read-write), so the caller must register only
     /// memory nothing else in the process relies on while it is registered: memory
@@ -1068,6 +1072,18 @@ impl DummyClient {
         self.conn()
             .map(|c| c.info.hostname.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether a connection to the real client is up now (it may still break
+    /// before the next call ends).
+    pub fn is_connected(&self) -> bool {
+        self.conn().is_ok_and(|c| !c.broken.load(Ordering::Relaxed))
+    }
+
+    /// The id of the real client's global segment; `None` without one or while
+    /// disconnected.
+    pub fn segment_id(&self) -> Option<SegmentId> {
+        self.conn().ok()?.info.segment.as_ref().map(|s| s.id)
     }
 
     /// The IPC session id (changes on reconnect).

@@ -150,6 +150,17 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Whether `setup()` without a segment sends its calls to a real client on this
+/// host: `MC_HOST_REAL_CLIENT` (`auto`, the default; `off`; `host:port` or a
+/// socket path). A value that names nothing is reported and read as `off`.
+pub fn host_route() -> mooncake_store::HostRoute {
+    let value = var("MC_HOST_REAL_CLIENT");
+    mooncake_store::HostRoute::parse(value.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!("MC_HOST_REAL_CLIENT: {e}; calls go through this process's client");
+        mooncake_store::HostRoute::Off
+    })
+}
+
 /// `MOONCAKE_CLUSTER_TOKEN`, or none.
 pub fn cluster_token() -> String {
     var("MOONCAKE_CLUSTER_TOKEN").unwrap_or_default()

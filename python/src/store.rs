@@ -15,6 +15,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use mooncake_dummyclient::{BufRef, DummyClient, Item, KeyRanges, ObjectRange, StartedRead};
 use mooncake_proto::{ErrorCode, MResult};
 use mooncake_realclient::background::BackgroundClient;
+use mooncake_store::inprocess::Clients;
 
 use crate::pybuf::ByteView;
 use crate::setup::{SetupArgs, dummy_socket, size_from_py};
@@ -27,8 +28,8 @@ const NOT_READY: ErrorCode = ErrorCode::UnavailableInCurrentStatus;
 
 /// A set-up store: the dummy client, and the in-process real client for `setup()`.
 struct Connected {
-    dummy: DummyClient,
-    /// Dropped after `dummy` (field order), so the dummy disconnects first.
+    clients: Clients,
+    /// Dropped after `clients` (field order), so the dummies disconnect first.
     background: Option<BackgroundClient>,
     /// What `get_hostname` answers when this process has no segment.
     hostname: Option<String>,
@@ -54,7 +55,7 @@ impl Drop for Connected {
     fn drop(&mut self) {
         let allocator = crate::setup::host_memory();
         for addr in self.pool.lock().drain(..) {
-            let _ = self.dummy.unregister_buffer(addr);
+            let _ = self.clients.unregister_buffer(addr);
             let _ = allocator.free(addr);
         }
     }
@@ -200,7 +201,7 @@ impl MooncakeDistributedStore {
         f: impl FnOnce(&DummyClient) -> T + Send,
     ) -> T {
         match self.connected() {
-            Some(c) => py.detach(|| f(&c.dummy)),
+            Some(c) => py.detach(|| f(c.clients.data())),
             None => not_ready(NOT_READY),
         }
     }
@@ -220,7 +221,11 @@ impl MooncakeDistributedStore {
             return 0; // nothing to unmount, as upstream
         }
         let grace = Duration::from_secs(grace_s);
-        match self.with(py, Err, |c| c.unmount_segment(&ids, grace, allocated)) {
+        // Segments belong to this process's own real client.
+        let Some(c) = self.connected() else {
+            return segment_code(NOT_READY);
+        };
+        match py.detach(|| c.clients.own().unmount_segment(&ids, grace, allocated)) {
             Ok(()) => 0,
             Err(e) => segment_code(e),
         }
@@ -264,14 +269,15 @@ impl MooncakeDistributedStore {
         let host = args.display_host();
         let options =
             crate::setup::dummy_options().with_staging_budget(Some(args.local_buffer_size));
+        let route = crate::setup::host_route();
         let started = py.detach(move || -> Result<Connected, String> {
             let background =
                 BackgroundClient::start(config, 2, MASTER_WAIT).map_err(|e| format!("{e:#}"))?;
             // SAFETY: the real client was just started in this process; the Python
             // API hands it only memory the caller registered for this purpose
             // (upstream's contract for `register_buffer`).
-            let dummy =
-                unsafe { DummyClient::connect_in_process(background.socket(), &token, options) }
+            let clients =
+                unsafe { Clients::connect(&background, &token, options, no_segment, route) }
                     .map_err(|e| e.to_string())?;
             // Upstream's `get_hostname`: `host:port` of this client's transfer
             // port, also when it contributes no segment (then nothing else names it).
@@ -280,7 +286,7 @@ impl MooncakeDistributedStore {
                 None => host.clone(),
             });
             Ok(Connected {
-                dummy,
+                clients,
                 background: Some(background),
                 hostname,
                 pool: Mutex::new(Vec::new()),
@@ -434,7 +440,7 @@ impl MooncakeDistributedStore {
         let connected = py.detach(|| DummyClient::connect_with_options(&socket, &token, options));
         Ok(match connected {
             Ok(dummy) => self.install(Connected {
-                dummy,
+                clients: Clients::single(dummy),
                 background: None,
                 hostname: None,
                 pool: Mutex::new(Vec::new()),
@@ -480,7 +486,7 @@ impl MooncakeDistributedStore {
         match self.connected() {
             Some(c) => match &c.hostname {
                 Some(h) => h.clone(),
-                None => py.detach(|| c.dummy.hostname()),
+                None => py.detach(|| c.clients.own().hostname()),
             },
             None => String::new(),
         }
@@ -496,7 +502,7 @@ impl MooncakeDistributedStore {
         #[pyo3(from_py_with = crate::args::num)] size: u64,
     ) -> i32 {
         match self.connected() {
-            Some(c) => py.detach(|| c.buffer_code(c.dummy.register_buffer(buffer_ptr, size))),
+            Some(c) => py.detach(|| c.buffer_code(c.clients.register_buffer(buffer_ptr, size))),
             None => NOT_READY.as_i32(),
         }
     }
@@ -508,7 +514,7 @@ impl MooncakeDistributedStore {
         #[pyo3(from_py_with = crate::args::num)] buffer_ptr: u64,
     ) -> i32 {
         match self.connected() {
-            Some(c) => py.detach(|| c.buffer_code(c.dummy.unregister_buffer(buffer_ptr))),
+            Some(c) => py.detach(|| c.buffer_code(c.clients.unregister_buffer(buffer_ptr))),
             None => NOT_READY.as_i32(),
         }
     }
@@ -525,7 +531,7 @@ impl MooncakeDistributedStore {
             let Ok(addr) = allocator.alloc(size) else {
                 return 0;
             };
-            if c.dummy.register_buffer(addr, size).is_err() {
+            if c.clients.register_buffer(addr, size).is_err() {
                 let _ = allocator.free(addr);
                 return 0;
             }
@@ -551,7 +557,7 @@ impl MooncakeDistributedStore {
             };
             pool.swap_remove(at);
             drop(pool);
-            let _ = c.dummy.unregister_buffer(ptr);
+            let _ = c.clients.unregister_buffer(ptr);
             code(crate::setup::host_memory().free(ptr))
         })
     }
@@ -732,7 +738,7 @@ impl MooncakeDistributedStore {
         // One call: a value on another host that fits the room offered in the
         // local buffer comes with it; any other is looked up and its lease held,
         // and its bytes go straight into the new object without a second lookup.
-        let Ok(started) = py.detach(|| c.dummy.start_read(&key)) else {
+        let Ok(started) = py.detach(|| c.clients.data().start_read(&key)) else {
             return empty();
         };
         let size = match &started {
@@ -1281,7 +1287,9 @@ impl MooncakeDistributedStore {
                 reads.push(KeyRanges::new(key.clone(), ranges));
             }
         }
-        let mut results = py.detach(|| c.dummy.get_into_ranges(&reads)).into_iter();
+        let mut results = py
+            .detach(|| c.clients.data().get_into_ranges(&reads))
+            .into_iter();
         all_keys
             .iter()
             .enumerate()
@@ -1428,6 +1436,10 @@ impl MooncakeDistributedStore {
 
     fn __repr__(&self) -> String {
         match self.connected() {
+            Some(c) if c.background.is_some() && c.clients.routed() => {
+                "MooncakeDistributedStore(in-process client, calls via the host's real client)"
+                    .into()
+            }
             Some(c) if c.background.is_some() => {
                 "MooncakeDistributedStore(in-process client)".into()
             }

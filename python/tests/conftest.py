@@ -117,7 +117,10 @@ class RealClient:
         self.address = f"127.0.0.1:{self.port}"
 
     def cleanup(self):
-        self.proc.kill()
+        # Stopped as an operator would, so its segment is unmounted at once: a
+        # killed one stays mounted until its liveness TTL runs out, and puts of
+        # later tests with no segment of their own could be placed in it.
+        self.proc.stop()
         for p in (self.segment_path, self.segment_path + ".inventory",
                   self.segment_path + ".inventory.journal"):
             if os.path.exists(p):
@@ -142,15 +145,30 @@ def setup_in_process(store, master, segment=64 * MB, local_buffer=16 * MB):
     return store.setup("localhost", "P2PHANDSHAKE", segment, local_buffer, "tcp", "", master.address)
 
 
-@pytest.fixture(params=["dummy", "in_process"])
+def real_client_name(rc):
+    """The segment name of the real client ``rc``."""
+    d = MooncakeDistributedStore()
+    assert d.setup_dummy(0, 0, rc.address) == 0
+    name = d.get_hostname()
+    d.close()
+    return name
+
+
+@pytest.fixture(params=["dummy", "in_process", "in_process_no_segment"])
 def store(request, master, real_client):
-    """A set-up store in each mode: connected to ``mooncake_client`` (dummy) or
-    running its own client in this process (``setup``)."""
+    """A set-up store in each mode: connected to ``mooncake_client`` (dummy),
+    running its own client in this process (``setup``), or running one with no
+    segment, whose calls go to ``mooncake_client`` on this host."""
     s = MooncakeDistributedStore()
     if request.param == "dummy":
         assert s.setup_dummy(64 * MB, 16 * MB, real_client.address) == 0
-    else:
+    elif request.param == "in_process":
         assert setup_in_process(s, master) == 0
+    else:
+        assert setup_in_process(s, master, segment=0) == 0
+        assert "via the host's real client" in repr(s)
     s.mode = request.param
+    # The segment its puts land in by default (its own, or the real client's).
+    s.segment = real_client_name(real_client) if request.param == "in_process_no_segment" else s.get_hostname()
     yield s
     s.close()

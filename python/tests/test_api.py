@@ -280,12 +280,21 @@ def test_replica_descriptors(store):
     assert store.get_replica_desc(uniq()) == []
 
 
-def test_preferred_segment_is_honoured(store):
+def test_preferred_segment_is_honoured(store, real_client):
     cfg = ReplicateConfig()
     cfg.preferred_segment = store.get_hostname()
     k = uniq()
     assert store.put(k, b"local please", cfg) == 0
-    assert store.get_replica_desc(k)[0].segment_name == store.get_hostname()
+    if store.mode == "in_process_no_segment":
+        # A client with no segment names none: the value still lands, in the pool.
+        assert store.get(k) == b"local please"
+        other = MooncakeDistributedStore()
+        assert other.setup_dummy(0, 0, real_client.address) == 0
+        cfg.preferred_segment = other.get_hostname()
+        other.close()
+        k = uniq()
+        assert store.put(k, b"there please", cfg) == 0
+    assert store.get_replica_desc(k)[0].segment_name == cfg.preferred_segment
 
 
 def test_alloc_from_mem_pool(store):
@@ -471,19 +480,23 @@ def test_a_small_local_buffer_shared_by_racing_threads_never_mixes_bytes(master,
     assert failures == []
 
 
-@pytest.mark.parametrize("same_host", ["1", "0"])
+@pytest.mark.parametrize("route,same_host", [("auto", "1"), ("off", "1"), ("off", "0")])
 def test_in_process_store_moves_plain_process_memory_to_the_real_client_exactly(
-    master, real_client, monkeypatch, same_host
+    master, real_client, monkeypatch, route, same_host
 ):
     """An in-process store with no segment of its own, as LMCache registers its
     pinned pool: plain process memory (not from the allocator) registered with
     register_buffer, values larger than the 1 MiB local buffer written from it and
-    read back into it, and bytes values, all through the real client's segment
-    (mapped here, or over TCP with MC_SAME_HOST_TRANSFERS=0). Every value comes
-    back exactly, at every size and offset."""
+    read back into it, and bytes values, all through the real client's segment:
+    by calling that real client (MC_HOST_REAL_CLIENT=auto, the default), or by
+    this process's real client copying into it (mapped here, or over TCP with
+    MC_SAME_HOST_TRANSFERS=0). Every value comes back exactly, at every size and
+    offset."""
+    monkeypatch.setenv("MC_HOST_REAL_CLIENT", route)
     monkeypatch.setenv("MC_SAME_HOST_TRANSFERS", same_host)
     s = MooncakeDistributedStore()
     assert s.setup("localhost", "P2PHANDSHAKE", 0, 1 * MB, "tcp", "", master.address) == 0
+    assert ("via the host's real client" in repr(s)) == (route == "auto")
     src = (ctypes.c_uint8 * (8 * MB))()
     dst = (ctypes.c_uint8 * (8 * MB))()
     src_addr, dst_addr = ctypes.addressof(src), ctypes.addressof(dst)

@@ -72,7 +72,7 @@ def segments_of(store, key):
 
 def test_copy_task_adds_a_replica_with_the_same_bytes(store, other):
     key, data = uniq(), payload(300_000, 1)
-    mine = store.get_hostname()
+    mine = store.segment
     put_on(store, key, data, mine)
 
     task_id, err = store.create_copy_task(key, [other.segment])
@@ -95,7 +95,7 @@ def test_copy_task_adds_a_replica_with_the_same_bytes(store, other):
 
 def test_move_task_relocates_the_replica(store, other):
     key, data = uniq(), payload(70_000, 2)
-    mine = store.get_hostname()
+    mine = store.segment
     put_on(store, key, data, mine)
     task_id, err = store.create_move_task(key, mine, other.segment)
     assert err == 0
@@ -116,7 +116,7 @@ def test_move_task_relocates_the_replica(store, other):
 
 def test_task_errors_are_codes_not_exceptions(store, other):
     key = uniq()
-    mine = store.get_hostname()
+    mine = store.segment
     put_on(store, key, b"x" * 4096, mine)
     assert store.create_copy_task(uniq("missing"), [other.segment]) == ((0, 0), OBJECT_NOT_FOUND)
     assert store.create_copy_task(key, []) == ((0, 0), INVALID_PARAMS)
@@ -143,7 +143,7 @@ def test_task_errors_are_codes_not_exceptions(store, other):
 
 
 def test_tasks_from_several_threads(store, other):
-    mine = store.get_hostname()
+    mine = store.segment
     keys = [uniq(f"thr{i}") for i in range(16)]
     for i, k in enumerate(keys):
         put_on(store, k, payload(8192 + i, i), mine)

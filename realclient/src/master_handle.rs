@@ -89,6 +89,8 @@ forward! {
     fn batch_get_replica_list_releasing(keys: Vec<String>, released: Vec<(String, u64)>) -> list Vec<MResult<ReplicaList>>;
     /// `batch_release_reads`.
     fn batch_release_reads(reads: Vec<(String, u64)>) -> list ();
+    /// `get_all_segments`.
+    fn get_all_segments() -> list Vec<SegmentDesc>;
     /// `batch_exist_key`.
     fn batch_exist_key(keys: Vec<String>) -> list Vec<MResult<bool>>;
     /// `get_size`.

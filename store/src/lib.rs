@@ -25,8 +25,11 @@
 //!
 //! - this file: [`MooncakeStore`] and [`StoreError`];
 //! - [`setup`]: upstream's `setup` arguments and the real client they configure
-//!   (shared with the Python package).
+//!   (shared with the Python package);
+//! - [`inprocess`]: the clients of a `setup()` store (this process's real client,
+//!   and a real client on this host when this process has no segment).
 
+pub mod inprocess;
 pub mod setup;
 
 use std::ffi::c_void;
@@ -40,6 +43,9 @@ use mooncake_dummyclient::{ConnectOptions, DummyClient};
 use mooncake_proto::ErrorCode;
 use mooncake_realclient::background::BackgroundClient;
 
+use inprocess::Clients;
+
+pub use inprocess::HostRoute;
 pub use mooncake_proto::{ReplicateConfig, SoftPinAction};
 pub use setup::SetupArgs;
 
@@ -90,8 +96,8 @@ impl From<ErrorCode> for StoreError {
 }
 
 struct Connected {
-    dummy: DummyClient,
-    /// The in-process real client, for `setup`; dropped (stopped) after the dummy.
+    clients: Clients,
+    /// The in-process real client, for `setup`; dropped (stopped) after the clients.
     _background: Option<BackgroundClient>,
 }
 
@@ -100,6 +106,7 @@ struct Connected {
 pub struct MooncakeStore {
     state: RwLock<Option<Arc<Connected>>>,
     cluster_token: String,
+    host_route: HostRoute,
 }
 
 impl MooncakeStore {
@@ -113,6 +120,14 @@ impl MooncakeStore {
     /// secret.
     pub fn with_cluster_token(mut self, token: impl Into<String>) -> Self {
         self.cluster_token = token.into();
+        self
+    }
+
+    /// Whether a `setup` with no segment sends its calls to a real client on
+    /// this host (default [`HostRoute::Auto`]; Python reads
+    /// `MC_HOST_REAL_CLIENT`): see [`inprocess`].
+    pub fn with_host_route(mut self, route: HostRoute) -> Self {
+        self.host_route = route;
         self
     }
 
@@ -177,12 +192,18 @@ impl MooncakeStore {
         // SAFETY: the real client was just started in this process. Memory reaches
         // it only through `register_buffer`, whose own contract (an `unsafe fn`)
         // makes the caller vouch for it.
-        let dummy = unsafe {
-            DummyClient::connect_in_process(background.socket(), &self.cluster_token, options)
+        let clients = unsafe {
+            Clients::connect(
+                &background,
+                &self.cluster_token,
+                options,
+                args.global_segment_size == 0,
+                self.host_route.clone(),
+            )
         }
         .map_err(|e| StoreError::OperationFailed(e.code().as_i32()))?;
         self.install(Connected {
-            dummy,
+            clients,
             _background: Some(background),
         })
     }
@@ -195,7 +216,7 @@ impl MooncakeStore {
         let dummy = DummyClient::connect(socket, &self.cluster_token)
             .map_err(|e| StoreError::OperationFailed(e.code().as_i32()))?;
         self.install(Connected {
-            dummy,
+            clients: Clients::single(dummy),
             _background: None,
         })
     }
@@ -207,12 +228,12 @@ impl MooncakeStore {
 
     /// Whether the store can serve calls.
     pub fn health_check(&self) -> Result<(), StoreError> {
-        Ok(self.connected()?.dummy.health()?)
+        Ok(self.connected()?.clients.data().health()?)
     }
 
     /// The segment name of this client (upstream's `get_hostname`).
     pub fn get_hostname(&self) -> Result<String, StoreError> {
-        Ok(self.connected()?.dummy.hostname())
+        Ok(self.connected()?.clients.own().hostname())
     }
 
     /// Stores `value` under `key` (a key that exists keeps its value, as upstream).
@@ -225,7 +246,8 @@ impl MooncakeStore {
         let default = ReplicateConfig::default();
         Ok(self
             .connected()?
-            .dummy
+            .clients
+            .data()
             .put(key, value, config.unwrap_or(&default))?)
     }
 
@@ -237,10 +259,11 @@ impl MooncakeStore {
         config: Option<&ReplicateConfig>,
     ) -> Result<(), StoreError> {
         let default = ReplicateConfig::default();
-        Ok(self
-            .connected()?
-            .dummy
-            .upsert_parts(key, &[value], config.unwrap_or(&default))?)
+        Ok(self.connected()?.clients.data().upsert_parts(
+            key,
+            &[value],
+            config.unwrap_or(&default),
+        )?)
     }
 
     /// Stores the `size` bytes at `buffer`, which must lie in memory registered
@@ -258,7 +281,7 @@ impl MooncakeStore {
         config: Option<&ReplicateConfig>,
     ) -> Result<(), StoreError> {
         let default = ReplicateConfig::default();
-        Ok(self.connected()?.dummy.put_from(
+        Ok(self.connected()?.clients.data().put_from(
             key,
             buffer as u64,
             size as u64,
@@ -280,39 +303,44 @@ impl MooncakeStore {
     ) -> Result<i64, StoreError> {
         let n = self
             .connected()?
-            .dummy
+            .clients
+            .data()
             .get_into(key, buffer as u64, size as u64)?;
         Ok(n as i64)
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        Ok(self.connected()?.dummy.get(key)?)
+        Ok(self.connected()?.clients.data().get(key)?)
     }
 
     /// Whether `key` exists.
     pub fn is_exist(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.connected()?.dummy.is_exist(key)?)
+        Ok(self.connected()?.clients.data().is_exist(key)?)
     }
 
     /// The size in bytes of the value of `key`.
     pub fn get_size(&self, key: &str) -> Result<i64, StoreError> {
-        Ok(self.connected()?.dummy.get_size(key)? as i64)
+        Ok(self.connected()?.clients.data().get_size(key)? as i64)
     }
 
     /// Removes `key` (`force`: even while readers hold a lease).
     pub fn remove(&self, key: &str, force: bool) -> Result<(), StoreError> {
-        Ok(self.connected()?.dummy.remove(key, force)?)
+        Ok(self.connected()?.clients.data().remove(key, force)?)
     }
 
     /// Removes the keys matching the regular expression; how many.
     pub fn remove_by_regex(&self, pattern: &str, force: bool) -> Result<i64, StoreError> {
-        Ok(self.connected()?.dummy.remove_by_regex(pattern, force)? as i64)
+        Ok(self
+            .connected()?
+            .clients
+            .data()
+            .remove_by_regex(pattern, force)? as i64)
     }
 
     /// Removes every key; how many.
     pub fn remove_all(&self, force: bool) -> Result<i64, StoreError> {
-        Ok(self.connected()?.dummy.remove_all(force)? as i64)
+        Ok(self.connected()?.clients.data().remove_all(force)? as i64)
     }
 
     /// Registers memory for [`put_from`](Self::put_from) and
@@ -332,7 +360,7 @@ impl MooncakeStore {
     ) -> Result<(), StoreError> {
         Ok(self
             .connected()?
-            .dummy
+            .clients
             .register_buffer(buffer as u64, size as u64)?)
     }
 
@@ -343,7 +371,7 @@ impl MooncakeStore {
     /// `buffer` must be a pointer given to `register_buffer`, and no call using it
     /// may still be running.
     pub unsafe fn unregister_buffer(&self, buffer: *mut c_void) -> Result<(), StoreError> {
-        Ok(self.connected()?.dummy.unregister_buffer(buffer as u64)?)
+        Ok(self.connected()?.clients.unregister_buffer(buffer as u64)?)
     }
 
     /// Stores several values; one result per key.
@@ -367,7 +395,7 @@ impl MooncakeStore {
             .map(String::as_str)
             .zip(values.iter().copied())
             .collect();
-        Ok(per_key(c.dummy.batch_put(
+        Ok(per_key(c.clients.data().batch_put(
             &objects,
             config.unwrap_or(&default),
             false,
@@ -379,7 +407,7 @@ impl MooncakeStore {
         &self,
         keys: &[String],
     ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
-        Ok(per_key(self.connected()?.dummy.batch_get(keys)))
+        Ok(per_key(self.connected()?.clients.data().batch_get(keys)))
     }
 
     /// Whether each key exists.
@@ -387,7 +415,9 @@ impl MooncakeStore {
         &self,
         keys: &[String],
     ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
-        Ok(per_key(self.connected()?.dummy.batch_is_exist(keys)))
+        Ok(per_key(
+            self.connected()?.clients.data().batch_is_exist(keys),
+        ))
     }
 
     /// Removes several keys; one result per key.
@@ -396,7 +426,9 @@ impl MooncakeStore {
         keys: &[String],
         force: bool,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        Ok(per_key(self.connected()?.dummy.batch_remove(keys, force)))
+        Ok(per_key(
+            self.connected()?.clients.data().batch_remove(keys, force),
+        ))
     }
 }
 

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 
 use mooncake_dummyclient::HostMemAllocator;
 use mooncake_integration::*;
-use mooncake_store::{MooncakeStore, ReplicateConfig, StoreError};
+use mooncake_store::{HostRoute, MooncakeStore, ReplicateConfig, StoreError};
 
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
@@ -124,10 +124,26 @@ fn setup_runs_a_real_client_in_this_process() {
     reader
         .setup("127.0.0.1", "P2PHANDSHAKE", 0, 16 << 20, "tcp", "", &addr)
         .unwrap();
+    // Without a segment, its calls go to the writer's real client (on this
+    // host, serving the same master); with the route off, its own client
+    // fetches the bytes from the writer's segment.
+    let direct = MooncakeStore::new()
+        .unwrap()
+        .with_host_route(HostRoute::Off);
+    direct
+        .setup("127.0.0.1", "P2PHANDSHAKE", 0, 16 << 20, "tcp", "", &addr)
+        .unwrap();
     let value = value_for("shared", 300 << 10);
     writer.put("shared", &value, None).unwrap();
-    // The reader has no segment: the bytes come from the writer's, over TCP.
     assert_eq!(reader.get("shared").unwrap(), value);
+    assert_eq!(direct.get("shared").unwrap(), value);
+    for (who, store) in [("routed", &reader), ("direct", &direct)] {
+        let key = format!("from-{who}");
+        let value = value_for(&key, 70 << 10);
+        store.put(&key, &value, None).unwrap();
+        assert_eq!(writer.get(&key).unwrap(), value, "{who}");
+        assert_eq!(store.get(&key).unwrap(), value, "{who}");
+    }
     assert!(matches!(
         writer.setup("127.0.0.1", "", 0, 0, "rdma", "", &addr),
         Err(StoreError::InvalidArgument(_))

@@ -47,6 +47,7 @@ use mooncake_proto::realclient::{BufRef, GetOutcome, PutCompletion, RangeTransfe
 mod exist_index;
 mod grants;
 mod metadata;
+mod same_host;
 mod segments;
 mod session;
 mod tasks;
@@ -546,6 +547,11 @@ impl RealClient {
             Some((_, desc)) => desc.name.clone(),
             None => self.config.hostname(),
         }
+    }
+
+    /// The runtime the client runs on.
+    pub fn runtime_handle(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Starts a background task on the client's runtime, tracked for shutdown.

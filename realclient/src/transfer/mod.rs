@@ -215,6 +215,13 @@ pub trait Transport: Send + Sync + 'static {
         (0, 0)
     }
 
+    /// The Unix socket of the real client at `endpoint` when it runs on this
+    /// host, in this network namespace, with its socket reachable from here
+    /// (blocking); `None` otherwise, or when this transport cannot tell.
+    fn local_socket(&self, _endpoint: &str, _deadline: Instant) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// Tells the owner of `segment` (at `endpoint`) which objects a finished write
     /// put there, so that its inventory has them before the write is acknowledged
     /// (blocking). `write_version` is the version the writes carried (0: none):

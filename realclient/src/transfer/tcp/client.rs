@@ -378,6 +378,10 @@ impl Transport for TcpTransport {
         })
     }
 
+    fn local_socket(&self, endpoint: &str, deadline: Instant) -> Option<std::path::PathBuf> {
+        self.same_host.as_ref()?.socket_of(self, endpoint, deadline)
+    }
+
     fn run(&self, jobs: &[TransferJob], deadline: Instant) -> Vec<MResult<()>> {
         for job in jobs {
             if job

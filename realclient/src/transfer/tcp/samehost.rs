@@ -166,6 +166,22 @@ impl SameHost {
     }
 }
 
+impl SameHost {
+    /// The Unix socket of the peer at `endpoint` when it runs on this host, in
+    /// this network namespace, and the socket exists here.
+    pub(super) fn socket_of(
+        &self,
+        transport: &TcpTransport,
+        endpoint: &str,
+        deadline: Instant,
+    ) -> Option<PathBuf> {
+        match transport.ask_local(endpoint, deadline) {
+            Some((netns, socket)) if netns == self.netns && socket.exists() => Some(socket),
+            _ => None,
+        }
+    }
+}
+
 /// Records how asking `endpoint` ended.
 fn settle(
     peers: &Mutex<HashMap<String, PeerState>>,
