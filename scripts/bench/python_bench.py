@@ -90,6 +90,8 @@ def main():
     p.add_argument("--client", default="127.0.0.1:50052", help="real client (dummy mode)")
     p.add_argument("--master", default="127.0.0.1:50051", help="master (in_process mode)")
     p.add_argument("--segment", default="2GB", help="segment of the in-process client")
+    p.add_argument("--local-buffer", default="16MB",
+                   help="local_buffer_size (LMCache sets 1 GB with a 3.2 GB segment)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--buffers", choices=["allocator", "process"], default="allocator",
                    help="in_process mode: register memory from MooncakeHostMemAllocator, or "
@@ -108,10 +110,10 @@ def main():
         buf_a, buf_b = alloc.alloc(span), alloc.alloc(span)
     store = MooncakeDistributedStore()
     if args.mode == "dummy":
-        rc = store.setup_dummy(2 * span, 16 * MIB, args.client)
+        rc = store.setup_dummy(2 * span, size_of(args.local_buffer), args.client)
     else:
-        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", size_of(args.segment), 16 * MIB, "tcp", "",
-                         args.master)
+        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", size_of(args.segment),
+                         size_of(args.local_buffer), "tcp", "", args.master)
     assert rc == 0, f"setup failed: {rc}"
     assert store.register_buffer(buf_a, span) == 0 and store.register_buffer(buf_b, span) == 0
 
