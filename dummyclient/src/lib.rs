@@ -963,7 +963,26 @@ impl DummyClient {
     /// over the socket (too large for the ring); `Some(Err)`: no answer.
     fn ring_call(&self, conn: &Conn, request: &RingRequest) -> Option<MResult<RingResponse>> {
         let ring = conn.ring.as_ref()?;
-        let bytes = postcard::to_stdvec(request).ok()?;
+        // Encoded into this thread's buffer, kept from call to call: no allocation
+        // (and no growth by doubling) per call.
+        thread_local! {
+            static REQUEST: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        let mut buffer = REQUEST.take();
+        buffer.clear();
+        let bytes = postcard::to_extend(request, buffer).ok()?;
+        let answer = self.ring_call_encoded(conn, ring, request, &bytes);
+        REQUEST.set(bytes);
+        answer
+    }
+
+    fn ring_call_encoded(
+        &self,
+        conn: &Conn,
+        ring: &CallRingClient,
+        request: &RingRequest,
+        bytes: &[u8],
+    ) -> Option<MResult<RingResponse>> {
         let alive = || !conn.broken.load(Ordering::Relaxed);
         // A call spins longer than the default 50 µs only while it is the only
         // one in flight: with several callers waiting at once, spinning ones take
@@ -981,7 +1000,7 @@ impl DummyClient {
         };
         let started = Instant::now();
         let keep_spinning = || started.elapsed() < RING_SPIN || calls.load(Ordering::Acquire) == 1;
-        let answer = ring.call_spinning(&bytes, CALL_TIMEOUT, &alive, spin, &keep_spinning);
+        let answer = ring.call_spinning(bytes, CALL_TIMEOUT, &alive, spin, &keep_spinning);
         calls.fetch_sub(1, Ordering::AcqRel);
         match answer {
             Ok(answer) => match postcard::from_bytes::<RingResponse>(&answer) {

@@ -5,12 +5,18 @@ use super::*;
 impl DummyClient {
     /// Whether each key exists.
     pub fn batch_is_exist(&self, keys: &[String]) -> Vec<MResult<bool>> {
+        self.batch_is_exist_owned(keys.to_vec())
+    }
+
+    /// [`batch_is_exist`](Self::batch_is_exist) of keys the caller gives away
+    /// (no copy of each key).
+    pub fn batch_is_exist_owned(&self, keys: Vec<String>) -> Vec<MResult<bool>> {
+        let n = keys.len();
         let conn = match self.conn() {
             Ok(c) => c,
-            Err(e) => return vec![Err(e); keys.len()],
+            Err(e) => return vec![Err(e); n],
         };
-        let request = RingRequest::Exist(keys.to_vec());
-        self.dispatch_batch(&conn, keys.len(), request, |r| match r {
+        self.dispatch_batch(&conn, n, RingRequest::Exist(keys), |r| match r {
             RingResponse::Bools(v) => Some(v),
             _ => None,
         })
@@ -18,7 +24,7 @@ impl DummyClient {
 
     /// Whether a key exists.
     pub fn is_exist(&self, key: &str) -> MResult<bool> {
-        self.batch_is_exist(&[key.to_string()]).remove(0)
+        self.batch_is_exist_owned(vec![key.to_string()]).remove(0)
     }
 
     /// Size of an object.

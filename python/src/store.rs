@@ -910,7 +910,7 @@ impl MooncakeDistributedStore {
             py,
             |e| vec![e.as_i32(); n],
             |c| {
-                c.batch_is_exist(&keys)
+                c.batch_is_exist_owned(keys)
                     .into_iter()
                     .map(|r| match r {
                         Ok(b) => b as i32,

@@ -44,6 +44,7 @@ pub(crate) fn serve(
                 // The handlers read nothing from a call's context (no deadline, no
                 // trace): one per thread saves a clock read and a trace id per call.
                 let ctx = context::current();
+                let mut answer: Vec<u8> = Vec::with_capacity(4096);
                 while !session.is_closed() {
                     let request = match server.recv(Duration::from_millis(100)) {
                         Ok(Some(r)) => r,
@@ -64,11 +65,16 @@ pub(crate) fn serve(
                         Ok(own) => own.block_on(call),
                         Err(_) => runtime.block_on(dispatch(handler.clone(), &request.data, ctx)),
                     };
-                    let mut bytes = postcard::to_stdvec(&response).unwrap_or_default();
-                    if bytes.len() > max_response {
-                        bytes = postcard::to_stdvec(&RingResponse::TooLarge).unwrap_or_default();
+                    // One buffer for every answer of this thread: no allocation
+                    // (and no growth by doubling) per call.
+                    answer.clear();
+                    answer = postcard::to_extend(&response, answer).unwrap_or_default();
+                    if answer.len() > max_response {
+                        answer.clear();
+                        answer = postcard::to_extend(&RingResponse::TooLarge, answer)
+                            .unwrap_or_default();
                     }
-                    let _ = server.reply(request.slot, &bytes);
+                    let _ = server.reply(request.slot, &answer);
                 }
                 tracing::debug!(session = session.id(), "ring closed with its session");
             })?;
