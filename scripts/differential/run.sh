@@ -3,8 +3,10 @@
 # upsert, exist, size, removes, batches, buffers; valid and invalid keys and sizes)
 # against upstream's wheel with upstream's master, and against this project's
 # package with its master; prints every call whose answer differs. Each seed runs
-# twice: once with the client in the Python process (`setup`), once in dummy mode
-# (`setup_dummy`) against each side's own `mooncake_client`. Then the masters'
+# three times: with the client in the Python process (`setup`), in dummy mode
+# (`setup_dummy`) against each side's own `mooncake_client`, and with the client in
+# the Python process contributing no segment (`setup` with size 0: values live in
+# that `mooncake_client`'s segment; ours sends its calls to it). Then the masters'
 # admin HTTP answers (admin_http.py), replica tasks and segment calls
 # (segments_tasks.py) and, when torch is there, tensor objects (tensors.py).
 #
@@ -66,6 +68,8 @@ sleep 4
 for seed in $(seq 1 "$SEEDS"); do
   "$UP/bin/python" scripts/differential/sequence.py 127.0.0.1:51551 "$seed" "$CALLS" $MODE dummy=127.0.0.1:51557 >"$work/up-dummy-$seed.json" 2>/dev/null
   .venv/bin/python scripts/differential/sequence.py 127.0.0.1:52551 "$seed" "$CALLS" $MODE dummy=127.0.0.1:52557 >"$work/ours-dummy-$seed.json" 2>/dev/null
+  "$UP/bin/python" scripts/differential/sequence.py 127.0.0.1:51551 "$seed" "$CALLS" $MODE nosegment >"$work/up-nosegment-$seed.json" 2>/dev/null
+  .venv/bin/python scripts/differential/sequence.py 127.0.0.1:52551 "$seed" "$CALLS" $MODE nosegment >"$work/ours-nosegment-$seed.json" 2>/dev/null
 done
 # Tensor objects byte for byte: upstream's tensor calls need torch, which its venv
 # has only when installed by hand (`$UP/bin/pip install torch`: several GB).
@@ -85,7 +89,7 @@ import json, sys
 work, seeds = sys.argv[1], int(sys.argv[2])
 total = differing = 0
 for seed in range(1, seeds + 1):
-    for mode in ("", "dummy-"):
+    for mode in ("", "dummy-", "nosegment-"):
         up = json.load(open(f"{work}/up-{mode}{seed}.json"))
         ours = json.load(open(f"{work}/ours-{mode}{seed}.json"))
         if up[0][1] != 0 or ours[0][1] != 0:

@@ -2,10 +2,12 @@
 came back (the value, or the exception type). Run once with upstream's package and
 once with ours; ``test_differential.py`` compares the two outputs.
 
-Usage: python sequence.py MASTER_ADDRESS SEED COUNT [strict] [dummy=HOST:PORT]
+Usage: python sequence.py MASTER_ADDRESS SEED COUNT [strict] [dummy=HOST:PORT] [nosegment]
 
 With ``dummy=HOST:PORT`` the store is set up in dummy mode against the real client
-(``mooncake_client --port PORT``) instead of running a client in this process.
+(``mooncake_client --port PORT``) instead of running a client in this process. With
+``nosegment`` the client in this process contributes no segment: every value lives
+in the host's real client's segment (ours then sends its calls to that real client).
 
 ``strict`` leaves out what is known to differ on purpose (a remove without force
 right after an existence probe: upstream's probes grant a read lease, ours do not),
@@ -25,12 +27,13 @@ def main():
     extra = sys.argv[4:]
     strict = "strict" in extra
     dummy = next((a.split("=", 1)[1] for a in extra if a.startswith("dummy=")), None)
+    segment = 0 if "nosegment" in extra else 64 << 20
     rng = random.Random(seed)
     store = MooncakeDistributedStore()
     if dummy:
         rc = store.setup_dummy(64 << 20, 16 << 20, dummy)
     else:
-        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", 64 << 20, 16 << 20, "tcp", "", master)
+        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", segment, 16 << 20, "tcp", "", master)
     out = [["setup", rc]]
     # Zero-copy calls work on caller memory: one registered buffer, one not.
     # In dummy mode caller memory must come from the store's shared pool; plain
