@@ -4,6 +4,7 @@ and back through this process's own client while that real client is away.
 Checked by where each value lands (the segment its replica names) and by its
 bytes."""
 
+import ctypes
 import time
 import uuid
 
@@ -134,4 +135,32 @@ def test_while_the_real_client_is_away_calls_go_through_this_process_and_come_ba
     finally:
         other.cleanup()
         host.cleanup()
+        m.proc.kill()
+
+
+def test_a_real_client_started_after_setup_is_found_and_used(monkeypatch):
+    m = Master()
+    host = None
+    try:
+        s = in_process(m, monkeypatch)
+        assert "via the host's real client" not in repr(s)
+        # Registered before the real client exists: registered with it once found.
+        buf = (ctypes.c_uint8 * MB)()
+        addr = ctypes.addressof(buf)
+        assert s.register_buffer(addr, MB) == 0
+        ctypes.memmove(addr, bytes(range(256)) * 4096, MB)
+
+        host = RealClient(m, segment="64MB")
+        assert wait_until(lambda: "via the host's real client" in repr(s), timeout=30)
+        k = uniq()
+        assert s.put_from(k, addr, MB) == 0
+        assert [d.segment_name for d in s.get_replica_desc(k)] == [segment_name_of(host.address)]
+        ctypes.memset(addr, 0, MB)
+        assert s.get_into(k, addr, MB) == MB
+        assert ctypes.string_at(addr, MB) == bytes(range(256)) * 4096
+        assert s.unregister_buffer(addr) == 0
+        s.close()
+    finally:
+        if host:
+            host.cleanup()
         m.proc.kill()
