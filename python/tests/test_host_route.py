@@ -5,6 +5,7 @@ Checked by where each value lands (the segment its replica names) and by its
 bytes."""
 
 import ctypes
+import threading
 import time
 import uuid
 
@@ -163,4 +164,74 @@ def test_a_real_client_started_after_setup_is_found_and_used(monkeypatch):
     finally:
         if host:
             host.cleanup()
+        m.proc.kill()
+
+
+def test_racing_callers_never_read_wrong_bytes_while_the_real_client_dies_and_returns(monkeypatch):
+    """Four threads put, read back and remove their own values (zero-copy and
+    bytes) while the host's real client is killed and restarted under them: every
+    read is the exact value or a failure, never other bytes; once it is back,
+    every thread works again."""
+    m = Master()
+    host = RealClient(m, segment="96MB")
+    other = RealClient(m, segment="64MB")
+    try:
+        s = in_process(m, monkeypatch)
+        assert "via the host's real client" in repr(s)
+        stop = threading.Event()
+        wrong, done = [], [0] * 4
+
+        def worker(t):
+            buf = (ctypes.c_uint8 * (2 * MB))()
+            addr = ctypes.addressof(buf)
+            assert s.register_buffer(addr, 2 * MB) == 0
+            i = 0
+            while not stop.is_set():
+                i += 1
+                k = f"race-{t}-{i}-{uuid.uuid4().hex[:6]}"
+                n = [4096, 70_000, 600_000, 2 * MB - 3][i % 4]
+                value = bytes([(t * 31 + i + j) % 251 for j in range(256)]) * (n // 256 + 1)
+                value = value[:n]
+                if i % 2:
+                    ctypes.memmove(addr, value, n)
+                    if s.put_from(k, addr, n) != 0:
+                        continue
+                    ctypes.memset(addr, 0, n)
+                    got = s.get_into(k, addr, n)
+                    if got == n and ctypes.string_at(addr, n) != value:
+                        wrong.append((k, "get_into"))
+                    elif got >= 0 and got != n:
+                        wrong.append((k, f"get_into returned {got}"))
+                else:
+                    if s.put(k, value) != 0:
+                        continue
+                    got = s.get(k)
+                    if got and got != value:
+                        wrong.append((k, "get"))
+                if got == n or got == value:
+                    done[t] += 1
+                # Each value goes once checked: the loop writes faster than
+                # eviction frees space, and read values are leased for a while.
+                s.remove(k, True)
+            s.unregister_buffer(addr)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        time.sleep(1.5)
+        host.proc.kill()
+        time.sleep(3)
+        host.start(m, segment="96MB")
+        assert wait_until(lambda: "via the host's real client" in repr(s))
+        before = list(done)
+        time.sleep(2)
+        stop.set()
+        for th in threads:
+            th.join()
+        assert wrong == []
+        assert all(d > b for d, b in zip(done, before)), (before, done)
+        s.close()
+    finally:
+        other.cleanup()
+        host.cleanup()
         m.proc.kill()
